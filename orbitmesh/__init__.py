@@ -1,0 +1,5 @@
+"""orbitmesh: a distributed ground-segment network emulator."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,409 @@
+"""Scenario files: YAML in, frozen validated objects out.
+
+A scenario describes a network to emulate: constellations (Walker shells or TLE/OMM files), ground
+stations, operations centres, link rules, routing policies and traffic. ``load_scenario`` returns a
+:class:`Scenario` or raises :class:`ScenarioError` listing *every* problem as
+``<file>:<line>: <field.path>: <what was expected>``. docs/scenarios.md documents every key.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from orbitmesh.errors import ScenarioError
+
+NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NodeName = Annotated[str, Field(pattern=NODE_ID_RE.pattern)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WalkerShell(_Model):
+    """A Walker i:T/P/F shell of circular orbits."""
+
+    pattern: Literal["delta", "star"] = "delta"
+    inclination_deg: float = Field(ge=0.0, le=180.0)
+    satellites: int = Field(gt=0)
+    planes: int = Field(gt=0)
+    phasing: int = Field(ge=0)
+    altitude_km: float = Field(gt=100.0, le=50_000.0)
+    raan_offset_deg: float = 0.0
+
+    @model_validator(mode="after")
+    def _walker_rules(self) -> WalkerShell:
+        if self.satellites % self.planes:
+            raise ValueError(f"satellites ({self.satellites}) must be a multiple of planes "
+                             f"({self.planes})")
+        if self.phasing >= self.planes:
+            raise ValueError(f"phasing F must be in 0..planes-1 (0..{self.planes - 1}), "
+                             f"got {self.phasing}")
+        return self
+
+
+class TelemetrySpec(_Model):
+    """Housekeeping telemetry produced by every satellite of a constellation."""
+
+    rate_hz: float = Field(default=1.0, ge=0.0)
+    size_bytes: int = Field(default=128, ge=8, le=65_536)
+    apid: int = Field(default=100, ge=0, le=2046)
+    store_frames: int = Field(default=10_000, ge=0)
+
+
+class Constellation(_Model):
+    """One constellation owned by one operator: a Walker shell, a TLE file or an OMM file."""
+
+    name: NodeName
+    operator: NodeName
+    walker: WalkerShell | None = None
+    tle: Path | None = None
+    omm: Path | None = None
+    plane_mapping: Path | None = None
+    raan_tolerance_deg: float = Field(default=2.0, gt=0.0, le=30.0)
+    isl_shift: int | None = None
+    max_gsl: int = Field(default=1, ge=0)
+    isl: bool = True
+    telemetry: TelemetrySpec = TelemetrySpec()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Constellation:
+        given = [k for k in ("walker", "tle", "omm") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'walker', 'tle' or 'omm'"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if self.plane_mapping is not None and self.walker is not None:
+            raise ValueError("'plane_mapping' applies to tle/omm constellations only")
+        return self
+
+    @property
+    def seam_shift(self) -> int:
+        """The +Grid seam offset: slot j of the last plane links slot j + shift of plane 0."""
+        if self.isl_shift is not None:
+            return self.isl_shift
+        return self.walker.phasing if self.walker is not None else 0
+
+
+class Station(_Model):
+    """A ground station: a site with antennas that track satellites above a mask."""
+
+    name: NodeName
+    operator: NodeName
+    lat_deg: float = Field(ge=-90.0, le=90.0)
+    lon_deg: float = Field(ge=-180.0, le=360.0)
+    alt_m: float = Field(default=0.0, ge=-500.0, le=9_000.0)
+    min_elevation_deg: float = Field(default=10.0, ge=0.0, le=90.0)
+    antennas: int = Field(default=1, ge=0)
+    constellations: tuple[NodeName, ...] | None = None
+
+
+class OpsCentre(_Model):
+    """An operations centre: receives telemetry and sends telecommands over terrestrial links."""
+
+    name: NodeName
+    operator: NodeName
+    lat_deg: float = Field(ge=-90.0, le=90.0)
+    lon_deg: float = Field(ge=-180.0, le=360.0)
+    constellations: tuple[NodeName, ...] = ()
+    stations: tuple[NodeName, ...] | Literal["all", "operator"] = "operator"
+    peers: tuple[NodeName, ...] = ()
+    telecommand_rate_hz: float = Field(default=0.0, ge=0.0)
+    telecommand_size_bytes: int = Field(default=64, ge=8, le=65_536)
+
+
+class LinkClass(_Model):
+    """Rate, loss and queue settings shared by every link class."""
+
+    rate_bps: float = Field(default=100e6, gt=0.0)
+    loss: float = Field(default=0.0, ge=0.0, le=1.0)
+    queue_frames: int = Field(default=1000, ge=1)
+
+
+class IslRules(LinkClass):
+    """Inter-satellite links."""
+
+    topology: Literal["plus_grid", "none"] = "plus_grid"
+    max_range_km: float | None = Field(default=None, gt=0.0)
+    grazing_margin_km: float = Field(default=80.0, ge=0.0)
+    rate_bps: float = Field(default=1e9, gt=0.0)
+
+
+class GslRules(LinkClass):
+    """Ground-to-satellite links."""
+
+    handover: Literal["sticky", "best"] = "sticky"
+
+
+class TerrestrialRules(LinkClass):
+    """Fibre between ground stations and operations centres."""
+
+    fibre_factor: float = Field(default=1.5, ge=1.0)
+    delay_ms: float | None = Field(default=None, ge=0.0)
+    rate_bps: float = Field(default=1e9, gt=0.0)
+
+
+class LinkRules(_Model):
+    """Rules per link class."""
+
+    isl: IslRules = IslRules()
+    gsl: GslRules = GslRules()
+    terrestrial: TerrestrialRules = TerrestrialRules()
+    delay_change_threshold_ms: float = Field(default=0.1, ge=0.0)
+
+
+class Policy(_Model):
+    """A routing policy: traffic under it only transits nodes of the allowed operators."""
+
+    allowed_operators: tuple[NodeName, ...] = Field(min_length=1)
+
+
+class Routing(_Model):
+    """Routing strategy and named policies."""
+
+    strategy: Literal["shortest_delay", "min_hop"] = "shortest_delay"
+    policies: dict[NodeName, Policy] = {}
+
+
+class SizeSpec(_Model):
+    """Frame payload sizes: fixed, uniform or exponential (mean), in bytes."""
+
+    distribution: Literal["fixed", "uniform", "exponential"] = "fixed"
+    bytes: int = Field(default=1000, ge=1, le=65_536)
+    min_bytes: int = Field(default=64, ge=1)
+    max_bytes: int = Field(default=1500, ge=1, le=65_536)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SizeSpec:
+        if self.distribution == "uniform" and self.min_bytes > self.max_bytes:
+            raise ValueError(f"min_bytes ({self.min_bytes}) must not exceed max_bytes "
+                             f"({self.max_bytes})")
+        return self
+
+
+class Flow(_Model):
+    """A user traffic flow between two nodes."""
+
+    name: NodeName
+    source: NodeName
+    destination: NodeName
+    pattern: Literal["constant", "poisson"] = "constant"
+    rate_pps: float = Field(gt=0.0)
+    size: SizeSpec = SizeSpec()
+    start_s: float = Field(default=0.0, ge=0.0)
+    stop_s: float | None = Field(default=None, gt=0.0)
+    policy: NodeName | None = None
+
+
+class Scenario(_Model):
+    """A whole scenario, validated. Paths are absolute (resolved against the scenario file)."""
+
+    name: NodeName
+    epoch: datetime
+    duration_s: float = Field(gt=0.0)
+    tick_s: float = Field(default=1.0, gt=0.0)
+    speed: float = Field(default=1.0, gt=0.0)
+    seed: int = 0
+    description: str = ""
+    constellations: tuple[Constellation, ...] = Field(min_length=1)
+    stations: tuple[Station, ...] = ()
+    ops_centres: tuple[OpsCentre, ...] = ()
+    links: LinkRules = LinkRules()
+    routing: Routing = Routing()
+    traffic: tuple[Flow, ...] = ()
+    source: Path | None = None
+
+    @field_validator("epoch")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    @property
+    def operators(self) -> tuple[str, ...]:
+        """Every operator named anywhere in the scenario, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for item in (*self.constellations, *self.stations, *self.ops_centres):
+            seen.setdefault(item.operator, None)
+        for policy in self.routing.policies.values():
+            for op in policy.allowed_operators:
+                seen.setdefault(op, None)
+        return tuple(seen)
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map every YAML path (keys and list indices) to its 1-based line number."""
+    lines: dict[tuple[str | int, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                k = key.value
+                lines[(*path, k)] = key.start_mark.line + 1
+                walk(value, (*path, k))
+                lines[(*path, k)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _line_of(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int | None:
+    for cut in range(len(loc), -1, -1):
+        if loc[:cut] in lines:
+            return lines[loc[:cut]]
+    return None
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _clean_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    # pydantic inserts union-member and validator tags ("function-after[...]", "literal[...]").
+    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function"))))
+
+
+def _describe(err: Any) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; docs/scenarios.md lists every key)"
+    if kind == "missing":
+        return "required key is missing"
+    got = err.get("input")
+    if isinstance(got, (int, float, str)) and not isinstance(got, bool) and kind != "value_error":
+        return f"{msg}, got {got!r}"
+    return str(msg).removeprefix("Value error, ")
+
+
+def parse_scenario(text: str, source: Path) -> Scenario:
+    """Validate scenario YAML ``text``; relative paths resolve against ``source``'s folder."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else str(source)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ScenarioError(f"{where}: not valid YAML: {problem}") from exc
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{source}:1: expected a mapping of scenario keys at the top level")
+    lines = _line_index(text)
+    raw = dict(raw)
+    raw["source"] = source
+    base = source.parent
+    for i, item in enumerate(raw.get("constellations") or []):
+        if isinstance(item, dict):
+            for key in ("tle", "omm", "plane_mapping"):
+                if isinstance(item.get(key), str):
+                    item[key] = (base / item[key]).resolve()
+                    if not item[key].is_file():
+                        raise ScenarioError(
+                            f"{source}:{_line_of(lines, ('constellations', i, key))}: "
+                            f"constellations[{i}].{key}: file not found: {item[key]}")
+    try:
+        scenario = Scenario.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = _clean_loc(tuple(err["loc"]))
+            problems.append(f"{source}:{_line_of(lines, loc) or '?'}: {_dotted(loc)}: "
+                            f"{_describe(err)}")
+        raise ScenarioError(f"{source}: {len(problems)} problem(s) in scenario", problems) from exc
+    problems = [f"{source}:{_line_of(lines, loc) or '?'}: {_dotted(loc)}: {msg}"
+                for loc, msg in _cross_check(scenario)]
+    if problems:
+        raise ScenarioError(f"{source}: {len(problems)} problem(s) in scenario", problems)
+    return scenario
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read scenario: {exc.strerror}") from exc
+    return parse_scenario(text, path.resolve())
+
+
+def _cross_check(s: Scenario) -> list[tuple[tuple[str | int, ...], str]]:
+    """References between sections: unique names, known stations/constellations/policies."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    owners: dict[str, tuple[str | int, ...]] = {}
+    constellations = {c.name for c in s.constellations}
+    stations = {g.name for g in s.stations}
+    centres = {o.name for o in s.ops_centres}
+    for section, items in (("constellations", s.constellations), ("stations", s.stations),
+                           ("ops_centres", s.ops_centres), ("traffic", s.traffic)):
+        for i, item in enumerate(items):
+            loc = (section, i, "name")
+            if item.name in owners and section != "traffic":
+                problems.append((loc, f"name {item.name!r} is already used at "
+                                      f"{_dotted(owners[item.name])}; node names must be unique"))
+            owners.setdefault(item.name, loc)
+    for i, g in enumerate(s.stations):
+        for c in g.constellations or ():
+            if c not in constellations:
+                problems.append((("stations", i, "constellations"),
+                                 f"unknown constellation {c!r}; expected one of "
+                                 f"{sorted(constellations)}"))
+    for i, o in enumerate(s.ops_centres):
+        for c in o.constellations:
+            if c not in constellations:
+                problems.append((("ops_centres", i, "constellations"),
+                                 f"unknown constellation {c!r}; expected one of "
+                                 f"{sorted(constellations)}"))
+        if isinstance(o.stations, tuple):
+            for st in o.stations:
+                if st not in stations:
+                    problems.append((("ops_centres", i, "stations"),
+                                     f"unknown station {st!r}; expected one of {sorted(stations)}"))
+        for p in o.peers:
+            if p not in centres or p == o.name:
+                problems.append((("ops_centres", i, "peers"),
+                                 f"unknown peer {p!r}; expected another operations centre"))
+    for i, f in enumerate(s.traffic):
+        for key in ("source", "destination"):
+            if getattr(f, key) not in stations | centres and not _is_satellite_ref(s, getattr(f, key)):
+                problems.append((("traffic", i, key),
+                                 f"unknown node {getattr(f, key)!r}; expected a station, an "
+                                 "operations centre or a satellite id"))
+        if f.source == f.destination:
+            problems.append((("traffic", i, "destination"), "must differ from source"))
+        if f.policy is not None and f.policy not in s.routing.policies:
+            problems.append((("traffic", i, "policy"),
+                             f"unknown policy {f.policy!r}; expected one of "
+                             f"{sorted(s.routing.policies)}"))
+        if f.stop_s is not None and f.stop_s <= f.start_s:
+            problems.append((("traffic", i, "stop_s"), "must be after start_s"))
+    return problems
+
+
+def _is_satellite_ref(s: Scenario, node: str) -> bool:
+    return any(node.startswith(f"{c.name}-") for c in s.constellations)
