@@ -217,7 +217,7 @@ class Scenario(_Model):
     speed: float = Field(default=1.0, gt=0.0)
     seed: int = 0
     description: str = ""
-    constellations: tuple[Constellation, ...] = Field(min_length=1)
+    constellations: tuple[Constellation, ...]
     stations: tuple[Station, ...] = ()
     ops_centres: tuple[OpsCentre, ...] = ()
     links: LinkRules = LinkRules()
@@ -355,6 +355,8 @@ def load_scenario(path: str | Path) -> Scenario:
 def _cross_check(s: Scenario) -> list[tuple[tuple[str | int, ...], str]]:
     """References between sections: unique names, known stations/constellations/policies."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
+    if not s.constellations:
+        problems.append((("constellations",), "needs at least one constellation"))
     owners: dict[str, tuple[str | int, ...]] = {}
     constellations = {c.name for c in s.constellations}
     stations = {g.name for g in s.stations}
