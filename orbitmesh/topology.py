@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sgp4.api import Satrec
 
-
+from orbitmesh import elements
 from orbitmesh.errors import ScenarioError
 from orbitmesh.geometry import (
     C_KM_S,
@@ -175,8 +175,6 @@ def _constellation(c: Constellation, scenario: Scenario, first: int
         width = max(2, len(str(per_plane - 1)), len(str(w.planes - 1)))
         ids = [f"{c.name}-{k:0{width}d}-{j:0{width}d}" for k, j in zip(plane, slot, strict=True)]
         return sats, ids, Shell(c, first, len(sats), plane, slot, u, w.planes), []
-
-    from orbitmesh import elements
 
     records = (elements.load_tle_file(c.tle) if c.tle is not None
                else elements.load_omm_file(c.omm))  # type: ignore[arg-type]
