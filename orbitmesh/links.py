@@ -140,8 +140,8 @@ class LinkEngine:
         self._prev_gsl = np.empty((0, 2), dtype=np.int64)  # (station idx, sat idx)
         self.handovers_total = 0
         self.last_handovers = 0
-        s = topology.n_satellites
-        self._station_nodes = np.arange(s, s + topology.n_stations, dtype=np.int64)
+        first = topology.n_satellites
+        self._station_nodes = np.arange(first, first + topology.n_stations, dtype=np.int64)
 
     def positions_ecef_km(self, t_s: float) -> FloatArray:
         """Satellite positions ``(S, 3)`` at ``t_s`` seconds after the scenario epoch."""
@@ -238,7 +238,7 @@ def assign_gsl(cg: IntArray, cs: IntArray, cel: FloatArray, keep: NDArray[np.boo
         active = np.flatnonzero(~chosen & (free_g[cg] > 0) & (free_s[cs] > 0))
         if not len(active):
             break
-        g, s, el = cg[active], cs[active], cel[active]
+        g, el = cg[active], cel[active]
         by_station = np.lexsort((-el, g))
         proposed = _rank_within(g, by_station) < free_g[g]
         prop = active[proposed]

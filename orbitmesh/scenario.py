@@ -236,7 +236,9 @@ class Scenario(_Model):
     def operators(self) -> tuple[str, ...]:
         """Every operator named anywhere in the scenario, in order of first appearance."""
         seen: dict[str, None] = {}
-        for item in (*self.constellations, *self.stations, *self.ops_centres):
+        owned: list[Constellation | Station | OpsCentre] = [
+            *self.constellations, *self.stations, *self.ops_centres]
+        for item in owned:
             seen.setdefault(item.operator, None)
         for policy in self.routing.policies.values():
             for op in policy.allowed_operators:
@@ -287,7 +289,8 @@ def _dotted(loc: tuple[str | int, ...]) -> str:
 
 def _clean_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     # pydantic inserts union-member and validator tags ("function-after[...]", "literal[...]").
-    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function"))))
+    return tuple(p for p in loc
+                 if not (isinstance(p, str) and ("[" in p or p.startswith("function"))))
 
 
 def _describe(err: Any) -> str:
@@ -361,8 +364,10 @@ def _cross_check(s: Scenario) -> list[tuple[tuple[str | int, ...], str]]:
     constellations = {c.name for c in s.constellations}
     stations = {g.name for g in s.stations}
     centres = {o.name for o in s.ops_centres}
-    for section, items in (("constellations", s.constellations), ("stations", s.stations),
-                           ("ops_centres", s.ops_centres), ("traffic", s.traffic)):
+    sections: list[tuple[str, tuple[Any, ...]]] = [
+        ("constellations", s.constellations), ("stations", s.stations),
+        ("ops_centres", s.ops_centres), ("traffic", s.traffic)]
+    for section, items in sections:
         for i, item in enumerate(items):
             loc = (section, i, "name")
             if item.name in owners and section != "traffic":
@@ -392,9 +397,10 @@ def _cross_check(s: Scenario) -> list[tuple[tuple[str | int, ...], str]]:
                                  f"unknown peer {p!r}; expected another operations centre"))
     for i, f in enumerate(s.traffic):
         for key in ("source", "destination"):
-            if getattr(f, key) not in stations | centres and not _is_satellite_ref(s, getattr(f, key)):
+            node = getattr(f, key)
+            if node not in stations | centres and not _is_satellite_ref(s, node):
                 problems.append((("traffic", i, key),
-                                 f"unknown node {getattr(f, key)!r}; expected a station, an "
+                                 f"unknown node {node!r}; expected a station, an "
                                  "operations centre or a satellite id"))
         if f.source == f.destination:
             problems.append((("traffic", i, "destination"), "must differ from source"))

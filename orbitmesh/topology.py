@@ -276,9 +276,9 @@ def _terrestrial(scenario: Scenario, n_sats: int) -> tuple[IntArray, IntArray, F
         for name in linked:
             edges.add((st_index[name], oc_index[o.name]))
         for peer in o.peers:
-            a, b = sorted((oc_index[o.name], oc_index[peer]))
-            edges.add((a, b))
-    ordered = sorted(edges)
+            lo, hi = sorted((oc_index[o.name], oc_index[peer]))
+            edges.add((lo, hi))
+    ordered: list[tuple[int, int]] = sorted(edges)
     a = np.array([e[0] for e in ordered], dtype=np.int64)
     b = np.array([e[1] for e in ordered], dtype=np.int64)
     if rules.delay_ms is not None:
@@ -297,4 +297,5 @@ def station_ecef_km(topology: Topology) -> FloatArray:
 def ops_centre_ecef_km(scenario: Scenario) -> FloatArray:
     """Earth-fixed positions of the operations centres ``(O, 3)`` (on the ellipsoid)."""
     oc = scenario.ops_centres
-    return geodetic_to_ecef([o.lat_deg for o in oc], [o.lon_deg for o in oc], [0.0] * len(oc))
+    return geodetic_to_ecef(np.array([o.lat_deg for o in oc]), np.array([o.lon_deg for o in oc]),
+                            np.zeros(len(oc)))

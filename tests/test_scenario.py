@@ -57,7 +57,8 @@ def test_unknown_key_names_file_line_and_field(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("old", "new", "line", "field", "expect"), [
     ("altitude_km: 550", "altitude_km: -5", 7, "constellations[0].walker.altitude_km",
      "greater than 100"),
-    ("phasing: 1", "phasing: 4", 7, "constellations[0].walker", "phasing F must be in 0..planes-1 (0..3), got 4"),
+    ("phasing: 1", "phasing: 4", 7, "constellations[0].walker",
+     "phasing F must be in 0..planes-1 (0..3), got 4"),
     ("satellites: 24", "satellites: 25", 7, "constellations[0].walker", "multiple of planes"),
     ("lon_deg: 20}", "lon_deg: 20, min_elevation_deg: 95}", 9, "stations[0].min_elevation_deg",
      "less than or equal to 90"),

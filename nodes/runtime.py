@@ -1,0 +1,294 @@
+"""The node runtime of one worker: forwarding and link emulation for many nodes, sans I/O.
+
+A worker hosts a shard of the scenario's nodes. :class:`NodeRuntime` holds their state and does
+everything that happens to a frame: route lookup, the emulated transmitter of each directed link
+(tail-drop queue, serialisation at the link rate, propagation delay from geometry, seeded loss),
+hand-over to the next hop when the frame would arrive there, delivery and drops (each with a
+reason). It never touches a socket or the event loop: the caller feeds it time (``run_due(now)``),
+received batches and link states, and gives it a ``send(worker, payload)`` callable. Unit tests
+drive it with a fake clock; nodes/worker.py drives it from asyncio and MQTT.
+
+Times: ``now`` is wall-clock seconds (shared by all processes of a run). Scenario seconds are
+``(now - t0_wall) * speed``; an emulated delay of ``d`` scenario seconds lasts ``d / speed`` on the
+wall clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from nodes.stats import Stats
+from orbitmesh.topology import GSL, ISL, TERRESTRIAL, Topology
+from orbitmesh.wire import (
+    ACK,
+    F_CREATED,
+    F_DST,
+    F_DUE,
+    F_FLOW,
+    F_HOPS,
+    F_ID,
+    F_KIND,
+    F_POLICY,
+    F_ROUTE,
+    F_SIZE,
+    F_SRC,
+    F_TTL,
+    TELEMETRY,
+    decode_batch,
+    encode_batch,
+)
+
+ARRIVE, CALL = 0, 1
+Frame = list[Any]
+
+
+class Transmitter:
+    """One direction of one link: when it is free and which frames are still serialising."""
+
+    __slots__ = ("busy_until", "finishing")
+
+    def __init__(self) -> None:
+        self.busy_until = 0.0
+        self.finishing: deque[float] = deque()
+
+    def backlog(self, now: float) -> int:
+        """Frames queued or serialising at ``now``."""
+        finishing = self.finishing
+        while finishing and finishing[0] <= now:
+            finishing.popleft()
+        return len(finishing)
+
+
+class NodeRuntime:
+    """Forwarding state of the nodes one worker hosts."""
+
+    def __init__(self, topology: Topology, worker: int, owner: np.ndarray, *,
+                 send: Callable[[int, bytes], None], speed: float, seed: int,
+                 stats: Stats | None = None) -> None:
+        self.topology = topology
+        self.worker = worker
+        self.owner = owner
+        self.local = set(np.flatnonzero(owner == worker).tolist())
+        self.send = send
+        self.speed = speed
+        self.t0_wall = 0.0
+        self.rng = random.Random(seed * 1_000_003 + worker)
+        self.stats = stats or Stats()
+        rules = topology.scenario.links
+        by_kind = {ISL: rules.isl, GSL: rules.gsl, TERRESTRIAL: rules.terrestrial}
+        self.rate_bps = {k: r.rate_bps for k, r in by_kind.items()}
+        self.loss = {k: r.loss for k, r in by_kind.items()}
+        self.queue_frames = {k: r.queue_frames for k, r in by_kind.items()}
+        self.links: dict[tuple[int, int], tuple[float, int]] = {}
+        self.next_hop: dict[str | None, np.ndarray] = {}
+        self.dest_row: dict[int, int] = {}
+        self.state_t_s = -1.0
+        self.tx: dict[tuple[int, int], Transmitter] = {}
+        self.heap: list[tuple[float, int, int, Any, Any]] = []
+        self._seq = 0
+        self.outbox: dict[int, list[tuple[int, Frame]]] = {}
+        self.on_deliver: Callable[[int, Frame, float], None] | None = None
+        self.on_no_route: Callable[[int, Frame, float], bool] | None = None
+        self.down_nodes: set[int] = set()
+
+    # --- time ---------------------------------------------------------------------------------
+
+    def scenario_s(self, now: float) -> float:
+        """Scenario seconds at wall time ``now``."""
+        return (now - self.t0_wall) * self.speed
+
+    def wall_at(self, t_s: float) -> float:
+        """Wall time at which scenario time ``t_s`` happens."""
+        return self.t0_wall + t_s / self.speed
+
+    def call_at(self, when: float, fn: Callable[[float], None]) -> None:
+        """Run ``fn(now)`` at wall time ``when`` (from :meth:`run_due`)."""
+        self._seq += 1
+        heapq.heappush(self.heap, (when, self._seq, CALL, fn, None))
+
+    @property
+    def next_due(self) -> float | None:
+        """Wall time of the earliest pending item."""
+        return self.heap[0][0] if self.heap else None
+
+    def run_due(self, now: float) -> None:
+        """Process everything due at or before ``now``, then send what is in the outbox."""
+        heap = self.heap
+        while heap and heap[0][0] <= now:
+            due, _seq, code, a, b = heapq.heappop(heap)
+            if code == ARRIVE:
+                self._arrive(a, b, due, now)
+            else:
+                a(now)
+        self.flush()
+
+    # --- link state ---------------------------------------------------------------------------
+
+    def apply_state(self, t_s: float, a: np.ndarray, b: np.ndarray, kind: np.ndarray,
+                    delay_s: np.ndarray, destinations: np.ndarray,
+                    next_hop: dict[str | None, np.ndarray]) -> None:
+        """Replace the live links and the routing tables (rows follow ``destinations``)."""
+        self.links = dict(zip(zip(a.tolist(), b.tolist(), strict=True),
+                              zip(delay_s.tolist(), kind.tolist(), strict=True), strict=True))
+        self.dest_row = {int(d): i for i, d in enumerate(destinations.tolist())}
+        self.next_hop = next_hop
+        self.state_t_s = t_s
+
+    def link(self, u: int, v: int) -> tuple[float, int] | None:
+        """(delay_s, kind) of the live link u-v, or None."""
+        return self.links.get((u, v) if u < v else (v, u))
+
+    def route_next(self, u: int, frame: Frame) -> int:
+        """Next hop of ``frame`` at node ``u``; -1 when there is no route."""
+        route = frame[F_ROUTE]
+        if route:
+            try:
+                return int(route[route.index(u) + 1])
+            except (ValueError, IndexError):
+                return -1
+        table = self.next_hop.get(frame[F_POLICY])
+        row = self.dest_row.get(frame[F_DST])
+        if table is None or row is None:
+            return -1
+        return int(table[row, u])
+
+    def source_route(self, root: int, target: int, policy: str | None) -> list[int] | None:
+        """Path root -> target read from the tree rooted at ``root`` (for satellite targets)."""
+        table = self.next_hop.get(policy)
+        row = self.dest_row.get(root)
+        if table is None or row is None:
+            return None
+        path = [target]
+        node = target
+        for _ in range(len(self.owner)):
+            node = int(table[row, node])
+            if node < 0:
+                return None
+            path.append(node)
+            if node == root:
+                path.reverse()
+                return path
+        return None
+
+    # --- frames -------------------------------------------------------------------------------
+
+    def originate(self, u: int, frame: Frame, now: float) -> None:
+        """A node creates a frame: count the offer and start forwarding it."""
+        self.stats.offer(frame)
+        self.forward(u, frame, now)
+
+    def forward(self, u: int, frame: Frame, now: float) -> None:
+        """Frame is at node ``u``: deliver it or put it on the next link's transmitter."""
+        if frame[F_DST] == u:
+            self.stats.deliver(frame, now, self.speed)
+            if self.on_deliver is not None:
+                self.on_deliver(u, frame, now)
+            return
+        frame[F_TTL] -= 1
+        if frame[F_TTL] < 0:
+            self.stats.drop(frame, "ttl")
+            return
+        v = self.route_next(u, frame)
+        if v < 0:
+            if self.on_no_route is None or not self.on_no_route(u, frame, now):
+                self.stats.drop(frame, "no_route")
+            return
+        self.transmit(u, v, frame, now)
+
+    def transmit(self, u: int, v: int, frame: Frame, now: float) -> bool:
+        """Emulate link u->v for ``frame``; False if it was dropped before leaving."""
+        live = self.link(u, v)
+        if live is None:
+            self.stats.drop(frame, "link_down")
+            return False
+        delay_s, kind = live
+        tx = self.tx.get((u, v))
+        if tx is None:
+            tx = self.tx[(u, v)] = Transmitter()
+        if tx.backlog(now) >= self.queue_frames[kind]:
+            self.stats.drop(frame, "queue")
+            return False
+        if self.loss[kind] and self.rng.random() < self.loss[kind]:
+            self.stats.drop(frame, "loss")
+            return False
+        start = now if tx.busy_until < now else tx.busy_until
+        done = start + frame[F_SIZE] * 8.0 / self.rate_bps[kind] / self.speed
+        tx.busy_until = done
+        tx.finishing.append(done)
+        due = done + delay_s / self.speed
+        frame[F_DUE] = due
+        self._seq += 1
+        heapq.heappush(self.heap, (due, self._seq, ARRIVE, (u, v), frame))
+        self.stats.in_flight += 1
+        return True
+
+    def backlog(self, u: int, v: int, now: float) -> int:
+        """Frames waiting on link u->v."""
+        tx = self.tx.get((u, v))
+        return 0 if tx is None else tx.backlog(now)
+
+    def _arrive(self, hop: tuple[int, int], frame: Frame, due: float, now: float) -> None:
+        u, v = hop
+        self.stats.in_flight -= 1
+        if self.link(u, v) is None:
+            self.stats.drop(frame, "link_lost")
+            return
+        frame[F_HOPS] += 1
+        owner = int(self.owner[v])
+        if owner == self.worker:
+            self.stats.accuracy(now - due)
+            self.receive(v, frame, now)
+        else:
+            self.outbox.setdefault(owner, []).append((v, frame))
+            self.stats.remote_sent(frame)
+
+    def receive(self, v: int, frame: Frame, now: float) -> None:
+        """A frame reaches node ``v`` (local or from another worker)."""
+        if v in self.down_nodes:
+            self.stats.drop(frame, "node_down")
+            return
+        self.forward(v, frame, now)
+
+    def receive_batch(self, payload: bytes, now: float) -> None:
+        """Frames from another worker (or injected by a client): malformed input is counted."""
+        try:
+            items = decode_batch(payload)
+        except ValueError as exc:
+            self.stats.malformed(str(exc))
+            return
+        for v, frame in items:
+            if v not in self.local:
+                self.stats.malformed(f"frame for node {v}, not hosted here")
+                continue
+            self.stats.remote_received(frame)
+            if frame[F_DUE]:
+                self.stats.accuracy(now - frame[F_DUE])
+            self.receive(v, frame, now)
+        self.flush()
+
+    def flush(self) -> None:
+        """Send batched frames to the workers that host their next hops."""
+        if not self.outbox:
+            return
+        outbox, self.outbox = self.outbox, {}
+        for worker, items in outbox.items():
+            self.send(worker, encode_batch(items))
+
+    def held_frames(self) -> list[Frame]:
+        """Frames in flight on this worker's links (for the conservation check)."""
+        return [item[4] for item in self.heap if item[2] == ARRIVE]
+
+
+def frame_summary(frame: Frame) -> str:
+    """Short description for logs."""
+    return (f"frame {frame[F_ID]} kind {frame[F_KIND]} flow {frame[F_FLOW]} "
+            f"{frame[F_SRC]}->{frame[F_DST]} size {frame[F_SIZE]} created {frame[F_CREATED]:.3f}")
+
+
+__all__ = ["ACK", "TELEMETRY", "NodeRuntime", "Transmitter", "frame_summary"]

@@ -1,0 +1,269 @@
+"""A worker process: hosts a shard of nodes on one MQTT connection.
+
+``python -m nodes.worker --scenario S --run-id R --broker URL --worker K --workers N --out DIR``
+
+It subscribes to its frame topic, its nodes' inboxes, the run's clock, state and control topics,
+reports ``ready`` on its retained status topic (its last will says ``lost``), starts its nodes'
+generators once the controller's clock arrives, applies each link/route state at the scenario
+time it is stamped with, and on ``finish`` (or SIGTERM/SIGINT) writes ``stats-w<K>.json`` and
+reports ``done``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from broker.url import parse_broker_url
+from nodes.roles import Roles
+from nodes.runtime import NodeRuntime
+from nodes.stats import Stats
+from nodes.transport import Message, MqttTransport, Transport
+from orbitmesh.errors import OrbitmeshError
+from orbitmesh.placement import place
+from orbitmesh.scenario import load_scenario
+from orbitmesh.state import decode_state
+from orbitmesh.topology import Topology, build_topology
+from orbitmesh.wire import F_FLOW, Topics
+
+log = logging.getLogger("orbitmesh.worker")
+HEARTBEAT_S = 0.5
+
+
+class Worker:
+    """Drives one :class:`NodeRuntime` from asyncio and a transport."""
+
+    def __init__(self, topology: Topology, *, worker: int, workers: int, run_id: str,
+                 transport: Transport, out_dir: Path | None, duration_s: float,
+                 speed: float) -> None:
+        self.topology = topology
+        self.index = worker
+        self.topics = Topics(run_id)
+        self.transport = transport
+        self.out_dir = out_dir
+        self.owner = place(topology, workers)
+        events = (out_dir / f"events-w{worker}.msgpack").open("wb") if out_dir else None
+        self.stats = Stats(events)
+        self._events = events
+        self.runtime = NodeRuntime(topology, worker, self.owner, send=self._send, speed=speed,
+                                   seed=topology.scenario.seed, stats=self.stats)
+        self.roles = Roles(self.runtime, duration_s=duration_s)
+        self.started = False
+        self.finished = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = float("inf")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wall_offset = 0.0
+        self._pending_state: list[tuple[float, dict[str, Any]]] = []
+        self._last_counts = (0, 0.0)
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def _send(self, worker: int, payload: bytes) -> None:
+        self.transport.publish(self.topics.worker_frames(worker), payload)
+
+    def now(self) -> float:
+        """Wall-clock seconds (the clock every process of a run shares)."""
+        return time.time()
+
+    def _arm(self) -> None:
+        """Make sure the runtime is serviced at its next due time."""
+        due = self.runtime.next_due
+        if due is None or due >= self._timer_due:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer_due = due
+        self._timer = self._loop.call_at(due - self._wall_offset, self._service)
+
+    def _service(self) -> None:
+        self._timer, self._timer_due = None, float("inf")
+        now = self.now()
+        self.stats.clock(now)
+        self.runtime.run_due(now)
+        self._arm()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until finished."""
+        self._loop = asyncio.get_running_loop()
+        self._wall_offset = time.time() - self._loop.time()
+        t = self.topics
+        inboxes = [t.node_inbox(self.topology.node_ids[i]) for i in sorted(self.runtime.local)]
+        await self.transport.subscribe(t.worker_frames(self.index), t.clock, t.state, t.control,
+                                       *inboxes)
+        self._status("ready", nodes=len(self.runtime.local), pid=os.getpid())
+        async with asyncio.TaskGroup() as tg:
+            receiver = tg.create_task(self._receive(), name=f"worker{self.index}.receive")
+            beat = tg.create_task(self._heartbeat(), name=f"worker{self.index}.heartbeat")
+            await self.finished.wait()
+            receiver.cancel()
+            beat.cancel()
+        self._finish()
+        await self.transport.flush()
+
+    async def _receive(self) -> None:
+        async for batch in self.transport.batches():
+            now = self.now()
+            self.stats.clock(now)
+            for message in batch:
+                self._dispatch(message, now)
+            self._arm()
+
+    def _dispatch(self, message: Message, now: float) -> None:
+        t = self.topics
+        topic = message.topic
+        try:
+            if topic == t.state:
+                self._on_state(decode_state(message.payload), now)
+            elif topic == t.clock:
+                self._on_clock(json.loads(message.payload), now)
+            elif topic == t.control:
+                self._on_control(json.loads(message.payload))
+            else:  # frames for our nodes (from workers or injected by any client)
+                self.runtime.receive_batch(message.payload, now)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.stats.malformed(f"{topic}: {exc}")
+
+    def _on_clock(self, clock: dict[str, Any], now: float) -> None:
+        if self.started:
+            return
+        self.runtime.t0_wall = float(clock["t0_wall"])
+        self.started = True
+        self.roles.start(max(now, self.runtime.t0_wall))
+        for _t, state in self._pending_state:
+            self._schedule_state(state)
+        self._pending_state.clear()
+
+    def _on_state(self, state: dict[str, Any], now: float) -> None:
+        if not self.started:
+            self._pending_state = [(state["t_s"], state)]  # only the latest matters
+            return
+        self._schedule_state(state)
+
+    def _schedule_state(self, state: dict[str, Any]) -> None:
+        rt = self.runtime
+        due = rt.wall_at(state["t_s"])
+
+        def apply(now: float) -> None:
+            if state["t_s"] < rt.state_t_s:
+                return  # an older state arrived late; a newer one is already in force
+            rt.apply_state(state["t_s"], state["a"], state["b"], state["kind"], state["delay_s"],
+                           state["destinations"], state["next_hop"])
+            self.stats.link_apply_late_ms.append(max(0.0, now - due) * 1000.0)
+
+        rt.call_at(due, apply)
+
+    def _on_control(self, command: dict[str, Any]) -> None:
+        if command.get("cmd") == "finish":
+            self.roles.stopped = True
+            self.finished.set()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._status("running", **self._progress())
+            await asyncio.sleep(HEARTBEAT_S)
+
+    def _progress(self) -> dict[str, Any]:
+        flows = self.stats.flows.values()
+        offered = sum(f.offered for f in flows)
+        delivered = sum(f.delivered for f in flows)
+        dropped = sum(sum(f.dropped.values()) for f in flows)
+        hops = sum(f.hops for f in flows)
+        return {"offered": offered, "delivered": delivered, "dropped": dropped, "hops": hops,
+                "t_s": round(self.runtime.scenario_s(self.now()), 3) if self.started else None,
+                "held_on_board": self.stats.held_on_board, "malformed": self.stats.malformed_count}
+
+    def _status(self, state: str, **extra: Any) -> None:
+        body = {"worker": self.index, "state": state, "time": self.now(), **extra}
+        self.transport.publish(self.topics.worker_status(self.index), json.dumps(body).encode(),
+                               retain=True)
+
+    def _finish(self) -> None:
+        """Count what is still held and write the stats file."""
+        held: dict[int, int] = {}
+        for frame in self.runtime.held_frames():
+            held[frame[F_FLOW]] = held.get(frame[F_FLOW], 0) + 1
+        for store in self.roles.store.values():
+            for frame in store:
+                held[frame[F_FLOW]] = held.get(frame[F_FLOW], 0) + 1
+        result = self.stats.as_dict()
+        result["worker"] = self.index
+        result["in_flight"] = {str(k): v for k, v in held.items()}
+        result["held_on_board"] = sum(len(s) for s in self.roles.store.values())
+        if self._events is not None:
+            self._events.close()
+        if self.out_dir is not None:
+            path = self.out_dir / f"stats-w{self.index}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result))
+            tmp.replace(path)
+        self._status("done", **self._progress())
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m nodes.worker")
+    p.add_argument("--scenario", required=True)
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--broker", required=True)
+    p.add_argument("--worker", type=int, required=True)
+    p.add_argument("--workers", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--duration", type=float)
+    p.add_argument("--speed", type=float)
+    return p.parse_args(argv)
+
+
+async def amain(args: argparse.Namespace) -> int:
+    """Run one worker until the controller says finish (or a signal arrives)."""
+    scenario = load_scenario(args.scenario)
+    topology = build_topology(scenario)
+    duration = args.duration or scenario.duration_s
+    speed = args.speed or scenario.speed
+    topics = Topics(args.run_id)
+    will_body = json.dumps({"worker": args.worker, "state": "lost"}).encode()
+    transport = MqttTransport(parse_broker_url(args.broker),
+                              client_id=f"orbitmesh-{args.run_id}-w{args.worker}",
+                              will=(topics.worker_status(args.worker), will_body, True),
+                              reconnect=True)
+    async with transport:
+        worker = Worker(topology, worker=args.worker, workers=args.workers, run_id=args.run_id,
+                        transport=transport, out_dir=Path(args.out), duration_s=duration,
+                        speed=speed)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.finished.set)
+        await worker.run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Process entry point."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(levelname)s "
+                        "%(message)s")
+    args = _parse(argv)
+    try:
+        return asyncio.run(amain(args))
+    except OrbitmeshError as exc:
+        print(f"worker {args.worker}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
+

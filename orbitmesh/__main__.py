@@ -1,0 +1,5 @@
+import sys
+
+from orbitmesh.cli import main
+
+sys.exit(main())

@@ -1,0 +1,232 @@
+"""The `orbitmesh` command: a thin layer over the same API the tests call.
+
+Exit codes: 0 success, 1 the work failed (run error, broken invariant), 2 bad input (usage,
+scenario, unreachable broker), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from orbitmesh import __version__
+from orbitmesh.errors import BrokerError, OrbitmeshError, RunError, ScenarioError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO-8601 UTC time like 2026-01-01T00:10:00Z, got {text!r}") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def iso_z(when: datetime) -> str:
+    """ISO-8601 UTC with a ``Z`` and milliseconds."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orbitmesh", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"orbitmesh {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    v = sub.add_parser("validate", help="check a scenario and print what it describes")
+    v.add_argument("scenario")
+
+    pa = sub.add_parser("path", help="the route chosen between two nodes (traceroute-like)")
+    pa.add_argument("scenario")
+    pa.add_argument("src")
+    pa.add_argument("dst")
+    pa.add_argument("--at", type=_time, help="one time (default: the scenario epoch)")
+    pa.add_argument("--start", type=_time)
+    pa.add_argument("--end", type=_time)
+    pa.add_argument("--step", type=float, default=60.0, help="seconds between samples")
+    pa.add_argument("--policy", help="routing policy name from the scenario")
+    pa.add_argument("--format", choices=("table", "json"), default="table")
+
+    c = sub.add_parser("contacts", help="passes of satellites over stations (AOS/TCA/LOS)")
+    c.add_argument("scenario")
+    c.add_argument("--start", type=_time, help="default: the scenario epoch")
+    c.add_argument("--end", type=_time, help="default: start + scenario duration")
+    c.add_argument("--station", action="append", help="only this station (repeatable)")
+    c.add_argument("--satellite", action="append", help="only this satellite id (repeatable)")
+    c.add_argument("--format", choices=("table", "json", "ion", "hdtn"), default="table")
+
+    r = sub.add_parser("run", help="run a scenario live over MQTT")
+    r.add_argument("scenario")
+    r.add_argument("--duration", type=float, help="scenario seconds (default: the scenario's)")
+    r.add_argument("--speed", type=float, help="scenario seconds per wall second")
+    r.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
+    r.add_argument("--broker", default="embedded",
+                   help="'embedded' (default) or mqtt[s]://[user:pass@]host:port")
+    r.add_argument("--out", help="run directory (default: runs/<name>-<UTC timestamp>)")
+    r.add_argument("--run-id", help="run id used in MQTT topics (default: derived from --out)")
+    r.add_argument("--quiet", action="store_true", help="no live progress line")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `orbitmesh` script."""
+    args = _parser().parse_args(argv)
+    try:
+        handler = {"validate": _validate, "path": _path, "contacts": _contacts,
+                   "run": _run}[args.command]
+        return handler(args)
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OrbitmeshError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _load(path: str):  # type: ignore[no-untyped-def]
+    from orbitmesh.scenario import load_scenario
+    from orbitmesh.topology import build_topology
+
+    return build_topology(load_scenario(path))
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from orbitmesh.describe import describe
+
+    topology = _load(args.scenario)
+    print(describe(topology))
+    print("ok")
+    return EXIT_OK
+
+
+def _path(args: argparse.Namespace) -> int:
+    from orbitmesh.engine import TickEngine
+
+    topology = _load(args.scenario)
+    scenario = topology.scenario
+    src, dst = topology.node(args.src), topology.node(args.dst)
+    if args.policy is not None and args.policy not in scenario.routing.policies:
+        raise ScenarioError(f"unknown policy {args.policy!r}; the scenario defines "
+                            f"{sorted(scenario.routing.policies) or 'none'}")
+    if args.at and (args.start or args.end):
+        raise ScenarioError("give either --at or --start/--end, not both")
+    if args.start or args.end:
+        start = args.start or scenario.epoch
+        end = args.end or start + timedelta(seconds=scenario.duration_s)
+        if end < start:
+            raise ScenarioError("--end is before --start")
+        count = int((end - start).total_seconds() // args.step) + 1
+        times = [start + timedelta(seconds=i * args.step) for i in range(count)]
+    else:
+        times = [args.at or scenario.epoch]
+    if times[0] < scenario.epoch:
+        raise ScenarioError(f"times must not precede the scenario epoch {iso_z(scenario.epoch)}")
+    # Route from src to dst: trees are rooted at destinations, so root one at dst.
+    engine = TickEngine(topology, destinations=[dst],
+                        policies=[args.policy] if args.policy else [])
+    engine.warm_up((times[0] - scenario.epoch).total_seconds())
+    rows: list[dict[str, Any]] = []
+    for when in times:
+        tick = engine.step((when - scenario.epoch).total_seconds())
+        trees = tick.routes[args.policy]
+        hops = trees.path(src, dst)
+        delays = [tick.state.delay_of(a, b) or 0.0 for a, b in itertools.pairwise(hops)]
+        one_way = sum(delays) * 1000.0 if hops else None
+        rows.append({"time": iso_z(when), "path": [topology.node_ids[i] for i in hops],
+                     "hop_delays_ms": [round(d * 1000.0, 3) for d in delays],
+                     "one_way_ms": None if one_way is None else round(one_way, 3),
+                     "rtt_ms": None if one_way is None else round(2 * one_way, 3)})
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for row in rows:
+        if not row["path"]:
+            print(f"{row['time']}  {args.src} -> {args.dst}: no route")
+            continue
+        print(f"{row['time']}  {args.src} -> {args.dst}: {len(row['path']) - 1} hops, "
+              f"one-way {row['one_way_ms']:.3f} ms, RTT {row['rtt_ms']:.3f} ms")
+        cumulative = 0.0
+        for i, node in enumerate(row["path"]):
+            if i == 0:
+                print(f"  {i:>3}  {node:<24}")
+                continue
+            cumulative += row["hop_delays_ms"][i - 1]
+            print(f"  {i:>3}  {node:<24} {row['hop_delays_ms'][i - 1]:9.3f} ms "
+                  f"{cumulative:9.3f} ms")
+    return EXIT_OK
+
+
+def _contacts(args: argparse.Namespace) -> int:
+    from orbitmesh.contacts import (
+        find_passes,
+        format_table,
+        passes_to_json,
+        to_hdtn,
+        to_ion,
+    )
+    from orbitmesh.geometry import Propagator, Stations
+
+    topology = _load(args.scenario)
+    scenario = topology.scenario
+    start = args.start or scenario.epoch
+    end = args.end or start + timedelta(seconds=scenario.duration_s)
+    if end <= start:
+        raise ScenarioError("--end must be after --start")
+    stations = list(range(topology.n_stations))
+    if args.station:
+        names = [g.name for g in scenario.stations]
+        for name in args.station:
+            if name not in names:
+                raise ScenarioError(f"unknown station {name!r}; expected one of {names}")
+        stations = [names.index(n) for n in args.station]
+    sats = list(range(topology.n_satellites))
+    if args.satellite:
+        sats = [topology.node(s) for s in args.satellite]
+        if any(i >= topology.n_satellites for i in sats):
+            raise ScenarioError("--satellite takes satellite ids (see `orbitmesh validate`)")
+    st = scenario.stations
+    passes = find_passes(
+        Propagator([topology.satrecs[i] for i in sats]),
+        [topology.node_ids[i] for i in sats],
+        Stations.from_geodetic([st[g].lat_deg for g in stations], [st[g].lon_deg for g in stations],
+                               [st[g].alt_m / 1000.0 for g in stations]),
+        [st[g].name for g in stations],
+        [st[g].min_elevation_deg for g in stations],
+        start, end)
+    if args.format == "json":
+        print(json.dumps(passes_to_json(passes), indent=2))
+    elif args.format == "table":
+        print(format_table(passes))
+    else:
+        numbers = {nid: i + 1 for i, nid in enumerate(topology.node_ids)}
+        rate_bps = scenario.links.gsl.rate_bps
+        if args.format == "ion":
+            print(to_ion(passes, numbers, start=start, rate_bytes_s=rate_bps / 8.0), end="")
+        else:
+            print(json.dumps(to_hdtn(passes, numbers, start=start, rate_bits_s=rate_bps), indent=2))
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from orbitmesh.launch.local import run_cli
+
+    return run_cli(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

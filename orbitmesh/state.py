@@ -1,0 +1,60 @@
+"""The tick snapshot the controller publishes (retained) and every worker applies.
+
+One msgpack map per tick, holding the *complete* link state and routing tables in force from
+scenario time ``t_s`` on, so that a worker that joins late or restarts catches up from the
+retained copy alone. Arrays travel as raw little-endian bytes (``np.frombuffer`` on receipt)::
+
+    {"v": 1, "t_s": float, "seq": int, "n": N,
+     "a": int32[L], "b": int32[L], "kind": int8[L], "delay_s": float64[L],
+     "destinations": int32[D], "next_hop": {"": int32[D*N], "<policy>": int32[D*N], ...}}
+
+``next_hop[p][d, u]`` is the next node from ``u`` toward destination ``destinations[d]`` under
+policy ``p`` ("" = unrestricted), -1 when unreachable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from orbitmesh.links import LinkState
+from orbitmesh.routing import RouteTrees
+
+STATE_VERSION = 1
+
+
+def encode_state(seq: int, state: LinkState, routes: dict[str | None, RouteTrees]) -> bytes:
+    """Pack one tick's links and routes."""
+    dest = next(iter(routes.values())).destinations if routes else np.empty(0)
+    return msgpack.packb({
+        "v": STATE_VERSION, "t_s": state.t_s, "seq": seq, "n": state.n_nodes,
+        "a": state.a.astype("<i4").tobytes(), "b": state.b.astype("<i4").tobytes(),
+        "kind": state.kind.astype("i1").tobytes(), "delay_s": state.delay_s.astype("<f8").tobytes(),
+        "destinations": np.asarray(dest).astype("<i4").tobytes(),
+        "next_hop": {("" if k is None else k): np.ascontiguousarray(v.next_hop, dtype="<i4")
+                     .tobytes() for k, v in routes.items()},
+    }, use_bin_type=True)
+
+
+def decode_state(payload: bytes) -> dict[str, Any]:
+    """Unpack a state snapshot into numpy arrays; raises ValueError when malformed."""
+    try:
+        raw = msgpack.unpackb(payload, raw=False)
+        if raw["v"] != STATE_VERSION:
+            raise ValueError(f"state version {raw['v']}, this orbitmesh reads {STATE_VERSION}")
+        n = int(raw["n"])
+        dest = np.frombuffer(raw["destinations"], dtype="<i4").astype(np.int64)
+        return {
+            "t_s": float(raw["t_s"]), "seq": int(raw["seq"]), "n": n,
+            "a": np.frombuffer(raw["a"], dtype="<i4").astype(np.int64),
+            "b": np.frombuffer(raw["b"], dtype="<i4").astype(np.int64),
+            "kind": np.frombuffer(raw["kind"], dtype="i1"),
+            "delay_s": np.frombuffer(raw["delay_s"], dtype="<f8"),
+            "destinations": dest,
+            "next_hop": {(k or None): np.frombuffer(v, dtype="<i4").reshape(len(dest), n)
+                         for k, v in raw["next_hop"].items()},
+        }
+    except (KeyError, TypeError, msgpack.UnpackException, ValueError) as exc:
+        raise ValueError(f"malformed state snapshot: {exc}") from exc
