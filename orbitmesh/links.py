@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.spatial import cKDTree
 
 from orbitmesh.geometry import (
     C_KM_S,
     EARTH_RADIUS_KM,
     FloatArray,
     Propagator,
-    elevation_deg,
     line_of_sight_clear,
     offsets_to_jd,
 )
@@ -140,6 +140,13 @@ class LinkEngine:
         self._prev_gsl = np.empty((0, 2), dtype=np.int64)  # (station idx, sat idx)
         self.handovers_total = 0
         self.last_handovers = 0
+        self._sin_mask = np.sin(np.radians(topology.station_mask_deg))
+        self._restricted = not bool(np.all(topology.station_allows))
+        self._gsl_capable = topology.sat_max_gsl > 0
+        self._has_antenna = topology.station_antennas > 0
+        self._lowest_mask_rad = float(np.radians(topology.station_mask_deg.min(initial=90.0)))
+        self._station_tree = cKDTree(topology.stations.positions_ecef_km) if len(
+            topology.stations) else None
         first = topology.n_satellites
         self._station_nodes = np.arange(first, first + topology.n_stations, dtype=np.int64)
 
@@ -166,12 +173,13 @@ class LinkEngine:
         if topo.n_stations == 0 or topo.n_satellites == 0:
             empty = np.empty(0, dtype=np.int64)
             return empty, empty, np.empty(0)
-        el = elevation_deg(topo.stations, pos)  # (G, S)
-        visible = el >= topo.station_mask_deg[:, np.newaxis]
-        visible &= topo.station_allows[:, topo.sat_constellation]
-        visible &= (topo.station_antennas > 0)[:, np.newaxis] & (topo.sat_max_gsl > 0)[np.newaxis]
-        cg, cs = np.nonzero(visible)
-        cel = el[cg, cs]
+        cg, cs, sin_el = self._candidates(pos)
+        visible = sin_el >= self._sin_mask[cg]
+        if self._restricted:
+            visible &= topo.station_allows[cg, topo.sat_constellation[cs]]
+        visible &= self._gsl_capable[cs] & self._has_antenna[cg]
+        cg, cs, sin_el = cg[visible], cs[visible], sin_el[visible]
+        cel = np.degrees(np.arcsin(np.clip(sin_el, -1.0, 1.0)))
         sticky = topo.scenario.links.gsl.handover == "sticky"
         keep = np.zeros(len(cg), dtype=bool)
         if sticky and len(self._prev_gsl):
@@ -182,6 +190,33 @@ class LinkEngine:
         self._count_handovers(g, s)
         rng_km = np.linalg.norm(pos[s] - topo.stations.positions_ecef_km[g], axis=1)
         return g, s, rng_km / C_KM_S
+
+    def _candidates(self, pos: FloatArray) -> tuple[IntArray, IntArray, FloatArray]:
+        """(station, satellite, sin elevation) of every pair that might be above a mask.
+
+        A k-d tree over the satellites finds the pairs within the longest slant range any
+        station can have (lowest mask, highest satellite), so exact elevation is computed for a
+        few thousand pairs instead of every station-satellite pair.
+        """
+        stations = self.topology.stations
+        assert self._station_tree is not None  # gsl() returns early without stations
+        finite = np.isfinite(pos).all(axis=1)
+        if not finite.any():
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty, np.empty(0)
+        sat_index = np.flatnonzero(finite)
+        radius_km = float(np.linalg.norm(pos[sat_index], axis=1).max())
+        site_km = float(np.linalg.norm(stations.positions_ecef_km, axis=1).min())
+        e = self._lowest_mask_rad
+        reach_km = np.sqrt(radius_km**2 - (site_km * np.cos(e)) ** 2) - site_km * np.sin(e)
+        tree = cKDTree(pos[sat_index])
+        pairs = self._station_tree.sparse_distance_matrix(tree, reach_km + 1.0,
+                                                          output_type="ndarray")
+        cg = pairs["i"].astype(np.int64)
+        cs = sat_index[pairs["j"]]
+        rho = pos[cs] - stations.positions_ecef_km[cg]
+        sin_el = np.einsum("ij,ij->i", rho, stations.up[cg]) / np.maximum(pairs["v"], 1e-9)
+        return cg, cs, sin_el
 
     def _count_handovers(self, g: IntArray, s: IntArray) -> None:
         n_s = self.topology.n_satellites
