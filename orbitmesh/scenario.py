@@ -318,6 +318,9 @@ def parse_scenario(text: str, source: Path) -> Scenario:
         raise ScenarioError(f"{source}:1: expected a mapping of scenario keys at the top level")
     lines = _line_index(text)
     raw = dict(raw)
+    if "source" in raw:
+        raise ScenarioError(f"{source}:{_line_of(lines, ('source',))}: source: unknown key "
+                            "(check the spelling; docs/scenarios.md lists every key)")
     raw["source"] = source
     base = source.parent
     for i, item in enumerate(raw.get("constellations") or []):
@@ -361,6 +364,7 @@ def _cross_check(s: Scenario) -> list[tuple[tuple[str | int, ...], str]]:
     if not s.constellations:
         problems.append((("constellations",), "needs at least one constellation"))
     owners: dict[str, tuple[str | int, ...]] = {}
+    flow_names: dict[str, tuple[str | int, ...]] = {}
     constellations = {c.name for c in s.constellations}
     stations = {g.name for g in s.stations}
     centres = {o.name for o in s.ops_centres}
@@ -370,10 +374,11 @@ def _cross_check(s: Scenario) -> list[tuple[tuple[str | int, ...], str]]:
     for section, items in sections:
         for i, item in enumerate(items):
             loc = (section, i, "name")
-            if item.name in owners and section != "traffic":
+            seen = flow_names if section == "traffic" else owners
+            if item.name in seen:
                 problems.append((loc, f"name {item.name!r} is already used at "
-                                      f"{_dotted(owners[item.name])}; node names must be unique"))
-            owners.setdefault(item.name, loc)
+                                      f"{_dotted(seen[item.name])}; names must be unique"))
+            seen.setdefault(item.name, loc)
     for i, g in enumerate(s.stations):
         for c in g.constellations or ():
             if c not in constellations:

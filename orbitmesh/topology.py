@@ -127,6 +127,13 @@ def build_topology(scenario: Scenario) -> Topology:
         dup = sorted({n for n in node_ids if node_ids.count(n) > 1})
         raise ScenarioError(f"{scenario.source}: node ids collide: {dup}; rename the station, "
                             "operations centre or constellation")
+    known = set(node_ids)
+    bad = [f"{scenario.source}: traffic[{i}].{key}: unknown node {getattr(f, key)!r}; expected "
+           f"a station, an operations centre or a satellite id (see `orbitmesh validate`)"
+           for i, f in enumerate(scenario.traffic) for key in ("source", "destination")
+           if getattr(f, key) not in known]
+    if bad:
+        raise ScenarioError(f"{scenario.source}: {len(bad)} problem(s) in traffic", bad)
     kind = np.array([SATELLITE] * n_sats + [STATION] * len(scenario.stations)
                     + [OPS_CENTRE] * len(scenario.ops_centres), dtype=np.int8)
     operator = np.array(
