@@ -214,7 +214,7 @@ def _contacts(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(passes_to_json(passes), indent=2))
     elif args.format == "table":
-        print(format_table(passes))
+        print(format_table(passes), end="")
     else:
         numbers = {nid: i + 1 for i, nid in enumerate(topology.node_ids)}
         rate_bps = scenario.links.gsl.rate_bps
