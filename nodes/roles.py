@@ -50,8 +50,9 @@ DUMP_INTERVAL_S = 0.02
 class Roles:
     """Schedules the behaviour of the nodes one runtime hosts."""
 
-    def __init__(self, runtime: NodeRuntime, *, duration_s: float) -> None:
+    def __init__(self, runtime: NodeRuntime, *, duration_s: float, generation: int = 0) -> None:
         self.rt = runtime
+        self.generation = generation
         self.topo = runtime.topology
         self.duration_s = duration_s
         self._ids = itertools.count(1)
@@ -61,6 +62,7 @@ class Roles:
         self.operating_centre = self._operating_centres()
         self._tc_targets: dict[int, itertools.cycle[int]] = {}
         runtime.on_deliver = self._delivered
+        runtime.on_node_down = self._node_down
         self.stopped = False
 
     def _operating_centres(self) -> dict[int, int]:
@@ -72,9 +74,17 @@ class Roles:
                 out.setdefault(names.index(c), self.topo.index[o.name])
         return out
 
+    def _node_down(self, node: int, fault_id: str, now: float) -> None:
+        """A failed node loses its on-board store and comes back with empty state."""
+        store = self.store.get(node)
+        while store:
+            self.rt.stats.held_on_board -= 1
+            self.rt.stats.drop(store.popleft(), "fault", node, fault_id)
+        self.counters.pop(node, None)
+
     def frame_id(self) -> int:
         """A run-unique frame id: worker index in the high bits."""
-        return (self.rt.worker << 40) | next(self._ids)
+        return (self.generation << 56) | (self.rt.worker << 40) | next(self._ids)
 
     # --- scheduling -----------------------------------------------------------------------------
 
@@ -179,7 +189,8 @@ class Roles:
         def fire(now: float) -> None:
             if not self._running(now):
                 return
-            self.telecommand(node, next(self._tc_targets[node]), size, now)
+            if node not in self.rt.down_nodes:
+                self.telecommand(node, next(self._tc_targets[node]), size, now)
             self.rt.call_at(now + period, fire)
         return fire
 
@@ -194,7 +205,7 @@ class Roles:
         rt.stats.telecommands_sent += 1
         if route is None:
             rt.stats.offer(frame)
-            rt.stats.drop(frame, "no_route", node)
+            rt.drop_no_route(node, frame)
             return
         rt.originate(node, frame, now)
 

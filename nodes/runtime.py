@@ -45,6 +45,8 @@ from orbitmesh.wire import (
 )
 
 ARRIVE, CALL = 0, 1
+BROKER_FAULT = "broker_outage"
+"""Fault id of frames a worker could not hand over because its broker connection was down."""
 Frame = list[Any]
 
 
@@ -95,7 +97,14 @@ class NodeRuntime:
         self.outbox: dict[int, list[tuple[int, Frame]]] = {}
         self.on_deliver: Callable[[int, Frame, float], None] | None = None
         self.on_no_route: Callable[[int, Frame, float], bool] | None = None
-        self.down_nodes: set[int] = set()
+        self.on_node_down: Callable[[int, str, float], None] | None = None
+        self.connected: Callable[[], bool] = lambda: True
+        self.down_nodes: dict[int, str] = {}  # failed node -> fault id
+        self.cut: dict[tuple[int, int], str] = {}  # link removed by a fault -> fault id
+        self.degraded: dict[tuple[int, int], tuple[float, float, float, str]] = {}
+        self.down_all: dict[int, str] = {}  # every failed node of the run -> fault id
+        self.cut_at_node: dict[int, str] = {}  # node with a fault-cut link -> fault id
+        self.broker_fault_id = BROKER_FAULT
 
     # --- time ---------------------------------------------------------------------------------
 
@@ -132,13 +141,47 @@ class NodeRuntime:
 
     def apply_state(self, t_s: float, a: np.ndarray, b: np.ndarray, kind: np.ndarray,
                     delay_s: np.ndarray, destinations: np.ndarray,
-                    next_hop: dict[str | None, np.ndarray]) -> None:
-        """Replace the live links and the routing tables (rows follow ``destinations``)."""
+                    next_hop: dict[str | None, np.ndarray], *, now: float = 0.0,
+                    down: dict[int, str] | None = None,
+                    cut: dict[tuple[int, int], str] | None = None,
+                    degraded: dict[tuple[int, int], tuple[float, float, float, str]] | None = None
+                    ) -> None:
+        """Replace the live links, routing tables (rows follow ``destinations``) and faults."""
         self.links = dict(zip(zip(a.tolist(), b.tolist(), strict=True),
                               zip(delay_s.tolist(), kind.tolist(), strict=True), strict=True))
         self.dest_row = {int(d): i for i, d in enumerate(destinations.tolist())}
         self.next_hop = next_hop
         self.state_t_s = t_s
+        self.cut = cut or {}
+        self.degraded = degraded or {}
+        down = down or {}
+        self.down_all = down
+        self.cut_at_node = {}
+        for (x, y), fault in self.cut.items():
+            self.cut_at_node.setdefault(x, fault)
+            self.cut_at_node.setdefault(y, fault)
+        newly_down = {n: f for n, f in down.items() if n in self.local and n not in self.down_nodes}
+        self.down_nodes = {n: f for n, f in down.items() if n in self.local}
+        if newly_down:
+            self._fail_nodes(newly_down, now)
+
+    def _fail_nodes(self, failed: dict[int, str], now: float) -> None:
+        """Failed nodes lose their queues and the frames they are transmitting."""
+        kept = []
+        for item in self.heap:
+            if item[2] == ARRIVE and item[3][0] in failed:
+                self.stats.in_flight -= 1
+                self.stats.drop(item[4], "fault", item[3][0], failed[item[3][0]])
+            else:
+                kept.append(item)
+        if len(kept) != len(self.heap):
+            heapq.heapify(kept)
+            self.heap = kept
+        for (u, v) in [k for k in self.tx if k[0] in failed]:
+            del self.tx[(u, v)]
+        if self.on_node_down is not None:
+            for node, fault_id in failed.items():
+                self.on_node_down(node, fault_id, now)
 
     def link(self, u: int, v: int) -> tuple[float, int] | None:
         """(delay_s, kind) of the live link u-v, or None."""
@@ -192,33 +235,55 @@ class NodeRuntime:
             return
         frame[F_TTL] -= 1
         if frame[F_TTL] < 0:
-            self.stats.drop(frame, "ttl")
+            self.stats.drop(frame, "ttl", u)
             return
         v = self.route_next(u, frame)
         if v < 0:
             if self.on_no_route is None or not self.on_no_route(u, frame, now):
-                self.stats.drop(frame, "no_route")
+                self.drop_no_route(u, frame)
             return
         self.transmit(u, v, frame, now)
+
+    def drop_no_route(self, u: int, frame: Frame) -> None:
+        """Drop a frame that has no route, blaming the fault that took the route away if any."""
+        fault = self.down_all.get(frame[F_DST]) or self.cut_at_node.get(u)
+        if fault is not None:
+            self.stats.drop(frame, "fault", u, fault)
+        else:
+            self.stats.drop(frame, "no_route", u)
 
     def transmit(self, u: int, v: int, frame: Frame, now: float) -> bool:
         """Emulate link u->v for ``frame``; False if it was dropped before leaving."""
         live = self.link(u, v)
         if live is None:
-            self.stats.drop(frame, "link_down")
+            fault = self.cut.get((u, v) if u < v else (v, u))
+            if fault is not None:
+                self.stats.drop(frame, "fault", u, fault)
+            else:
+                self.stats.drop(frame, "link_down", u)
             return False
         delay_s, kind = live
+        rate_bps = self.rate_bps[kind]
+        if self.degraded:
+            degraded = self.degraded.get((u, v) if u < v else (v, u))
+            if degraded is not None:
+                extra_loss, _extra_delay, cap, fault = degraded
+                if extra_loss and self.rng.random() < extra_loss:
+                    self.stats.drop(frame, "fault", u, fault)
+                    return False
+                if cap:
+                    rate_bps = min(rate_bps, cap)
         tx = self.tx.get((u, v))
         if tx is None:
             tx = self.tx[(u, v)] = Transmitter()
         if tx.backlog(now) >= self.queue_frames[kind]:
-            self.stats.drop(frame, "queue")
+            self.stats.drop(frame, "queue", u)
             return False
         if self.loss[kind] and self.rng.random() < self.loss[kind]:
-            self.stats.drop(frame, "loss")
+            self.stats.drop(frame, "loss", u)
             return False
         start = now if tx.busy_until < now else tx.busy_until
-        done = start + frame[F_SIZE] * 8.0 / self.rate_bps[kind] / self.speed
+        done = start + frame[F_SIZE] * 8.0 / rate_bps / self.speed
         tx.busy_until = done
         tx.finishing.append(done)
         due = done + delay_s / self.speed
@@ -237,7 +302,11 @@ class NodeRuntime:
         u, v = hop
         self.stats.in_flight -= 1
         if self.link(u, v) is None:
-            self.stats.drop(frame, "link_lost")
+            fault = self.cut.get((u, v) if u < v else (v, u))
+            if fault is not None:
+                self.stats.drop(frame, "fault", u, fault)
+            else:
+                self.stats.drop(frame, "link_lost", u)
             return
         frame[F_HOPS] += 1
         owner = int(self.owner[v])
@@ -250,8 +319,9 @@ class NodeRuntime:
 
     def receive(self, v: int, frame: Frame, now: float) -> None:
         """A frame reaches node ``v`` (local or from another worker)."""
-        if v in self.down_nodes:
-            self.stats.drop(frame, "node_down")
+        fault = self.down_nodes.get(v)
+        if fault is not None:
+            self.stats.drop(frame, "fault", v, fault)
             return
         self.forward(v, frame, now)
 
@@ -277,6 +347,11 @@ class NodeRuntime:
         if not self.outbox:
             return
         outbox, self.outbox = self.outbox, {}
+        if not self.connected():
+            for items in outbox.values():
+                for _v, frame in items:
+                    self.stats.drop(frame, "fault", -1, self.broker_fault_id)
+            return
         for worker, items in outbox.items():
             self.send(worker, encode_batch(items))
 

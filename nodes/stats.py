@@ -6,7 +6,7 @@ still held (in flight on a link, or in an on-board store) when the run ends. Wor
 
 Event log records (msgpack arrays, one per event, appended to ``events-w<k>.msgpack``):
 ``["offer", wall, id, flow, kind, src, dst, size]``, ``["deliver", wall, id, flow, node, hops,
-latency_ms]``, ``["drop", wall, id, flow, node_or_-1, reason]``.
+latency_ms]``, ``["drop", wall, id, flow, node_or_-1, reason, fault_id_or_None]``.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ class Stats:
         self.telecommands_acked = 0
         self.max_backlog = 0
         self.link_apply_late_ms: list[float] = []
+        self.fault_drops: defaultdict[str, Counter[int]] = defaultdict(Counter)
+        self.held_by_fault: Counter[str] = Counter()
         self._events = events
         self._packer = msgpack.Packer(use_bin_type=True) if events is not None else None
         self._now = 0.0
@@ -87,10 +89,13 @@ class Stats:
         self._event(["deliver", now, frame[F_ID], frame[F_FLOW], frame[F_DST], frame[F_HOPS],
                      latency_ms])
 
-    def drop(self, frame: list[Any], reason: str, node: int = -1) -> None:
-        """``frame`` was dropped for ``reason``."""
+    def drop(self, frame: list[Any], reason: str, node: int = -1,
+             fault: str | None = None) -> None:
+        """``frame`` was dropped for ``reason`` (and, for reason ``fault``, by fault ``fault``)."""
         self.flows[frame[F_FLOW]].dropped[reason] += 1
-        self._event(["drop", self._now, frame[F_ID], frame[F_FLOW], node, reason])
+        if fault is not None:
+            self.fault_drops[fault][frame[F_FLOW]] += 1
+        self._event(["drop", self._now, frame[F_ID], frame[F_FLOW], node, reason, fault])
 
     def remote_sent(self, frame: list[Any]) -> None:
         """``frame`` left for another worker."""
@@ -122,4 +127,6 @@ class Stats:
             "telecommands_acked": self.telecommands_acked,
             "max_backlog": self.max_backlog,
             "link_apply_late_ms": self.link_apply_late_ms,
+            "fault_drops": {f: {str(k): v for k, v in c.items()}
+                            for f, c in self.fault_drops.items()},
         }

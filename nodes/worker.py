@@ -38,6 +38,8 @@ from orbitmesh.wire import F_FLOW, Topics
 
 log = logging.getLogger("orbitmesh.worker")
 HEARTBEAT_S = 0.5
+SNAPSHOT_EVERY = 2
+"""Heartbeats between stats snapshots: what survives if this process is killed."""
 
 
 class Worker:
@@ -45,19 +47,25 @@ class Worker:
 
     def __init__(self, topology: Topology, *, worker: int, workers: int, run_id: str,
                  transport: Transport, out_dir: Path | None, duration_s: float,
-                 speed: float) -> None:
+                 speed: float, generation: int = 0) -> None:
         self.topology = topology
         self.index = worker
+        self.generation = generation
         self.topics = Topics(run_id)
         self.transport = transport
         self.out_dir = out_dir
         self.owner = place(topology, workers)
-        events = (out_dir / f"events-w{worker}.msgpack").open("wb") if out_dir else None
+        tag = f"w{worker}" + (f"-g{generation}" if generation else "")
+        self.tag = tag
+        events = (out_dir / f"events-{tag}.msgpack").open("wb") if out_dir else None
         self.stats = Stats(events)
         self._events = events
         self.runtime = NodeRuntime(topology, worker, self.owner, send=self._send, speed=speed,
                                    seed=topology.scenario.seed, stats=self.stats)
-        self.roles = Roles(self.runtime, duration_s=duration_s)
+        self.roles = Roles(self.runtime, duration_s=duration_s, generation=generation)
+        connected = getattr(transport, "connected", None)
+        if isinstance(connected, asyncio.Event):
+            self.runtime.connected = connected.is_set
         self.started = False
         self.finished = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -103,8 +111,9 @@ class Worker:
         t = self.topics
         inboxes = [t.node_inbox(self.topology.node_ids[i]) for i in sorted(self.runtime.local)]
         await self.transport.subscribe(t.worker_frames(self.index), t.clock, t.state, t.control,
-                                       *inboxes)
-        self._status("ready", nodes=len(self.runtime.local), pid=os.getpid())
+                                       t.faults, *inboxes)
+        self._status("ready", nodes=len(self.runtime.local), pid=os.getpid(),
+                     generation=self.generation)
         async with asyncio.TaskGroup() as tg:
             receiver = tg.create_task(self._receive(), name=f"worker{self.index}.receive")
             beat = tg.create_task(self._heartbeat(), name=f"worker{self.index}.heartbeat")
@@ -132,6 +141,8 @@ class Worker:
                 self._on_clock(json.loads(message.payload), now)
             elif topic == t.control:
                 self._on_control(json.loads(message.payload))
+            elif topic == t.faults:
+                self._on_faults(json.loads(message.payload) if message.payload else {})
             else:  # frames for our nodes (from workers or injected by any client)
                 self.runtime.receive_batch(message.payload, now)
         except (ValueError, KeyError, TypeError) as exc:
@@ -161,10 +172,17 @@ class Worker:
             if state["t_s"] < rt.state_t_s:
                 return  # an older state arrived late; a newer one is already in force
             rt.apply_state(state["t_s"], state["a"], state["b"], state["kind"], state["delay_s"],
-                           state["destinations"], state["next_hop"])
+                           state["destinations"], state["next_hop"], now=now,
+                           down=state["down"], cut=state["cut"], degraded=state["degraded"])
             self.stats.link_apply_late_ms.append(max(0.0, now - due) * 1000.0)
 
         rt.call_at(due, apply)
+
+    def _on_faults(self, listing: dict[str, Any]) -> None:
+        """Learn the id of an active broker outage, to label what it makes us drop."""
+        for fault in listing.get("faults", []):
+            if fault.get("kind") == "broker_outage" and fault.get("active"):
+                self.runtime.broker_fault_id = str(fault["id"])
 
     def _on_control(self, command: dict[str, Any]) -> None:
         if command.get("cmd") == "finish":
@@ -172,8 +190,12 @@ class Worker:
             self.finished.set()
 
     async def _heartbeat(self) -> None:
+        beats = 0
         while True:
-            self._status("running", **self._progress())
+            self._status("running", generation=self.generation, **self._progress())
+            beats += 1
+            if beats % SNAPSHOT_EVERY == 0:
+                self._write_stats(final=False)
             await asyncio.sleep(HEARTBEAT_S)
 
     def _progress(self) -> dict[str, Any]:
@@ -192,7 +214,13 @@ class Worker:
                                retain=True)
 
     def _finish(self) -> None:
-        """Count what is still held and write the stats file."""
+        """Count what is still held and write the final stats file."""
+        if self._events is not None:
+            self._events.close()
+        self._write_stats(final=True)
+        self._status("done", generation=self.generation, **self._progress())
+
+    def _write_stats(self, *, final: bool) -> None:
         held: dict[int, int] = {}
         for frame in self.runtime.held_frames():
             held[frame[F_FLOW]] = held.get(frame[F_FLOW], 0) + 1
@@ -203,14 +231,14 @@ class Worker:
         result["worker"] = self.index
         result["in_flight"] = {str(k): v for k, v in held.items()}
         result["held_on_board"] = sum(len(s) for s in self.roles.store.values())
-        if self._events is not None:
-            self._events.close()
+        result["generation"] = self.generation
+        result["final"] = final
+        result["dropped_publishes"] = getattr(self.transport, "dropped_publishes", 0)
         if self.out_dir is not None:
-            path = self.out_dir / f"stats-w{self.index}.json"
+            path = self.out_dir / f"stats-{self.tag}.json"
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(result))
             tmp.replace(path)
-        self._status("done", **self._progress())
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -223,6 +251,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True)
     p.add_argument("--duration", type=float)
     p.add_argument("--speed", type=float)
+    p.add_argument("--generation", type=int, default=0,
+                   help="restart count of this worker (set by the launcher)")
     return p.parse_args(argv)
 
 
@@ -233,15 +263,16 @@ async def amain(args: argparse.Namespace) -> int:
     duration = args.duration or scenario.duration_s
     speed = args.speed or scenario.speed
     topics = Topics(args.run_id)
-    will_body = json.dumps({"worker": args.worker, "state": "lost"}).encode()
+    will_body = json.dumps({"worker": args.worker, "state": "lost",
+                            "generation": args.generation}).encode()
     transport = MqttTransport(parse_broker_url(args.broker),
-                              client_id=f"orbitmesh-{args.run_id}-w{args.worker}",
+                              client_id=f"orbitmesh-{args.run_id}-w{args.worker}-g{args.generation}",
                               will=(topics.worker_status(args.worker), will_body, True),
                               reconnect=True)
     async with transport:
         worker = Worker(topology, worker=args.worker, workers=args.workers, run_id=args.run_id,
                         transport=transport, out_dir=Path(args.out), duration_s=duration,
-                        speed=speed)
+                        speed=speed, generation=args.generation)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.finished.set)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from orbitmesh.faults import Fault, FaultOverlay, Overlay
 from orbitmesh.links import LinkDiff, LinkEngine, LinkState, LinkTracker
 from orbitmesh.routing import (
     LinkGraph,
@@ -36,6 +37,7 @@ class Tick:
     routes: dict[str | None, RouteTrees]  # None = unrestricted; else policy name
     handovers: int
     route_changes: int
+    overlay: Overlay | None = None
 
 
 class TickEngine:
@@ -56,6 +58,7 @@ class TickEngine:
             name: RoutingPolicy(name, frozenset(op_index[o] for o in
                                                 scenario.routing.policies[name].allowed_operators))
             for name in names}
+        self.overlay = FaultOverlay(topology)
         self._previous: dict[str | None, RouteTrees] = {}
         self.route_changes_total = 0
 
@@ -63,9 +66,17 @@ class TickEngine:
         """The routing graph of a link state."""
         return LinkGraph(self.topology.n_nodes, state.a, state.b, state.delay_s)
 
-    def step(self, t_s: float) -> Tick:
-        """Compute tick ``t_s`` (seconds after the epoch); call with increasing times."""
+    def step(self, t_s: float, faults: Sequence[Fault] = (),
+             extra_down: dict[int, str] | None = None) -> Tick:
+        """Compute tick ``t_s`` (seconds after the epoch); call with increasing times.
+
+        ``faults`` in force at ``t_s`` (and nodes in ``extra_down``) are applied before routing.
+        """
         state = self.links.state_at(t_s)
+        overlay = None
+        if faults or extra_down:
+            overlay = self.overlay.apply(state, faults, extra_down)
+            state = overlay.state
         diff = self.tracker.update(state)
         routes = compute_routes(self.graph(state), self.destinations, self.strategy,
                                 self.policies, self.topology.operator)
@@ -74,7 +85,7 @@ class TickEngine:
             changes = sum(route_changes(self._previous.get(k), v) for k, v in routes.items())
             self.route_changes_total += changes
         self._previous = routes
-        return Tick(t_s, state, diff, routes, self.links.last_handovers, changes)
+        return Tick(t_s, state, diff, routes, self.links.last_handovers, changes, overlay)
 
     def warm_up(self, until_s: float) -> None:
         """Replay GSL history up to (not including) ``until_s`` so sticky handover is right."""

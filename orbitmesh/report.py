@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from orbitmesh.errors import RunError
@@ -62,10 +63,15 @@ def _merge_flow(stats: list[dict[str, Any]], flow: int) -> dict[str, Any]:
 
 
 def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
-                  links: dict[str, Any], workers_expected: int) -> dict[str, Any]:
+                  links: dict[str, Any], workers_expected: int,
+                  faults: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Merge the workers' stats of ``run_dir`` into the summary document."""
     stats = load_worker_stats(run_dir)
-    missing = workers_expected - len(stats)
+    faults = faults or []
+    final_workers = {w["worker"] for w in stats if w.get("final", True)}
+    missing = workers_expected - len(final_workers)
+    process_faults = [f for f in faults if f["kind"] in ("worker_kill", "broker_outage")
+                      and "error" not in f]
     flows = []
     conservation = []
     for i, flow in enumerate(scenario.traffic):
@@ -82,10 +88,15 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
     rtts = [r for w in stats for r in w["telecommand_rtt_ms"]]
     accuracy = [a for w in stats for a in w["accuracy_ms"]]
     late = [x for w in stats for x in w["link_apply_late_ms"]]
-    checks = [{"flow": name, "offered": m["offered"], "delivered": m["delivered"],
-               "dropped": sum(m["dropped"].values()), "in_flight": m["in_flight"],
-               "unexplained": m["unexplained"], "ok": m["unexplained"] == 0}
-              for name, m in conservation]
+    # A killed worker's counts are its last snapshot, and frames inside a killed worker or a
+    # stopped broker vanish with it: with such faults the remainder is attributed to them.
+    checks = []
+    for name, m in conservation:
+        lost = m["unexplained"] if process_faults else 0
+        checks.append({"flow": name, "offered": m["offered"], "delivered": m["delivered"],
+                       "dropped": sum(m["dropped"].values()), "in_flight": m["in_flight"],
+                       "lost_to_process_faults": lost, "unexplained": m["unexplained"] - lost,
+                       "ok": m["unexplained"] - lost == 0})
     ok = all(c["ok"] for c in checks) and missing == 0
     return {
         "version": SUMMARY_VERSION,
@@ -104,9 +115,77 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
         "accuracy_ms": {**percentiles(accuracy, (50, 99)), "samples": len(accuracy),
                         "max": round(max(accuracy), 3) if accuracy else None},
         "malformed": sum(w["malformed"] for w in stats),
+        "faults": fault_impact(run_dir, scenario, faults, stats, run_meta, checks),
         "conservation": checks,
         "conservation_ok": ok,
     }
+
+
+def _read_events(run_dir: Path
+                 ) -> tuple[dict[int, tuple[float, int]], dict[int, tuple[float, float]]]:
+    """Offer (wall time, flow) and delivery latency (ms) of every frame, from the event logs."""
+    offers: dict[int, tuple[float, int]] = {}
+    delivered: dict[int, tuple[float, float]] = {}
+    for path in sorted(run_dir.glob("events-*.msgpack")):
+        with path.open("rb") as fh:
+            unpacker = msgpack.Unpacker(fh, raw=False)
+            try:
+                for record in unpacker:
+                    if record[0] == "offer":
+                        offers[record[2]] = (record[1], record[3])
+                    elif record[0] == "deliver":
+                        delivered[record[2]] = (record[1], record[6])
+            except (msgpack.UnpackException, ValueError):
+                continue  # a killed worker's log ends mid-record
+    return offers, delivered
+
+
+def fault_impact(run_dir: Path, scenario: Scenario, faults: list[dict[str, Any]],
+                 stats: list[dict[str, Any]], run_meta: dict[str, Any],
+                 checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every fault with its impact: drops it caused, flows hit, delivery during vs outside."""
+    if not faults:
+        return []
+    names = {str(i): f.name for i, f in enumerate(scenario.traffic)}
+    names |= {str(FLOW_TELEMETRY): "telemetry", str(FLOW_TELECOMMAND): "telecommands",
+              str(FLOW_ACK): "acks"}
+    offers, delivered = _read_events(run_dir)
+    t0, speed = float(run_meta.get("t0_wall") or 0.0), float(run_meta["speed"])
+    duration = float(run_meta["duration_s"])
+    out = []
+    for fault in faults:
+        drops: Counter[str] = Counter()
+        for w in stats:
+            for flow, count in w.get("fault_drops", {}).get(fault["id"], {}).items():
+                drops[names.get(flow, flow)] += count
+        start = t0 + fault["start_s"] / speed
+        end_s = fault["end_s"] if fault["end_s"] is not None else duration
+        end = t0 + min(duration, end_s) / speed
+        windows: dict[str, dict[str, list[Any]]] = {"during": {}, "outside": {}}
+        held = 0
+        for frame_id, (wall, flow) in offers.items():
+            if flow < 0 and flow != FLOW_TELEMETRY:
+                continue
+            key = "during" if start <= wall < end else "outside"
+            outcome = delivered.get(frame_id)
+            windows[key].setdefault(names.get(str(flow), str(flow)), []).append(
+                None if outcome is None else outcome[1])
+            if flow == FLOW_TELEMETRY and key == "during" and outcome is not None \
+                    and outcome[0] >= end:
+                held += 1
+        impact = {}
+        for key, per_flow in windows.items():
+            impact[key] = {
+                flow: {"offered": len(v),
+                       "delivery_ratio": round(sum(x is not None for x in v) / len(v), 4),
+                       "latency_ms": percentiles([x for x in v if x is not None], (50, 99))}
+                for flow, v in sorted(per_flow.items()) if v}
+        entry = {**fault, "dropped": sum(drops.values()), "dropped_by_flow": dict(drops),
+                 "flows_affected": sorted(drops), "telemetry_held_on_board": held, **impact}
+        if fault["kind"] in ("worker_kill", "broker_outage"):
+            entry["lost_in_process"] = sum(c["lost_to_process_faults"] for c in checks)
+        out.append(entry)
+    return out
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
@@ -129,7 +208,7 @@ def read_summary(path: Path) -> dict[str, Any]:
 
 
 def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -161,6 +240,12 @@ def format_summary(summary: dict[str, Any]) -> str:
                f"applied late p99 {_fmt(links['apply_late_ms']['p99'])} ms")
     out.append(f"emulation accuracy (actual - intended hop delay): p50 {_fmt(acc['p50'])} ms, "
                f"p99 {_fmt(acc['p99'])} ms over {acc['samples']} hops")
+    for f in summary.get("faults", []):
+        during = ", ".join(f"{k} {v['delivery_ratio']:.0%}" for k, v in f.get("during", {}).items())
+        out.append(f"fault {f['id']} {f['kind']} ({f['origin']}) {f['start_s']:g}-"
+                   f"{_fmt(f['end_s'])} s: dropped {f['dropped']}"
+                   + (f"; delivery during: {during}" if during else "")
+                   + (f"; error: {f['error']}" if "error" in f else ""))
     if summary["malformed"]:
         out.append(f"malformed payloads ignored: {summary['malformed']}")
     if summary["conservation_ok"]:

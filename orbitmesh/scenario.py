@@ -207,6 +207,73 @@ class Flow(_Model):
     policy: NodeName | None = None
 
 
+FaultKind = Literal["link_down", "link_degrade", "node_down", "node_restart", "station_outage",
+                    "region_outage", "plane_outage", "operator_withdrawal", "worker_kill",
+                    "broker_outage"]
+LinkClassName = Literal["isl", "gsl", "terrestrial"]
+
+_FAULT_TARGETS: dict[str, tuple[str, ...]] = {
+    "link_down": ("a",), "link_degrade": ("a",), "node_down": ("node",),
+    "node_restart": ("node",), "station_outage": ("station",),
+    "region_outage": ("lat_deg", "lon_deg", "radius_km"),
+    "plane_outage": ("constellation", "plane"), "operator_withdrawal": ("operator",),
+    "worker_kill": ("worker",), "broker_outage": ("for_s",),
+}
+
+
+class FaultSpec(_Model):
+    """One fault: what breaks, when (``at_s`` after the start, or ``at``), and for how long."""
+
+    kind: FaultKind
+    id: NodeName | None = None
+    at_s: float | None = Field(default=None, ge=0.0)
+    at: datetime | None = None
+    for_s: float | None = Field(default=None, gt=0.0)
+    a: str | None = None
+    b: str | None = None
+    link_class: LinkClassName | None = None
+    node: str | None = None
+    station: NodeName | None = None
+    lat_deg: float | None = Field(default=None, ge=-90.0, le=90.0)
+    lon_deg: float | None = Field(default=None, ge=-180.0, le=360.0)
+    radius_km: float | None = Field(default=None, gt=0.0)
+    constellation: NodeName | None = None
+    plane: int | None = Field(default=None, ge=0)
+    operator: NodeName | None = None
+    worker: int | None = Field(default=None, ge=0)
+    restart: bool = False
+    extra_loss: float = Field(default=0.0, ge=0.0, le=1.0)
+    extra_delay_ms: float = Field(default=0.0, ge=0.0)
+    rate_cap_bps: float | None = Field(default=None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _targets(self) -> FaultSpec:
+        missing = [k for k in _FAULT_TARGETS[self.kind] if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"a {self.kind} fault needs {', '.join(missing)}")
+        if self.at_s is not None and self.at is not None:
+            raise ValueError("give either at_s or at, not both")
+        return self
+
+
+class MtbfSpec(_Model):
+    """Mean time between failures and mean time to repair, scenario seconds."""
+
+    mtbf_s: float = Field(gt=0.0)
+    mttr_s: float = Field(gt=0.0)
+
+
+class RandomFaults(_Model):
+    """Random failures per link class and node class, drawn from the scenario seed."""
+
+    isl: MtbfSpec | None = None
+    gsl: MtbfSpec | None = None
+    terrestrial: MtbfSpec | None = None
+    satellite: MtbfSpec | None = None
+    station: MtbfSpec | None = None
+    ops_centre: MtbfSpec | None = None
+
+
 class Scenario(_Model):
     """A whole scenario, validated. Paths are absolute (resolved against the scenario file)."""
 
@@ -223,6 +290,8 @@ class Scenario(_Model):
     links: LinkRules = LinkRules()
     routing: Routing = Routing()
     traffic: tuple[Flow, ...] = ()
+    faults: tuple[FaultSpec, ...] = ()
+    random_faults: RandomFaults | None = None
     source: Path | None = None
 
     @field_validator("epoch")
@@ -231,6 +300,12 @@ class Scenario(_Model):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+    @field_validator("faults")
+    @classmethod
+    def _utc_faults(cls, value: tuple[FaultSpec, ...]) -> tuple[FaultSpec, ...]:
+        return tuple(f.model_copy(update={"at": f.at.replace(tzinfo=UTC)})
+                     if f.at is not None and f.at.tzinfo is None else f for f in value)
 
     @property
     def operators(self) -> tuple[str, ...]:
@@ -415,6 +490,27 @@ def _cross_check(s: Scenario) -> list[tuple[tuple[str | int, ...], str]]:
                              f"{sorted(s.routing.policies)}"))
         if f.stop_s is not None and f.stop_s <= f.start_s:
             problems.append((("traffic", i, "stop_s"), "must be after start_s"))
+    fault_ids: dict[str, int] = {}
+    for i, fault in enumerate(s.faults):
+        if fault.id is not None:
+            if fault.id in fault_ids:
+                problems.append((("faults", i, "id"), f"fault id {fault.id!r} is already used "
+                                                      f"by faults[{fault_ids[fault.id]}]"))
+            fault_ids.setdefault(fault.id, i)
+        if fault.station is not None and fault.station not in stations:
+            problems.append((("faults", i, "station"),
+                             f"unknown station {fault.station!r}; expected one of "
+                             f"{sorted(stations)}"))
+        if fault.constellation is not None and fault.constellation not in constellations:
+            problems.append((("faults", i, "constellation"),
+                             f"unknown constellation {fault.constellation!r}; expected one of "
+                             f"{sorted(constellations)}"))
+        if fault.operator is not None and fault.operator not in s.operators:
+            problems.append((("faults", i, "operator"),
+                             f"unknown operator {fault.operator!r}; expected one of "
+                             f"{list(s.operators)}"))
+        if fault.at is not None and fault.at < s.epoch:
+            problems.append((("faults", i, "at"), "is before the scenario epoch"))
     return problems
 
 

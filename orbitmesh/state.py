@@ -8,6 +8,11 @@ retained copy alone. Arrays travel as raw little-endian bytes (``np.frombuffer``
      "a": int32[L], "b": int32[L], "kind": int8[L], "delay_s": float64[L],
      "destinations": int32[D], "next_hop": {"": int32[D*N], "<policy>": int32[D*N], ...}}
 
+Fault effects ride along: ``"down": [[node, fault_id], ...]``, ``"cut": [[a, b, fault_id], ...]``
+(links that geometry says are live but a fault removed) and ``"degraded": [[a, b, extra_loss,
+extra_delay_s, rate_cap_bps (0 = none), fault_id], ...]`` (the extra delay is already in
+``delay_s``).
+
 ``next_hop[p][d, u]`` is the next node from ``u`` toward destination ``destinations[d]`` under
 policy ``p`` ("" = unrestricted), -1 when unreachable.
 """
@@ -19,14 +24,16 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from orbitmesh.faults import Overlay
 from orbitmesh.links import LinkState
 from orbitmesh.routing import RouteTrees
 
 STATE_VERSION = 1
 
 
-def encode_state(seq: int, state: LinkState, routes: dict[str | None, RouteTrees]) -> bytes:
-    """Pack one tick's links and routes."""
+def encode_state(seq: int, state: LinkState, routes: dict[str | None, RouteTrees],
+                 overlay: Overlay | None = None) -> bytes:
+    """Pack one tick's links, routes and fault effects."""
     dest = next(iter(routes.values())).destinations if routes else np.empty(0)
     return msgpack.packb({
         "v": STATE_VERSION, "t_s": state.t_s, "seq": seq, "n": state.n_nodes,
@@ -35,6 +42,9 @@ def encode_state(seq: int, state: LinkState, routes: dict[str | None, RouteTrees
         "destinations": np.asarray(dest).astype("<i4").tobytes(),
         "next_hop": {("" if k is None else k): np.ascontiguousarray(v.next_hop, dtype="<i4")
                      .tobytes() for k, v in routes.items()},
+        "down": [] if overlay is None else [[n, f] for n, f in overlay.down_nodes.items()],
+        "cut": [] if overlay is None else [list(c) for c in overlay.cut],
+        "degraded": [] if overlay is None else [list(d) for d in overlay.degraded],
     }, use_bin_type=True)
 
 
@@ -55,6 +65,10 @@ def decode_state(payload: bytes) -> dict[str, Any]:
             "destinations": dest,
             "next_hop": {(k or None): np.frombuffer(v, dtype="<i4").reshape(len(dest), n)
                          for k, v in raw["next_hop"].items()},
+            "down": {int(n): str(f) for n, f in raw.get("down", [])},
+            "cut": {(int(a), int(b)): str(f) for a, b, f in raw.get("cut", [])},
+            "degraded": {(int(d[0]), int(d[1])): (float(d[2]), float(d[3]), float(d[4]), str(d[5]))
+                         for d in raw.get("degraded", [])},
         }
     except (KeyError, TypeError, msgpack.UnpackException, ValueError) as exc:
         raise ValueError(f"malformed state snapshot: {exc}") from exc

@@ -77,6 +77,7 @@ class Topics:
         self.control = f"{self.root}/control"
         self.control_error = f"{self.root}/control/error"
         self.progress = f"{self.root}/progress"
+        self.faults = f"{self.root}/faults"
 
     def worker_frames(self, worker: int) -> str:
         """Batched frames for every node that worker ``worker`` hosts."""

@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from broker import check_broker
 from broker.embedded import EmbeddedBroker
 from broker.url import BrokerURL, parse_broker_url
@@ -30,6 +32,8 @@ from nodes.transport import MqttTransport
 from orbitmesh import __version__
 from orbitmesh.controller import Controller
 from orbitmesh.errors import RunError
+from orbitmesh.faults import Fault
+from orbitmesh.placement import place
 from orbitmesh.report import build_summary, format_summary, percentiles, write_summary
 from orbitmesh.scenario import load_scenario
 from orbitmesh.topology import Topology, build_topology
@@ -103,101 +107,228 @@ def run(opts: RunOptions) -> RunResult:
         broker_label = str(url)
     try:
         return asyncio.run(_run(topology, run_dir, run_id, url, broker_label, workers,
-                                duration, speed, opts.progress))
+                                duration, speed, opts.progress, broker))
     finally:
         if broker is not None:
             broker.stop()
 
 
 async def _run(topology: Topology, run_dir: Path, run_id: str, url: BrokerURL, broker_label: str,
-               workers: int, duration: float, speed: float, progress: bool) -> RunResult:
-    topics = Topics(run_id)
-    scenario = topology.scenario
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    started = datetime.now(UTC)
-    status: dict[int, dict[str, Any]] = {}
-    procs: dict[int, asyncio.subprocess.Process] = {}
-    async with MqttTransport(url, client_id=f"orbitmesh-{run_id}-controller",
-                             reconnect=True) as transport:
-        await transport.subscribe(topics.worker_status_all)
-        listener = asyncio.create_task(_listen(transport, status), name="controller.status")
-        controller = Controller(topology, transport, topics, duration_s=duration, speed=speed,
-                                out_dir=run_dir)
-        try:
-            procs = await _spawn(run_dir, run_id, url, workers, duration, speed)
-            await _wait_for(lambda: all(status.get(k, {}).get("state") in ("ready", "running")
-                                        for k in range(workers)),
-                            procs, READY_TIMEOUT_S, "every worker to report ready", stop)
-            printer = _Progress(status, workers, duration, enabled=progress)
-            ticker = asyncio.create_task(controller.run(printer.update, stop), name="controller")
-            stopper = asyncio.create_task(stop.wait(), name="controller.stop")
-            await asyncio.wait({ticker, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if ticker.done():
-                ticker.result()
-                await asyncio.sleep(DRAIN_S)
-            else:
-                ticker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ticker
-            printer.done()
-        finally:
-            transport.publish(topics.control, json.dumps({"cmd": "finish"}).encode())
-            await transport.flush()
-            await _wait_for(lambda: all(status.get(k, {}).get("state") in ("done", "lost")
-                                        for k in procs), procs, FINISH_TIMEOUT_S,
-                            "every worker to finish", None, quiet=True)
-            await _reap(procs)
-            controller.close()
-            # Leave no retained messages behind on a shared broker.
-            for topic in (topics.clock, topics.state,
-                          *(topics.worker_status(k) for k in range(workers))):
-                transport.publish(topic, b"", retain=True)
-            await transport.flush()
-            listener.cancel()
-    links = {"handovers": controller.handovers,
-             "route_changes": controller.engine.route_changes_total,
-             "ticks": len(controller.tick_compute_ms),
-             "tick_compute_ms": percentiles(controller.tick_compute_ms, (50, 99))}
-    meta = {"id": run_id, "scenario": scenario.name, "scenario_file": str(scenario.source),
-            "seed": scenario.seed, "speed": speed, "duration_s": duration, "workers": workers,
-            "broker": broker_label, "started": started.isoformat(),
-            "ended": datetime.now(UTC).isoformat(), "interrupted": stop.is_set(),
-            "versions": _versions()}
-    summary = build_summary(run_dir, scenario, meta, links, workers)
-    write_summary(run_dir, summary)
-    return RunResult(run_dir, summary)
+               workers: int, duration: float, speed: float, progress: bool,
+               broker: EmbeddedBroker | None = None) -> RunResult:
+    run = _LocalRun(topology, run_dir, run_id, url, workers, duration, speed, broker)
+    return await run.execute(broker_label, progress)
 
 
-async def _listen(transport: MqttTransport, status: dict[int, dict[str, Any]]) -> None:
-    async for batch in transport.batches():
-        for message in batch:
-            if not message.payload:
-                continue
-            with contextlib.suppress(ValueError, KeyError):
-                body = json.loads(message.payload)
-                status[int(body["worker"])] = body
+class _LocalRun:
+    """One run on this machine: the controller in this process, workers as child processes."""
 
+    def __init__(self, topology: Topology, run_dir: Path, run_id: str, url: BrokerURL,
+                 workers: int, duration: float, speed: float,
+                 broker: EmbeddedBroker | None) -> None:
+        self.topology = topology
+        self.run_dir = run_dir
+        self.run_id = run_id
+        self.url = url
+        self.workers = workers
+        self.duration = duration
+        self.speed = speed
+        self.broker = broker
+        self.topics = Topics(run_id)
+        self.status: dict[int, dict[str, Any]] = {}
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.generation: dict[int, int] = dict.fromkeys(range(workers), 0)
+        self.pids: dict[str, int] = {}
+        self.placement = place(topology, workers)
+        self.stop = asyncio.Event()
+        self.kills: dict[int, Fault] = {}
+        self.process_faults: dict[str, dict[str, Any]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.controller: Controller | None = None
 
-async def _spawn(run_dir: Path, run_id: str, url: BrokerURL, workers: int, duration: float,
-                 speed: float) -> dict[int, asyncio.subprocess.Process]:
-    procs: dict[int, asyncio.subprocess.Process] = {}
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([_PROJECT_ROOT,
-                                         env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    for k in range(workers):
-        log = (run_dir / f"worker-{k}.log").open("wb")
-        procs[k] = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "nodes.worker", "--scenario", str(run_dir / "scenario.yaml"),
-            "--run-id", run_id, "--broker", url.to_text(show_password=True), "--worker", str(k),
-            "--workers", str(workers), "--out", str(run_dir), "--duration", str(duration),
-            "--speed", str(speed), stdout=log, stderr=log, env=env)
+    def _nodes_of(self, worker: int) -> list[int]:
+        return np.flatnonzero(self.placement == worker).tolist()
+
+    async def execute(self, broker_label: str, progress: bool) -> RunResult:
+        """Start everything, run the clock, stop everything, write the summary."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop.set)
+        started = datetime.now(UTC)
+        topics = self.topics
+        async with MqttTransport(self.url, client_id=f"orbitmesh-{self.run_id}-controller",
+                                 reconnect=True) as transport:
+            self.transport = transport
+            await transport.subscribe(topics.worker_status_all, topics.control)
+            controller = Controller(self.topology, transport, topics, duration_s=self.duration,
+                                    speed=self.speed, out_dir=self.run_dir)
+            self.controller = controller
+            controller.on_process_fault = self._process_fault
+            listener = asyncio.create_task(self._listen(), name="controller.listen")
+            try:
+                for k in range(self.workers):
+                    await self._spawn(k)
+                await _wait_for(lambda: all(self.status.get(k, {}).get("state")
+                                            in ("ready", "running") for k in range(self.workers)),
+                                self.procs, READY_TIMEOUT_S, "every worker to report ready",
+                                self.stop)
+                printer = _Progress(self.status, self.workers, self.duration, enabled=progress)
+                ticker = asyncio.create_task(controller.run(printer.update, self.stop),
+                                             name="controller")
+                stopper = asyncio.create_task(self.stop.wait(), name="controller.stop")
+                await asyncio.wait({ticker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if ticker.done():
+                    ticker.result()
+                    await asyncio.sleep(DRAIN_S)
+                else:
+                    ticker.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ticker
+                printer.done()
+            finally:
+                for task in list(self._tasks):
+                    task.cancel()
+                if self.broker is not None and not self.broker.running:
+                    self.broker.restart()
+                transport.publish(topics.control, json.dumps({"cmd": "finish"}).encode())
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(transport.flush(), 5.0)
+                await _wait_for(lambda: all(self.status.get(k, {}).get("state")
+                                            in ("done", "lost") for k in self.procs),
+                                self.procs, FINISH_TIMEOUT_S, "every worker to finish", None,
+                                quiet=True)
+                await _reap(self.procs)
+                controller.close()
+                # Leave no retained messages behind on a shared broker.
+                for topic in (topics.clock, topics.state, topics.faults,
+                              *(topics.worker_status(k) for k in range(self.workers))):
+                    transport.publish(topic, b"", retain=True)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(transport.flush(), 5.0)
+                listener.cancel()
+        return self._summarise(broker_label, started)
+
+    def _summarise(self, broker_label: str, started: datetime) -> RunResult:
+        controller = self.controller
+        assert controller is not None
+        scenario = self.topology.scenario
+        links = {"handovers": controller.handovers,
+                 "route_changes": controller.engine.route_changes_total,
+                 "ticks": len(controller.tick_compute_ms),
+                 "tick_compute_ms": percentiles(controller.tick_compute_ms, (50, 99))}
+        meta = {"id": self.run_id, "scenario": scenario.name,
+                "scenario_file": str(scenario.source), "seed": scenario.seed,
+                "speed": self.speed, "duration_s": self.duration, "workers": self.workers,
+                "broker": broker_label, "started": started.isoformat(),
+                "t0_wall": controller.t0_wall, "ended": datetime.now(UTC).isoformat(),
+                "interrupted": self.stop.is_set(), "control_errors": controller.control_errors,
+                "versions": _versions()}
+        faults = [{**f.describe(), **self.process_faults.get(f.id, {})}
+                  for f in controller.faults]
+        summary = build_summary(self.run_dir, scenario, meta, links, self.workers, faults)
+        write_summary(self.run_dir, summary)
+        return RunResult(self.run_dir, summary)
+
+    async def _listen(self) -> None:
+        assert self.controller is not None
+        async for batch in self.transport.batches():
+            for message in batch:
+                if message.topic == self.topics.control:
+                    self.controller.handle_control(message.payload)
+                    continue
+                if not message.payload:
+                    continue
+                try:
+                    body = json.loads(message.payload)
+                    worker = int(body["worker"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if int(body.get("generation", 0)) != self.generation.get(worker):
+                    continue  # news from a previous incarnation
+                before = self.status.get(worker, {}).get("state")
+                self.status[worker] = body
+                self._transition(worker, before, body["state"])
+
+    def _transition(self, worker: int, before: str | None, state: str) -> None:
+        assert self.controller is not None
+        if state == "lost" and before not in ("lost", "done"):
+            fault = self.kills.get(worker)
+            fault_id = fault.id if fault is not None else f"worker{worker}-lost"
+            detected = time.time()
+            info = self.process_faults.setdefault(fault_id, {})
+            if "killed_wall" in info:
+                info["detected_after_s"] = round(detected - info["killed_wall"], 3)
+            self.controller.worker_lost(self._nodes_of(worker), fault_id)
+            if fault is not None and fault.spec.restart and not self.stop.is_set():
+                self._background(self._restart(worker), f"restart-w{worker}")
+        elif state == "ready" and self.generation[worker] > 0 and before != "ready":
+            self.controller.worker_back(self._nodes_of(worker))
+            fault = self.kills.get(worker)
+            if fault is not None:
+                info = self.process_faults.setdefault(fault.id, {})
+                info["restarted_wall"] = time.time()
+                info["end_s"] = round(self.controller.scenario_s(), 3)
+
+    def _background(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _process_fault(self, fault: Fault) -> None:
+        """Carry out worker_kill and broker_outage faults."""
+        info = self.process_faults.setdefault(fault.id, {})
+        if fault.spec.kind == "worker_kill":
+            worker = int(fault.spec.worker or 0)
+            proc = self.procs.get(worker)
+            if proc is None or proc.returncode is not None:
+                info["error"] = f"worker {worker} is not running"
+                return
+            self.kills[worker] = fault
+            info["killed_wall"] = time.time()
+            info["pid"] = proc.pid
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGKILL)
+        elif fault.spec.kind == "broker_outage":
+            if self.broker is None:
+                info["error"] = "broker_outage needs the embedded broker (--broker embedded)"
+                return
+            self._background(self._broker_outage(fault, info), f"broker-outage-{fault.id}")
+
+    async def _broker_outage(self, fault: Fault, info: dict[str, Any]) -> None:
+        assert self.broker is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.transport.flush(), 1.0)  # workers learn the fault id
+        info["stopped_wall"] = time.time()
+        await asyncio.to_thread(self.broker.stop)
+        await asyncio.sleep(float(fault.spec.for_s or 0.0) / self.speed)
+        await asyncio.to_thread(self.broker.restart)
+        info["restarted_wall"] = time.time()
+
+    async def _restart(self, worker: int) -> None:
+        proc = self.procs[worker]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 5.0)
+        self.generation[worker] += 1
+        await self._spawn(worker)
+
+    async def _spawn(self, worker: int) -> None:
+        gen = self.generation[worker]
+        tag = f"w{worker}" + (f"-g{gen}" if gen else "")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([_PROJECT_ROOT, env.get("PYTHONPATH", "")]
+                                            ).rstrip(os.pathsep)
+        log = (self.run_dir / f"worker-{tag}.log").open("wb")
+        self.procs[worker] = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nodes.worker", "--scenario",
+            str(self.run_dir / "scenario.yaml"), "--run-id", self.run_id, "--broker",
+            self.url.to_text(show_password=True), "--worker", str(worker), "--workers",
+            str(self.workers), "--out", str(self.run_dir), "--duration", str(self.duration),
+            "--speed", str(self.speed), "--generation", str(gen), stdout=log, stderr=log,
+            env=env)
         log.close()
-    (run_dir / "pids.json").write_text(json.dumps({str(k): p.pid for k, p in procs.items()}))
-    return procs
+        self.pids[tag] = self.procs[worker].pid
+        (self.run_dir / "pids.json").write_text(json.dumps(self.pids))
 
 
 async def _wait_for(condition: Any, procs: dict[int, asyncio.subprocess.Process],
