@@ -28,6 +28,7 @@ __all__ = [
     "discard_client",
     "make_client",
     "parse_broker_url",
+    "tls_context",
 ]
 
 _START_HINT = "is a broker running there? start one, or use --broker embedded"
@@ -51,6 +52,34 @@ _CONNACK_REASONS = {
 log = logging.getLogger(__name__)
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An SSL socket that closes itself when the handshake fails.
+
+    paho drops the socket without closing it when ``do_handshake`` raises, which leaks a file
+    descriptor per failed TLS attempt (and a ResourceWarning).
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+def tls_context(url: BrokerURL) -> ssl.SSLContext:
+    """TLS settings for ``mqtts://``: system CAs or ``ca=``; ``insecure=1`` skips the host check."""
+    try:
+        context = ssl.create_default_context(cafile=url.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise BrokerError(f"broker URL {url}: cannot load the CA file {url.ca_file!r}: {exc}; "
+                          "check the path in ca=") from exc
+    if url.tls_insecure:
+        context.check_hostname = False
+    context.sslsocket_class = _ClosingSSLSocket
+    return context
+
+
 def make_client(
     url: BrokerURL,
     *,
@@ -62,7 +91,6 @@ def make_client(
     logger: logging.Logger | None = None,
 ) -> aiomqtt.Client:
     """An aiomqtt client (MQTT 3.1.1, TCP_NODELAY) for ``url``; call inside a running loop."""
-    tls_params = aiomqtt.TLSParameters(ca_certs=url.ca_file) if url.tls else None
     client = aiomqtt.Client(
         url.host,
         url.port,
@@ -74,7 +102,7 @@ def make_client(
         clean_session=clean_session,
         timeout=timeout_s,
         keepalive=keepalive_s,
-        tls_params=tls_params,
+        tls_context=tls_context(url) if url.tls else None,
         tls_insecure=url.tls_insecure if url.tls else None,
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         logger=logger or logging.getLogger("broker.mqtt"),

@@ -91,7 +91,7 @@ def free_loopback_port(host: str = "127.0.0.1") -> int:
 
 
 def probe_connack(host: str, port: int, timeout_s: float = 1.0) -> bool:
-    """True when a broker at host:port accepts an anonymous MQTT 3.1.1 CONNECT."""
+    """True when something at host:port answers an MQTT 3.1.1 CONNECT with a CONNACK."""
     client_id = f"orbitmesh-probe-{os.getpid()}".encode()
     variable = b"\x00\x04MQTT\x04\x02\x00\x00"  # protocol 3.1.1, clean session, keepalive 0
     body = variable + len(client_id).to_bytes(2, "big") + client_id
@@ -105,10 +105,11 @@ def probe_connack(host: str, port: int, timeout_s: float = 1.0) -> bool:
                 if not chunk:
                     return False
                 reply += chunk
-            accepted = reply[0] == 0x20 and reply[3] == 0
-            if accepted:
-                sock.sendall(b"\xe0\x00")  # DISCONNECT, so no will and no error in the log
-            return accepted
+            if reply[0] != 0x20:
+                return False
+            if reply[3] == 0:
+                sock.sendall(b"\xe0\x00")  # DISCONNECT, so the broker logs no error
+            return True  # even a refusal (e.g. "not authorised") proves the broker is up
     except OSError:
         return False
 
@@ -161,8 +162,9 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> BrokerURL:
-        """Where clients reach this broker."""
-        return BrokerURL(host=self.bind, port=self.port)
+        """Where clients reach this broker (loopback when it listens on every interface)."""
+        host = "127.0.0.1" if self.bind in ("", "0.0.0.0") else self.bind
+        return BrokerURL(host=host, port=self.port)
 
     @property
     def pid(self) -> int | None:
@@ -264,7 +266,11 @@ class EmbeddedBroker:
             self._workdir = None
 
     def __enter__(self) -> EmbeddedBroker:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(
@@ -300,17 +306,19 @@ class EmbeddedBroker:
         cmd, env = self._command()
         with self.log_path.open("ab") as log_file:
             log_offset = log_file.tell()
-            # A new session keeps a terminal's Ctrl-C away from the broker: the owner stops it.
+            # Same process group as the owner: a signal to the group (Ctrl-C, `timeout`, a CI
+            # job being killed) ends the broker too, even when the owner gets no chance to.
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True,
+                env=env,
             )
+        (self.workdir / "broker.pid").write_text(f"{self._proc.pid}\n")
         atexit.register(self.stop)
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 code = self._proc.returncode
-                self._proc = None
+                self.stop()  # forget the dead process
                 if "in use" in self._log_since(log_offset).lower():
                     raise _PortTaken
                 tail = self.log_tail()
@@ -318,7 +326,7 @@ class EmbeddedBroker:
                     f"embedded {self.engine} exited with code {code} while starting on "
                     f"{self.bind}:{self.port}. Log ({self.log_path}):\n{tail}"
                 )
-            if probe_connack(self.bind, self.port, timeout_s=0.5):
+            if probe_connack(self.url.host, self.port, timeout_s=0.5):
                 log.debug("embedded %s ready on %s:%s (pid %s)", self.engine, self.bind,
                           self.port, self._proc.pid)
                 return
@@ -330,7 +338,6 @@ class EmbeddedBroker:
             f"{self.bind}:{self.port} within {self.start_timeout_s:.0f} s; "
             f"it was stopped. Log ({self.log_path}):\n{self.log_tail()}"
         )
-
 
     def _log_since(self, offset: int) -> str:
         try:

@@ -71,6 +71,24 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default: runs/<name>-<UTC timestamp>)")
     r.add_argument("--run-id", help="run id used in MQTT topics (default: derived from --out)")
     r.add_argument("--quiet", action="store_true", help="no live progress line")
+
+    f = sub.add_parser("fault", help="inject a fault into a running emulation",
+                       description="Targets are positional in the kind's order (link_down A B "
+                       "CLASS, node_down NODE, station_outage STATION, region_outage LAT LON KM, "
+                       "plane_outage CONSTELLATION PLANE, operator_withdrawal OPERATOR, "
+                       "worker_kill WORKER) or key=value (e.g. restart=true extra_loss=0.2).")
+    f.add_argument("run", help="run directory (holds run.json) or run id with --broker")
+    f.add_argument("kind")
+    f.add_argument("targets", nargs="*")
+    f.add_argument("--for", dest="for_s", type=float, help="heal after S scenario seconds")
+    f.add_argument("--id", help="fault id (default: live<N>)")
+    f.add_argument("--broker", help="broker URL (default: the one in run.json)")
+
+    fl = sub.add_parser("faults", help="list a running emulation's faults, or clear one")
+    fl.add_argument("run", help="run directory (holds run.json) or run id with --broker")
+    fl.add_argument("--clear", metavar="ID", help="end this active fault now")
+    fl.add_argument("--broker", help="broker URL (default: the one in run.json)")
+    fl.add_argument("--format", choices=("table", "json"), default="table")
     return p
 
 
@@ -79,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         handler = {"validate": _validate, "path": _path, "contacts": _contacts,
-                   "run": _run}[args.command]
+                   "run": _run, "fault": _fault, "faults": _faults}[args.command]
         return handler(args)
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -229,6 +247,52 @@ def _run(args: argparse.Namespace) -> int:
     from orbitmesh.launch.local import run_cli
 
     return run_cli(args)
+
+
+def _fault(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from orbitmesh.launch.control import fault_command, locate, send_command
+
+    run_id, url = locate(args.run, args.broker)
+    try:
+        command = fault_command(args.kind, args.targets, args.for_s, args.id)
+    except RunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    error = asyncio.run(send_command(run_id, url, command))
+    if error is not None:
+        print(f"error: the run refused the fault: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"sent to {run_id}: {json.dumps(command)}")
+    return EXIT_OK
+
+
+def _faults(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from orbitmesh.launch.control import list_faults, locate, send_command
+
+    run_id, url = locate(args.run, args.broker)
+    if args.clear:
+        error = asyncio.run(send_command(run_id, url, {"cmd": "clear", "id": args.clear}))
+        if error is not None:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"cleared {args.clear}")
+        return EXIT_OK
+    listing = asyncio.run(list_faults(run_id, url))
+    if args.format == "json":
+        print(json.dumps(listing, indent=2))
+        return EXIT_OK
+    print(f"faults of {run_id} at t={listing.get('t_s')} s:")
+    for fault in listing.get("faults", []):
+        target = " ".join(f"{k}={v}" for k, v in fault["target"].items())
+        state = "ACTIVE" if fault["active"] else "      "
+        print(f"  {state} {fault['id']:<10} {fault['kind']:<20} {target:<40} "
+              f"{fault['start_s']:g}-{fault['end_s'] if fault['end_s'] is not None else ''} s "
+              f"({fault['origin']})")
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,6 +33,7 @@ from orbitmesh import __version__
 from orbitmesh.controller import Controller
 from orbitmesh.errors import RunError
 from orbitmesh.faults import Fault
+from orbitmesh.launch.control import write_run_file
 from orbitmesh.placement import place
 from orbitmesh.report import build_summary, format_summary, percentiles, write_summary
 from orbitmesh.scenario import load_scenario
@@ -105,6 +106,7 @@ def run(opts: RunOptions) -> RunResult:
         url = parse_broker_url(opts.broker)
         asyncio.run(check_broker(url))
         broker_label = str(url)
+    write_run_file(run_dir, run_id, url, str(opts.scenario))
     try:
         return asyncio.run(_run(topology, run_dir, run_id, url, broker_label, workers,
                                 duration, speed, opts.progress, broker))
