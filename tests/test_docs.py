@@ -27,13 +27,16 @@ from pydantic.fields import FieldInfo
 from orbitmesh.errors import ScenarioError
 from orbitmesh.scenario import (
     Constellation,
+    FaultSpec,
     Flow,
     GslRules,
     IslRules,
     LinkClass,
     LinkRules,
+    MtbfSpec,
     OpsCentre,
     Policy,
+    RandomFaults,
     Routing,
     Scenario,
     SizeSpec,
@@ -65,6 +68,9 @@ SECTIONS: dict[type[BaseModel], str] = {
     Policy: "routing",
     Flow: "traffic",
     SizeSpec: "traffic",
+    FaultSpec: "faults",
+    RandomFaults: "random_faults",
+    MtbfSpec: "random_faults",
 }
 INVALID, SKIP = "# docs-test: invalid", "# docs-test: skip"
 
