@@ -100,7 +100,8 @@ class Roles:
             self.store_limit[s] = spec.store_frames
             if spec.rate_hz > 0 and c in self.operating_centre:
                 period = 1.0 / (spec.rate_hz * rt.speed)
-                rt.call_at(t0 + float(rng.uniform(0, period)), self._telemetry_fn(s, period))
+                first = t0 + float(rng.uniform(0, period))
+                rt.call_at(first, self._telemetry_fn(s, period, first))
         for o_index, o in enumerate(topo.scenario.ops_centres):
             node = topo.n_satellites + topo.n_stations + o_index
             if node in rt.local and o.telecommand_rate_hz > 0:
@@ -110,15 +111,15 @@ class Roles:
                 if sats:
                     self._tc_targets[node] = itertools.cycle(sats)
                     period = 1.0 / (o.telecommand_rate_hz * rt.speed)
-                    rt.call_at(t0 + period, self._telecommand_fn(node, period,
-                                                                 o.telecommand_size_bytes))
+                    rt.call_at(t0 + period, self._telecommand_fn(
+                        node, period, o.telecommand_size_bytes, t0 + period))
         for f_index, flow in enumerate(topo.scenario.traffic):
             src = topo.index.get(flow.source)
             if src is not None and src in rt.local:
                 dst = topo.node(flow.destination)
                 frng = np.random.default_rng([topo.scenario.seed, f_index])
-                rt.call_at(rt.wall_at(flow.start_s) + self._gap(flow, frng),
-                           self._flow_fn(f_index, flow, src, dst, frng))
+                first = rt.wall_at(flow.start_s) + self._gap(flow, frng)
+                rt.call_at(first, self._flow_fn(f_index, flow, src, dst, frng, first))
         rt.call_at(now + DUMP_INTERVAL_S, self._dump)
 
     def _running(self, now: float) -> bool:
@@ -130,13 +131,21 @@ class Roles:
 
     # --- satellites -----------------------------------------------------------------------------
 
-    def _telemetry_fn(self, s: int, period: float):  # type: ignore[no-untyped-def]
+    # Generators schedule from their intended times, not from when they woke up, so a late
+    # wake-up does not lower the rate.
+
+    def _telemetry_fn(self, s: int, period: float,  # type: ignore[no-untyped-def]
+                      first: float):
+        due = first
+
         def fire(now: float) -> None:
+            nonlocal due
             if not self._running(now):
                 return
             if s not in self.rt.down_nodes:
                 self.telemetry(s, now)
-            self.rt.call_at(now + period, fire)
+            due += period
+            self.rt.call_at(due, fire)
         return fire
 
     def telemetry(self, s: int, now: float) -> None:
@@ -185,13 +194,18 @@ class Roles:
 
     # --- operations centres ---------------------------------------------------------------------
 
-    def _telecommand_fn(self, node: int, period: float, size: int):  # type: ignore[no-untyped-def]
+    def _telecommand_fn(self, node: int, period: float, size: int,  # type: ignore[no-untyped-def]
+                        first: float):
+        due = first
+
         def fire(now: float) -> None:
+            nonlocal due
             if not self._running(now):
                 return
             if node not in self.rt.down_nodes:
                 self.telecommand(node, next(self._tc_targets[node]), size, now)
-            self.rt.call_at(now + period, fire)
+            due += period
+            self.rt.call_at(due, fire)
         return fire
 
     def telecommand(self, node: int, sat: int, size: int, now: float) -> None:
@@ -230,15 +244,18 @@ class Roles:
     # --- flows ----------------------------------------------------------------------------------
 
     def _flow_fn(self, f_index: int, flow: Flow, src: int, dst: int,  # type: ignore[no-untyped-def]
-                 rng: np.random.Generator):
+                 rng: np.random.Generator, first: float):
         stop_s = min(flow.stop_s or self.duration_s, self.duration_s)
+        due = first
 
         def fire(now: float) -> None:
+            nonlocal due
             if self.stopped or self.rt.scenario_s(now) >= stop_s:
                 return
             if src not in self.rt.down_nodes:
                 self.offer(f_index, flow, src, dst, _size(flow.size, rng), now)
-            self.rt.call_at(now + self._gap(flow, rng), fire)
+            due += self._gap(flow, rng)
+            self.rt.call_at(due, fire)
         return fire
 
     def offer(self, f_index: int, flow: Flow, src: int, dst: int, size: int, now: float) -> None:

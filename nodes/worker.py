@@ -38,6 +38,7 @@ from orbitmesh.wire import F_FLOW, Topics
 
 log = logging.getLogger("orbitmesh.worker")
 HEARTBEAT_S = 0.5
+FLUSH_TIMEOUT_S = 3.0
 SNAPSHOT_EVERY = 2
 """Heartbeats between stats snapshots: what survives if this process is killed."""
 
@@ -87,7 +88,7 @@ class Worker:
     def _arm(self) -> None:
         """Make sure the runtime is serviced at its next due time."""
         due = self.runtime.next_due
-        if due is None or due >= self._timer_due:
+        if due is None or due >= self._timer_due or self.finished.is_set():
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -120,8 +121,14 @@ class Worker:
             await self.finished.wait()
             receiver.cancel()
             beat.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_due = None, float("-inf")  # never re-armed
         self._finish()
-        await self.transport.flush()
+        try:
+            await asyncio.wait_for(self.transport.flush(), FLUSH_TIMEOUT_S)
+        except (TimeoutError, OrbitmeshError) as exc:
+            log.warning("final status not confirmed by the broker: %s", exc)
 
     async def _receive(self) -> None:
         async for batch in self.transport.batches():
@@ -185,9 +192,15 @@ class Worker:
                 self.runtime.broker_fault_id = str(fault["id"])
 
     def _on_control(self, command: dict[str, Any]) -> None:
-        if command.get("cmd") == "finish":
+        if command.get("cmd") == "stop_traffic":
             self.roles.stopped = True
-            self.finished.set()
+        elif command.get("cmd") == "finish":
+            self.finish()
+
+    def finish(self) -> None:
+        """Stop producing traffic and end the run loop (the stats are written on the way out)."""
+        self.roles.stopped = True
+        self.finished.set()
 
     async def _heartbeat(self) -> None:
         beats = 0
@@ -274,8 +287,10 @@ async def amain(args: argparse.Namespace) -> int:
                         transport=transport, out_dir=Path(args.out), duration_s=duration,
                         speed=speed, generation=args.generation)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.finished.set)
+        # Ctrl-C reaches the whole process group: the launcher drains and finishes the run, so
+        # workers ignore SIGINT and leave on the controller's word (or on SIGTERM).
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        loop.add_signal_handler(signal.SIGTERM, worker.finish)
         await worker.run()
     return 0
 

@@ -96,7 +96,7 @@ class Controller:
                 log.warning("live fault %s: %s", fault.id, fault.describe())
             elif command["cmd"] == "clear":
                 self.clear(str(command.get("id", "")), now_s)
-            elif command["cmd"] == "finish":
+            elif command["cmd"] in ("finish", "stop_traffic"):
                 return
             self.refresh()
         except CommandError as exc:

@@ -141,7 +141,7 @@ def parse_command(payload: bytes) -> dict[str, Any]:
     if not isinstance(command, dict) or not isinstance(command.get("cmd"), str):
         raise CommandError('expected a JSON object with a "cmd" key, e.g. '
                            '{"cmd": "fault", "kind": "link_down", "a": "gs1", "for_s": 10}')
-    if command["cmd"] not in ("fault", "clear", "list", "finish"):
+    if command["cmd"] not in ("fault", "clear", "list", "finish", "stop_traffic"):
         raise CommandError(f"unknown cmd {command['cmd']!r}; expected fault, clear, list or "
                            "finish")
     return command

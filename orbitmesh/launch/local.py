@@ -81,7 +81,9 @@ def run_cli(args: argparse.Namespace) -> int:
     result = run(opts)
     print(format_summary(result.summary))
     print(f"results: {result.run_dir}")
-    return 0 if result.ok else 1
+    if not result.ok:
+        return 1
+    return 130 if result.summary["run"]["interrupted"] else 0
 
 
 def run(opts: RunOptions) -> RunResult:
@@ -182,11 +184,12 @@ class _LocalRun:
                 stopper.cancel()
                 if ticker.done():
                     ticker.result()
-                    await asyncio.sleep(DRAIN_S)
                 else:
                     ticker.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await ticker
+                    transport.publish(topics.control, json.dumps({"cmd": "stop_traffic"}).encode())
+                await asyncio.sleep(DRAIN_S)  # frames in flight land before the count
                 printer.done()
             finally:
                 for task in list(self._tasks):
