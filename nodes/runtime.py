@@ -309,6 +309,7 @@ class NodeRuntime:
                 self.stats.drop(frame, "link_lost", u)
             return
         frame[F_HOPS] += 1
+        self.stats.hop(frame, u, v, due)
         owner = int(self.owner[v])
         if owner == self.worker:
             self.stats.accuracy(now - due)

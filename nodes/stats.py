@@ -6,7 +6,8 @@ still held (in flight on a link, or in an on-board store) when the run ends. Wor
 
 Event log records (msgpack arrays, one per event, appended to ``events-w<k>.msgpack``):
 ``["offer", wall, id, flow, kind, src, dst, size]``, ``["deliver", wall, id, flow, node, hops,
-latency_ms]``, ``["drop", wall, id, flow, node_or_-1, reason, fault_id_or_None]``.
+latency_ms]``, ``["drop", wall, id, flow, node_or_-1, reason, fault_id_or_None]``,
+``["hop", arrival_wall, id, flow, from_node, to_node, size]``. docs/traces.md has the format.
 """
 
 from __future__ import annotations
@@ -96,6 +97,11 @@ class Stats:
         if fault is not None:
             self.fault_drops[fault][frame[F_FLOW]] += 1
         self._event(["drop", self._now, frame[F_ID], frame[F_FLOW], node, reason, fault])
+
+    def hop(self, frame: list[Any], u: int, v: int, arrival: float) -> None:
+        """``frame`` crossed link u->v, arriving at wall time ``arrival``."""
+        if self._events is not None:
+            self._event(["hop", arrival, frame[F_ID], frame[F_FLOW], u, v, frame[F_SIZE]])
 
     def remote_sent(self, frame: list[Any]) -> None:
         """``frame`` left for another worker."""

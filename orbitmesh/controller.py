@@ -69,6 +69,7 @@ class Controller:
         self.extra_down: dict[int, str] = {}
         self.control_errors = 0
         self.on_process_fault: Callable[[Fault], None] | None = None
+        self.on_clock: Callable[[float], None] | None = None
         self.upcoming: Tick | None = None
         self._live_count = 0
         self._started_process_faults: set[str] = set()
@@ -213,6 +214,8 @@ class Controller:
             "tick_s": self.tick_s,
             "epoch": self.topology.scenario.epoch.isoformat()}).encode(), retain=True)
         self.publish_faults()
+        if self.on_clock is not None:
+            self.on_clock(self.t0_wall)
         for k in range(1, n_ticks + 1):
             # Publish tick k while tick k-1 is in force, then compute tick k+1 ahead of time.
             await _sleep_until(self.wall_at((k - 1) * self.tick_s))

@@ -38,6 +38,7 @@ from orbitmesh.placement import place
 from orbitmesh.report import build_summary, format_summary, percentiles, write_summary
 from orbitmesh.scenario import load_scenario
 from orbitmesh.topology import Topology, build_topology
+from orbitmesh.trace import manifest_for, write_manifest
 from orbitmesh.wire import Topics
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -149,6 +150,7 @@ class _LocalRun:
         self.process_faults: dict[str, dict[str, Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.controller: Controller | None = None
+        self.manifest: dict[str, Any] = {}
 
     def _nodes_of(self, worker: int) -> list[int]:
         return np.flatnonzero(self.placement == worker).tolist()
@@ -168,6 +170,9 @@ class _LocalRun:
                                     speed=self.speed, out_dir=self.run_dir)
             self.controller = controller
             controller.on_process_fault = self._process_fault
+            self.manifest = manifest_for(self.topology, self.run_id, self.speed, self.duration)
+            write_manifest(self.run_dir, self.manifest)
+            controller.on_clock = self._clock_started
             listener = asyncio.create_task(self._listen(), name="controller.listen")
             try:
                 for k in range(self.workers):
@@ -214,6 +219,10 @@ class _LocalRun:
                 listener.cancel()
         return self._summarise(broker_label, started)
 
+    def _clock_started(self, t0_wall: float) -> None:
+        self.manifest["t0_wall"] = t0_wall
+        write_manifest(self.run_dir, self.manifest)
+
     def _summarise(self, broker_label: str, started: datetime) -> RunResult:
         controller = self.controller
         assert controller is not None
@@ -233,6 +242,9 @@ class _LocalRun:
                   for f in controller.faults]
         summary = build_summary(self.run_dir, scenario, meta, links, self.workers, faults)
         write_summary(self.run_dir, summary)
+        self.manifest.update(faults=faults, complete=True,
+                             interrupted=self.stop.is_set())
+        write_manifest(self.run_dir, self.manifest)
         return RunResult(self.run_dir, summary)
 
     async def _listen(self) -> None:
