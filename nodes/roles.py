@@ -50,9 +50,11 @@ DUMP_INTERVAL_S = 0.02
 class Roles:
     """Schedules the behaviour of the nodes one runtime hosts."""
 
-    def __init__(self, runtime: NodeRuntime, *, duration_s: float, generation: int = 0) -> None:
+    def __init__(self, runtime: NodeRuntime, *, duration_s: float, generation: int = 0,
+                 replay: list[tuple[float, str, str, str, int]] | None = None) -> None:
         self.rt = runtime
         self.generation = generation
+        self.replay = replay or []
         self.topo = runtime.topology
         self.duration_s = duration_s
         self._ids = itertools.count(1)
@@ -115,7 +117,14 @@ class Roles:
                         node, period, o.telecommand_size_bytes, t0 + period))
         for f_index, flow in enumerate(topo.scenario.traffic):
             src = topo.index.get(flow.source)
-            if src is not None and src in rt.local:
+            if src is not None and src in rt.local and flow.pattern == "replay":
+                frames = [(t, size) for t, name, _s, _d, size in self.replay if name == flow.name
+                          and rt.wall_at(t) >= now - 1e-9]
+                if frames:
+                    dst = topo.node(flow.destination)
+                    rt.call_at(rt.wall_at(frames[0][0]),
+                               self._replay_fn(f_index, flow, src, dst, frames))
+            elif src is not None and src in rt.local:
                 dst = topo.node(flow.destination)
                 frng = np.random.default_rng([topo.scenario.seed, f_index])
                 first = rt.wall_at(flow.start_s) + self._gap(flow, frng)
@@ -256,6 +265,22 @@ class Roles:
                 self.offer(f_index, flow, src, dst, _size(flow.size, rng), now)
             due += self._gap(flow, rng)
             self.rt.call_at(due, fire)
+        return fire
+
+    def _replay_fn(self, f_index: int, flow: Flow, src: int,  # type: ignore[no-untyped-def]
+                   dst: int, frames: list[tuple[float, int]]):
+        position = 0
+
+        def fire(now: float) -> None:
+            nonlocal position
+            if self.stopped:
+                return
+            t_s, size = frames[position]
+            if src not in self.rt.down_nodes and t_s < self.duration_s:
+                self.offer(f_index, flow, src, dst, size, now)
+            position += 1
+            if position < len(frames):
+                self.rt.call_at(self.rt.wall_at(frames[position][0]), fire)
         return fire
 
     def offer(self, f_index: int, flow: Flow, src: int, dst: int, size: int, now: float) -> None:

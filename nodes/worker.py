@@ -34,6 +34,7 @@ from orbitmesh.placement import place
 from orbitmesh.scenario import load_scenario
 from orbitmesh.state import decode_state
 from orbitmesh.topology import Topology, build_topology
+from orbitmesh.trace import read_replay
 from orbitmesh.wire import F_FLOW, Topics
 
 log = logging.getLogger("orbitmesh.worker")
@@ -63,7 +64,8 @@ class Worker:
         self._events = events
         self.runtime = NodeRuntime(topology, worker, self.owner, send=self._send, speed=speed,
                                    seed=topology.scenario.seed, stats=self.stats)
-        self.roles = Roles(self.runtime, duration_s=duration_s, generation=generation)
+        self.roles = Roles(self.runtime, duration_s=duration_s, generation=generation,
+                           replay=read_replay(out_dir) if out_dir else None)
         connected = getattr(transport, "connected", None)
         if isinstance(connected, asyncio.Event):
             self.runtime.connected = connected.is_set

@@ -84,6 +84,20 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--id", help="fault id (default: live<N>)")
     f.add_argument("--broker", help="broker URL (default: the one in run.json)")
 
+    rp = sub.add_parser("replay", help="replay recorded or imported traffic into a scenario")
+    rp.add_argument("trace", help="a run directory (trace), a CSV of time_s,source,destination,"
+                    "bytes[,flow], or a pcap/pcapng capture with --mapping")
+    rp.add_argument("--scenario", required=True, help="the scenario to replay into")
+    rp.add_argument("--mapping", help="pcap import: file mapping IP addresses to node ids")
+    rp.add_argument("--links-from", help="replay this trace's link timeline instead of geometry")
+    rp.add_argument("--faults-from", help="repeat this trace's faults")
+    rp.add_argument("--duration", type=float)
+    rp.add_argument("--speed", type=float)
+    rp.add_argument("--workers", type=int)
+    rp.add_argument("--broker", default="embedded")
+    rp.add_argument("--out")
+    rp.add_argument("--quiet", action="store_true")
+
     fl = sub.add_parser("faults", help="list a running emulation's faults, or clear one")
     fl.add_argument("run", help="run directory (holds run.json) or run id with --broker")
     fl.add_argument("--clear", metavar="ID", help="end this active fault now")
@@ -97,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         handler = {"validate": _validate, "path": _path, "contacts": _contacts,
-                   "run": _run, "fault": _fault, "faults": _faults}[args.command]
+                   "run": _run, "fault": _fault, "faults": _faults,
+                   "replay": _replay}[args.command]
         return handler(args)
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -247,6 +262,42 @@ def _run(args: argparse.Namespace) -> int:
     from orbitmesh.launch.local import run_cli
 
     return run_cli(args)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from orbitmesh.launch.local import RunOptions, print_result, run
+    from orbitmesh.launch.replay import recorded_faults
+    from orbitmesh.trace import offered_traffic
+
+    trace = Path(args.trace)
+    if trace.is_dir():
+        offered = offered_traffic(trace)
+    elif trace.suffix.lower() == ".csv":
+        from orbitmesh.traffic_import import load_traffic_csv
+
+        offered = load_traffic_csv(trace, _load(args.scenario).node_ids)
+    elif trace.suffix.lower() in (".pcap", ".pcapng", ".cap"):
+        if not args.mapping:
+            raise ScenarioError(f"{trace}: a pcap import needs --mapping FILE (IP address -> "
+                                "node id); see docs/traces.md")
+        from orbitmesh.traffic_import import load_traffic_pcap
+
+        offered, warnings = load_traffic_pcap(trace, Path(args.mapping),
+                                              _load(args.scenario).node_ids)
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    else:
+        raise ScenarioError(f"{trace}: expected a run directory, a .csv or a .pcap/.pcapng file")
+    opts = RunOptions(Path(args.scenario), args.duration, args.speed, args.workers, args.broker,
+                      Path(args.out) if args.out else None, None, not args.quiet,
+                      replay=offered,
+                      replay_faults=recorded_faults(Path(args.faults_from))
+                      if args.faults_from else None,
+                      links_from=Path(args.links_from) if args.links_from else None,
+                      replay_origin=str(trace))
+    return print_result(run(opts))
 
 
 def _fault(args: argparse.Namespace) -> int:

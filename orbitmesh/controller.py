@@ -21,7 +21,7 @@ import msgpack
 import numpy as np
 
 from nodes.transport import Transport
-from orbitmesh.engine import Tick, TickEngine
+from orbitmesh.engine import LinkSource, Tick, TickEngine
 from orbitmesh.errors import RunError
 from orbitmesh.faults import (
     PROCESS_KINDS,
@@ -47,7 +47,8 @@ class Controller:
     """Computes and publishes ticks for one run."""
 
     def __init__(self, topology: Topology, transport: Transport, topics: Topics, *,
-                 duration_s: float, speed: float, out_dir: Path | None) -> None:
+                 duration_s: float, speed: float, out_dir: Path | None,
+                 link_source: LinkSource | None = None) -> None:
         self.topology = topology
         self.transport = transport
         self.topics = topics
@@ -55,7 +56,7 @@ class Controller:
         self.speed = speed
         scenario = topology.scenario
         policies = sorted({f.policy for f in scenario.traffic if f.policy})
-        self.engine = TickEngine(topology, policies=policies)
+        self.engine = TickEngine(topology, policies=policies, link_source=link_source)
         self.tick_s = scenario.tick_s
         self.t0_wall = 0.0
         self.seq = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -22,6 +23,17 @@ from orbitmesh.routing import (
     route_changes,
 )
 from orbitmesh.topology import IntArray, Topology
+
+
+class LinkSource(Protocol):
+    """Where link states come from: geometry (LinkEngine) or a recorded timeline."""
+
+    last_handovers: int
+
+    def state_at(self, t_s: float) -> LinkState:
+        """The live links at ``t_s`` (called with increasing times)."""
+        ...
+
 
 WARM_UP_S = 900.0
 """GSL history replayed before a requested time: longer than any LEO pass above a mask."""
@@ -44,9 +56,10 @@ class TickEngine:
     """Propagates, builds links and routes toward ``destinations`` tick after tick."""
 
     def __init__(self, topology: Topology, destinations: Sequence[int] | IntArray | None = None,
-                 policies: Sequence[str] | None = None) -> None:
+                 policies: Sequence[str] | None = None,
+                 link_source: LinkSource | None = None) -> None:
         self.topology = topology
-        self.links = LinkEngine(topology)
+        self.links: LinkSource = link_source or LinkEngine(topology)
         scenario = topology.scenario
         self.tracker = LinkTracker(scenario.links.delay_change_threshold_ms / 1000.0)
         self.strategy = get_strategy(scenario.routing.strategy)

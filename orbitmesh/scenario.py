@@ -199,7 +199,7 @@ class Flow(_Model):
     name: NodeName
     source: NodeName
     destination: NodeName
-    pattern: Literal["constant", "poisson"] = "constant"
+    pattern: Literal["constant", "poisson", "replay"] = "constant"
     rate_pps: float = Field(gt=0.0)
     size: SizeSpec = SizeSpec()
     start_s: float = Field(default=0.0, ge=0.0)

@@ -33,6 +33,8 @@ from orbitmesh.topology import Topology
 TRACE_FORMAT = "orbitmesh-trace"
 TRACE_VERSION = "1.0"
 MANIFEST = "trace.json"
+REPLAY_FILE = "replay.msgpack"
+"""In a replay run: the frames to offer, ``[t_s, flow, source, destination, size]`` records."""
 BUILTIN_FLOWS = {-1: "telemetry", -2: "telecommands", -3: "acks"}
 
 
@@ -137,6 +139,7 @@ class LinkTimeline:
             raise RunError(f"{run_dir}: the link timeline names nodes the scenario does not "
                            f"have: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
         self._records = sorted(records, key=lambda r: r["t_s"])
+        self.last_handovers = 0
         self._live: dict[tuple[int, int], tuple[int, float]] = {}
         self._next = 0
 
@@ -149,6 +152,7 @@ class LinkTimeline:
                 self._live.pop(_key(index[a], index[b]), None)
             for a, b, kind, delay in (*r["up"], *r["changed"]):
                 self._live[_key(index[a], index[b])] = (int(kind), float(delay))
+            self.last_handovers = int(r.get("handovers", 0))
             self._next += 1
         keys = list(self._live)
         a = np.array([k[0] for k in keys], dtype=np.int64)
@@ -160,3 +164,11 @@ class LinkTimeline:
 
 def _key(a: int, b: int) -> tuple[int, int]:
     return (a, b) if a < b else (b, a)
+
+
+def read_replay(run_dir: Path) -> list[tuple[float, str, str, str, int]]:
+    """The frames a replay run offers, in time order (empty for an ordinary run)."""
+    path = Path(run_dir) / REPLAY_FILE
+    if not path.is_file():
+        return []
+    return [(float(t), str(f), str(s), str(d), int(n)) for t, f, s, d, n in iter_records(path)]

@@ -31,14 +31,16 @@ from broker.url import BrokerURL, parse_broker_url
 from nodes.transport import MqttTransport
 from orbitmesh import __version__
 from orbitmesh.controller import Controller
+from orbitmesh.engine import LinkSource
 from orbitmesh.errors import RunError
 from orbitmesh.faults import Fault
 from orbitmesh.launch.control import write_run_file
+from orbitmesh.launch.replay import check_nodes, replay_scenario, write_replay
 from orbitmesh.placement import place
 from orbitmesh.report import build_summary, format_summary, percentiles, write_summary
 from orbitmesh.scenario import load_scenario
 from orbitmesh.topology import Topology, build_topology
-from orbitmesh.trace import manifest_for, write_manifest
+from orbitmesh.trace import LinkTimeline, Offered, manifest_for, write_manifest
 from orbitmesh.wire import Topics
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -60,6 +62,12 @@ class RunOptions:
     out: Path | None = None
     run_id: str | None = None
     progress: bool = True
+    replay: list[Offered] | None = None
+    """Offered traffic to replay instead of the scenario's flows (orbitmesh replay)."""
+    replay_faults: list[dict[str, Any]] | None = None
+    links_from: Path | None = None
+    """A trace whose link timeline replaces geometry."""
+    replay_origin: str = ""
 
 
 @dataclass
@@ -79,7 +87,11 @@ def run_cli(args: argparse.Namespace) -> int:
     """`orbitmesh run`: run, print the summary table, exit non-zero if conservation broke."""
     opts = RunOptions(Path(args.scenario), args.duration, args.speed, args.workers, args.broker,
                       Path(args.out) if args.out else None, args.run_id, not args.quiet)
-    result = run(opts)
+    return print_result(run(opts))
+
+
+def print_result(result: RunResult) -> int:
+    """Print the summary table; the exit code for it (1: conservation broken, 130: interrupted)."""
     print(format_summary(result.summary))
     print(f"results: {result.run_dir}")
     if not result.ok:
@@ -90,14 +102,23 @@ def run_cli(args: argparse.Namespace) -> int:
 def run(opts: RunOptions) -> RunResult:
     """Run a scenario to the end (or to Ctrl-C) and return its summary."""
     scenario = load_scenario(opts.scenario)
-    topology = build_topology(scenario)
     duration = opts.duration_s or scenario.duration_s
+    if opts.replay is not None:
+        scenario = replay_scenario(scenario, opts.replay, duration_s=duration,
+                                   faults=opts.replay_faults)
+    topology = build_topology(scenario)
+    if opts.replay is not None:
+        check_nodes(opts.replay, set(topology.node_ids), opts.replay_origin)
     speed = opts.speed or scenario.speed
     workers = opts.workers or os.cpu_count() or 1
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = (opts.out or Path("runs") / f"{scenario.name}-{stamp}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(opts.scenario, run_dir / "scenario.yaml")
+    if opts.replay is not None:
+        write_replay(run_dir, scenario, opts.replay)
+    else:
+        shutil.copy(opts.scenario, run_dir / "scenario.yaml")
+    link_source = LinkTimeline(opts.links_from, topology) if opts.links_from else None
     run_id = opts.run_id or re.sub(r"[^A-Za-z0-9_.-]", "-", run_dir.name)
     broker: EmbeddedBroker | None = None
     if opts.broker == "embedded":
@@ -112,7 +133,7 @@ def run(opts: RunOptions) -> RunResult:
     write_run_file(run_dir, run_id, url, str(opts.scenario))
     try:
         return asyncio.run(_run(topology, run_dir, run_id, url, broker_label, workers,
-                                duration, speed, opts.progress, broker))
+                                duration, speed, opts.progress, broker, link_source))
     finally:
         if broker is not None:
             broker.stop()
@@ -120,8 +141,10 @@ def run(opts: RunOptions) -> RunResult:
 
 async def _run(topology: Topology, run_dir: Path, run_id: str, url: BrokerURL, broker_label: str,
                workers: int, duration: float, speed: float, progress: bool,
-               broker: EmbeddedBroker | None = None) -> RunResult:
+               broker: EmbeddedBroker | None = None,
+               link_source: LinkSource | None = None) -> RunResult:
     run = _LocalRun(topology, run_dir, run_id, url, workers, duration, speed, broker)
+    run.link_source = link_source
     return await run.execute(broker_label, progress)
 
 
@@ -151,6 +174,7 @@ class _LocalRun:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.controller: Controller | None = None
         self.manifest: dict[str, Any] = {}
+        self.link_source: LinkSource | None = None
 
     def _nodes_of(self, worker: int) -> list[int]:
         return np.flatnonzero(self.placement == worker).tolist()
@@ -167,7 +191,8 @@ class _LocalRun:
             self.transport = transport
             await transport.subscribe(topics.worker_status_all, topics.control)
             controller = Controller(self.topology, transport, topics, duration_s=self.duration,
-                                    speed=self.speed, out_dir=self.run_dir)
+                                    speed=self.speed, out_dir=self.run_dir,
+                                    link_source=self.link_source)
             self.controller = controller
             controller.on_process_fault = self._process_fault
             self.manifest = manifest_for(self.topology, self.run_id, self.speed, self.duration)
