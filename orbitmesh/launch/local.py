@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import contextlib
 import json
 import os
@@ -103,12 +104,13 @@ def run(opts: RunOptions) -> RunResult:
     """Run a scenario to the end (or to Ctrl-C) and return its summary."""
     scenario = load_scenario(opts.scenario)
     duration = opts.duration_s or scenario.duration_s
-    if opts.replay is not None:
-        scenario = replay_scenario(scenario, opts.replay, duration_s=duration,
-                                   faults=opts.replay_faults)
     topology = build_topology(scenario)
     if opts.replay is not None:
+        # Replayed traffic does not change the nodes: check it, then swap the flows in.
         check_nodes(opts.replay, set(topology.node_ids), opts.replay_origin)
+        scenario = replay_scenario(scenario, opts.replay, duration_s=duration,
+                                   faults=opts.replay_faults)
+        topology = dataclasses.replace(topology, scenario=scenario)
     speed = opts.speed or scenario.speed
     workers = opts.workers or os.cpu_count() or 1
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
