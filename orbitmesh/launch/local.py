@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import contextlib
+import dataclasses
 import json
 import os
 import platform
