@@ -326,8 +326,9 @@ class NodeRuntime:
             return
         self.forward(v, frame, now)
 
-    def receive_batch(self, payload: bytes, now: float) -> None:
-        """Frames from another worker (or injected by a client): malformed input is counted."""
+    def receive_batch(self, payload: bytes, now: float, *, injected: bool = False) -> None:
+        """Frames from another worker, or ``injected`` by a client into a node's inbox (those
+        count as offered there). Malformed input is counted and logged, never fatal."""
         try:
             items = decode_batch(payload)
         except ValueError as exc:
@@ -337,7 +338,11 @@ class NodeRuntime:
             if v not in self.local:
                 self.stats.malformed(f"frame for node {v}, not hosted here")
                 continue
-            self.stats.remote_received(frame)
+            if injected:
+                frame[F_DUE] = 0.0
+                self.stats.offer(frame)
+            else:
+                self.stats.remote_received(frame)
             if frame[F_DUE]:
                 self.stats.accuracy(now - frame[F_DUE])
             self.receive(v, frame, now)

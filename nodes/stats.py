@@ -38,10 +38,11 @@ class FlowStats:
         self.remote_out = 0
         self.remote_in = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+    def as_dict(self, samples: bool = True) -> dict[str, Any]:
+        """JSON-ready form (``samples=False``: counters only)."""
         return {"offered": self.offered, "delivered": self.delivered,
-                "dropped": dict(self.dropped), "latency_ms": self.latency_ms, "hops": self.hops,
+                "dropped": dict(self.dropped),
+                "latency_ms": self.latency_ms if samples else [], "hops": self.hops,
                 "remote_out": self.remote_out, "remote_in": self.remote_in}
 
 
@@ -121,18 +122,22 @@ class Stats:
         if self.malformed_count <= 10:
             log.warning("malformed payload ignored (%d so far): %s", self.malformed_count, why)
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form of everything counted."""
+    def as_dict(self, samples: bool = True) -> dict[str, Any]:
+        """JSON-ready form of everything counted (``samples=False``: counters only)."""
+        def keep(values: list[float]) -> list[float]:
+            return values if samples else []
+
         return {
-            "flows": {str(k): v.as_dict() for k, v in sorted(self.flows.items())},
-            "accuracy_ms": self.accuracy_ms,
+            "flows": {str(k): v.as_dict(samples) for k, v in sorted(self.flows.items())},
+            "accuracy_ms": keep(self.accuracy_ms),
             "malformed": self.malformed_count,
-            "telemetry_age_ms": self.telemetry_age_ms,
-            "telecommand_rtt_ms": self.telecommand_rtt_ms,
+            "telemetry_age_ms": keep(self.telemetry_age_ms),
+            "telecommand_rtt_ms": keep(self.telecommand_rtt_ms),
             "telecommands_sent": self.telecommands_sent,
             "telecommands_acked": self.telecommands_acked,
             "max_backlog": self.max_backlog,
-            "link_apply_late_ms": self.link_apply_late_ms,
+            "link_apply_late_ms": keep(self.link_apply_late_ms),
+            "samples": samples,
             "fault_drops": {f: {str(k): v for k, v in c.items()}
                             for f, c in self.fault_drops.items()},
         }

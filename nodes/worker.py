@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from broker.url import parse_broker_url
 from nodes.roles import Roles
 from nodes.runtime import NodeRuntime
@@ -35,10 +37,11 @@ from orbitmesh.scenario import load_scenario
 from orbitmesh.state import decode_state
 from orbitmesh.topology import Topology, build_topology
 from orbitmesh.trace import read_replay
-from orbitmesh.wire import F_FLOW, Topics
+from orbitmesh.wire import F_FLOW, WIRE_VERSION, Topics, decode_batch
 
 log = logging.getLogger("orbitmesh.worker")
 HEARTBEAT_S = 0.5
+DRAIN_TIMEOUT_S = 3.0
 FLUSH_TIMEOUT_S = 3.0
 SNAPSHOT_EVERY = 2
 """Heartbeats between stats snapshots: what survives if this process is killed."""
@@ -71,6 +74,8 @@ class Worker:
             self.runtime.connected = connected.is_set
         self.started = False
         self.finished = asyncio.Event()
+        self.workers = workers
+        self.drained: dict[int, int] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = float("inf")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -126,11 +131,48 @@ class Worker:
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_due = None, float("-inf")  # never re-armed
+        await self._drain()
         self._finish()
         try:
             await asyncio.wait_for(self.transport.flush(), FLUSH_TIMEOUT_S)
         except (TimeoutError, OrbitmeshError) as exc:
             log.warning("final status not confirmed by the broker: %s", exc)
+
+    async def _drain(self) -> None:
+        """Count the frames other workers sent us before they stopped, as still in flight.
+
+        Every worker sends an end marker to every other one after it stops forwarding; MQTT keeps
+        one publisher's messages in order, so once all markers are in, nothing sent to us is
+        still inside the broker.
+        """
+        others = {k for k in range(self.workers) if k != self.index}
+        marker = msgpack.packb([WIRE_VERSION, "end", self.index])
+        for k in others:
+            self.transport.publish(self.topics.worker_frames(k), marker)
+        frames_topic = self.topics.worker_frames(self.index)
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                async for batch in self.transport.batches():
+                    for message in batch:
+                        if message.topic != frames_topic:
+                            continue
+                        end = _end_marker(message.payload)
+                        if end is not None:
+                            others.discard(end)
+                            continue
+                        try:
+                            items = decode_batch(message.payload)
+                        except ValueError as exc:
+                            self.stats.malformed(str(exc))
+                            continue
+                        for _node, frame in items:
+                            self.stats.remote_received(frame)
+                            self.drained[frame[F_FLOW]] = self.drained.get(frame[F_FLOW], 0) + 1
+                    if not others:
+                        return
+        except TimeoutError:
+            log.warning("no end marker from worker(s) %s within %.0f s; frames they sent may "
+                        "be uncounted", sorted(others), DRAIN_TIMEOUT_S)
 
     async def _receive(self) -> None:
         async for batch in self.transport.batches():
@@ -152,8 +194,10 @@ class Worker:
                 self._on_control(json.loads(message.payload))
             elif topic == t.faults:
                 self._on_faults(json.loads(message.payload) if message.payload else {})
-            else:  # frames for our nodes (from workers or injected by any client)
+            elif topic == t.worker_frames(self.index):
                 self.runtime.receive_batch(message.payload, now)
+            else:  # a node inbox: frames injected by any MQTT client
+                self.runtime.receive_batch(message.payload, now, injected=True)
         except (ValueError, KeyError, TypeError) as exc:
             self.stats.malformed(f"{topic}: {exc}")
 
@@ -242,7 +286,11 @@ class Worker:
         for store in self.roles.store.values():
             for frame in store:
                 held[frame[F_FLOW]] = held.get(frame[F_FLOW], 0) + 1
-        result = self.stats.as_dict()
+        for flow, count in self.drained.items():
+            held[flow] = held.get(flow, 0) + count
+        # Snapshots (what survives a SIGKILL) carry counters only: serialising every latency
+        # sample each second would stall the event loop.
+        result = self.stats.as_dict(samples=final)
         result["worker"] = self.index
         result["in_flight"] = {str(k): v for k, v in held.items()}
         result["held_on_board"] = sum(len(s) for s in self.roles.store.values())
@@ -254,6 +302,17 @@ class Worker:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(result))
             tmp.replace(path)
+
+
+def _end_marker(payload: bytes) -> int | None:
+    """The sender of an end-of-frames marker, or None for anything else."""
+    if len(payload) > 16:
+        return None
+    try:
+        version, tag, worker = msgpack.unpackb(payload)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    return int(worker) if version == WIRE_VERSION and tag == "end" else None
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

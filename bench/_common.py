@@ -1,0 +1,250 @@
+"""Helpers shared by the live benchmarks (bench/messaging.py, bench/scale.py).
+
+Everything here runs on this machine only: brokers bind 127.0.0.1, processes are tracked by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+RSS_INTERVAL_S = 0.5
+
+
+def emit(record: dict[str, Any]) -> None:
+    """Print one benchmark result as one JSON line."""
+    print(json.dumps(record), flush=True)
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident set size of ``pid`` in MiB (VmRSS), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+class ProcSampler:
+    """Samples RSS and CPU time of a changing set of PIDs every 0.5 s on a thread.
+
+    ``pids()`` (role -> PID) is called at every sample, so workers that appear later
+    (pids.json) are counted from the moment they are known. Keeps the peak of the summed RSS,
+    the peak per role, and the last CPU seconds (user + system) seen per role.
+    """
+
+    def __init__(self, pids: Any, interval_s: float = RSS_INTERVAL_S) -> None:
+        self._pids = pids
+        self.interval_s = interval_s
+        self.peak_total_mb = 0.0
+        self.peak_by_role: dict[str, float] = {}
+        self.at_peak: dict[str, float] = {}
+        self.cpu_s: dict[str, float] = {}
+        """CPU seconds (user + system) each role used while sampled (from its first sample)."""
+        self.foreign_cpu_s = 0.0
+        """CPU seconds the rest of the machine used meanwhile (other users' load skews figures)."""
+        self.samples = 0
+        self._baseline: dict[str, float] = {}
+        self._machine_busy0 = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench.proc", daemon=True)
+
+    def __enter__(self) -> ProcSampler:
+        for role, pid in self._pids().items():
+            value = cpu_s(pid)
+            if value is not None:
+                self._baseline[role] = value
+        self._machine_busy0 = machine_busy_s()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        ours = sum(self.cpu_s.values())
+        self.foreign_cpu_s = max(0.0, machine_busy_s() - self._machine_busy0 - ours)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval_s)
+
+    def sample(self) -> None:
+        """Take one sample now."""
+        sample: dict[str, float] = {}
+        for role, pid in self._pids().items():
+            value = rss_mb(pid)
+            cpu = cpu_s(pid)
+            if cpu is not None:
+                self.cpu_s[role] = cpu - self._baseline.get(role, 0.0)
+            if value is not None:
+                sample[role] = value
+                self.peak_by_role[role] = max(self.peak_by_role.get(role, 0.0), value)
+        total = sum(sample.values())
+        self.samples += 1
+        if total > self.peak_total_mb:
+            self.peak_total_mb = total
+            self.at_peak = sample
+
+
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used (its own threads, not its children)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all CPUs have spent busy since boot (/proc/stat, everything but idle+iowait)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    guest = sum(fields[8:10]) if len(fields) > 9 else 0  # already counted in user/nice
+    return (sum(fields) - idle - guest) / _CLK_TCK
+
+
+class MessageTap:
+    """A raw MQTT 3.1.1 subscriber on a thread that counts PUBLISH packets and their bytes.
+
+    It is one more subscriber on the broker (each message it counts is routed twice), so keep
+    it to runs where that extra fan-out is small beside the broker's capacity.
+    """
+
+    def __init__(self, host: str, port: int, topic_filter: str) -> None:
+        self.host, self.port, self.topic_filter = host, port, topic_filter
+        self.messages = 0
+        self.payload_bytes = 0
+        self.cpu_s = 0.0
+        """CPU seconds the tap thread itself used (to subtract from its process's figure)."""
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench.tap", daemon=True)
+        self.error: str | None = None
+
+    def __enter__(self) -> MessageTap:
+        self._thread.start()
+        if not self._ready.wait(10.0):
+            raise RuntimeError(f"message tap: no SUBACK from {self.host}:{self.port}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=10)
+            cid = f"bench-tap-{os.getpid()}".encode()
+            body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
+            sock.sendall(b"\x10" + varint(len(body)) + body)
+            topic = self.topic_filter.encode()
+            sub = b"\x00\x01" + len(topic).to_bytes(2, "big") + topic + b"\x00"
+            sock.sendall(b"\x82" + varint(len(sub)) + sub)
+            sock.settimeout(0.2)
+            buf = bytearray()
+            while not self._stop.is_set():
+                try:
+                    chunk = sock.recv(1 << 20)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                buf += chunk
+                buf = self._consume(buf)
+            sock.sendall(b"\xe0\x00")
+            sock.close()
+        except OSError as exc:
+            self.error = str(exc)
+            self._ready.set()
+        finally:
+            self.cpu_s = time.thread_time()
+
+    def _consume(self, buf: bytearray) -> bytearray:
+        pos, size = 0, len(buf)
+        while size - pos >= 2:
+            header = buf[pos]
+            index, length, shift = pos + 1, 0, 0
+            while index < size:
+                digit = buf[index]
+                index += 1
+                length |= (digit & 0x7F) << shift
+                shift += 7
+                if not digit & 0x80:
+                    break
+            if (buf[index - 1] & 0x80) or index + length > size:
+                break
+            kind = header & 0xF0
+            if kind == 0x30:
+                topic_len = (buf[index] << 8) | buf[index + 1]
+                self.messages += 1
+                self.payload_bytes += length - 2 - topic_len
+            elif kind == 0x90:
+                self._ready.set()
+            pos = index + length
+        return buf[pos:]
+
+
+def varint(n: int) -> bytes:
+    """MQTT "remaining length" encoding of ``n``."""
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | 0x80 if n else digit)
+        if not n:
+            return bytes(out)
+
+
+def worker_pids(run_dir: Path) -> dict[str, int]:
+    """Worker PIDs recorded by the launcher in ``<run>/pids.json`` (empty until it exists)."""
+    try:
+        raw = json.loads((run_dir / "pids.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {(f"w{k}" if str(k).isdigit() else str(k)): int(v) for k, v in raw.items()}
+
+
+def load_worker_stats(run_dir: Path) -> list[dict[str, Any]]:
+    """Every ``stats-w*.json`` a run wrote."""
+    return [json.loads(p.read_text()) for p in sorted(run_dir.glob("stats-w*.json"))]
+
+
+def total_frame_hops(stats: list[dict[str, Any]]) -> int:
+    """Hops travelled by every delivered frame (all flows, telemetry and commands included)."""
+    return sum(f["hops"] for w in stats for f in w["flows"].values())
+
+
+def unexplained_loss(summary: dict[str, Any]) -> int:
+    """Offered - delivered - dropped-with-reason - in flight, summed over every flow."""
+    return sum(int(c["unexplained"]) for c in summary["conservation"])
+
+
+def clock_age(started: float) -> float:
+    """Seconds since ``started`` (time.time())."""
+    return time.time() - started
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    load1, _, _ = os.getloadavg()
+    return {"cpus": os.cpu_count(), "loadavg_1m_before": round(load1, 2),
+            "python": sys.version.split()[0]}
