@@ -57,6 +57,7 @@ class Worker:
         self.index = worker
         self.generation = generation
         self.topics = Topics(run_id)
+        self._frames_topic = self.topics.worker_frames(worker)
         self.transport = transport
         self.out_dir = out_dir
         self.owner = place(topology, workers)
@@ -194,7 +195,7 @@ class Worker:
                 self._on_control(json.loads(message.payload))
             elif topic == t.faults:
                 self._on_faults(json.loads(message.payload) if message.payload else {})
-            elif topic == t.worker_frames(self.index):
+            elif topic == self._frames_topic:
                 self.runtime.receive_batch(message.payload, now)
             else:  # a node inbox: frames injected by any MQTT client
                 self.runtime.receive_batch(message.payload, now, injected=True)
