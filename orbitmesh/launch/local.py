@@ -372,6 +372,8 @@ class _LocalRun:
             env=env)
         log.close()
         self.pids[tag] = self.procs[worker].pid
+        if self.broker is not None and self.broker.pid is not None:
+            self.pids["broker"] = self.broker.pid
         (self.run_dir / "pids.json").write_text(json.dumps(self.pids))
 
 
