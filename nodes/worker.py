@@ -52,7 +52,7 @@ class Worker:
 
     def __init__(self, topology: Topology, *, worker: int, workers: int, run_id: str,
                  transport: Transport, out_dir: Path | None, duration_s: float,
-                 speed: float, generation: int = 0) -> None:
+                 speed: float, generation: int = 0, placement: str = "blocks") -> None:
         self.topology = topology
         self.index = worker
         self.generation = generation
@@ -60,7 +60,7 @@ class Worker:
         self._frames_topic = self.topics.worker_frames(worker)
         self.transport = transport
         self.out_dir = out_dir
-        self.owner = place(topology, workers)
+        self.owner = place(topology, workers, placement)
         tag = f"w{worker}" + (f"-g{generation}" if generation else "")
         self.tag = tag
         events = (out_dir / f"events-{tag}.msgpack").open("wb") if out_dir else None
@@ -121,6 +121,7 @@ class Worker:
         inboxes = [t.node_inbox(self.topology.node_ids[i]) for i in sorted(self.runtime.local)]
         await self.transport.subscribe(t.worker_frames(self.index), t.clock, t.state, t.control,
                                        t.faults, *inboxes)
+        self._write_stats(final=False)  # claims this generation's file name at once
         self._status("ready", nodes=len(self.runtime.local), pid=os.getpid(),
                      generation=self.generation)
         async with asyncio.TaskGroup() as tg:
@@ -326,13 +327,25 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True)
     p.add_argument("--duration", type=float)
     p.add_argument("--speed", type=float)
-    p.add_argument("--generation", type=int, default=0,
-                   help="restart count of this worker (set by the launcher)")
+    p.add_argument("--generation", default="auto",
+                   help="restart count of this worker; 'auto' (default) counts the stats files "
+                   "earlier incarnations left in --out (a restarted container finds its own)")
+    p.add_argument("--placement", default="blocks", help="blocks, planes or chunks:N")
     return p.parse_args(argv)
+
+
+def _generation(value: str, out: Path, worker: int) -> int:
+    if value != "auto":
+        return int(value)
+    taken = [0 if p.stem == f"stats-w{worker}" else int(p.stem.rsplit("-g", 1)[1])
+             for p in out.glob(f"stats-w{worker}.json")]
+    taken += [int(p.stem.rsplit("-g", 1)[1]) for p in out.glob(f"stats-w{worker}-g*.json")]
+    return max(taken) + 1 if taken else 0
 
 
 async def amain(args: argparse.Namespace) -> int:
     """Run one worker until the controller says finish (or a signal arrives)."""
+    args.generation = _generation(str(args.generation), Path(args.out), args.worker)
     scenario = load_scenario(args.scenario)
     topology = build_topology(scenario)
     duration = args.duration or scenario.duration_s
@@ -347,7 +360,7 @@ async def amain(args: argparse.Namespace) -> int:
     async with transport:
         worker = Worker(topology, worker=args.worker, workers=args.workers, run_id=args.run_id,
                         transport=transport, out_dir=Path(args.out), duration_s=duration,
-                        speed=speed, generation=args.generation)
+                        speed=speed, generation=args.generation, placement=args.placement)
         loop = asyncio.get_running_loop()
         # Ctrl-C reaches the whole process group: the launcher drains and finishes the run, so
         # workers ignore SIGINT and leave on the controller's word (or on SIGTERM).

@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default: runs/<name>-<UTC timestamp>)")
     r.add_argument("--run-id", help="run id used in MQTT topics (default: derived from --out)")
     r.add_argument("--quiet", action="store_true", help="no live progress line")
+    r.add_argument("--placement", default="blocks",
+                   help="which worker hosts which node: blocks (default), planes or chunks:N")
+    r.add_argument("--external-workers", action="store_true",
+                   help="start no workers; wait for workers started elsewhere (containers)")
 
     f = sub.add_parser("fault", help="inject a fault into a running emulation",
                        description="Targets are positional in the kind's order (link_down A B "

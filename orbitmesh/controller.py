@@ -111,7 +111,7 @@ class Controller:
         """Reject a fault whose target matches nothing (a typo would otherwise do nothing)."""
         spec = fault.spec
         overlay = self.engine.overlay
-        if spec.kind in ("worker_kill", "broker_outage"):
+        if spec.kind in PROCESS_KINDS:
             return
         nodes = overlay.nodes_of(fault)
         if nodes is not None and not nodes.any():

@@ -36,7 +36,9 @@ from orbitmesh.topology import (
 )
 
 BoolArray = NDArray[np.bool_]
-PROCESS_KINDS = ("worker_kill", "broker_outage")
+PROCESS_KINDS = ("worker_kill", "broker_outage", "container_kill", "container_pause",
+                 "container_unpause", "container_restart")
+CONTAINER_KINDS = PROCESS_KINDS[2:]
 NODE_RESTART_DEFAULT_S = 5.0
 
 

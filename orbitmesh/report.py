@@ -16,6 +16,7 @@ import msgpack
 import numpy as np
 
 from orbitmesh.errors import RunError
+from orbitmesh.faults import PROCESS_KINDS
 from orbitmesh.scenario import Scenario
 from orbitmesh.wire import FLOW_ACK, FLOW_TELECOMMAND, FLOW_TELEMETRY
 
@@ -70,8 +71,7 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
     faults = faults or []
     final_workers = {w["worker"] for w in stats if w.get("final", True)}
     missing = workers_expected - len(final_workers)
-    process_faults = [f for f in faults if f["kind"] in ("worker_kill", "broker_outage")
-                      and "error" not in f]
+    process_faults = [f for f in faults if f["kind"] in PROCESS_KINDS and "error" not in f]
     flows = []
     conservation = []
     for i, flow in enumerate(scenario.traffic):
@@ -182,7 +182,7 @@ def fault_impact(run_dir: Path, scenario: Scenario, faults: list[dict[str, Any]]
                 for flow, v in sorted(per_flow.items()) if v}
         entry = {**fault, "dropped": sum(drops.values()), "dropped_by_flow": dict(drops),
                  "flows_affected": sorted(drops), "telemetry_held_on_board": held, **impact}
-        if fault["kind"] in ("worker_kill", "broker_outage"):
+        if fault["kind"] in PROCESS_KINDS:
             entry["lost_in_process"] = sum(c["lost_to_process_faults"] for c in checks)
         out.append(entry)
     return out

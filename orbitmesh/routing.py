@@ -16,11 +16,13 @@ hop toward ``d``. Trees are built for the destinations that traffic goes to (gro
 a tree toward any other node (a satellite, for telecommands) is computed on demand with
 :meth:`Router.to`.
 
-Cost (scipy 1.17, one core): scipy's Dijkstra takes ~0.18 ms per destination on a 1,700-node /
-3,500-link graph and ~0.5 ms on 5,400 nodes / 9,800 links, so the (D, N) tables cost ~19 ms for
-105 destinations and ~25 ms for 50; everything else here (sparse matrix ~0.15 ms, diffs
-~0.3 ms) is small beside it. Each policy adds one more run over its allowed destinations.
-``RouteTrees.hops`` is derived lazily (~5 ms at 105 x 1,700) because forwarding never needs it.
+Cost (2 cores; ``bench/geometry.py``): the trees come from the bucket kernel in
+:mod:`orbitmesh._sssp` (numba; scipy's Dijkstra when numba is missing), whose distances equal
+scipy's bit for bit. 105 destinations on the 1,700-node / 3,600-link Starlink shell-1 graph take
+~3.5 ms on two threads (~6 ms on one; scipy: ~18 ms), 50 destinations on 5,400 nodes / 12,500
+links ~7 ms (scipy: ~32 ms); the sparse layout (~0.15 ms) and diffs (~0.3 ms) are small beside
+it. Each policy adds one more run over its allowed destinations. ``RouteTrees.hops`` is derived
+lazily (~5 ms at 105 x 1,700) because forwarding never needs it.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from typing import Protocol, TypeVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import dijkstra
 
+from orbitmesh._sssp import shortest_path_trees
 from orbitmesh.errors import RoutingError
 
 FloatArray = NDArray[np.float64]
@@ -144,13 +146,19 @@ class LinkGraph:
                                f"{self.n_edges} links, give one weight per link")
         return self._build_csr(weights_arr)
 
-    def _build_csr(self, weights: FloatArray) -> csr_matrix:
+    def _csr_arrays(self, weights: FloatArray | None = None
+                    ) -> tuple[NDArray[np.int32], NDArray[np.int32], FloatArray]:
+        """(indptr, indices, data) of :meth:`csr`: weights clamped, parallel links merged."""
         layout = self._layout
-        data = np.maximum(weights, MIN_WEIGHT)[layout.edge_of_arc]
+        source = self.delay_s if weights is None else weights
+        data = np.maximum(source, MIN_WEIGHT)[layout.edge_of_arc]
         if layout.group_starts is not None:
             data = np.minimum.reduceat(data, layout.group_starts)  # parallel links: fastest wins
-        return csr_matrix((data, layout.indices, layout.indptr),
-                          shape=(self.n_nodes, self.n_nodes))
+        return layout.indptr, layout.indices, data
+
+    def _build_csr(self, weights: FloatArray) -> csr_matrix:
+        indptr, indices, data = self._csr_arrays(weights)
+        return csr_matrix((data, indices, indptr), shape=(self.n_nodes, self.n_nodes))
 
     def with_mask(self, allowed: ArrayLike) -> LinkGraph:
         """The same nodes with every link that touches a disallowed node removed."""
@@ -300,18 +308,12 @@ def _check_destinations(graph: LinkGraph, destinations: ArrayLike) -> IntArray:
 
 def _dijkstra_trees(graph: LinkGraph, destinations: IntArray,
                     weights: FloatArray | None) -> tuple[HopArray, FloatArray]:
-    """(next_hop, weighted distance), both (D, N), from one scipy Dijkstra call."""
+    """(next_hop, weighted distance), both (D, N), from one many-source shortest-path call."""
     if destinations.size == 0 or graph.n_nodes == 0:
         return (np.full((destinations.size, graph.n_nodes), NO_ROUTE, dtype=np.int32),
                 np.full((destinations.size, graph.n_nodes), np.inf))
-    # The matrix already holds both directions, so directed=True is the undirected answer
-    # without scipy symmetrising it again on every call.
-    dist, pred = dijkstra(graph.csr(weights), directed=True, indices=destinations,
-                          return_predecessors=True)
-    next_hop = pred.astype(np.int32, copy=False)
-    next_hop[next_hop < 0] = NO_ROUTE
-    next_hop[np.arange(destinations.size), destinations] = destinations
-    return next_hop, dist
+    # Links are undirected, so a node's parent in the tree grown from d is its next hop toward d.
+    return shortest_path_trees(*graph._csr_arrays(weights), destinations)
 
 
 @dataclass(frozen=True)
@@ -345,11 +347,12 @@ class MinHop:
         max_delay_s = float(graph.delay_s.max()) if graph.n_edges else 0.0
         scale_s = 2.0 * max(graph.n_nodes, 1) * max(max_delay_s, MIN_WEIGHT)
         next_hop, weight = _dijkstra_trees(graph, dst, 1.0 + graph.delay_s / scale_s)
-        reachable = np.isfinite(weight)
-        hop_float = np.rint(np.where(reachable, weight, 0.0) - 0.25)
-        distance_s = np.where(reachable, (weight - hop_float) * scale_s, np.inf)
-        hops = np.where(reachable, hop_float, NO_ROUTE).astype(np.int32)
-        return RouteTrees.with_hops(dst, next_hop, distance_s, hops)
+        hop_float = weight - 0.25
+        np.rint(hop_float, out=hop_float)
+        hop_float[np.isinf(hop_float)] = NO_ROUTE
+        distance_s = weight - hop_float  # inf - NO_ROUTE stays inf where there is no route
+        distance_s *= scale_s
+        return RouteTrees.with_hops(dst, next_hop, distance_s, hop_float.astype(np.int32))
 
 
 STRATEGIES: Mapping[str, RoutingStrategy] = {

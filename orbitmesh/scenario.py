@@ -209,7 +209,8 @@ class Flow(_Model):
 
 FaultKind = Literal["link_down", "link_degrade", "node_down", "node_restart", "station_outage",
                     "region_outage", "plane_outage", "operator_withdrawal", "worker_kill",
-                    "broker_outage"]
+                    "broker_outage", "container_kill", "container_pause", "container_unpause",
+                    "container_restart"]
 LinkClassName = Literal["isl", "gsl", "terrestrial"]
 
 _FAULT_TARGETS: dict[str, tuple[str, ...]] = {
@@ -218,6 +219,8 @@ _FAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "region_outage": ("lat_deg", "lon_deg", "radius_km"),
     "plane_outage": ("constellation", "plane"), "operator_withdrawal": ("operator",),
     "worker_kill": ("worker",), "broker_outage": ("for_s",),
+    "container_kill": ("worker",), "container_pause": ("worker",),
+    "container_unpause": ("worker",), "container_restart": ("worker",),
 }
 
 

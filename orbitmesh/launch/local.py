@@ -34,10 +34,10 @@ from orbitmesh import __version__
 from orbitmesh.controller import Controller
 from orbitmesh.engine import LinkSource
 from orbitmesh.errors import RunError
-from orbitmesh.faults import Fault
+from orbitmesh.faults import CONTAINER_KINDS, Fault
 from orbitmesh.launch.control import write_run_file
 from orbitmesh.launch.replay import check_nodes, replay_scenario, write_replay
-from orbitmesh.placement import place
+from orbitmesh.placement import place, worker_count
 from orbitmesh.report import build_summary, format_summary, percentiles, write_summary
 from orbitmesh.scenario import load_scenario
 from orbitmesh.topology import Topology, build_topology
@@ -69,6 +69,9 @@ class RunOptions:
     links_from: Path | None = None
     """A trace whose link timeline replaces geometry."""
     replay_origin: str = ""
+    placement: str = "blocks"
+    external_workers: bool = False
+    """Do not start workers: wait for workers started elsewhere (containers) to report."""
 
 
 @dataclass
@@ -87,7 +90,8 @@ class RunResult:
 def run_cli(args: argparse.Namespace) -> int:
     """`orbitmesh run`: run, print the summary table, exit non-zero if conservation broke."""
     opts = RunOptions(Path(args.scenario), args.duration, args.speed, args.workers, args.broker,
-                      Path(args.out) if args.out else None, args.run_id, not args.quiet)
+                      Path(args.out) if args.out else None, args.run_id, not args.quiet,
+                      placement=args.placement, external_workers=args.external_workers)
     return print_result(run(opts))
 
 
@@ -112,7 +116,7 @@ def run(opts: RunOptions) -> RunResult:
                                    faults=opts.replay_faults)
         topology = dataclasses.replace(topology, scenario=scenario)
     speed = opts.speed or scenario.speed
-    workers = opts.workers or os.cpu_count() or 1
+    workers = worker_count(topology, opts.placement, opts.workers or os.cpu_count() or 1)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = (opts.out or Path("runs") / f"{scenario.name}-{stamp}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +139,7 @@ def run(opts: RunOptions) -> RunResult:
     write_run_file(run_dir, run_id, url, str(opts.scenario))
     try:
         return asyncio.run(_run(topology, run_dir, run_id, url, broker_label, workers,
-                                duration, speed, opts.progress, broker, link_source))
+                                duration, speed, opts.progress, broker, link_source, opts))
     finally:
         if broker is not None:
             broker.stop()
@@ -144,9 +148,14 @@ def run(opts: RunOptions) -> RunResult:
 async def _run(topology: Topology, run_dir: Path, run_id: str, url: BrokerURL, broker_label: str,
                workers: int, duration: float, speed: float, progress: bool,
                broker: EmbeddedBroker | None = None,
-               link_source: LinkSource | None = None) -> RunResult:
+               link_source: LinkSource | None = None,
+               opts: RunOptions | None = None) -> RunResult:
     run = _LocalRun(topology, run_dir, run_id, url, workers, duration, speed, broker)
     run.link_source = link_source
+    if opts is not None:
+        run.placement_mode = opts.placement
+        run.external = opts.external_workers
+        run.placement = place(topology, workers, opts.placement)
     return await run.execute(broker_label, progress)
 
 
@@ -177,6 +186,8 @@ class _LocalRun:
         self.controller: Controller | None = None
         self.manifest: dict[str, Any] = {}
         self.link_source: LinkSource | None = None
+        self.placement_mode = "blocks"
+        self.external = False
 
     def _nodes_of(self, worker: int) -> list[int]:
         return np.flatnonzero(self.placement == worker).tolist()
@@ -202,12 +213,13 @@ class _LocalRun:
             controller.on_clock = self._clock_started
             listener = asyncio.create_task(self._listen(), name="controller.listen")
             try:
-                for k in range(self.workers):
-                    await self._spawn(k)
+                if not self.external:
+                    for k in range(self.workers):
+                        await self._spawn(k)
                 await _wait_for(lambda: all(self.status.get(k, {}).get("state")
                                             in ("ready", "running") for k in range(self.workers)),
-                                self.procs, READY_TIMEOUT_S, "every worker to report ready",
-                                self.stop)
+                                self.procs, READY_TIMEOUT_S * (3 if self.external else 1),
+                                f"all {self.workers} workers to report ready", self.stop)
                 printer = _Progress(self.status, self.workers, self.duration, enabled=progress)
                 ticker = asyncio.create_task(controller.run(printer.update, self.stop),
                                              name="controller")
@@ -288,8 +300,11 @@ class _LocalRun:
                     worker = int(body["worker"])
                 except (ValueError, KeyError, TypeError):
                     continue
-                if int(body.get("generation", 0)) != self.generation.get(worker):
+                generation = int(body.get("generation", 0))
+                if generation < self.generation.get(worker, 0):
                     continue  # news from a previous incarnation
+                if generation > self.generation.get(worker, 0):
+                    self.generation[worker] = generation  # restarted elsewhere (a container)
                 before = self.status.get(worker, {}).get("state")
                 self.status[worker] = body
                 self._transition(worker, before, body["state"])
@@ -306,7 +321,7 @@ class _LocalRun:
             self.controller.worker_lost(self._nodes_of(worker), fault_id)
             if fault is not None and fault.spec.restart and not self.stop.is_set():
                 self._background(self._restart(worker), f"restart-w{worker}")
-        elif state == "ready" and self.generation[worker] > 0 and before != "ready":
+        elif state == "ready" and before == "lost":
             self.controller.worker_back(self._nodes_of(worker))
             fault = self.kills.get(worker)
             if fault is not None:
@@ -322,6 +337,16 @@ class _LocalRun:
     def _process_fault(self, fault: Fault) -> None:
         """Carry out worker_kill and broker_outage faults."""
         info = self.process_faults.setdefault(fault.id, {})
+        if fault.spec.kind in CONTAINER_KINDS or (self.external and
+                                                  fault.spec.kind == "worker_kill"):
+            if not self.external:
+                info["error"] = f"{fault.spec.kind} needs the docker backend (orbitmesh up)"
+                return
+            # The supervisor that started the containers (orbitmesh up) carries it out when it
+            # sees the fault go active on the faults topic.
+            self.kills[int(fault.spec.worker or 0)] = fault
+            info["delegated"] = "container supervisor"
+            return
         if fault.spec.kind == "worker_kill":
             worker = int(fault.spec.worker or 0)
             proc = self.procs.get(worker)
@@ -368,8 +393,8 @@ class _LocalRun:
             str(self.run_dir / "scenario.yaml"), "--run-id", self.run_id, "--broker",
             self.url.to_text(show_password=True), "--worker", str(worker), "--workers",
             str(self.workers), "--out", str(self.run_dir), "--duration", str(self.duration),
-            "--speed", str(self.speed), "--generation", str(gen), stdout=log, stderr=log,
-            env=env)
+            "--speed", str(self.speed), "--generation", str(gen), "--placement",
+            self.placement_mode, stdout=log, stderr=log, env=env)
         log.close()
         self.pids[tag] = self.procs[worker].pid
         if self.broker is not None and self.broker.pid is not None:
