@@ -102,6 +102,26 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out")
     rp.add_argument("--quiet", action="store_true")
 
+    tr = sub.add_parser("trace", help="inspect or export a run's trace")
+    trs = tr.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
+    ti = trs.add_parser("info", help="summarise a trace: span, flows, frames, faults")
+    ti.add_argument("run")
+    ti.add_argument("--format", choices=("table", "json"), default="table")
+    te = trs.add_parser("export", help="frame events as jsonl / csv, or frame hops as pcap")
+    te.add_argument("run")
+    te.add_argument("--format", choices=("jsonl", "csv", "pcap"), required=True)
+    te.add_argument("--out", help="output file (default: standard output)")
+    te.add_argument("--node-map", help="also write the node address map (CSV) here")
+
+    cp = sub.add_parser("compare", help="compare two runs per flow; a regression gate for CI")
+    cp.add_argument("run_a")
+    cp.add_argument("run_b")
+    cp.add_argument("--max-latency-increase", "--max-latency-increase-pct", type=float,
+                    dest="max_latency_increase", metavar="PCT")
+    cp.add_argument("--max-delivery-drop", "--max-delivery-drop-pct", type=float,
+                    dest="max_delivery_drop", metavar="PCT")
+    cp.add_argument("--format", choices=("table", "json"), default="table")
+
     fl = sub.add_parser("faults", help="list a running emulation's faults, or clear one")
     fl.add_argument("run", help="run directory (holds run.json) or run id with --broker")
     fl.add_argument("--clear", metavar="ID", help="end this active fault now")
@@ -116,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler = {"validate": _validate, "path": _path, "contacts": _contacts,
                    "run": _run, "fault": _fault, "faults": _faults,
-                   "replay": _replay}[args.command]
+                   "replay": _replay, "trace": _trace, "compare": _compare}[args.command]
         return handler(args)
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -302,6 +322,54 @@ def _replay(args: argparse.Namespace) -> int:
                       links_from=Path(args.links_from) if args.links_from else None,
                       replay_origin=str(trace))
     return print_result(run(opts))
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from orbitmesh import export
+
+    run = Path(args.run)
+    try:
+        if args.trace_command == "info":
+            info = export.trace_info(run)
+            print(json.dumps(info, indent=2) if args.format == "json" else export.format_info(info))
+            return EXIT_OK
+        if args.node_map:
+            with open(args.node_map, "w", encoding="utf-8", newline="") as fh:
+                export.export_node_map(run, fh)
+        if args.format == "pcap":
+            if args.out is None and sys.stdout.isatty():
+                raise ScenarioError("refusing to write a pcap to a terminal; use --out FILE or "
+                                    "redirect standard output")
+            if args.out:
+                with open(args.out, "wb") as fh:
+                    count = export.export_pcap(run, fh)
+            else:
+                count = export.export_pcap(run, sys.stdout.buffer)
+            print(f"{count} packets", file=sys.stderr)
+            return EXIT_OK
+        writer = export.export_jsonl if args.format == "jsonl" else export.export_csv
+        if args.out:
+            with open(args.out, "w", encoding="utf-8", newline="") as fh:
+                writer(run, fh)
+        else:
+            writer(run, sys.stdout)
+        return EXIT_OK
+    except RunError as exc:  # not a trace: bad input
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from orbitmesh.compare import run_compare
+
+    return run_compare(Path(args.run_a), Path(args.run_b),
+                       max_latency_increase_pct=args.max_latency_increase,
+                       max_delivery_drop_pct=args.max_delivery_drop,
+                       as_json=args.format == "json")
 
 
 def _fault(args: argparse.Namespace) -> int:

@@ -276,15 +276,19 @@ def trace_info(run_dir: Path) -> dict[str, Any]:
                       "delivered": delivered[f], "dropped": n_drop,
                       "dropped_by_reason": dict(sorted(drops.items())),
                       "in_flight_or_lost": offered[f] - delivered[f] - n_drop})
-    links = [r for r in iter_records(trace.run_dir / "links.msgpack")] \
-        if (trace.run_dir / "links.msgpack").is_file() else []
+    link_records, link_last_s = 0, None
+    if (trace.run_dir / "links.msgpack").is_file():
+        for r in iter_records(trace.run_dir / "links.msgpack"):
+            link_records += 1
+            link_last_s = float(r["t_s"]) if link_last_s is None else max(link_last_s,
+                                                                            float(r["t_s"]))
     epoch_us = _epoch_us(m)
 
     def utc(wall: float | None) -> str | None:
         if wall is None:
             return None
-        when = _EPOCH0 + timedelta(microseconds=epoch_us + round(trace.t_s(wall) * 1e6))
-        return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        ms = round(epoch_us / 1000 + trace.t_s(wall) * 1000)
+        return (_EPOCH0 + timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
     return {
         "run_dir": str(trace.run_dir), "format": m.get("format"), "version": m.get("version"),
@@ -299,8 +303,7 @@ def trace_info(run_dir: Path) -> dict[str, Any]:
         "events": {e: events[e] for e in EVENT_TYPES},
         "streams": streams,
         "flows": flows,
-        "links": {"records": len(links),
-                  "last_s": max((float(r["t_s"]) for r in links), default=None)},
+        "links": {"records": link_records, "last_s": link_last_s},
         "faults": list(m.get("faults", [])),
         "replay": (trace.run_dir / "replay.msgpack").is_file(),
     }
@@ -334,7 +337,8 @@ def format_info(info: dict[str, Any]) -> str:
         drops = ", ".join(f"{k} {v}" for k, v in f["dropped_by_reason"].items()) or "-"
         out.append(f"{f['name']:<22}{f['offered']:>9}{f['delivered']:>9}{f['dropped']:>9}"
                    f"{f['in_flight_or_lost']:>9}  {drops}")
-    out.append("(other = offered - delivered - dropped: in flight, or still held at the end)")
+    out.append("(other = offered - delivered - dropped: in flight or held on board at the end, "
+               "or lost with a killed process)")
     if not info["faults"]:
         out.append("faults: none" + ("" if info["complete"] else " recorded yet (the manifest "
                                      "lists faults when the run ends)"))
