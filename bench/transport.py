@@ -33,7 +33,7 @@ import aiomqtt
 from broker import make_client
 from broker.embedded import EmbeddedBroker
 from broker.url import BrokerURL
-from nodes.transport import MqttTransport
+from nodes.mqtt import MqttTransport
 
 
 def _payload(seq: int, size: int) -> bytes:

@@ -27,10 +27,11 @@ from typing import Any
 import msgpack
 
 from broker.url import parse_broker_url
+from nodes.mqtt import MqttTransport
 from nodes.roles import Roles
 from nodes.runtime import NodeRuntime
 from nodes.stats import Stats
-from nodes.transport import Message, MqttTransport, Transport
+from nodes.transport import Message, Transport
 from orbitmesh.errors import OrbitmeshError
 from orbitmesh.placement import place
 from orbitmesh.scenario import load_scenario

@@ -21,11 +21,11 @@ import pytest
 from broker import check_broker
 from broker.embedded import EmbeddedBroker, free_loopback_port
 from broker.url import BrokerURL
+from nodes.mqtt import MqttTransport
 from nodes.transport import (
     MemoryBroker,
     MemoryTransport,
     Message,
-    MqttTransport,
     Will,
     check_topic_filter,
     check_topic_name,

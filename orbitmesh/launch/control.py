@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker.url import BrokerURL, parse_broker_url
-from nodes.transport import MqttTransport
+from nodes.mqtt import MqttTransport
 from orbitmesh.errors import RunError
 from orbitmesh.scenario import FaultSpec
 from orbitmesh.wire import Topics

@@ -29,7 +29,7 @@ import numpy as np
 from broker import check_broker
 from broker.embedded import EmbeddedBroker
 from broker.url import BrokerURL, parse_broker_url
-from nodes.transport import MqttTransport
+from nodes.mqtt import MqttTransport
 from orbitmesh import __version__
 from orbitmesh.controller import Controller
 from orbitmesh.engine import LinkSource
