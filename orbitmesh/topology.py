@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from sgp4.api import Satrec
 
 from orbitmesh import elements
+from orbitmesh import planes as planes_mod
 from orbitmesh.errors import ScenarioError
 from orbitmesh.geometry import (
     C_KM_S,
@@ -186,13 +187,13 @@ def _constellation(c: Constellation, scenario: Scenario, first: int
     records = (elements.load_tle_file(c.tle) if c.tle is not None
                else elements.load_omm_file(c.omm))  # type: ignore[arg-type]
     notes = elements.stale_epochs(records, scenario.epoch)
-    assignment = elements.infer_planes(records, scenario.epoch,
+    assignment = planes_mod.infer_planes(records, scenario.epoch,
                                        raan_tolerance_deg=c.raan_tolerance_deg)
     plane = np.asarray(assignment.plane, dtype=np.int64)
     slot = np.asarray(assignment.slot, dtype=np.int64)
     planes = int(assignment.planes)
     if c.plane_mapping is not None:
-        mapping = elements.load_plane_mapping(c.plane_mapping)
+        mapping = planes_mod.load_plane_mapping(c.plane_mapping)
         missing = [r.catalog_number for r in records if r.catalog_number not in mapping]
         if missing:
             raise ScenarioError(f"{c.plane_mapping}: no plane/slot for catalogue numbers "

@@ -14,18 +14,20 @@ from skyfield.iokit import parse_tle_file
 
 from orbitmesh.elements import (
     ElementRecord,
-    PlaneAssignment,
-    infer_planes,
     load_omm_file,
-    load_plane_mapping,
     load_tle_file,
-    planes_from_mapping,
     stale_epochs,
     tle_checksum,
-    write_plane_mapping,
 )
 from orbitmesh.errors import GeometryError, ScenarioError
 from orbitmesh.geometry import walker_satrecs
+from orbitmesh.planes import (
+    PlaneAssignment,
+    infer_planes,
+    load_plane_mapping,
+    planes_from_mapping,
+    write_plane_mapping,
+)
 
 DATA = Path(__file__).parent / "data"
 SCENARIO_DATA = Path(__file__).parent.parent / "scenarios" / "data"
