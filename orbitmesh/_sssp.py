@@ -6,11 +6,13 @@ Array conventions: the graph is CSR over ``N`` nodes with both directions of eve
 ``sources[i]`` (the source holds itself, ``-1``: unreachable) and ``dist[i, u]`` the path
 weight (``inf``: unreachable).
 
-The kernel is a label-correcting search over a circular array of buckets of width ``width``
-(sequential delta-stepping): bucket ``k`` holds nodes whose tentative weight ``d`` has
-``floor(d / width) == k``; buckets are emptied in order, each as a stack, and a node whose label
-drops is scanned again. With ``width`` at or below the lightest link every node is scanned once,
-as in Dijkstra, but in O(1) per node instead of a heap's O(log N).
+The kernel (:mod:`orbitmesh._bucket_kernel`) is a label-correcting search over a circular array
+of buckets of width ``width`` (sequential delta-stepping): bucket ``k`` holds nodes whose
+tentative weight ``d`` has ``floor(d / width) == k``; buckets are emptied in order, each as a
+stack, and a node whose label drops is scanned again. With ``width`` at or below the lightest
+link every node is scanned once, as in Dijkstra, but in O(1) per node instead of a heap's
+O(log N). Lighter links cost re-scans; a tree that re-scans more than :data:`RESCANS` times per
+node on average is grown again by a binary-heap Dijkstra, so odd weights cannot blow it up.
 
 Why the result is exactly scipy's, bit for bit: both stop at a labelling ``d`` with ``d = 0`` at
 the source, ``d[v] == fl(d[pred[v]] + w)`` at every reached node, and no link offering a smaller
@@ -42,7 +44,7 @@ HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 """Whether numba is installed (looked up without importing it: see :func:`_kernel`)."""
 
 BACKEND = "numba" if HAVE_NUMBA else "scipy"
-"""Backend used when none is named: the compiled kernel if numba imports, else scipy."""
+"""Backend used when none is named: the compiled kernel if numba is installed, else scipy."""
 
 MAX_SLOTS = 1024
 """Most buckets in the circular array: bounds the empty buckets walked between two labels."""
@@ -52,90 +54,26 @@ WIDTH_QUANTILE = 0.01
 terrestrial hops) are let through at the price of a rare re-scan, instead of shrinking every
 bucket to their size."""
 
+RESCANS = 2
+"""A tree may scan each node this many times on average before it is handed to the heap
+fallback: a scan beyond one per node comes from a link lighter than the bucket width (the
+co-located terrestrial hops), a handful per tree on constellation graphs, but on adversarial
+weights buckets could re-scan without a useful bound."""
+
 FloatArray = NDArray[np.float64]
 Int32Array = NDArray[np.int32]
-
-
-def _grow_forest(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
-                 sources: NDArray[np.int64], width: float, capacity: int,
-                 dist: FloatArray, pred: Int32Array) -> None:
-    """One tree per source into the rows of ``dist``/``pred`` (compiled by :func:`_kernel`)."""
-    n = indptr.size - 1
-    wmax = 0.0
-    for arc in range(weights.size):
-        wmax = max(wmax, weights[arc])
-    inv_width = 1.0 / width
-    n_slots = 1
-    # Live labels span at most wmax / width + 1 buckets: the circular array never wraps onto one.
-    while n_slots < np.int64(wmax * inv_width) + 3:  # +1 for rounding in the product
-        n_slots *= 2
-    mask = n_slots - 1
-    where = np.empty(n, np.int64)  # bucket holding the node's live entry; -1: none
-    head = np.empty(n_slots, np.int32)  # first entry of each bucket's stack; -1: empty
-    nxt = np.empty(max(capacity, 1), np.int32)  # entry pool: next entry in the same stack ...
-    entry_node = np.empty(max(capacity, 1), np.int32)  # ... and the node it files
-    for row in range(sources.size):
-        source = sources[row]
-        d = dist[row]
-        parent = pred[row]
-        d[:] = np.inf
-        parent[:] = -1
-        where[:] = -1
-        head[:] = -1
-        d[source] = 0.0
-        parent[source] = source
-        entry_node[0] = source
-        nxt[0] = -1
-        head[0] = 0
-        where[source] = 0
-        used = 1
-        pending = 1
-        k = 0
-        while pending > 0:
-            slot = k & mask
-            while head[slot] >= 0:
-                e = head[slot]
-                head[slot] = nxt[e]
-                pending -= 1
-                u = entry_node[e]
-                if where[u] != k:
-                    continue  # stale: the node was filed again in an earlier bucket since
-                where[u] = -1
-                du = d[u]
-                for arc in range(indptr[u], indptr[u + 1]):
-                    v = indices[arc]
-                    candidate = du + weights[arc]
-                    if candidate < d[v]:
-                        d[v] = candidate
-                        parent[v] = u
-                        bucket = np.int64(candidate * inv_width)
-                        if where[v] != bucket:
-                            if used == nxt.size:  # many re-scans (odd weight mixes): grow
-                                nxt = np.concatenate((nxt, np.empty(used, np.int32)))
-                                entry_node = np.concatenate((entry_node,
-                                                             np.empty(used, np.int32)))
-                            where[v] = bucket
-                            target = bucket & mask
-                            entry_node[used] = v
-                            nxt[used] = head[target]
-                            head[target] = used
-                            used += 1
-                            pending += 1
-            k += 1
-
 
 _KERNEL: list[Callable[..., None]] = []
 _KERNEL_LOCK = threading.Lock()
 
 
 def _kernel() -> Callable[..., None]:
-    """:func:`_grow_forest` compiled: numba is imported and the machine code loaded on first use,
-    so processes that never route (node workers) do not pay for it."""
+    """The compiled kernel; numba and its cached machine code load on first use only."""
     with _KERNEL_LOCK:
         if not _KERNEL:
-            from numba import njit
+            from orbitmesh._bucket_kernel import grow_forest
 
-            _KERNEL.append(njit(cache=True, nogil=True)(_grow_forest))
+            _KERNEL.append(grow_forest)
         return _KERNEL[0]
 
 
@@ -161,6 +99,7 @@ THREADS = min(2, _available_cpus())
 MIN_SOURCES_PER_THREAD = 8
 """Fewer sources than this per thread and a hand-off costs more than it saves."""
 
+
 class _Helpers:
     """The kernel's helper threads: created on first use, forgotten by a forked child."""
 
@@ -173,8 +112,7 @@ class _Helpers:
         """A pool of at least ``size`` threads."""
         with self._lock:
             if self._pool is None or self._size < size:
-                if self._pool is not None:
-                    self._pool.shutdown(wait=False)
+                # A smaller pool still in use elsewhere finishes its work; dropped, it winds down.
                 self._pool = ThreadPoolExecutor(max_workers=size,
                                                 thread_name_prefix="orbitmesh-sssp")
                 self._size = size
@@ -194,13 +132,15 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch
 def shortest_path_trees(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
                         sources: NDArray[np.int64], backend: str | None = None,
                         threads: int | None = None, width: float | None = None,
-                        capacity: int | None = None) -> tuple[Int32Array, FloatArray]:
+                        capacity: int | None = None,
+                        budget: int | None = None) -> tuple[Int32Array, FloatArray]:
     """(pred, dist), both (D, N), of the trees grown from ``sources`` over a CSR graph.
 
     ``backend`` is "numba" or "scipy" (default :data:`BACKEND`). The kernel splits the sources
     over up to ``threads`` threads (default :data:`THREADS`; each tree is grown by one thread, so
-    the answer does not depend on it). ``width`` and ``capacity`` (the first size of the kernel's
-    entry pool) only tune or test the kernel, never its answer.
+    the answer does not depend on it). ``width``, ``capacity`` (bucket entries per tree) and
+    ``budget`` (node scans per tree) tune or test the kernel, never its answer: a tree that
+    outgrows either is grown again by the heap fallback.
     """
     n = indptr.size - 1
     backend = backend or BACKEND
@@ -222,7 +162,8 @@ def shortest_path_trees(indptr: Int32Array, indices: Int32Array, weights: FloatA
             weights.astype(np.float64, copy=False))
     src = np.array(sources, dtype=np.int64)  # a fresh writable array: one compiled signature
     tune = (bucket_width(weights) if width is None else float(width),
-            max(1, 2 * (indices.size + n) + 1 if capacity is None else capacity))
+            max(1, 2 * (indices.size + n) + 1 if capacity is None else capacity),
+            RESCANS * n + 64 if budget is None else budget)
     parts = max(1, min(THREADS if threads is None else threads,
                        src.size // MIN_SOURCES_PER_THREAD))
     bounds = [src.size * i // parts for i in range(parts + 1)]
