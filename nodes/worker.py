@@ -78,6 +78,7 @@ class Worker:
         self.finished = asyncio.Event()
         self.workers = workers
         self.drained: dict[int, int] = {}
+        self._ends_seen: set[int] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = float("inf")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -148,11 +149,15 @@ class Worker:
         one publisher's messages in order, so once all markers are in, nothing sent to us is
         still inside the broker.
         """
-        others = {k for k in range(self.workers) if k != self.index}
+        others = {k for k in range(self.workers) if k != self.index} - self._ends_seen
         marker = msgpack.packb([WIRE_VERSION, "end", self.index])
-        for k in others:
+        for k in range(self.workers):
+            if k == self.index:
+                continue
             self.transport.publish(self.topics.worker_frames(k), marker)
         frames_topic = self.topics.worker_frames(self.index)
+        if not others:
+            return
         try:
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 async for batch in self.transport.batches():
@@ -198,7 +203,11 @@ class Worker:
             elif topic == t.faults:
                 self._on_faults(json.loads(message.payload) if message.payload else {})
             elif topic == self._frames_topic:
-                self.runtime.receive_batch(message.payload, now)
+                end = _end_marker(message.payload)
+                if end is not None:  # that worker stopped before we did
+                    self._ends_seen.add(end)
+                else:
+                    self.runtime.receive_batch(message.payload, now)
             else:  # a node inbox: frames injected by any MQTT client
                 self.runtime.receive_batch(message.payload, now, injected=True)
         except (ValueError, KeyError, TypeError) as exc:
