@@ -35,7 +35,8 @@ def iso_z(when: datetime) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="orbitmesh", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="orbitmesh", description="orbitmesh: a distributed "
+                                "ground-segment network emulator (SGP4 geometry, nodes over MQTT).")
     p.add_argument("--version", action="version", version=f"orbitmesh {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -127,6 +128,10 @@ def _parser() -> argparse.ArgumentParser:
     fl.add_argument("--clear", metavar="ID", help="end this active fault now")
     fl.add_argument("--broker", help="broker URL (default: the one in run.json)")
     fl.add_argument("--format", choices=("table", "json"), default="table")
+
+    from orbitmesh.launch.docker_cli import add_parsers
+
+    add_parsers(sub)  # image, up, status, down, compose, supervise (the docker backend)
     return p
 
 
@@ -134,9 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `orbitmesh` script."""
     args = _parser().parse_args(argv)
     try:
-        handler = {"validate": _validate, "path": _path, "contacts": _contacts,
-                   "run": _run, "fault": _fault, "faults": _faults,
-                   "replay": _replay, "trace": _trace, "compare": _compare}[args.command]
+        handlers = {"validate": _validate, "path": _path, "contacts": _contacts, "run": _run,
+                    "fault": _fault, "faults": _faults, "replay": _replay, "trace": _trace,
+                    "compare": _compare}
+        handler = getattr(args, "handler", None) or handlers[args.command]
         return handler(args)
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)

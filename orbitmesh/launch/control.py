@@ -30,7 +30,9 @@ POSITIONAL: dict[str, tuple[str, ...]] = {
     "node_down": ("node",), "node_restart": ("node",), "station_outage": ("station",),
     "region_outage": ("lat_deg", "lon_deg", "radius_km"),
     "plane_outage": ("constellation", "plane"), "operator_withdrawal": ("operator",),
-    "worker_kill": ("worker",), "broker_outage": (),
+    "worker_kill": ("worker",), "broker_outage": (), "container_kill": ("worker",),
+    "container_pause": ("worker",), "container_unpause": ("worker",),
+    "container_restart": ("worker",),
 }
 
 

@@ -243,8 +243,9 @@ class _LocalRun:
                 transport.publish(topics.control, json.dumps({"cmd": "finish"}).encode())
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(transport.flush(), 5.0)
+                finishing = range(self.workers) if self.external else list(self.procs)
                 await _wait_for(lambda: all(self.status.get(k, {}).get("state")
-                                            in ("done", "lost") for k in self.procs),
+                                            in ("done", "lost") for k in finishing),
                                 self.procs, FINISH_TIMEOUT_S, "every worker to finish", None,
                                 quiet=True)
                 await _reap(self.procs)
@@ -319,7 +320,8 @@ class _LocalRun:
             if "killed_wall" in info:
                 info["detected_after_s"] = round(detected - info["killed_wall"], 3)
             self.controller.worker_lost(self._nodes_of(worker), fault_id)
-            if fault is not None and fault.spec.restart and not self.stop.is_set():
+            if (fault is not None and fault.spec.restart and not self.stop.is_set()
+                    and not self.external):  # with containers the supervisor restarts it
                 self._background(self._restart(worker), f"restart-w{worker}")
         elif state == "ready" and before == "lost":
             self.controller.worker_back(self._nodes_of(worker))
