@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from nodes.stats import Stats
+from orbitmesh.state import FAULT_UNREACHABLE
 from orbitmesh.topology import GSL, ISL, TERRESTRIAL, Topology
 from orbitmesh.wire import (
     ACK,
@@ -105,6 +106,7 @@ class NodeRuntime:
         self.down_all: dict[int, str] = {}  # every failed node of the run -> fault id
         self.cut_at_node: dict[int, str] = {}  # node with a fault-cut link -> fault id
         self.broker_fault_id = BROKER_FAULT
+        self.blame: str | None = None
 
     # --- time ---------------------------------------------------------------------------------
 
@@ -144,8 +146,8 @@ class NodeRuntime:
                     next_hop: dict[str | None, np.ndarray], *, now: float = 0.0,
                     down: dict[int, str] | None = None,
                     cut: dict[tuple[int, int], str] | None = None,
-                    degraded: dict[tuple[int, int], tuple[float, float, float, str]] | None = None
-                    ) -> None:
+                    degraded: dict[tuple[int, int], tuple[float, float, float, str]] | None = None,
+                    blame: str | None = None) -> None:
         """Replace the live links, routing tables (rows follow ``destinations``) and faults."""
         self.links = dict(zip(zip(a.tolist(), b.tolist(), strict=True),
                               zip(delay_s.tolist(), kind.tolist(), strict=True), strict=True))
@@ -154,6 +156,7 @@ class NodeRuntime:
         self.state_t_s = t_s
         self.cut = cut or {}
         self.degraded = degraded or {}
+        self.blame = blame
         down = down or {}
         self.down_all = down
         self.cut_at_node = {}
@@ -175,8 +178,9 @@ class NodeRuntime:
             else:
                 kept.append(item)
         if len(kept) != len(self.heap):
-            heapq.heapify(kept)
-            self.heap = kept
+            # In place: run_due may be iterating over this very list.
+            self.heap[:] = kept
+            heapq.heapify(self.heap)
         for (u, v) in [k for k in self.tx if k[0] in failed]:
             del self.tx[(u, v)]
         if self.on_node_down is not None:
@@ -240,13 +244,15 @@ class NodeRuntime:
         v = self.route_next(u, frame)
         if v < 0:
             if self.on_no_route is None or not self.on_no_route(u, frame, now):
-                self.drop_no_route(u, frame)
+                self.drop_no_route(u, frame, v)
             return
         self.transmit(u, v, frame, now)
 
-    def drop_no_route(self, u: int, frame: Frame) -> None:
+    def drop_no_route(self, u: int, frame: Frame, next_hop: int = -1) -> None:
         """Drop a frame that has no route, blaming the fault that took the route away if any."""
         fault = self.down_all.get(frame[F_DST]) or self.cut_at_node.get(u)
+        if fault is None and next_hop == FAULT_UNREACHABLE:
+            fault = self.blame or "fault"
         if fault is not None:
             self.stats.drop(frame, "fault", u, fault)
         else:

@@ -238,7 +238,8 @@ class Worker:
                 return  # an older state arrived late; a newer one is already in force
             rt.apply_state(state["t_s"], state["a"], state["b"], state["kind"], state["delay_s"],
                            state["destinations"], state["next_hop"], now=now,
-                           down=state["down"], cut=state["cut"], degraded=state["degraded"])
+                           down=state["down"], cut=state["cut"], degraded=state["degraded"],
+                           blame=state["blame"])
             self.stats.link_apply_late_ms.append(max(0.0, now - due) * 1000.0)
 
         rt.call_at(due, apply)

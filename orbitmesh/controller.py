@@ -72,6 +72,7 @@ class Controller:
         self.on_process_fault: Callable[[Fault], None] | None = None
         self.on_clock: Callable[[float], None] | None = None
         self.upcoming: Tick | None = None
+        self.published: Tick | None = None
         self._live_count = 0
         self._started_process_faults: set[str] = set()
         self._now_s = 0.0
@@ -101,7 +102,9 @@ class Controller:
             elif command["cmd"] in ("finish", "stop_traffic"):
                 return
             self.refresh()
-        except CommandError as exc:
+        except Exception as exc:  # a bad command must never stop the run
+            if not isinstance(exc, CommandError):
+                log.exception("control command failed")
             self.control_errors += 1
             self.transport.publish(self.topics.control_error, json.dumps({
                 "error": str(exc), "command": payload[:500].decode("utf-8", "replace"),
@@ -115,7 +118,8 @@ class Controller:
             return
         nodes = overlay.nodes_of(fault)
         if nodes is not None and not nodes.any():
-            raise CommandError(f"{spec.kind}: target matches no node")
+            target = ", ".join(f"{k}={v}" for k, v in fault.describe()["target"].items())
+            raise CommandError(f"{spec.kind}: {target} matches no node")
         if spec.kind in ("link_down", "link_degrade") and (
                 not overlay.match(spec.a or "*").any() or not overlay.match(spec.b or "*").any()):
             raise CommandError(f"{spec.kind}: a/b patterns match no node")
@@ -142,9 +146,20 @@ class Controller:
         self.refresh()
 
     def refresh(self) -> None:
-        """Recompute the tick about to be published so a change lands at the next tick."""
-        if self.upcoming is not None:
-            self.upcoming = self._compute(self.upcoming.t_s)
+        """Re-apply the faults to the state in force (republished now) and to the next one."""
+        for attr in ("published", "upcoming"):
+            tick: Tick | None = getattr(self, attr)
+            if tick is None or tick.raw_state is None:
+                continue
+            started = time.perf_counter()
+            again = self.engine.finish(tick.raw_state, active_at(self.faults, tick.t_s),
+                                       self.extra_down)
+            self.tick_compute_ms.append((time.perf_counter() - started) * 1000.0)
+            self._record(again)
+            if attr == "published":
+                self._publish(again)
+            else:
+                self.upcoming = again
         self.publish_faults()
 
     def publish_faults(self) -> None:
@@ -178,8 +193,10 @@ class Controller:
     def _publish(self, tick: Tick) -> None:
         self.seq += 1
         self.transport.publish(self.topics.state,
-                               encode_state(self.seq, tick.state, tick.routes, tick.overlay),
+                               encode_state(self.seq, tick.state, tick.routes, tick.overlay,
+                                            tick.blocked, tick.blame),
                                retain=True)
+        self.published = tick
         d = tick.diff
         self.transport.publish(self.topics.links, json.dumps({
             "t_s": tick.t_s, "up": len(d.up), "down": len(d.down_a),

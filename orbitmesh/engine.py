@@ -7,10 +7,11 @@ It is pure computation (no I/O); call :meth:`TickEngine.step` with increasing sc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from orbitmesh.faults import Fault, FaultOverlay, Overlay
 from orbitmesh.links import LinkDiff, LinkEngine, LinkState, LinkTracker
@@ -35,6 +36,14 @@ class LinkSource(Protocol):
         ...
 
 
+def _first_fault(overlay: Overlay | None, faults: Sequence[Fault]) -> str | None:
+    if overlay is None:
+        return None
+    for fault in faults:
+        return fault.id
+    return next(iter(overlay.down_nodes.values()), None)
+
+
 WARM_UP_S = 900.0
 """GSL history replayed before a requested time: longer than any LEO pass above a mask."""
 
@@ -50,6 +59,11 @@ class Tick:
     handovers: int
     route_changes: int
     overlay: Overlay | None = None
+    raw_state: LinkState | None = None  # before faults
+    blocked: dict[str | None, NDArray[np.bool_]] = field(default_factory=dict)
+    """Per routing table, (D, N): unreachable only because of the faults in force."""
+    blame: str | None = None
+    """The fault id that ``blocked`` entries are charged to (the first graph fault in force)."""
 
 
 class TickEngine:
@@ -83,22 +97,41 @@ class TickEngine:
              extra_down: dict[int, str] | None = None) -> Tick:
         """Compute tick ``t_s`` (seconds after the epoch); call with increasing times.
 
-        ``faults`` in force at ``t_s`` (and nodes in ``extra_down``) are applied before routing.
+        ``faults`` in force at ``t_s`` (and nodes in ``extra_down``) are applied before routing;
+        failed nodes are also kept out of GSL assignment, so stations turn to healthy satellites.
         """
-        state = self.links.state_at(t_s)
-        overlay = None
+        failed = self.overlay.failed_nodes(faults, extra_down) if faults or extra_down else None
+        if failed is not None and isinstance(self.links, LinkEngine):
+            raw = self.links.state_at(t_s, failed=failed)
+        else:
+            raw = self.links.state_at(t_s)
+        return self.finish(raw, faults, extra_down)
+
+    def finish(self, raw: LinkState, faults: Sequence[Fault] = (),
+               extra_down: dict[int, str] | None = None) -> Tick:
+        """Apply faults to a raw link state, route, and diff (``refresh`` reuses a raw state)."""
+        state, overlay = raw, None
         if faults or extra_down:
-            overlay = self.overlay.apply(state, faults, extra_down)
+            overlay = self.overlay.apply(raw, faults, extra_down)
             state = overlay.state
         diff = self.tracker.update(state)
         routes = compute_routes(self.graph(state), self.destinations, self.strategy,
                                 self.policies, self.topology.operator)
+        blocked: dict[str | None, NDArray[np.bool_]] = {}
+        if overlay is not None and (overlay.cut or overlay.down_nodes):
+            # Where a route exists without the faults but not with them, the fault is to blame.
+            intact = compute_routes(self.graph(raw), self.destinations, self.strategy,
+                                    self.policies, self.topology.operator)
+            blocked = {k: (intact[k].next_hop >= 0) & (v.next_hop < 0)
+                       for k, v in routes.items()}
         changes = 0
         if self._previous:
             changes = sum(route_changes(self._previous.get(k), v) for k, v in routes.items())
             self.route_changes_total += changes
         self._previous = routes
-        return Tick(t_s, state, diff, routes, self.links.last_handovers, changes, overlay)
+        blame = _first_fault(overlay, faults)
+        return Tick(raw.t_s, state, diff, routes, self.links.last_handovers, changes, overlay,
+                    raw, blocked, blame)
 
     def warm_up(self, until_s: float) -> None:
         """Replay GSL history up to (not including) ``until_s`` so sticky handover is right."""

@@ -208,7 +208,9 @@ class FaultOverlay:
             assert spec.station is not None
             return self.match(spec.station)
         if kind == "operator_withdrawal":
-            return topo.operator == topo.operators.index(str(spec.operator))
+            if spec.operator not in topo.operators:
+                return np.zeros(topo.n_nodes, dtype=bool)
+            return np.asarray(topo.operator == topo.operators.index(str(spec.operator)))
         if kind == "plane_outage":
             mask = np.zeros(topo.n_nodes, dtype=bool)
             for shell in topo.shells:
@@ -225,6 +227,18 @@ class FaultOverlay:
                     mask[topo.n_satellites + g] = True
             return mask
         return None
+
+    def failed_nodes(self, active: Iterable[Fault], extra_down: dict[int, str] | None = None
+                     ) -> BoolArray:
+        """Every node a set of faults takes down, as a mask ``(N,)``."""
+        mask = np.zeros(self.topology.n_nodes, dtype=bool)
+        for fault in active:
+            nodes = self.nodes_of(fault)
+            if nodes is not None:
+                mask |= nodes
+        if extra_down:
+            mask[np.fromiter(extra_down, dtype=np.int64)] = True
+        return mask
 
     def links_of(self, fault: Fault, state: LinkState) -> BoolArray:
         """Links of ``state`` a link fault applies to."""

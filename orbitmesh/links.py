@@ -167,7 +167,8 @@ class LinkEngine:
         live &= np.isfinite(range_km)
         return pairs[live, 0], pairs[live, 1], range_km[live] / C_KM_S
 
-    def gsl(self, pos: FloatArray) -> tuple[IntArray, IntArray, FloatArray]:
+    def gsl(self, pos: FloatArray, failed: NDArray[np.bool_] | None = None
+            ) -> tuple[IntArray, IntArray, FloatArray]:
         """Live GSLs after antenna/satellite limits and the handover policy; (station, sat, s)."""
         topo = self.topology
         if topo.n_stations == 0 or topo.n_satellites == 0:
@@ -178,6 +179,8 @@ class LinkEngine:
         if self._restricted:
             visible &= topo.station_allows[cg, topo.sat_constellation[cs]]
         visible &= self._gsl_capable[cs] & self._has_antenna[cg]
+        if failed is not None:
+            visible &= ~failed[cs] & ~failed[topo.n_satellites + cg]
         cg, cs, sin_el = cg[visible], cs[visible], sin_el[visible]
         cel = np.degrees(np.arcsin(np.clip(sin_el, -1.0, 1.0)))
         sticky = topo.scenario.links.gsl.handover == "sticky"
@@ -226,12 +229,17 @@ class LinkEngine:
         self.handovers_total += self.last_handovers
         self._prev_gsl = np.stack([g, s], axis=1)
 
-    def state_at(self, t_s: float, positions_ecef_km: FloatArray | None = None) -> LinkState:
-        """Live links at ``t_s``. Call in time order: sticky GSLs remember the previous call."""
+    def state_at(self, t_s: float, positions_ecef_km: FloatArray | None = None,
+                 failed: NDArray[np.bool_] | None = None) -> LinkState:
+        """Live links at ``t_s``. Call in time order: sticky GSLs remember the previous call.
+
+        ``failed`` nodes (a mask over all nodes) take part in no GSL assignment, so stations
+        do not hold antennas on failed satellites and failed stations release theirs.
+        """
         topo = self.topology
         pos = self.positions_ecef_km(t_s) if positions_ecef_km is None else positions_ecef_km
         ia, ib, idelay = self.isl(pos)
-        gg, gs, gdelay = self.gsl(pos)
+        gg, gs, gdelay = self.gsl(pos, failed)
         ta, tb, tdelay = topo.terrestrial
         a = np.concatenate([ia, gs, ta])
         b = np.concatenate([ib, self._station_nodes[gg], tb])

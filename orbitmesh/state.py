@@ -14,7 +14,8 @@ extra_delay_s, rate_cap_bps (0 = none), fault_id], ...]`` (the extra delay is al
 ``delay_s``).
 
 ``next_hop[p][d, u]`` is the next node from ``u`` toward destination ``destinations[d]`` under
-policy ``p`` ("" = unrestricted), -1 when unreachable.
+policy ``p`` ("" = unrestricted), -1 when unreachable, -2 when unreachable only because of the
+faults in force (frames are then dropped as ``fault``, charged to the fault named by ``blame``).
 """
 
 from __future__ import annotations
@@ -23,25 +24,37 @@ from typing import Any
 
 import msgpack
 import numpy as np
+from numpy.typing import NDArray
 
 from orbitmesh.faults import Overlay
 from orbitmesh.links import LinkState
 from orbitmesh.routing import RouteTrees
 
 STATE_VERSION = 1
+FAULT_UNREACHABLE = -2
+"""A next hop of -2: unreachable only because of the faults in force (``blame`` says which)."""
 
 
 def encode_state(seq: int, state: LinkState, routes: dict[str | None, RouteTrees],
-                 overlay: Overlay | None = None) -> bytes:
-    """Pack one tick's links, routes and fault effects."""
+                 overlay: Overlay | None = None,
+                 blocked: dict[str | None, NDArray[np.bool_]] | None = None,
+                 blame: str | None = None) -> bytes:
+    """Pack one tick's links, routes and fault effects (``blocked`` entries become -2)."""
+    tables = {}
+    for key, trees in routes.items():
+        table = np.ascontiguousarray(trees.next_hop, dtype="<i4")
+        mask = (blocked or {}).get(key)
+        if mask is not None and mask.any():
+            table = table.copy()
+            table[mask] = FAULT_UNREACHABLE
+        tables["" if key is None else key] = table.tobytes()
     dest = next(iter(routes.values())).destinations if routes else np.empty(0)
     return msgpack.packb({
         "v": STATE_VERSION, "t_s": state.t_s, "seq": seq, "n": state.n_nodes,
         "a": state.a.astype("<i4").tobytes(), "b": state.b.astype("<i4").tobytes(),
         "kind": state.kind.astype("i1").tobytes(), "delay_s": state.delay_s.astype("<f8").tobytes(),
         "destinations": np.asarray(dest).astype("<i4").tobytes(),
-        "next_hop": {("" if k is None else k): np.ascontiguousarray(v.next_hop, dtype="<i4")
-                     .tobytes() for k, v in routes.items()},
+        "next_hop": tables, "blame": blame,
         "down": [] if overlay is None else [[n, f] for n, f in overlay.down_nodes.items()],
         "cut": [] if overlay is None else [list(c) for c in overlay.cut],
         "degraded": [] if overlay is None else [list(d) for d in overlay.degraded],
@@ -65,6 +78,7 @@ def decode_state(payload: bytes) -> dict[str, Any]:
             "destinations": dest,
             "next_hop": {(k or None): np.frombuffer(v, dtype="<i4").reshape(len(dest), n)
                          for k, v in raw["next_hop"].items()},
+            "blame": raw.get("blame"),
             "down": {int(n): str(f) for n, f in raw.get("down", [])},
             "cut": {(int(a), int(b)): str(f) for a, b, f in raw.get("cut", [])},
             "degraded": {(int(d[0]), int(d[1])): (float(d[2]), float(d[3]), float(d[4]), str(d[5]))

@@ -138,7 +138,9 @@ class LinkTimeline:
         if missing:
             raise RunError(f"{run_dir}: the link timeline names nodes the scenario does not "
                            f"have: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        self._records = sorted(records, key=lambda r: r["t_s"])
+        # File order, not time order: each record is a diff against the one written before it
+        # (a live fault re-applies the tick in force, so a time can repeat out of order).
+        self._records = records
         self.last_handovers = 0
         self._live: dict[tuple[int, int], tuple[int, float]] = {}
         self._next = 0
