@@ -18,6 +18,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
+from nodes.mqtt import remaining_length  # noqa: E402  (after the path setup above)
+
 RSS_INTERVAL_S = 0.5
 
 
@@ -204,14 +206,7 @@ class MessageTap:
         return buf[pos:]
 
 
-def varint(n: int) -> bytes:
-    """MQTT "remaining length" encoding of ``n``."""
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | 0x80 if n else digit)
-        if not n:
-            return bytes(out)
+varint = remaining_length
 
 
 def worker_pids(run_dir: Path) -> dict[str, int]:

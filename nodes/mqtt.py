@@ -46,7 +46,8 @@ def _in_packet(command: int, length: int, body: bytearray) -> dict[str, Any]:
             "pos": 0}
 
 
-def _remaining_length(n: int) -> bytes:
+def remaining_length(n: int) -> bytes:
+    """MQTT "remaining length" (variable byte integer) encoding of ``n``."""
     out = bytearray()
     while True:
         n, digit = divmod(n, 128)
@@ -302,7 +303,7 @@ class MqttTransport:
             out.append((length & 0x7F) | 0x80)
             out.append(length >> 7)
         else:
-            out += _remaining_length(length)
+            out += remaining_length(length)
         out += topic_field
         out += payload
         self._out_count += 1

@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -103,7 +105,7 @@ class Roles:
             if spec.rate_hz > 0 and c in self.operating_centre:
                 period = 1.0 / (spec.rate_hz * rt.speed)
                 first = t0 + float(rng.uniform(0, period))
-                rt.call_at(first, self._telemetry_fn(s, period, first))
+                self._periodic(s, first, period, functools.partial(self.telemetry, s))
         for o_index, o in enumerate(topo.scenario.ops_centres):
             node = topo.n_satellites + topo.n_stations + o_index
             if node in rt.local and o.telecommand_rate_hz > 0:
@@ -113,8 +115,9 @@ class Roles:
                 if sats:
                     self._tc_targets[node] = itertools.cycle(sats)
                     period = 1.0 / (o.telecommand_rate_hz * rt.speed)
-                    rt.call_at(t0 + period, self._telecommand_fn(
-                        node, period, o.telecommand_size_bytes, t0 + period))
+                    targets = self._tc_targets[node]
+                    self._periodic(node, t0 + period, period, functools.partial(
+                        self._command_next, node, targets, o.telecommand_size_bytes))
         for f_index, flow in enumerate(topo.scenario.traffic):
             src = topo.index.get(flow.source)
             if src is not None and src in rt.local and flow.pattern == "replay":
@@ -143,19 +146,21 @@ class Roles:
     # Generators schedule from their intended times, not from when they woke up, so a late
     # wake-up does not lower the rate.
 
-    def _telemetry_fn(self, s: int, period: float,  # type: ignore[no-untyped-def]
-                      first: float):
+    def _periodic(self, node: int, first: float, period: float,
+                  action: Callable[[float], None]) -> None:
+        """Run ``action(now)`` every ``period`` wall seconds from ``first`` while the node is up."""
         due = first
 
         def fire(now: float) -> None:
             nonlocal due
             if not self._running(now):
                 return
-            if s not in self.rt.down_nodes:
-                self.telemetry(s, now)
+            if node not in self.rt.down_nodes:
+                action(now)
             due += period
             self.rt.call_at(due, fire)
-        return fire
+
+        self.rt.call_at(first, fire)
 
     def telemetry(self, s: int, now: float) -> None:
         """Satellite ``s`` produces one housekeeping packet."""
@@ -203,19 +208,8 @@ class Roles:
 
     # --- operations centres ---------------------------------------------------------------------
 
-    def _telecommand_fn(self, node: int, period: float, size: int,  # type: ignore[no-untyped-def]
-                        first: float):
-        due = first
-
-        def fire(now: float) -> None:
-            nonlocal due
-            if not self._running(now):
-                return
-            if node not in self.rt.down_nodes:
-                self.telecommand(node, next(self._tc_targets[node]), size, now)
-            due += period
-            self.rt.call_at(due, fire)
-        return fire
+    def _command_next(self, node: int, targets: Iterator[int], size: int, now: float) -> None:
+        self.telecommand(node, next(targets), size, now)
 
     def telecommand(self, node: int, sat: int, size: int, now: float) -> None:
         """Operations centre ``node`` commands satellite ``sat``."""
