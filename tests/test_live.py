@@ -14,7 +14,6 @@ import io
 import itertools
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -258,13 +257,12 @@ def test_run_is_sound_and_leaves_no_process(which: str, request: pytest.FixtureR
 def wait_for_clock(run_dir: Path, run_id: str, timeout_s: float) -> None:
     """Block until the run's controller has published its clock (every worker is ready)."""
     deadline = time.monotonic() + timeout_s
-    conf = run_dir / "broker" / "mosquitto.conf"
-    while not conf.is_file() or "listener" not in conf.read_text():
+    # run.json is written once the broker answers (its config file exists a moment earlier).
+    info_path = run_dir / "run.json"
+    while not info_path.is_file():
         assert time.monotonic() < deadline, "the run never started its broker"
         time.sleep(0.05)
-    listener = re.search(r"^listener (\d+)", conf.read_text(), re.M)
-    assert listener is not None
-    port = int(listener.group(1))
+    port = int(json.loads(info_path.read_text())["broker"].rsplit(":", 1)[1])
     got = threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{run_id}")
     client.on_connect = lambda c, *_: c.subscribe(f"orbitmesh/{run_id}/clock")
@@ -299,7 +297,10 @@ def test_interrupted_run_writes_summary_and_leaves_no_process(how: str, tmp_path
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.communicate()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     assert proc.returncode in (0, 130), err.decode()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["run"]["interrupted"] is True
