@@ -20,6 +20,9 @@ import pytest
 
 from broker.embedded import EmbeddedBroker, find_mosquitto
 from broker.url import BrokerURL
+from orbitmesh.links import LinkEngine, LinkState
+from orbitmesh.topology import GSL, ISL, TERRESTRIAL, Topology
+from tests.faults_support import topology_of
 
 BROKER_FIXTURES = frozenset({"broker_url", "embedded_broker", "session_broker"})
 
@@ -73,3 +76,20 @@ def embedded_broker() -> Iterator[EmbeddedBroker]:
 def topic_root() -> str:
     """A topic prefix no other test uses, so tests sharing a broker cannot see each other."""
     return f"orbitmesh-test/{uuid.uuid4().hex[:12]}"
+
+
+# --- fault tests (tests/test_faults.py, tests/test_fault_plans.py) -------------------------------
+
+@pytest.fixture(scope="session")
+def mixed() -> Topology:
+    """tests/data/faults/overlay.yaml: two esa planes, acme's ring, four stations, two centres."""
+    return topology_of("overlay.yaml")
+
+
+@pytest.fixture(scope="session")
+def mixed_state(mixed: Topology) -> LinkState:
+    """The live links of overlay.yaml at its epoch (every link class is present)."""
+    state = LinkEngine(mixed).state_at(0.0)
+    assert state.count(ISL) > 0 and state.count(GSL) > 0 and state.count(TERRESTRIAL) > 0
+    return state
+
