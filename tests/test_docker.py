@@ -267,6 +267,7 @@ def docker_run() -> Iterator[tuple[Any, str, str]]:
     from orbitmesh.launch.docker import down
 
     down(client, run_id)
+    client.close()
 
 
 def _labelled(client: Any, run_id: str) -> list[str]:

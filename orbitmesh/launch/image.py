@@ -177,10 +177,18 @@ def docker_client() -> Any:
     except ImportError as exc:
         raise RunError("the docker backend needs the docker SDK: pip install 'orbitmesh[docker]'"
                        ) from exc
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://") and not os.path.exists(host.removeprefix("unix://")):
+        # Checked here: the SDK leaks the socket of a failed connection to a missing path.
+        raise RunError(f"cannot reach the docker daemon: no socket at {host.removeprefix('unix://')}"
+                       "; start dockerd, or set DOCKER_HOST to a running one")
+    client = None
     try:
         client = docker.from_env()
         client.ping()
     except DockerException as exc:
+        if client is not None:
+            client.close()  # else its socket lingers until garbage collection
         raise RunError(f"cannot reach the docker daemon ({exc}); start dockerd, or set "
                        "DOCKER_HOST to a running one") from exc
     return client
