@@ -19,6 +19,7 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from nodes.mqtt import remaining_length  # noqa: E402  (after the path setup above)
+from orbitmesh.report import load_worker_stats as report_load_worker_stats  # noqa: E402
 
 RSS_INTERVAL_S = 0.5
 
@@ -218,9 +219,7 @@ def worker_pids(run_dir: Path) -> dict[str, int]:
     return {(f"w{k}" if str(k).isdigit() else str(k)): int(v) for k, v in raw.items()}
 
 
-def load_worker_stats(run_dir: Path) -> list[dict[str, Any]]:
-    """Every ``stats-w*.json`` a run wrote."""
-    return [json.loads(p.read_text()) for p in sorted(run_dir.glob("stats-w*.json"))]
+load_worker_stats = report_load_worker_stats
 
 
 def total_frame_hops(stats: list[dict[str, Any]]) -> int:

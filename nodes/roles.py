@@ -28,7 +28,6 @@ from orbitmesh.wire import (
     ACK,
     DATA,
     F_CREATED,
-    F_DST,
     F_ID,
     F_KIND,
     F_REF,
@@ -295,5 +294,3 @@ def _size(spec: SizeSpec, rng: np.random.Generator) -> int:
         return int(rng.integers(spec.min_bytes, spec.max_bytes + 1))
     return int(min(65_536, max(1, round(rng.exponential(spec.bytes)))))
 
-
-__all__ = ["F_DST", "Roles"]

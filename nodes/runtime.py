@@ -27,20 +27,13 @@ from nodes.stats import Stats
 from orbitmesh.state import FAULT_UNREACHABLE
 from orbitmesh.topology import GSL, ISL, TERRESTRIAL, Topology
 from orbitmesh.wire import (
-    ACK,
-    F_CREATED,
     F_DST,
     F_DUE,
-    F_FLOW,
     F_HOPS,
-    F_ID,
-    F_KIND,
     F_POLICY,
     F_ROUTE,
     F_SIZE,
-    F_SRC,
     F_TTL,
-    TELEMETRY,
     decode_batch,
     encode_batch,
 )
@@ -97,7 +90,6 @@ class NodeRuntime:
         self._seq = 0
         self.outbox: dict[int, list[tuple[int, Frame]]] = {}
         self.on_deliver: Callable[[int, Frame, float], None] | None = None
-        self.on_no_route: Callable[[int, Frame, float], bool] | None = None
         self.on_node_down: Callable[[int, str, float], None] | None = None
         self.connected: Callable[[], bool] = lambda: True
         self.down_nodes: dict[int, str] = {}  # failed node -> fault id
@@ -243,8 +235,7 @@ class NodeRuntime:
             return
         v = self.route_next(u, frame)
         if v < 0:
-            if self.on_no_route is None or not self.on_no_route(u, frame, now):
-                self.drop_no_route(u, frame, v)
+            self.drop_no_route(u, frame, v)
             return
         self.transmit(u, v, frame, now)
 
@@ -370,12 +361,3 @@ class NodeRuntime:
     def held_frames(self) -> list[Frame]:
         """Frames in flight on this worker's links (for the conservation check)."""
         return [item[4] for item in self.heap if item[2] == ARRIVE]
-
-
-def frame_summary(frame: Frame) -> str:
-    """Short description for logs."""
-    return (f"frame {frame[F_ID]} kind {frame[F_KIND]} flow {frame[F_FLOW]} "
-            f"{frame[F_SRC]}->{frame[F_DST]} size {frame[F_SIZE]} created {frame[F_CREATED]:.3f}")
-
-
-__all__ = ["ACK", "TELEMETRY", "NodeRuntime", "Transmitter", "frame_summary"]

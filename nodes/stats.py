@@ -62,7 +62,6 @@ class Stats:
         self.max_backlog = 0
         self.link_apply_late_ms: list[float] = []
         self.fault_drops: defaultdict[str, Counter[int]] = defaultdict(Counter)
-        self.held_by_fault: Counter[str] = Counter()
         self._events = events
         self._packer = msgpack.Packer(use_bin_type=True) if events is not None else None
         self._now = 0.0

@@ -22,7 +22,6 @@ import numpy as np
 
 from nodes.transport import Transport
 from orbitmesh.engine import LinkSource, Tick, TickEngine
-from orbitmesh.errors import RunError
 from orbitmesh.faults import (
     PROCESS_KINDS,
     CommandError,
@@ -261,11 +260,3 @@ async def _sleep_until(wall: float) -> None:
     delay = wall - time.time()
     if delay > 0:
         await asyncio.sleep(delay)
-
-
-def check_alive(processes: dict[int, Any]) -> None:
-    """Raise RunError when a worker process has exited early."""
-    for k, proc in processes.items():
-        if proc.returncode is not None:
-            raise RunError(f"worker {k} exited with code {proc.returncode} before the run ended; "
-                           "see its log in the run directory")

@@ -31,9 +31,8 @@ def describe(topology: Topology, *, sample_links: bool = True) -> str:
                      f"{shell.planes} planes  ({origin}; seam shift {c.seam_shift}, "
                      f"max {c.max_gsl} GSL/satellite)")
     per_op: Counter[str] = Counter()
-    for kind_name, idx in (("satellites", range(topology.n_satellites)),):
-        for i in idx:
-            per_op[f"{topology.operators[topology.operator[i]]} {kind_name}"] += 1
+    for i in range(topology.n_satellites):
+        per_op[f"{topology.operators[topology.operator[i]]} satellites"] += 1
     for g in s.stations:
         per_op[f"{g.operator} stations"] += 1
     for o in s.ops_centres:

@@ -39,8 +39,8 @@ class LinkSource(Protocol):
 def _first_fault(overlay: Overlay | None, faults: Sequence[Fault]) -> str | None:
     if overlay is None:
         return None
-    for fault in faults:
-        return fault.id
+    if faults:
+        return faults[0].id
     return next(iter(overlay.down_nodes.values()), None)
 
 

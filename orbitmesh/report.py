@@ -12,12 +12,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from orbitmesh.errors import RunError
 from orbitmesh.faults import PROCESS_KINDS
 from orbitmesh.scenario import Scenario
+from orbitmesh.trace import iter_events
 from orbitmesh.wire import FLOW_ACK, FLOW_TELECOMMAND, FLOW_TELEMETRY
 
 SUMMARY_VERSION = "1.0"
@@ -123,20 +123,14 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
 
 def _read_events(run_dir: Path
                  ) -> tuple[dict[int, tuple[float, int]], dict[int, tuple[float, float]]]:
-    """Offer (wall time, flow) and delivery latency (ms) of every frame, from the event logs."""
+    """Offer (wall time, flow) and delivery (wall time, latency ms) of every frame."""
     offers: dict[int, tuple[float, int]] = {}
     delivered: dict[int, tuple[float, float]] = {}
-    for path in sorted(run_dir.glob("events-*.msgpack")):
-        with path.open("rb") as fh:
-            unpacker = msgpack.Unpacker(fh, raw=False)
-            try:
-                for record in unpacker:
-                    if record[0] == "offer":
-                        offers[record[2]] = (record[1], record[3])
-                    elif record[0] == "deliver":
-                        delivered[record[2]] = (record[1], record[6])
-            except (msgpack.UnpackException, ValueError):
-                continue  # a killed worker's log ends mid-record
+    for record in iter_events(run_dir):
+        if record[0] == "offer":
+            offers[record[2]] = (record[1], record[3])
+        elif record[0] == "deliver":
+            delivered[record[2]] = (record[1], record[6])
     return offers, delivered
 
 

@@ -22,7 +22,6 @@ from orbitmesh.geometry import (
     C_KM_S,
     FloatArray,
     Stations,
-    geodetic_to_ecef,
     walker_satrecs,
 )
 from orbitmesh.scenario import Constellation, Scenario
@@ -295,15 +294,3 @@ def _terrestrial(scenario: Scenario, n_sats: int) -> tuple[IntArray, IntArray, F
         delay = np.array([great_circle_km(*where[names[i]], *where[names[j]])
                           * rules.fibre_factor / C_KM_S for i, j in ordered], dtype=np.float64)
     return a, b, delay
-
-
-def station_ecef_km(topology: Topology) -> FloatArray:
-    """Earth-fixed positions of the ground stations ``(G, 3)``."""
-    return topology.stations.positions_ecef_km
-
-
-def ops_centre_ecef_km(scenario: Scenario) -> FloatArray:
-    """Earth-fixed positions of the operations centres ``(O, 3)`` (on the ellipsoid)."""
-    oc = scenario.ops_centres
-    return geodetic_to_ecef(np.array([o.lat_deg for o in oc]), np.array([o.lon_deg for o in oc]),
-                            np.zeros(len(oc)))

@@ -76,7 +76,6 @@ class Topics:
         self.links = f"{self.root}/links"
         self.control = f"{self.root}/control"
         self.control_error = f"{self.root}/control/error"
-        self.progress = f"{self.root}/progress"
         self.faults = f"{self.root}/faults"
 
     def worker_frames(self, worker: int) -> str:
