@@ -18,8 +18,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from nodes.mqtt import remaining_length  # noqa: E402  (after the path setup above)
-from orbitmesh.report import load_worker_stats as report_load_worker_stats  # noqa: E402
+from broker.client import remaining_length  # noqa: E402  (after the path setup above)
+from orbitmesh.run.report import load_worker_stats as report_load_worker_stats  # noqa: E402
 
 RSS_INTERVAL_S = 0.5
 

@@ -20,10 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orbitmesh.engine import TickEngine
-from orbitmesh.geometry import offsets_to_jd
-from orbitmesh.scenario import parse_scenario
-from orbitmesh.topology import build_topology
+from orbitmesh.core.engine import TickEngine
+from orbitmesh.core.geometry import offsets_to_jd
+from orbitmesh.core.scenario import parse_scenario
+from orbitmesh.core.topology import build_topology
 
 # Starlink Gen1 (FCC SAT-MOD-20190830-00087 / 20200417-00037): five shells, 4,408 satellites.
 GEN1_SHELLS = [(72, 22, 550.0, 53.0), (72, 22, 540.0, 53.2), (36, 20, 570.0, 70.0),

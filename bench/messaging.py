@@ -10,7 +10,7 @@ Prints one JSON object per line:
   in this process counts them and checks every sequence number; ``broker_raw_msgs_per_s`` is
   messages delivered to the subscriber per second, publisher start to last message.
 * ``{"case": "full", ...}`` and ``{"case": "half", ...}``: a synthetic scenario run with
-  ``orbitmesh.launch.local.run`` (controller + ``--workers`` worker processes + embedded
+  ``orbitmesh.run.launch.local.run`` (controller + ``--workers`` worker processes + embedded
   mosquitto): a chain of operations centres joined by ``peers`` fibre (static links, fixed
   ``delay_ms``, so geometry plays no part) with Poisson flows between the chain's ends. Ground
   nodes are dealt to workers round-robin, so every hop of the chain crosses between the two
@@ -58,7 +58,7 @@ from _common import (
 )
 
 from broker.embedded import EmbeddedBroker
-from orbitmesh.launch.local import RunOptions, run
+from orbitmesh.run.launch.local import RunOptions, run
 
 TARGET_HOPS_PER_S = 50_000
 TARGET_ACCURACY_P99_MS = 2.0

@@ -49,8 +49,8 @@ from _common import (
     worker_pids,
 )
 
-from orbitmesh.scenario import load_scenario
-from orbitmesh.topology import build_topology
+from orbitmesh.core.scenario import load_scenario
+from orbitmesh.core.topology import build_topology
 
 DEFAULT_SCENARIO = PROJECT_ROOT / "scenarios" / "starlink-shell1.yaml"
 SETUP_ALLOWANCE_S = 180.0

@@ -1,4 +1,4 @@
-"""Throughput of nodes.transport.MqttTransport through a private mosquitto; prints JSON.
+"""Throughput of broker.client.MqttTransport through a private mosquitto; prints JSON.
 
     .venv/bin/python bench/transport.py [--messages 100000] [--payload-bytes 200]
 
@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiomqtt
 
 from broker import make_client
+from broker.client import MqttTransport
 from broker.embedded import EmbeddedBroker
 from broker.url import BrokerURL
-from nodes.mqtt import MqttTransport
 
 
 def _payload(seq: int, size: int) -> bytes:

@@ -1,6 +1,6 @@
 """Broker management: connection settings, reachability checks and the embedded broker.
 
-``check_broker`` and :mod:`nodes.transport` translate every connection failure into one
+``check_broker`` and :mod:`orbitmesh.protocol.transport` translate every connection failure into one
 :class:`~orbitmesh.errors.BrokerError` line through :func:`connect_error`, so the same broken
 address gives the same message wherever it is met.
 """

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from nodes.runtime import NodeRuntime
-from orbitmesh.scenario import Flow, SizeSpec
-from orbitmesh.topology import OPS_CENTRE
-from orbitmesh.wire import (
+from orbitmesh.core.scenario import Flow, SizeSpec
+from orbitmesh.core.topology import OPS_CENTRE
+from orbitmesh.protocol.wire import (
     ACK,
     DATA,
     F_CREATED,

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from nodes.stats import Stats
-from orbitmesh.state import FAULT_UNREACHABLE
-from orbitmesh.topology import GSL, ISL, TERRESTRIAL, Topology
-from orbitmesh.wire import (
+from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL, Topology
+from orbitmesh.protocol.state import FAULT_UNREACHABLE
+from orbitmesh.protocol.wire import (
     F_DST,
     F_DUE,
     F_HOPS,

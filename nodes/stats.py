@@ -2,7 +2,7 @@
 
 Every frame that a node offers ends in exactly one of: delivered, dropped (with a reason), or
 still held (in flight on a link, or in an on-board store) when the run ends. Workers write their
-``Stats`` as JSON at the end; orbitmesh/report.py merges them into summary.json.
+``Stats`` as JSON at the end; orbitmesh/run/report.py merges them into summary.json.
 
 Event log records (msgpack arrays, one per event, appended to ``events-w<k>.msgpack``):
 ``["offer", wall, id, flow, kind, src, dst, size]``, ``["deliver", wall, id, flow, node, hops,
@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import msgpack
 
-from orbitmesh.wire import F_CREATED, F_DST, F_FLOW, F_HOPS, F_ID, F_KIND, F_SIZE, F_SRC
+from orbitmesh.protocol.wire import F_CREATED, F_DST, F_FLOW, F_HOPS, F_ID, F_KIND, F_SIZE, F_SRC
 
 log = logging.getLogger("orbitmesh.worker")
 

@@ -26,19 +26,19 @@ from typing import Any
 
 import msgpack
 
+from broker.client import MqttTransport
 from broker.url import parse_broker_url
-from nodes.mqtt import MqttTransport
 from nodes.roles import Roles
 from nodes.runtime import NodeRuntime
 from nodes.stats import Stats
-from nodes.transport import Message, Transport
+from orbitmesh.core.placement import place
+from orbitmesh.core.scenario import load_scenario
+from orbitmesh.core.topology import Topology, build_topology
 from orbitmesh.errors import OrbitmeshError
-from orbitmesh.placement import place
-from orbitmesh.scenario import load_scenario
-from orbitmesh.state import decode_state
-from orbitmesh.topology import Topology, build_topology
-from orbitmesh.trace import read_replay
-from orbitmesh.wire import F_FLOW, WIRE_VERSION, Topics, decode_batch
+from orbitmesh.protocol.state import decode_state
+from orbitmesh.protocol.transport import Message, Transport
+from orbitmesh.protocol.wire import F_FLOW, WIRE_VERSION, Topics, decode_batch
+from orbitmesh.run.trace import read_replay
 
 log = logging.getLogger("orbitmesh.worker")
 HEARTBEAT_S = 0.5

@@ -1,5 +1,5 @@
 import sys
 
-from orbitmesh.cli import main
+from orbitmesh.run.cli import main
 
 sys.exit(main())

@@ -20,8 +20,8 @@ import pytest
 
 from broker.embedded import EmbeddedBroker, find_mosquitto
 from broker.url import BrokerURL
-from orbitmesh.links import LinkEngine, LinkState
-from orbitmesh.topology import GSL, ISL, TERRESTRIAL, Topology
+from orbitmesh.core.links import LinkEngine, LinkState
+from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL, Topology
 from tests.faults_support import topology_of
 
 BROKER_FIXTURES = frozenset({"broker_url", "embedded_broker", "session_broker"})

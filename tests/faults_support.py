@@ -7,14 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from orbitmesh.faults import (
+from orbitmesh.core.faults import (
     Fault,
     Overlay,
     place_fault,
 )
-from orbitmesh.links import LinkState
-from orbitmesh.scenario import FaultSpec, load_scenario
-from orbitmesh.topology import Topology, build_topology
+from orbitmesh.core.links import LinkState
+from orbitmesh.core.scenario import FaultSpec, load_scenario
+from orbitmesh.core.topology import Topology, build_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "faults"

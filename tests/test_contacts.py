@@ -18,7 +18,7 @@ import pytest
 from sgp4.api import Satrec
 from skyfield.api import EarthSatellite, load, wgs84
 
-from orbitmesh.contacts import (
+from orbitmesh.core.contacts import (
     Pass,
     find_passes,
     format_table,
@@ -27,8 +27,7 @@ from orbitmesh.contacts import (
     to_hdtn,
     to_ion,
 )
-from orbitmesh.errors import GeometryError, ScenarioError
-from orbitmesh.geometry import (
+from orbitmesh.core.geometry import (
     Propagator,
     Stations,
     julian_date,
@@ -36,6 +35,7 @@ from orbitmesh.geometry import (
     teme_to_ecef,
     walker_satrecs,
 )
+from orbitmesh.errors import GeometryError, ScenarioError
 
 two_seconds = 2.0
 one_second = 1.0

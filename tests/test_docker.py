@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
-from orbitmesh.launch import image as image_mod
-from orbitmesh.launch.compose import ComposeOptions, input_environment, prelude, render_compose
-from orbitmesh.launch.docker import LABEL_RUN, placement_mode, safe_run_id, stage_scenario
+from orbitmesh.run.launch import image as image_mod
+from orbitmesh.run.launch.compose import ComposeOptions, input_environment, prelude, render_compose
+from orbitmesh.run.launch.docker import LABEL_RUN, placement_mode, safe_run_id, stage_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "scenarios" / "demo.yaml"
@@ -264,7 +264,7 @@ def docker_run() -> Iterator[tuple[Any, str, str]]:
     client, tag = _docker_or_skip()
     run_id = f"test-{uuid.uuid4().hex[:8]}"
     yield client, tag, run_id
-    from orbitmesh.launch.docker import down
+    from orbitmesh.run.launch.docker import down
 
     down(client, run_id)
     client.close()
@@ -291,7 +291,7 @@ def _scenario_with_kill(tmp_path: Path) -> Path:
 def test_up_kills_a_worker_container_and_down_removes_everything(
         docker_run: tuple[Any, str, str], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from orbitmesh.launch.docker_cli import main
+    from orbitmesh.run.launch.docker_cli import main
 
     client, tag, run_id = docker_run
     decoy = client.containers.create(tag, ["true"], labels={LABEL_RUN: f"{run_id}-other"})
@@ -328,9 +328,9 @@ def test_detached_bridge_run_takes_a_live_worker_kill(docker_run: tuple[Any, str
                                                       tmp_path: Path) -> None:
     import asyncio
 
-    from orbitmesh.launch.control import fault_command, locate, send_command
-    from orbitmesh.launch.docker import role_container
-    from orbitmesh.launch.docker_cli import main
+    from orbitmesh.run.launch.control import fault_command, locate, send_command
+    from orbitmesh.run.launch.docker import role_container
+    from orbitmesh.run.launch.docker_cli import main
 
     client, tag, run_id = docker_run
     out = tmp_path / "run"

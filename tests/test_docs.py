@@ -24,8 +24,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from orbitmesh.errors import ScenarioError
-from orbitmesh.scenario import (
+from orbitmesh.core.scenario import (
     Constellation,
     FaultSpec,
     Flow,
@@ -46,7 +45,8 @@ from orbitmesh.scenario import (
     WalkerShell,
     load_scenario,
 )
-from orbitmesh.topology import build_topology
+from orbitmesh.core.topology import build_topology
+from orbitmesh.errors import ScenarioError
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_PATH = ROOT / "docs" / "scenarios.md"

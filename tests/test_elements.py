@@ -12,22 +12,22 @@ import numpy as np
 import pytest
 from skyfield.iokit import parse_tle_file
 
-from orbitmesh.elements import (
+from orbitmesh.core.elements import (
     ElementRecord,
     load_omm_file,
     load_tle_file,
     stale_epochs,
     tle_checksum,
 )
-from orbitmesh.errors import GeometryError, ScenarioError
-from orbitmesh.geometry import walker_satrecs
-from orbitmesh.planes import (
+from orbitmesh.core.geometry import walker_satrecs
+from orbitmesh.core.planes import (
     PlaneAssignment,
     infer_planes,
     load_plane_mapping,
     planes_from_mapping,
     write_plane_mapping,
 )
+from orbitmesh.errors import GeometryError, ScenarioError
 
 DATA = Path(__file__).parent / "data"
 SCENARIO_DATA = Path(__file__).parent.parent / "scenarios" / "data"

@@ -12,10 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nodes.transport import MemoryBroker, MemoryTransport
-from orbitmesh.controller import Controller
-from orbitmesh.errors import ScenarioError
-from orbitmesh.faults import (
+from orbitmesh.core.faults import (
     CommandError,
     Fault,
     fault_from_command,
@@ -23,9 +20,12 @@ from orbitmesh.faults import (
     random_faults,
     scheduled_faults,
 )
-from orbitmesh.scenario import Scenario, parse_scenario
-from orbitmesh.topology import Topology
-from orbitmesh.wire import Topics
+from orbitmesh.core.scenario import Scenario, parse_scenario
+from orbitmesh.core.topology import Topology
+from orbitmesh.errors import ScenarioError
+from orbitmesh.protocol.transport import MemoryBroker, MemoryTransport
+from orbitmesh.protocol.wire import Topics
+from orbitmesh.run.controller import Controller
 from tests.faults_support import (
     DATA,
 )

@@ -2,7 +2,7 @@
 
 The overlay is checked on small scenarios under tests/data/faults/: which links and nodes each
 fault kind removes (against node ids, link classes and an independent great-circle distance),
-that routes from :class:`~orbitmesh.engine.TickEngine` avoid failed elements and take the
+that routes from :class:`~orbitmesh.core.engine.TickEngine` avoid failed elements and take the
 alternative path when there is one, that random faults follow the seed and their MTBF/MTTR, and
 that malformed control commands are refused with a reason (also by the controller, which answers
 on the control/error topic), and that a worker's runtime drops each frame a failing node holds
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from nodes.runtime import NodeRuntime
-from orbitmesh.engine import TickEngine
-from orbitmesh.faults import (
+from orbitmesh.core.engine import TickEngine
+from orbitmesh.core.faults import (
     NODE_RESTART_DEFAULT_S,
     Fault,
     FaultOverlay,
@@ -27,11 +27,11 @@ from orbitmesh.faults import (
     place_fault,
     scheduled_faults,
 )
-from orbitmesh.links import LinkState
-from orbitmesh.scenario import FaultSpec, load_scenario, parse_scenario
-from orbitmesh.topology import GSL, ISL, TERRESTRIAL, Topology, build_topology
-from orbitmesh.wire import DATA as DATA_FRAME
-from orbitmesh.wire import new_frame
+from orbitmesh.core.links import LinkState
+from orbitmesh.core.scenario import FaultSpec, load_scenario, parse_scenario
+from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL, Topology, build_topology
+from orbitmesh.protocol.wire import DATA as DATA_FRAME
+from orbitmesh.protocol.wire import new_frame
 from tests.faults_support import (
     DATA,
     ONE_KILOMETRE,

@@ -28,12 +28,12 @@ import msgpack
 import pytest
 
 from broker.url import parse_broker_url
-from orbitmesh.engine import TickEngine
-from orbitmesh.faults import random_faults
-from orbitmesh.launch.local import RunOptions, RunResult, run
-from orbitmesh.scenario import load_scenario
-from orbitmesh.topology import Topology, build_topology
-from orbitmesh.wire import FLOW_TELEMETRY
+from orbitmesh.core.engine import TickEngine
+from orbitmesh.core.faults import random_faults
+from orbitmesh.core.scenario import load_scenario
+from orbitmesh.core.topology import Topology, build_topology
+from orbitmesh.protocol.wire import FLOW_TELEMETRY
+from orbitmesh.run.launch.local import RunOptions, RunResult, run
 from tests.conftest import require_mosquitto
 
 pytestmark = pytest.mark.broker
@@ -51,7 +51,7 @@ milliseconds after its time."""
 DETECTION_S = 2.0
 """Wall seconds within which a killed worker must be noticed and routed around."""
 RECONNECT_S = 2.0
-"""Longest wait between reconnection attempts (nodes/mqtt.py, wall seconds): after a broker
+"""Longest wait between reconnection attempts (broker/client.py, wall seconds): after a broker
 outage the workers are back within this."""
 PROCESS_EXIT_S = 60.0
 

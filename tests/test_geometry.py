@@ -9,7 +9,7 @@ import pytest
 from sgp4.api import WGS72, Satrec
 from sgp4.conveniences import check_satrec
 
-from orbitmesh.geometry import (
+from orbitmesh.core.geometry import (
     EARTH_RADIUS_KM,
     Propagator,
     Stations,

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orbitmesh.links import LinkEngine, LinkTracker, assign_gsl
-from orbitmesh.scenario import parse_scenario
-from orbitmesh.topology import GSL, ISL, TERRESTRIAL, build_topology
+from orbitmesh.core.links import LinkEngine, LinkTracker, assign_gsl
+from orbitmesh.core.scenario import parse_scenario
+from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL, build_topology
 
 SHELL1 = """\
 name: shell1
@@ -86,7 +86,7 @@ def test_gsl_respects_masks_antennas_and_satellite_limits(shell1: LinkEngine) ->
         sat, gs = state.a[gsl], state.b[gsl] - topo.n_satellites
         assert np.all(np.bincount(gs, minlength=2) <= 3)
         assert np.all(np.bincount(sat) <= 2)
-        from orbitmesh.geometry import elevation_deg
+        from orbitmesh.core.geometry import elevation_deg
 
         el = elevation_deg(topo.stations, shell1.positions_ecef_km(t_s))
         assert np.all(el[gs, sat] >= 25.0)

@@ -29,13 +29,13 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from broker.embedded import free_loopback_port
-from orbitmesh.cli import main as cli_main
-from orbitmesh.engine import TickEngine
-from orbitmesh.geometry import C_KM_S
-from orbitmesh.launch.local import RunOptions, RunResult, run
-from orbitmesh.scenario import load_scenario
-from orbitmesh.topology import build_topology
-from orbitmesh.wire import TELEMETRY
+from orbitmesh.core.engine import TickEngine
+from orbitmesh.core.geometry import C_KM_S
+from orbitmesh.core.scenario import load_scenario
+from orbitmesh.core.topology import build_topology
+from orbitmesh.protocol.wire import TELEMETRY
+from orbitmesh.run.cli import main as cli_main
+from orbitmesh.run.launch.local import RunOptions, RunResult, run
 from tests.conftest import require_mosquitto
 
 pytestmark = pytest.mark.broker

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from orbitmesh.errors import ScenarioError
-from orbitmesh.launch.local import RunOptions, RunResult, run
-from orbitmesh.launch.replay import recorded_faults
-from orbitmesh.trace import Offered, iter_records, offered_traffic
+from orbitmesh.run.launch.local import RunOptions, RunResult, run
+from orbitmesh.run.launch.replay import recorded_faults
+from orbitmesh.run.trace import Offered, iter_records, offered_traffic
 
 pytestmark = pytest.mark.broker
 

@@ -10,9 +10,8 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from orbitmesh import _sssp
-from orbitmesh.errors import RoutingError
-from orbitmesh.routing import (
+from orbitmesh.core import _sssp
+from orbitmesh.core.routing import (
     STRATEGIES,
     LinkGraph,
     MinHop,
@@ -26,6 +25,7 @@ from orbitmesh.routing import (
     policy_mask,
     route_changes,
 )
+from orbitmesh.errors import RoutingError
 
 one_nanosecond = 1e-9
 one_picosecond = 1e-12
@@ -286,7 +286,7 @@ def test_registry_names_match_strategies() -> None:
     assert isinstance(get_strategy("min_hop"), MinHop)
 
 
-# --- The many-source kernel (orbitmesh._sssp) against scipy and networkx ---------------------
+# --- The many-source kernel (orbitmesh.core._sssp) against scipy and networkx ---------------------
 
 
 def awkward_graph(rng: np.random.Generator, kind: str) -> LinkGraph:
@@ -379,9 +379,9 @@ def test_kernel_answer_does_not_depend_on_its_tuning(kind: str) -> None:
 def test_kernel_equals_scipy_on_a_real_shell1_tick() -> None:
     from pathlib import Path
 
-    from orbitmesh.links import LinkEngine
-    from orbitmesh.scenario import parse_scenario
-    from orbitmesh.topology import build_topology
+    from orbitmesh.core.links import LinkEngine
+    from orbitmesh.core.scenario import parse_scenario
+    from orbitmesh.core.topology import build_topology
     from tests.test_links import SHELL1
 
     topology = build_topology(parse_scenario(SHELL1, Path("/tmp/shell1.yaml")))

@@ -20,8 +20,8 @@ import pytest
 
 from nodes.roles import Roles
 from nodes.runtime import NodeRuntime
-from orbitmesh.scenario import parse_scenario
-from orbitmesh.topology import (
+from orbitmesh.core.scenario import parse_scenario
+from orbitmesh.core.topology import (
     GSL,
     ISL,
     OPS_CENTRE,
@@ -31,7 +31,7 @@ from orbitmesh.topology import (
     Topology,
     build_topology,
 )
-from orbitmesh.wire import (
+from orbitmesh.protocol.wire import (
     DATA,
     DEFAULT_TTL,
     F_DST,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from orbitmesh.core.scenario import load_scenario, parse_scenario
 from orbitmesh.errors import ScenarioError
-from orbitmesh.scenario import load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "scenarios").glob("*.yaml"))

@@ -23,9 +23,11 @@ import dpkt
 import msgpack
 import pytest
 
-from orbitmesh.compare import check_thresholds, compare_runs, format_comparison, run_compare
+from orbitmesh.core.scenario import load_scenario
+from orbitmesh.core.topology import build_topology
 from orbitmesh.errors import ScenarioError
-from orbitmesh.export import (
+from orbitmesh.run.compare import check_thresholds, compare_runs, format_comparison, run_compare
+from orbitmesh.run.export import (
     EVENT_COLUMNS,
     export_csv,
     export_jsonl,
@@ -37,11 +39,9 @@ from orbitmesh.export import (
     node_address,
     trace_info,
 )
-from orbitmesh.launch.local import RunOptions, RunResult, run
-from orbitmesh.scenario import load_scenario
-from orbitmesh.topology import build_topology
-from orbitmesh.trace import Offered, offered_traffic, read_manifest
-from orbitmesh.traffic_import import load_address_map, load_traffic_csv, load_traffic_pcap
+from orbitmesh.run.launch.local import RunOptions, RunResult, run
+from orbitmesh.run.trace import Offered, offered_traffic, read_manifest
+from orbitmesh.run.traffic_import import load_address_map, load_traffic_csv, load_traffic_pcap
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "scenarios" / "demo.yaml"

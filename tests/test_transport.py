@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from broker import check_broker
+from broker.client import MqttTransport
 from broker.embedded import EmbeddedBroker, free_loopback_port
 from broker.url import BrokerURL
-from nodes.mqtt import MqttTransport
-from nodes.transport import (
+from orbitmesh.errors import BrokerError
+from orbitmesh.protocol.transport import (
     MemoryBroker,
     MemoryTransport,
     Message,
@@ -31,7 +32,6 @@ from nodes.transport import (
     check_topic_name,
     topic_matches,
 )
-from orbitmesh.errors import BrokerError
 from tests.conftest import require_mosquitto
 
 GUARD_S = 20.0

@@ -1,0 +1,180 @@
+"""Exact shortest-path trees from many sources at once: a compiled bucket kernel, scipy fallback.
+
+Array conventions: the graph is CSR over ``N`` nodes with both directions of every link stored
+(``indptr (N+1,)``, ``indices (A,)``, ``weights (A,)``, all weights > 0); the answers are
+``(D, N)``, sources first: ``pred[i, u]`` is ``u``'s parent in the tree grown from
+``sources[i]`` (the source holds itself, ``-1``: unreachable) and ``dist[i, u]`` the path
+weight (``inf``: unreachable).
+
+The kernel (:mod:`orbitmesh.core._bucket_kernel`) is a label-correcting search over a circular array
+of buckets of width ``width`` (sequential delta-stepping): bucket ``k`` holds nodes whose
+tentative weight ``d`` has ``floor(d / width) == k``; buckets are emptied in order, each as a
+stack, and a node whose label drops is scanned again. With ``width`` at or below the lightest
+link every node is scanned once, as in Dijkstra, but in O(1) per node instead of a heap's
+O(log N). Lighter links cost re-scans; a tree that re-scans more than :data:`RESCANS` times per
+node on average is grown again by a binary-heap Dijkstra, so odd weights cannot blow it up.
+
+Why the result is exactly scipy's, bit for bit: both stop at a labelling ``d`` with ``d = 0`` at
+the source, ``d[v] == fl(d[pred[v]] + w)`` at every reached node, and no link offering a smaller
+``fl(d[u] + w)`` (here: a node whose label drops is always scanned again). While each weight is
+more than half the float spacing at the path weights it is added to (weights >= 1e-12 s on paths
+below 1e3 s; min-hop weights >= 1), adding a link strictly increases a label, and such a labelling
+is unique: of the nodes where two of them differ, take the one with the smallest label ``m`` in
+either; its parent there has a smaller label so agrees in both, which gives the node ``m`` in
+both. The bucket width changes only the speed, and ``pred`` is a shortest-path parent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
+
+from orbitmesh.errors import RoutingError
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+"""Whether numba is installed (looked up without importing it: see :func:`_kernel`)."""
+
+BACKEND = "numba" if HAVE_NUMBA else "scipy"
+"""Backend used when none is named: the compiled kernel if numba is installed, else scipy."""
+
+MAX_SLOTS = 1024
+"""Most buckets in the circular array: bounds the empty buckets walked between two labels."""
+
+WIDTH_QUANTILE = 0.01
+"""Bucket width = this quantile of the link weights: the lightest few links (co-located
+terrestrial hops) are let through at the price of a rare re-scan, instead of shrinking every
+bucket to their size."""
+
+RESCANS = 2
+"""A tree may scan each node this many times on average before it is handed to the heap
+fallback: a scan beyond one per node comes from a link lighter than the bucket width (the
+co-located terrestrial hops), a handful per tree on constellation graphs, but on adversarial
+weights buckets could re-scan without a useful bound."""
+
+FloatArray = NDArray[np.float64]
+Int32Array = NDArray[np.int32]
+
+_KERNEL: list[Callable[..., None]] = []
+_KERNEL_LOCK = threading.Lock()
+
+
+def _kernel() -> Callable[..., None]:
+    """The compiled kernel; numba and its cached machine code load on first use only."""
+    with _KERNEL_LOCK:
+        if not _KERNEL:
+            from orbitmesh.core._bucket_kernel import grow_forest
+
+            _KERNEL.append(grow_forest)
+        return _KERNEL[0]
+
+
+def bucket_width(weights: FloatArray, n_slots: int = MAX_SLOTS) -> float:
+    """Bucket width for ``weights``: their low quantile, but no less than max / ``n_slots``."""
+    if weights.size == 0:
+        return 1.0
+    k = int(WIDTH_QUANTILE * (weights.size - 1))
+    low = float(np.partition(weights, k)[k])
+    return max(low, float(weights.max()) / (n_slots - 3))
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+THREADS = min(2, _available_cpus())
+"""Threads the kernel splits the sources over by default (the core tick targets 2 cores)."""
+
+MIN_SOURCES_PER_THREAD = 8
+"""Fewer sources than this per thread and a hand-off costs more than it saves."""
+
+
+class _Helpers:
+    """The kernel's helper threads: created on first use, forgotten by a forked child."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._size = 0
+
+    def pool(self, size: int) -> ThreadPoolExecutor:
+        """A pool of at least ``size`` threads."""
+        with self._lock:
+            if self._pool is None or self._size < size:
+                # A smaller pool still in use elsewhere finishes its work; dropped, it winds down.
+                self._pool = ThreadPoolExecutor(max_workers=size,
+                                                thread_name_prefix="orbitmesh-sssp")
+                self._size = size
+            return self._pool
+
+    def forget(self) -> None:
+        """Drop the pool without touching it: after fork its threads do not exist."""
+        self._lock = threading.Lock()
+        self._pool, self._size = None, 0
+
+
+_HELPERS = _Helpers()
+if hasattr(os, "register_at_fork"):  # pragma: no branch
+    os.register_at_fork(after_in_child=_HELPERS.forget)
+
+
+def shortest_path_trees(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
+                        sources: NDArray[np.int64], backend: str | None = None,
+                        threads: int | None = None, width: float | None = None,
+                        capacity: int | None = None,
+                        budget: int | None = None) -> tuple[Int32Array, FloatArray]:
+    """(pred, dist), both (D, N), of the trees grown from ``sources`` over a CSR graph.
+
+    ``backend`` is "numba" or "scipy" (default :data:`BACKEND`). The kernel splits the sources
+    over up to ``threads`` threads (default :data:`THREADS`; each tree is grown by one thread, so
+    the answer does not depend on it). ``width``, ``capacity`` (bucket entries per tree) and
+    ``budget`` (node scans per tree) tune or test the kernel, never its answer: a tree that
+    outgrows either is grown again by the heap fallback.
+    """
+    n = indptr.size - 1
+    backend = backend or BACKEND
+    if backend == "scipy":
+        matrix = csr_matrix((weights, indices, indptr), shape=(n, n))
+        # Both directions are stored, so directed=True is the undirected answer without scipy
+        # symmetrising the matrix again.
+        dist, pred = dijkstra(matrix, directed=True, indices=sources, return_predecessors=True)
+        pred = pred.astype(np.int32, copy=False)
+        pred[pred < 0] = -1
+        pred[np.arange(sources.size), sources] = sources
+        return pred, dist
+    if backend != "numba" or not HAVE_NUMBA:
+        raise RoutingError(f"shortest-path backend {backend!r} is not available; use 'scipy', "
+                           "or install numba for 'numba'")
+    dist = np.empty((sources.size, n), dtype=np.float64)
+    pred = np.empty((sources.size, n), dtype=np.int32)
+    args = (indptr.astype(np.int32, copy=False), indices.astype(np.int32, copy=False),
+            weights.astype(np.float64, copy=False))
+    src = np.array(sources, dtype=np.int64)  # a fresh writable array: one compiled signature
+    tune = (bucket_width(weights) if width is None else float(width),
+            max(1, 2 * (indices.size + n) + 1 if capacity is None else capacity),
+            RESCANS * n + 64 if budget is None else budget)
+    parts = max(1, min(THREADS if threads is None else threads,
+                       src.size // MIN_SOURCES_PER_THREAD))
+    bounds = [src.size * i // parts for i in range(parts + 1)]
+    pieces = [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
+    kernel = _kernel()
+    # The kernel releases the GIL: helpers grow the later slices while this thread grows the first.
+    futures = [_HELPERS.pool(parts - 1).submit(kernel, *args, src[part], *tune, dist[part],
+                                               pred[part]) for part in pieces[1:]]
+    try:
+        kernel(*args, src[pieces[0]], *tune, dist[pieces[0]], pred[pieces[0]])
+    finally:
+        for future in futures:
+            future.result()
+    return pred, dist

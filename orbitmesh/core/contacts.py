@@ -1,0 +1,503 @@
+"""Pass prediction (AOS / TCA / LOS over per-station elevation masks) and DTN contact plans.
+
+Method
+------
+1. **Coarse scan.** All satellites are propagated together (one ``SatrecArray`` call per time
+   chunk, via :class:`Propagator`) on a grid of ``coarse_step_s`` that starts two steps before
+   ``start`` and ends two steps after ``end``; samples where SGP4 reports an error (e.g. 6,
+   decayed) are dropped. :func:`elevation_deg` gives ``(G, S, T)`` elevations, computed in
+   station groups so that the working set stays near 150 MB whatever the scenario size. Rises
+   and sets are the sign changes of ``elevation - mask`` between samples. Passes too short to
+   contain a sample are caught from the discrete local maxima of the elevation: each one is
+   refined, and one that tops the mask between two samples that are both below it adds a rise
+   and a set.
+2. **Refinement.** Between samples, positions come from the SGP4 samples by Lagrange
+   interpolation in the Earth-fixed frame (4 points around a crossing, 5 around a maximum). At
+   LEO that is good to 0.2 m over a 30 s grid (3 m at 60 s, 50 m at 120 s), so crossings are
+   bisected and maxima golden-section searched to 1 ms for all events at once, with no further
+   SGP4 calls and no Python loop over satellites. Checked against direct SGP4 at the refined
+   times: elevation at AOS/LOS is within 0.0003 deg of the mask for 30-60 s grids (0.003 deg at
+   120 s, 0.1 deg at 300 s, the largest step accepted).
+3. **Pairing.** Rises and sets alternate per (station, satellite); each pass takes the highest
+   refined maximum inside it as TCA. TCA is the time of **maximum elevation** (what operators and
+   skyfield call culmination), not strictly the time of minimum range.
+
+Accuracy against skyfield's ``find_events`` (323 passes of 7 real TLEs, 4 sites, masks 0/10/25
+deg): AOS/LOS within 0.23 s (skyfield itself resolves 0.5 s), maximum elevation within 0.012 deg.
+What remains is the frame model of :mod:`orbitmesh.core.geometry` (UT1 taken as UTC, no polar
+motion, ~0.001 deg here), so a pass that tops its mask by less than that may appear in one tool
+and not the other.
+
+Window edges: a pass already in progress at ``start`` gets ``aos = start``; one still in progress
+at ``end`` gets ``los = end``. For such a clipped pass TCA and maximum elevation describe the
+part inside the window (TCA may equal ``start`` or ``end``).
+
+Contact plans (:func:`to_ion`, :func:`to_hdtn`) turn each pass into two one-way contacts
+(station -> satellite and back) over whole seconds inside the pass, with the one-way light time
+rounded up to whole seconds, as both tools count it.
+
+Array axes: ``(G, S, T)`` = stations, satellites, times, as in :mod:`orbitmesh.core.geometry`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from orbitmesh.core.geometry import (
+    C_KM_S,
+    FloatArray,
+    Propagator,
+    Stations,
+    elevation_deg,
+    look_angles,
+    offsets_to_jd,
+    teme_to_ecef,
+)
+from orbitmesh.errors import GeometryError, ScenarioError
+
+IntArray = NDArray[np.int64]
+
+_MEMORY_BUDGET_BYTES = 150e6
+_BYTES_PER_ENTRY = 120  # peak numpy temporaries per (station, satellite, time) element
+_TIME_CHUNK = 256
+_REFINE_TOLERANCE_S = 1e-3
+_PEAK_MARGIN_DEG = 45.0  # local maxima further below the mask than this cannot become passes
+_INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0
+_CROSS_NODES = np.array([-1.0, 0.0, 1.0, 2.0])
+_PEAK_NODES = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """One pass of a satellite over a station, above that station's elevation mask."""
+
+    station: str
+    satellite: str
+    aos: datetime
+    tca: datetime
+    los: datetime
+    max_elevation_deg: float
+    tca_range_km: float
+    max_range_km: float  # the larger of the ranges at AOS and LOS (the low-elevation ends)
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds from AOS to LOS."""
+        return (self.los - self.aos).total_seconds()
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """K independent interpolation problems: stencil positions and the station looking at them."""
+
+    stencil_km: FloatArray  # (K, n, 3)
+    nodes: FloatArray  # (n,) sample offsets of the stencil, in steps
+    station_km: FloatArray  # (K, 3)
+    up: FloatArray  # (K, 3)
+    mask_deg: FloatArray  # (K,)
+
+    def look(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Elevation (deg) and range (km) at offsets ``x`` (in steps) from node 0."""
+        diff = x[:, np.newaxis] - self.nodes[np.newaxis, :]
+        weights = np.ones_like(diff)
+        for j, node_j in enumerate(self.nodes):
+            for m, node_m in enumerate(self.nodes):
+                if m != j:
+                    weights[:, j] *= diff[:, m] / (node_j - node_m)
+        rho = np.einsum("kn,knc->kc", weights, self.stencil_km) - self.station_km
+        range_km = np.linalg.norm(rho, axis=-1)
+        with np.errstate(invalid="ignore"):
+            sin_el = np.einsum("kc,kc->k", rho, self.up) / range_km
+            el = np.degrees(np.arcsin(np.clip(sin_el, -1.0, 1.0)))
+        return el, range_km
+
+    def bisect(self, lo: FloatArray, hi: FloatArray, rising: NDArray[np.bool_],
+               iterations: int) -> tuple[FloatArray, FloatArray]:
+        """Mask crossings bracketed by ``[lo, hi]`` (below->above if ``rising``): x and range."""
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            el, _ = self.look(mid)
+            move_hi = (el >= self.mask_deg) == rising
+            lo, hi = np.where(move_hi, lo, mid), np.where(move_hi, mid, hi)
+        x = 0.5 * (lo + hi)
+        return x, self.look(x)[1]
+
+    def maximise(self, lo: FloatArray, hi: FloatArray,
+                 iterations: int) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Golden-section search of the elevation maximum in ``[lo, hi]``: x, elevation, range."""
+        c, d = hi - _INV_PHI * (hi - lo), lo + _INV_PHI * (hi - lo)
+        fc, fd = self.look(c)[0], self.look(d)[0]
+        for _ in range(iterations):
+            left = fc > fd
+            lo, hi = np.where(left, lo, c), np.where(left, d, hi)
+            new_x = np.where(left, hi - _INV_PHI * (hi - lo), lo + _INV_PHI * (hi - lo))
+            new_f = self.look(new_x)[0]
+            c, d = np.where(left, new_x, d), np.where(left, c, new_x)
+            fc, fd = np.where(left, new_f, fd), np.where(left, fc, new_f)
+        x = 0.5 * (lo + hi)
+        el, range_km = self.look(x)
+        return x, el, range_km
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The coarse time grid: offsets in seconds after ``ref``, two steps beyond each end."""
+
+    ref: datetime
+    grid_s: FloatArray  # (T,)
+    step_s: float
+    t_start: float
+    t_end: float
+
+
+@dataclass
+class _Events:
+    """Refined events of the whole scan, as flat arrays (one list entry per chunk)."""
+
+    cross: list[tuple[IntArray, FloatArray, NDArray[np.bool_], FloatArray]]  # key, t, rising, range
+    peaks: list[tuple[IntArray, FloatArray, FloatArray, FloatArray]]  # key, t, elevation, range
+
+
+def _utc(when: datetime) -> datetime:
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _ecef_valid_km(propagator: Propagator, ref: datetime, offsets_s: FloatArray) -> FloatArray:
+    """Earth-fixed positions ``(S, T, 3)``; NaN where SGP4 reports an error (e.g. 6 = decayed)."""
+    jd, fr = offsets_to_jd(ref, offsets_s)
+    r_teme, err = propagator.teme_km(jd, fr)
+    pos_km = teme_to_ecef(r_teme, jd, fr)
+    pos_km[err != 0] = np.nan
+    return pos_km
+
+
+def _subset(stations: Stations, g0: int, g1: int) -> Stations:
+    return Stations(stations.positions_ecef_km[g0:g1], stations.east[g0:g1],
+                    stations.north[g0:g1], stations.up[g0:g1])
+
+
+def _scan_group(ev: _Events, grid: _Grid, pos_km: FloatArray, stations: Stations, *, g0: int,
+                masks_deg: FloatArray, lo: int, a: int, b: int
+                ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Find and refine the events of stations ``g0..`` in samples ``lo..``; owns k in [a, b)."""
+    n_sats, grid_s, step_s = pos_km.shape[0], grid.grid_s, grid.step_s
+    with np.errstate(invalid="ignore"):
+        f = elevation_deg(stations, pos_km) - masks_deg[:, None, None]
+    f = np.where(np.isnan(f), -180.0, f)  # failed propagation counts as below the mask
+    above = f >= 0.0
+    ja, jb = a - lo, b - lo
+    rise = ~above[..., ja:jb] & above[..., ja + 1:jb + 1]
+    fall = above[..., ja:jb] & ~above[..., ja + 1:jb + 1]
+    jm = max(a, 2) - lo
+    centre = f[..., jm:jb]
+    peak = (centre > f[..., jm - 1:jb - 1]) & (f[..., jm + 1:jb + 1] <= centre)
+    peak &= centre > -_PEAK_MARGIN_DEG
+    gs, up = stations.positions_ecef_km, stations.up
+    n_cross = max(1, math.ceil(math.log2(step_s / _REFINE_TOLERANCE_S)))
+    n_golden = max(1, math.ceil(math.log(2 * step_s / _REFINE_TOLERANCE_S) / -math.log(_INV_PHI)))
+
+    g, s, j = np.nonzero(rise | fall)
+    rising = rise[g, s, j]
+    j = j + ja
+    rows = _Rows(pos_km[s[:, None], j[:, None] + np.array([-1, 0, 1, 2])], _CROSS_NODES,
+                 gs[g], up[g], masks_deg[g])
+    x, rng = rows.bisect(np.zeros(len(j)), np.ones(len(j)), rising, n_cross)
+    ev.cross.append(((g + g0) * n_sats + s, grid_s[j + lo] + x * step_s, rising, rng))
+
+    g, s, j = np.nonzero(peak)
+    j = j + jm
+    hidden = f[g, s, j] < 0.0
+    rows = _Rows(pos_km[s[:, None], j[:, None] + np.array([-2, -1, 0, 1, 2])], _PEAK_NODES,
+                 gs[g], up[g], masks_deg[g])
+    x, el, rng = rows.maximise(-np.ones(len(j)), np.ones(len(j)), n_golden)
+    el_0, rng_0 = rows.look(np.zeros(len(j)))  # never report less than the sample itself
+    worse = ~(el >= el_0)
+    x, el, rng = np.where(worse, 0.0, x), np.where(worse, el_0, el), np.where(worse, rng_0, rng)
+    keep = el >= masks_deg[g]  # a maximum below the mask is in no pass
+    key = (g + g0) * n_sats + s
+    ev.peaks.append((key[keep], grid_s[j[keep] + lo] + x[keep] * step_s, el[keep], rng[keep]))
+
+    # A maximum above the mask between samples below it: a whole pass inside two steps.
+    h = hidden & (el >= masks_deg[g])
+    if np.any(h):
+        sub = _Rows(rows.stencil_km[h], _PEAK_NODES, rows.station_km[h], rows.up[h],
+                    rows.mask_deg[h])
+        xp, nh = x[h], int(np.count_nonzero(h))
+        xr, rr = sub.bisect(-np.ones(nh), xp, np.ones(nh, dtype=bool), n_cross + 1)
+        xs, rs = sub.bisect(xp, np.ones(nh), np.zeros(nh, dtype=bool), n_cross + 1)
+        t0 = grid_s[j[h] + lo]
+        ev.cross.append((np.concatenate([key[h], key[h]]),
+                         np.concatenate([t0 + xr * step_s, t0 + xs * step_s]),
+                         np.repeat([True, False], nh), np.concatenate([rr, rs])))
+    return above[..., max(0, 1 - lo)], above[..., min(f.shape[-1] - 1, len(grid_s) - 2 - lo)]
+
+
+def find_passes(propagator: Propagator, satellite_ids: Sequence[str], stations: Stations,
+                station_ids: Sequence[str], masks_deg: Sequence[float] | FloatArray,
+                start: datetime, end: datetime, *, epoch: datetime | None = None,
+                coarse_step_s: float = 30.0) -> list[Pass]:
+    """All passes of every satellite over every station between ``start`` and ``end``."""
+    n_sats, n_gs = propagator.count, len(stations)
+    masks = np.asarray(masks_deg, dtype=np.float64).reshape(-1)
+    problems = []
+    if len(satellite_ids) != n_sats:
+        problems.append(f"{len(satellite_ids)} satellite ids for {n_sats} propagated satellites")
+    if len(station_ids) != n_gs or len(masks) != n_gs:
+        problems.append(f"{len(station_ids)} station ids and {len(masks)} masks "
+                        f"for {n_gs} stations")
+    if len(set(satellite_ids)) != len(satellite_ids) or len(set(station_ids)) != len(station_ids):
+        problems.append("satellite and station ids must be unique")
+    if not 0.0 < coarse_step_s <= 300.0:
+        problems.append(f"coarse_step_s={coarse_step_s} is outside (0, 300] s; 30 s suits LEO")
+    start, end = _utc(start), _utc(end)
+    if end <= start:
+        problems.append(f"end {end.isoformat()} is not after start {start.isoformat()}")
+    if problems:
+        raise GeometryError("cannot predict passes: " + "; ".join(problems))
+
+    ref = _utc(epoch) if epoch is not None else start
+    t_start, t_end = (start - ref).total_seconds(), (end - ref).total_seconds()
+    n_samples = math.ceil((t_end - t_start) / coarse_step_s) + 5
+    grid_s = np.asarray(t_start + (np.arange(n_samples) - 2.0) * coarse_step_s, dtype=np.float64)
+    grid = _Grid(ref, grid_s, coarse_step_s, t_start, t_end)
+    ev = _Events([], [])
+    up_first = np.zeros((n_gs, n_sats), dtype=bool)
+    up_last = np.zeros((n_gs, n_sats), dtype=bool)
+    # Chunk k in [1, n_samples - 2) (intervals k..k+1, maxima at k); a chunk needs k-2 .. k+2.
+    per_entry = _BYTES_PER_ENTRY * n_sats
+    chunk = int(max(8, min(_TIME_CHUNK, _MEMORY_BUDGET_BYTES // per_entry - 4)))
+    for a in range(1, n_samples - 2, chunk):
+        b = min(a + chunk, n_samples - 2)
+        lo, hi = max(a - 2, 0), b + 2
+        pos_km = _ecef_valid_km(propagator, ref, grid_s[lo:hi])
+        group = int(max(1, _MEMORY_BUDGET_BYTES // (per_entry * (hi - lo))))
+        for g0 in range(0, n_gs, group):
+            g1 = min(g0 + group, n_gs)
+            first, last = _scan_group(ev, grid, pos_km, _subset(stations, g0, g1), g0=g0,
+                                      masks_deg=masks[g0:g1], lo=lo, a=a, b=b)
+            if a == 1:
+                up_first[g0:g1] = first
+            if b == n_samples - 2:
+                up_last[g0:g1] = last
+    return _assemble(ev, grid, propagator, stations, masks, up_first=up_first,
+                     up_last=up_last, satellite_ids=satellite_ids, station_ids=station_ids)
+
+
+def _assemble(ev: _Events, grid: _Grid, propagator: Propagator, stations: Stations,
+              masks: FloatArray, *, up_first: NDArray[np.bool_], up_last: NDArray[np.bool_],
+              satellite_ids: Sequence[str], station_ids: Sequence[str]) -> list[Pass]:
+    """Pair rises with sets, clip to the window, pick TCA, build sorted ``Pass`` objects."""
+    ref, grid_s, t_start, t_end = grid.ref, grid.grid_s, grid.t_start, grid.t_end
+    n_sats = up_first.shape[1]
+    first_keys, last_keys = np.flatnonzero(up_first), np.flatnonzero(up_last)
+    key = np.concatenate([first_keys, last_keys, *(c[0] for c in ev.cross)]).astype(np.int64)
+    t = np.concatenate([np.full(len(first_keys), grid_s[0]), np.full(len(last_keys), grid_s[-1]),
+                        *(c[1] for c in ev.cross)])
+    rising = np.concatenate([np.ones(len(first_keys), bool), np.zeros(len(last_keys), bool),
+                             *(c[2] for c in ev.cross)])
+    rng = np.concatenate([np.full(len(first_keys) + len(last_keys), np.nan),
+                          *(c[3] for c in ev.cross)])
+    ev.cross.clear()  # the scan's pieces are copied; free them (memory peaks in this function)
+    order = np.lexsort((t, key))
+    key, t, rising, rng = key[order], t[order], rising[order], rng[order]
+    if len(key) % 2 or not (np.all(rising[0::2]) and not np.any(rising[1::2])
+                            and np.array_equal(key[0::2], key[1::2])):
+        raise GeometryError("pass search found rises and sets that do not alternate; "
+                            "try a smaller coarse_step_s")
+    p_key, rise_t, set_t = key[0::2], t[0::2], t[1::2]
+    aos, los = np.maximum(rise_t, t_start), np.minimum(set_t, t_end)
+    ok = aos < los
+    p_key, rise_t, aos, los = p_key[ok], rise_t[ok], aos[ok], los[ok]
+    aos_rng, los_rng = rng[0::2][ok], rng[1::2][ok]
+    set_t = set_t[ok]
+    del key, t, rising, rng, order
+    g_idx, s_idx = p_key // n_sats, p_key % n_sats
+    n_pass = len(p_key)
+
+    if n_pass == 0:
+        return []
+
+    # Unclipped ends sit on the mask; clipped ends are measured at start/end by direct SGP4.
+    edge_el, _az, edge_rng = look_angles(stations, _ecef_valid_km(propagator, ref,
+                                                                  np.array([t_start, t_end])))
+    aos_clip, los_clip = aos > rise_t, los < set_t
+    del rise_t, set_t
+    aos_el = np.where(aos_clip, edge_el[g_idx, s_idx, 0], masks[g_idx])
+    los_el = np.where(los_clip, edge_el[g_idx, s_idx, 1], masks[g_idx])
+    aos_rng = np.where(aos_clip, edge_rng[g_idx, s_idx, 0], aos_rng)
+    los_rng = np.where(los_clip, edge_rng[g_idx, s_idx, 1], los_rng)
+    use_los = los_el > aos_el
+    tca = np.where(use_los, los, aos)
+    best_el = np.where(use_los, los_el, aos_el)
+    tca_rng = np.where(use_los, los_rng, aos_rng)
+
+    # Give every refined maximum to the pass that contains it; the highest one wins.
+    pk = np.concatenate([np.zeros(0, np.int64), *(p[0] for p in ev.peaks)]).astype(np.int64)
+    pt, pel, prng = (np.concatenate([np.zeros(0), *(p[i] for p in ev.peaks)]) for i in (1, 2, 3))
+    ev.peaks.clear()
+    span_us = math.ceil((grid_s[-1] - grid_s[0]) * 1e6) + 2
+
+    def composite(k: IntArray, times: FloatArray) -> IntArray:
+        return k * span_us + np.rint((times - grid_s[0]) * 1e6).astype(np.int64)
+
+    idx = np.maximum(np.searchsorted(composite(p_key, aos), composite(pk, pt), "right") - 1, 0)
+    inside = (p_key[idx] == pk) & (pt >= aos[idx]) & (pt <= los[idx])
+    idx, pel, pt, prng = idx[inside], pel[inside], pt[inside], prng[inside]
+    order = np.lexsort((pel, idx))
+    idx, pel, pt, prng = idx[order], pel[order], pt[order], prng[order]
+    top = np.ones(len(idx), dtype=bool)
+    top[:-1] = idx[1:] != idx[:-1]
+    idx, pel, pt, prng = idx[top], pel[top], pt[top], prng[top]
+    better = pel > best_el[idx]
+    idx = idx[better]
+    best_el[idx], tca[idx], tca_rng[idx] = pel[better], pt[better], prng[better]
+
+    # Sort by AOS (to the microsecond a datetime keeps), then station id, then satellite id.
+    station_rank = np.argsort(np.argsort(np.asarray(station_ids, dtype=object)))
+    satellite_rank = np.argsort(np.argsort(np.asarray(satellite_ids, dtype=object)))
+    order = np.lexsort((satellite_rank[s_idx], station_rank[g_idx], np.rint(aos * 1e6)))
+    table = [a_[order] for a_ in (g_idx, s_idx, aos, tca, los, best_el, tca_rng,
+                                  np.maximum(aos_rng, los_rng))]
+    del g_idx, s_idx, aos, tca, los, best_el, tca_rng, aos_rng, los_rng, order
+    passes: list[Pass] = []
+    for b0 in range(0, n_pass, 65536):  # blocks bound the Python floats alive at once
+        columns = [col[b0:b0 + 65536].tolist() for col in table]
+        passes.extend(Pass(station_ids[g], satellite_ids[s], ref + timedelta(seconds=a_),
+                           ref + timedelta(seconds=c_), ref + timedelta(seconds=l_), e_, r_, m_)
+                      for g, s, a_, c_, l_, e_, r_, m_ in zip(*columns, strict=True))
+    return passes
+
+
+# --------------------------------------------------------------------------- output formats
+
+RateSpec = float | Mapping[tuple[str, str], float]
+"""A link rate: one value for every contact, or per direction keyed by ``(from_id, to_id)``."""
+OwltSpec = None | float | Mapping[tuple[str, str], float] | Callable[[Pass], float]
+"""One-way light time: ``None`` = from the range at TCA, a constant, a map keyed by
+``(station, satellite)``, or a function of the pass."""
+
+
+def iso_utc(when: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and ``Z``, e.g. ``2026-01-01T00:03:12.345Z``."""
+    rounded = _utc(when) + timedelta(microseconds=500)
+    return f"{rounded:%Y-%m-%dT%H:%M:%S}.{rounded.microsecond // 1000:03d}Z"
+
+
+def passes_to_json(passes: Sequence[Pass]) -> list[dict[str, Any]]:
+    """JSON-ready records: station, satellite, aos, tca, los (ISO UTC ``Z``), max_elevation_deg."""
+    return [{"station": p.station, "satellite": p.satellite, "aos": iso_utc(p.aos),
+             "tca": iso_utc(p.tca), "los": iso_utc(p.los),
+             "max_elevation_deg": round(p.max_elevation_deg, 3)} for p in passes]
+
+
+def format_table(passes: Sequence[Pass]) -> str:
+    """Human-readable pass table, one row per pass in the given order."""
+    header = ("station", "satellite", "AOS (UTC)", "TCA (UTC)", "LOS (UTC)", "duration",
+              "max el")
+    rows = [header] + [
+        (p.station, p.satellite, f"{_utc(p.aos):%Y-%m-%d %H:%M:%S}",
+         f"{_utc(p.tca):%H:%M:%S}", f"{_utc(p.los):%H:%M:%S}",
+         f"{int(p.duration_s) // 60:d}m{int(p.duration_s) % 60:02d}s",
+         f"{p.max_elevation_deg:6.2f}°") for p in passes]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class _Contact:
+    """One pass as a contact window, in whole seconds after the plan reference time."""
+
+    station: str
+    satellite: str
+    start_s: int
+    end_s: int
+    owlt_s: int
+
+
+def _contacts(passes: Sequence[Pass], node_numbers: Mapping[str, int], start: datetime,
+              owlt_s: OwltSpec) -> tuple[datetime, list[_Contact]]:
+    """Round passes inward to whole seconds after ``start`` (truncated to the second)."""
+    ref = _utc(start).replace(microsecond=0)
+    missing = sorted({n for p in passes for n in (p.station, p.satellite)} - set(node_numbers))
+    if missing:
+        raise ScenarioError("contact plan: these nodes have no node number",
+                            [f"no node number for {n!r}" for n in missing])
+    out = []
+    for p in passes:
+        start_s = max(0, math.ceil((p.aos - ref).total_seconds()))
+        end_s = math.floor((p.los - ref).total_seconds())
+        if end_s <= start_s:
+            continue  # shorter than a whole second once rounded inward (or before the plan)
+        if owlt_s is None:
+            light_s = p.tca_range_km / C_KM_S
+        elif callable(owlt_s):
+            light_s = owlt_s(p)
+        elif isinstance(owlt_s, Mapping):
+            if (p.station, p.satellite) not in owlt_s:
+                raise ScenarioError(f"contact plan: no light time for {p.station!r} - "
+                                    f"{p.satellite!r}; add it to owlt_s or pass owlt_s=None")
+            light_s = owlt_s[(p.station, p.satellite)]
+        else:
+            light_s = float(owlt_s)
+        out.append(_Contact(p.station, p.satellite, start_s, end_s, max(1, math.ceil(light_s))))
+    out.sort(key=lambda c: (c.start_s, node_numbers[c.station], node_numbers[c.satellite]))
+    return ref, out
+
+
+def _rate(rate: RateSpec, source: str, dest: str) -> float:
+    value = rate.get((source, dest)) if isinstance(rate, Mapping) else rate
+    if value is None or not value > 0:
+        raise ScenarioError(f"contact plan: no positive rate for {source!r} -> {dest!r}")
+    return float(value)
+
+
+def to_ion(passes: Sequence[Pass], node_numbers: Mapping[str, int], *, start: datetime,
+           rate_bytes_s: RateSpec, owlt_s: OwltSpec = None) -> str:
+    """ION-DTN ``ionrc`` contact plan: two one-way contacts and one range per pass.
+
+    Times are ``+seconds`` after an ``@`` reference line set to ``start`` (whole second); AOS is
+    rounded up and LOS down, and passes shorter than that are left out. Each range is written
+    lower node number first, which ION reads as the same light time in both directions. ION
+    counts light time in whole seconds, so the light time is rounded up (LEO links get 1 s).
+    """
+    ref, contacts = _contacts(passes, node_numbers, start, owlt_s)
+    lines = [f"# orbitmesh contact plan: {len(contacts)} passes; relative times are seconds "
+             f"after {iso_utc(ref)}", f"@ {ref:%Y/%m/%d-%H:%M:%S}"]
+    for c in contacts:
+        span = f"+{c.start_s} +{c.end_s}"
+        for src, dst in ((c.station, c.satellite), (c.satellite, c.station)):
+            rate = _rate(rate_bytes_s, src, dst)
+            lines.append(f"a contact {span} {node_numbers[src]} {node_numbers[dst]} "
+                         f"{max(1, round(rate))}")
+        low, high = sorted((node_numbers[c.station], node_numbers[c.satellite]))
+        lines.append(f"a range {span} {low} {high} {c.owlt_s}")
+    return "\n".join(lines) + "\n"
+
+
+def to_hdtn(passes: Sequence[Pass], node_numbers: Mapping[str, int], *, start: datetime,
+            rate_bits_s: RateSpec, owlt_s: OwltSpec = None) -> dict[str, Any]:
+    """HDTN contact-plan JSON (``{"contacts": [...]}``), one contact per direction per pass.
+
+    ``startTime``/``endTime`` are whole seconds after ``start``, rounded inward as in
+    :func:`to_ion`; ``owlt`` is whole seconds, rounded up.
+    """
+    _ref, contacts = _contacts(passes, node_numbers, start, owlt_s)
+    out: list[dict[str, int]] = []
+    for c in contacts:
+        for src, dst in ((c.station, c.satellite), (c.satellite, c.station)):
+            out.append({"contact": len(out), "source": node_numbers[src],
+                        "dest": node_numbers[dst], "startTime": c.start_s, "endTime": c.end_s,
+                        "rateBitsPerSec": max(1, round(_rate(rate_bits_s, src, dst))),
+                        "owlt": c.owlt_s})
+    return {"contacts": out}

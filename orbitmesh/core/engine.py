@@ -1,0 +1,143 @@
+"""One tick of the core pipeline: propagate -> links -> GSL assignment -> routes -> diff.
+
+:class:`TickEngine` is what the controller, ``orbitmesh path`` and the geometry benchmark drive.
+It is pure computation (no I/O); call :meth:`TickEngine.step` with increasing scenario times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from orbitmesh.core.faults import Fault, FaultOverlay, Overlay
+from orbitmesh.core.links import LinkDiff, LinkEngine, LinkState, LinkTracker
+from orbitmesh.core.routing import (
+    LinkGraph,
+    RouteTrees,
+    RoutingPolicy,
+    compute_routes,
+    get_strategy,
+    route_changes,
+)
+from orbitmesh.core.topology import IntArray, Topology
+
+
+class LinkSource(Protocol):
+    """Where link states come from: geometry (LinkEngine) or a recorded timeline."""
+
+    last_handovers: int
+
+    def state_at(self, t_s: float) -> LinkState:
+        """The live links at ``t_s`` (called with increasing times)."""
+        ...
+
+
+def _first_fault(overlay: Overlay | None, faults: Sequence[Fault]) -> str | None:
+    if overlay is None:
+        return None
+    if faults:
+        return faults[0].id
+    return next(iter(overlay.down_nodes.values()), None)
+
+
+WARM_UP_S = 900.0
+"""GSL history replayed before a requested time: longer than any LEO pass above a mask."""
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Everything the core computes for one scenario time."""
+
+    t_s: float
+    state: LinkState
+    diff: LinkDiff
+    routes: dict[str | None, RouteTrees]  # None = unrestricted; else policy name
+    handovers: int
+    route_changes: int
+    overlay: Overlay | None = None
+    raw_state: LinkState | None = None  # before faults
+    blocked: dict[str | None, NDArray[np.bool_]] = field(default_factory=dict)
+    """Per routing table, (D, N): unreachable only because of the faults in force."""
+    blame: str | None = None
+    """The fault id that ``blocked`` entries are charged to (the first graph fault in force)."""
+
+
+class TickEngine:
+    """Propagates, builds links and routes toward ``destinations`` tick after tick."""
+
+    def __init__(self, topology: Topology, destinations: Sequence[int] | IntArray | None = None,
+                 policies: Sequence[str] | None = None,
+                 link_source: LinkSource | None = None) -> None:
+        self.topology = topology
+        self.links: LinkSource = link_source or LinkEngine(topology)
+        scenario = topology.scenario
+        self.tracker = LinkTracker(scenario.links.delay_change_threshold_ms / 1000.0)
+        self.strategy = get_strategy(scenario.routing.strategy)
+        self.destinations = (topology.ground_endpoints if destinations is None
+                             else np.asarray(destinations, dtype=np.int64))
+        op_index = {name: i for i, name in enumerate(topology.operators)}
+        names = scenario.routing.policies if policies is None else policies
+        self.policies = {
+            name: RoutingPolicy(name, frozenset(op_index[o] for o in
+                                                scenario.routing.policies[name].allowed_operators))
+            for name in names}
+        self.overlay = FaultOverlay(topology)
+        self._previous: dict[str | None, RouteTrees] = {}
+        self.route_changes_total = 0
+
+    def graph(self, state: LinkState) -> LinkGraph:
+        """The routing graph of a link state."""
+        return LinkGraph(self.topology.n_nodes, state.a, state.b, state.delay_s)
+
+    def step(self, t_s: float, faults: Sequence[Fault] = (),
+             extra_down: dict[int, str] | None = None) -> Tick:
+        """Compute tick ``t_s`` (seconds after the epoch); call with increasing times.
+
+        ``faults`` in force at ``t_s`` (and nodes in ``extra_down``) are applied before routing;
+        failed nodes are also kept out of GSL assignment, so stations turn to healthy satellites.
+        """
+        failed = self.overlay.failed_nodes(faults, extra_down) if faults or extra_down else None
+        if failed is not None and isinstance(self.links, LinkEngine):
+            raw = self.links.state_at(t_s, failed=failed)
+        else:
+            raw = self.links.state_at(t_s)
+        return self.finish(raw, faults, extra_down)
+
+    def finish(self, raw: LinkState, faults: Sequence[Fault] = (),
+               extra_down: dict[int, str] | None = None) -> Tick:
+        """Apply faults to a raw link state, route, and diff (``refresh`` reuses a raw state)."""
+        state, overlay = raw, None
+        if faults or extra_down:
+            overlay = self.overlay.apply(raw, faults, extra_down)
+            state = overlay.state
+        diff = self.tracker.update(state)
+        routes = compute_routes(self.graph(state), self.destinations, self.strategy,
+                                self.policies, self.topology.operator)
+        blocked: dict[str | None, NDArray[np.bool_]] = {}
+        if overlay is not None and (overlay.cut or overlay.down_nodes):
+            # Where a route exists without the faults but not with them, the fault is to blame.
+            intact = compute_routes(self.graph(raw), self.destinations, self.strategy,
+                                    self.policies, self.topology.operator)
+            blocked = {k: (intact[k].next_hop >= 0) & (v.next_hop < 0)
+                       for k, v in routes.items()}
+        changes = 0
+        if self._previous:
+            changes = sum(route_changes(self._previous.get(k), v) for k, v in routes.items())
+            self.route_changes_total += changes
+        self._previous = routes
+        blame = _first_fault(overlay, faults)
+        return Tick(raw.t_s, state, diff, routes, self.links.last_handovers, changes, overlay,
+                    raw, blocked, blame)
+
+    def warm_up(self, until_s: float) -> None:
+        """Replay GSL history up to (not including) ``until_s`` so sticky handover is right."""
+        tick = self.topology.scenario.tick_s
+        t = max(0.0, until_s - WARM_UP_S)
+        t = tick * np.floor(t / tick)
+        while t < until_s - 1e-9:
+            self.links.state_at(float(t))
+            t += tick

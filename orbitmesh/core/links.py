@@ -1,0 +1,297 @@
+"""Live links per tick: ISLs cut by range and Earth occlusion, GSLs assigned to antennas, fibre.
+
+A :class:`LinkState` holds every live link of one instant as parallel arrays of length ``L``
+(each undirected link once, ``a < b``, sorted by ``key = a * N + b``). :class:`LinkEngine` turns
+scenario time into link states; :class:`LinkTracker` turns successive states into diffs (up, down,
+delay changed beyond a threshold since it was last announced).
+
+GSL assignment (per tick, vectorised in rounds): candidate pairs are satellites above a station's
+mask that the station may track. With the ``sticky`` policy a station keeps every satellite it
+already tracks while that satellite stays above the mask; free antennas then go to the highest
+candidates. ``best`` starts from scratch each tick. In each round every station proposes its
+highest free candidates (one per free antenna) and every satellite accepts its highest proposals
+up to its own GSL limit; rounds repeat until nothing more can be placed. A handover is a new GSL
+at a station that already had a GSL in the previous tick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.spatial import cKDTree
+
+from orbitmesh.core.geometry import (
+    C_KM_S,
+    EARTH_RADIUS_KM,
+    FloatArray,
+    Propagator,
+    line_of_sight_clear,
+    offsets_to_jd,
+)
+from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL, IntArray, Topology
+
+KindArray = NDArray[np.int8]
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """Every live link at scenario time ``t_s`` (parallel arrays, sorted by ``key``)."""
+
+    t_s: float
+    n_nodes: int
+    a: IntArray
+    b: IntArray
+    kind: KindArray
+    delay_s: FloatArray
+
+    @property
+    def key(self) -> IntArray:
+        """Unique link key ``a * N + b`` (sorted)."""
+        return self.a * self.n_nodes + self.b
+
+    def __len__(self) -> int:
+        return int(self.a.shape[0])
+
+    def count(self, kind: int) -> int:
+        """Number of live links of one class."""
+        return int(np.count_nonzero(self.kind == kind))
+
+    def delay_of(self, a: int, b: int) -> float | None:
+        """Delay of link a-b in seconds, or None when it is down."""
+        lo, hi = (a, b) if a < b else (b, a)
+        key = self.key
+        i = int(np.searchsorted(key, lo * self.n_nodes + hi))
+        if i < len(key) and key[i] == lo * self.n_nodes + hi:
+            return float(self.delay_s[i])
+        return None
+
+
+def make_state(t_s: float, n_nodes: int, a: IntArray, b: IntArray, kind: KindArray,
+               delay_s: FloatArray) -> LinkState:
+    """Normalise (a < b) and sort raw link arrays into a :class:`LinkState`."""
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    order = np.argsort(lo * n_nodes + hi, kind="stable")
+    return LinkState(t_s, n_nodes, lo[order], hi[order], kind[order].astype(np.int8),
+                     delay_s[order])
+
+
+@dataclass(frozen=True)
+class LinkDiff:
+    """What changed between two announced link states."""
+
+    t_s: float
+    up: IntArray  # indices into the new state
+    down_a: IntArray
+    down_b: IntArray
+    down_kind: KindArray
+    delay_changed: IntArray  # indices into the new state
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing changed."""
+        return not (len(self.up) or len(self.down_a) or len(self.delay_changed))
+
+
+@dataclass
+class LinkTracker:
+    """Diffs successive link states; a delay is re-announced once it drifts past the threshold."""
+
+    threshold_s: float
+    _announced: LinkState | None = None
+    _announced_delay: FloatArray = field(default_factory=lambda: np.empty(0))
+
+    def update(self, state: LinkState) -> LinkDiff:
+        """Diff ``state`` against what was announced so far, and remember it."""
+        empty = np.empty(0, dtype=np.int64)
+        if self._announced is None:
+            self._announced, self._announced_delay = state, state.delay_s.copy()
+            return LinkDiff(state.t_s, np.arange(len(state)), empty, empty,
+                            np.empty(0, dtype=np.int8), empty)
+        prev, prev_key, cur_key = self._announced, self._announced.key, state.key
+        _common, ip, ic = np.intersect1d(prev_key, cur_key, assume_unique=True,
+                                         return_indices=True)
+        up = np.setdiff1d(np.arange(len(state)), ic, assume_unique=True)
+        down = np.setdiff1d(np.arange(len(prev)), ip, assume_unique=True)
+        drift = np.abs(state.delay_s[ic] - self._announced_delay[ip]) > self.threshold_s
+        changed = ic[drift]
+        announced = state.delay_s.copy()
+        announced[ic[~drift]] = self._announced_delay[ip[~drift]]
+        self._announced, self._announced_delay = state, announced
+        return LinkDiff(state.t_s, up.astype(np.int64), prev.a[down], prev.b[down],
+                        prev.kind[down], changed.astype(np.int64))
+
+    @property
+    def announced_delay_s(self) -> FloatArray:
+        """The delays receivers currently believe, aligned with the last state."""
+        return self._announced_delay
+
+
+class LinkEngine:
+    """Computes the live links of a topology at any scenario time."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.propagator = Propagator(topology.satrecs)
+        rules = topology.scenario.links.isl
+        self._clearance_km = EARTH_RADIUS_KM + rules.grazing_margin_km
+        self._max_isl_km = rules.max_range_km if rules.max_range_km is not None else np.inf
+        self._prev_gsl = np.empty((0, 2), dtype=np.int64)  # (station idx, sat idx)
+        self.handovers_total = 0
+        self.last_handovers = 0
+        self._sin_mask = np.sin(np.radians(topology.station_mask_deg))
+        self._restricted = not bool(np.all(topology.station_allows))
+        self._gsl_capable = topology.sat_max_gsl > 0
+        self._has_antenna = topology.station_antennas > 0
+        self._lowest_mask_rad = float(np.radians(topology.station_mask_deg.min(initial=90.0)))
+        self._station_tree = cKDTree(topology.stations.positions_ecef_km) if len(
+            topology.stations) else None
+        first = topology.n_satellites
+        self._station_nodes = np.arange(first, first + topology.n_stations, dtype=np.int64)
+
+    def positions_ecef_km(self, t_s: float) -> FloatArray:
+        """Satellite positions ``(S, 3)`` at ``t_s`` seconds after the scenario epoch."""
+        jd, fr = offsets_to_jd(self.topology.scenario.epoch, [t_s])
+        return self.propagator.ecef_km(jd, fr)[:, 0, :]
+
+    def isl(self, pos: FloatArray) -> tuple[IntArray, IntArray, FloatArray]:
+        """Live ISLs: +Grid candidates within range and clear of Earth plus the margin."""
+        pairs = self.topology.isl_pairs
+        if not len(pairs):
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty, np.empty(0)
+        pa, pb = pos[pairs[:, 0]], pos[pairs[:, 1]]
+        range_km = np.linalg.norm(pb - pa, axis=1)
+        live = (range_km <= self._max_isl_km) & line_of_sight_clear(pa, pb, self._clearance_km)
+        live &= np.isfinite(range_km)
+        return pairs[live, 0], pairs[live, 1], range_km[live] / C_KM_S
+
+    def gsl(self, pos: FloatArray, failed: NDArray[np.bool_] | None = None
+            ) -> tuple[IntArray, IntArray, FloatArray]:
+        """Live GSLs after antenna/satellite limits and the handover policy; (station, sat, s)."""
+        topo = self.topology
+        if topo.n_stations == 0 or topo.n_satellites == 0:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty, np.empty(0)
+        cg, cs, sin_el = self._candidates(pos)
+        visible = sin_el >= self._sin_mask[cg]
+        if self._restricted:
+            visible &= topo.station_allows[cg, topo.sat_constellation[cs]]
+        visible &= self._gsl_capable[cs] & self._has_antenna[cg]
+        if failed is not None:
+            visible &= ~failed[cs] & ~failed[topo.n_satellites + cg]
+        cg, cs, sin_el = cg[visible], cs[visible], sin_el[visible]
+        cel = np.degrees(np.arcsin(np.clip(sin_el, -1.0, 1.0)))
+        sticky = topo.scenario.links.gsl.handover == "sticky"
+        keep = np.zeros(len(cg), dtype=bool)
+        if sticky and len(self._prev_gsl):
+            n_s = topo.n_satellites
+            keep = np.isin(cg * n_s + cs, self._prev_gsl[:, 0] * n_s + self._prev_gsl[:, 1])
+        chosen = assign_gsl(cg, cs, cel, keep, topo.station_antennas, topo.sat_max_gsl)
+        g, s = cg[chosen], cs[chosen]
+        self._count_handovers(g, s)
+        rng_km = np.linalg.norm(pos[s] - topo.stations.positions_ecef_km[g], axis=1)
+        return g, s, rng_km / C_KM_S
+
+    def _candidates(self, pos: FloatArray) -> tuple[IntArray, IntArray, FloatArray]:
+        """(station, satellite, sin elevation) of every pair that might be above a mask.
+
+        A k-d tree over the satellites finds the pairs within the longest slant range any
+        station can have (lowest mask, highest satellite), so exact elevation is computed for a
+        few thousand pairs instead of every station-satellite pair.
+        """
+        stations = self.topology.stations
+        assert self._station_tree is not None  # gsl() returns early without stations
+        finite = np.isfinite(pos).all(axis=1)
+        if not finite.any():
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty, np.empty(0)
+        sat_index = np.flatnonzero(finite)
+        radius_km = float(np.linalg.norm(pos[sat_index], axis=1).max())
+        site_km = float(np.linalg.norm(stations.positions_ecef_km, axis=1).min())
+        e = self._lowest_mask_rad
+        reach_km = np.sqrt(radius_km**2 - (site_km * np.cos(e)) ** 2) - site_km * np.sin(e)
+        tree = cKDTree(pos[sat_index])
+        pairs = self._station_tree.sparse_distance_matrix(tree, reach_km + 1.0,
+                                                          output_type="ndarray")
+        cg = pairs["i"].astype(np.int64)
+        cs = sat_index[pairs["j"]]
+        rho = pos[cs] - stations.positions_ecef_km[cg]
+        sin_el = np.einsum("ij,ij->i", rho, stations.up[cg]) / np.maximum(pairs["v"], 1e-9)
+        return cg, cs, sin_el
+
+    def _count_handovers(self, g: IntArray, s: IntArray) -> None:
+        n_s = self.topology.n_satellites
+        prev = self._prev_gsl
+        new = ~np.isin(g * n_s + s, prev[:, 0] * n_s + prev[:, 1])
+        self.last_handovers = int(np.count_nonzero(new & np.isin(g, prev[:, 0])))
+        self.handovers_total += self.last_handovers
+        self._prev_gsl = np.stack([g, s], axis=1)
+
+    def state_at(self, t_s: float, positions_ecef_km: FloatArray | None = None,
+                 failed: NDArray[np.bool_] | None = None) -> LinkState:
+        """Live links at ``t_s``. Call in time order: sticky GSLs remember the previous call.
+
+        ``failed`` nodes (a mask over all nodes) take part in no GSL assignment, so stations
+        do not hold antennas on failed satellites and failed stations release theirs.
+        """
+        topo = self.topology
+        pos = self.positions_ecef_km(t_s) if positions_ecef_km is None else positions_ecef_km
+        ia, ib, idelay = self.isl(pos)
+        gg, gs, gdelay = self.gsl(pos, failed)
+        ta, tb, tdelay = topo.terrestrial
+        a = np.concatenate([ia, gs, ta])
+        b = np.concatenate([ib, self._station_nodes[gg], tb])
+        kind = np.concatenate([np.full(len(ia), ISL), np.full(len(gs), GSL),
+                               np.full(len(ta), TERRESTRIAL)]).astype(np.int8)
+        return make_state(t_s, topo.n_nodes, a, b, kind, np.concatenate([idelay, gdelay, tdelay]))
+
+
+def _rank_within(groups: IntArray, order: IntArray) -> IntArray:
+    """Rank of each element within its group, following ``order`` (a permutation)."""
+    g_sorted = groups[order]
+    idx = np.arange(len(order))
+    starts = np.r_[0, np.flatnonzero(g_sorted[1:] != g_sorted[:-1]) + 1]
+    first = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = idx - first
+    return rank
+
+
+def assign_gsl(cg: IntArray, cs: IntArray, cel: FloatArray, keep: NDArray[np.bool_],
+               antennas: IntArray, sat_limit: IntArray) -> NDArray[np.bool_]:
+    """Choose candidate pairs (station ``cg``, satellite ``cs``, elevation ``cel``).
+
+    ``keep`` marks pairs that stay (sticky). Returns a mask over the candidates such that no
+    station exceeds ``antennas`` and no satellite exceeds ``sat_limit``, preferring high elevation.
+    """
+    chosen = keep.copy()
+    used_g = np.bincount(cg[chosen], minlength=len(antennas))
+    used_s = np.bincount(cs[chosen], minlength=len(sat_limit))
+    # Kept pairs can exceed a limit only if the scenario changed; trim them by elevation.
+    while np.any(used_g > antennas) or np.any(used_s > sat_limit):
+        over = chosen & ((used_g[cg] > antennas[cg]) | (used_s[cs] > sat_limit[cs]))
+        worst = np.flatnonzero(over)[np.argmin(cel[over])]
+        chosen[worst] = False
+        used_g[cg[worst]] -= 1
+        used_s[cs[worst]] -= 1
+    while True:
+        free_g, free_s = antennas - used_g, sat_limit - used_s
+        active = np.flatnonzero(~chosen & (free_g[cg] > 0) & (free_s[cs] > 0))
+        if not len(active):
+            break
+        g, el = cg[active], cel[active]
+        by_station = np.lexsort((-el, g))
+        proposed = _rank_within(g, by_station) < free_g[g]
+        prop = active[proposed]
+        if not len(prop):
+            break
+        ps, pel = cs[prop], cel[prop]
+        accepted = prop[_rank_within(ps, np.lexsort((-pel, ps))) < free_s[ps]]
+        if not len(accepted):
+            break
+        chosen[accepted] = True
+        used_g += np.bincount(cg[accepted], minlength=len(antennas))
+        used_s += np.bincount(cs[accepted], minlength=len(sat_limit))
+    return chosen

@@ -1,0 +1,2 @@
+"""The I/O shell: controller, launchers, report, traces on disk, CLI.
+"""

@@ -1,0 +1,428 @@
+"""The `orbitmesh` command: a thin layer over the same API the tests call.
+
+Exit codes: 0 success, 1 the work failed (run error, broken invariant), 2 bad input (usage,
+scenario, unreachable broker), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from orbitmesh import __version__
+from orbitmesh.errors import BrokerError, OrbitmeshError, RunError, ScenarioError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO-8601 UTC time like 2026-01-01T00:10:00Z, got {text!r}") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def iso_z(when: datetime) -> str:
+    """ISO-8601 UTC with a ``Z`` and milliseconds."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orbitmesh", description="orbitmesh: a distributed "
+                                "ground-segment network emulator (SGP4 geometry, nodes over MQTT).")
+    p.add_argument("--version", action="version", version=f"orbitmesh {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    v = sub.add_parser("validate", help="check a scenario and print what it describes")
+    v.add_argument("scenario")
+
+    pa = sub.add_parser("path", help="the route chosen between two nodes (traceroute-like)")
+    pa.add_argument("scenario")
+    pa.add_argument("src")
+    pa.add_argument("dst")
+    pa.add_argument("--at", type=_time, help="one time (default: the scenario epoch)")
+    pa.add_argument("--start", type=_time)
+    pa.add_argument("--end", type=_time)
+    pa.add_argument("--step", type=float, default=60.0, help="seconds between samples")
+    pa.add_argument("--policy", help="routing policy name from the scenario")
+    pa.add_argument("--format", choices=("table", "json"), default="table")
+
+    c = sub.add_parser("contacts", help="passes of satellites over stations (AOS/TCA/LOS)")
+    c.add_argument("scenario")
+    c.add_argument("--start", type=_time, help="default: the scenario epoch")
+    c.add_argument("--end", type=_time, help="default: start + scenario duration")
+    c.add_argument("--station", action="append", help="only this station (repeatable)")
+    c.add_argument("--satellite", action="append", help="only this satellite id (repeatable)")
+    c.add_argument("--format", choices=("table", "json", "ion", "hdtn"), default="table")
+
+    r = sub.add_parser("run", help="run a scenario live over MQTT")
+    r.add_argument("scenario")
+    r.add_argument("--duration", type=float, help="scenario seconds (default: the scenario's)")
+    r.add_argument("--speed", type=float, help="scenario seconds per wall second")
+    r.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
+    r.add_argument("--broker", default="embedded",
+                   help="'embedded' (default) or mqtt[s]://[user:pass@]host:port")
+    r.add_argument("--out", help="run directory (default: runs/<name>-<UTC timestamp>)")
+    r.add_argument("--run-id", help="run id used in MQTT topics (default: derived from --out)")
+    r.add_argument("--quiet", action="store_true", help="no live progress line")
+    r.add_argument("--placement", default="blocks",
+                   help="which worker hosts which node: blocks (default), planes or chunks:N")
+    r.add_argument("--external-workers", action="store_true",
+                   help="start no workers; wait for workers started elsewhere (containers)")
+
+    f = sub.add_parser("fault", help="inject a fault into a running emulation",
+                       description="Targets are positional in the kind's order (link_down A B "
+                       "CLASS, node_down NODE, station_outage STATION, region_outage LAT LON KM, "
+                       "plane_outage CONSTELLATION PLANE, operator_withdrawal OPERATOR, "
+                       "worker_kill WORKER) or key=value (e.g. restart=true extra_loss=0.2).")
+    f.add_argument("run", help="run directory (holds run.json) or run id with --broker")
+    f.add_argument("kind")
+    f.add_argument("targets", nargs="*")
+    f.add_argument("--for", dest="for_s", type=float, help="heal after S scenario seconds")
+    f.add_argument("--id", help="fault id (default: live<N>)")
+    f.add_argument("--broker", help="broker URL (default: the one in run.json)")
+
+    rp = sub.add_parser("replay", help="replay recorded or imported traffic into a scenario")
+    rp.add_argument("trace", help="a run directory (trace), a CSV of time_s,source,destination,"
+                    "bytes[,flow], or a pcap/pcapng capture with --mapping")
+    rp.add_argument("--scenario", required=True, help="the scenario to replay into")
+    rp.add_argument("--mapping", help="pcap import: file mapping IP addresses to node ids")
+    rp.add_argument("--links-from", help="replay this trace's link timeline instead of geometry")
+    rp.add_argument("--faults-from", help="repeat this trace's faults")
+    rp.add_argument("--duration", type=float)
+    rp.add_argument("--speed", type=float)
+    rp.add_argument("--workers", type=int)
+    rp.add_argument("--broker", default="embedded")
+    rp.add_argument("--out")
+    rp.add_argument("--quiet", action="store_true")
+
+    tr = sub.add_parser("trace", help="inspect or export a run's trace")
+    trs = tr.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
+    ti = trs.add_parser("info", help="summarise a trace: span, flows, frames, faults")
+    ti.add_argument("run")
+    ti.add_argument("--format", choices=("table", "json"), default="table")
+    te = trs.add_parser("export", help="frame events as jsonl / csv, or frame hops as pcap")
+    te.add_argument("run")
+    te.add_argument("--format", choices=("jsonl", "csv", "pcap"), required=True)
+    te.add_argument("--out", help="output file (default: standard output)")
+    te.add_argument("--node-map", help="also write the node address map (CSV) here")
+
+    cp = sub.add_parser("compare", help="compare two runs per flow; a regression gate for CI")
+    cp.add_argument("run_a")
+    cp.add_argument("run_b")
+    cp.add_argument("--max-latency-increase", "--max-latency-increase-pct", type=float,
+                    dest="max_latency_increase", metavar="PCT")
+    cp.add_argument("--max-delivery-drop", "--max-delivery-drop-pct", type=float,
+                    dest="max_delivery_drop", metavar="PCT")
+    cp.add_argument("--format", choices=("table", "json"), default="table")
+
+    fl = sub.add_parser("faults", help="list a running emulation's faults, or clear one")
+    fl.add_argument("run", help="run directory (holds run.json) or run id with --broker")
+    fl.add_argument("--clear", metavar="ID", help="end this active fault now")
+    fl.add_argument("--broker", help="broker URL (default: the one in run.json)")
+    fl.add_argument("--format", choices=("table", "json"), default="table")
+
+    from orbitmesh.run.launch.docker_cli import add_parsers
+
+    add_parsers(sub)  # image, up, status, down, compose, supervise (the docker backend)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `orbitmesh` script."""
+    args = _parser().parse_args(argv)
+    try:
+        handlers = {"validate": _validate, "path": _path, "contacts": _contacts, "run": _run,
+                    "fault": _fault, "faults": _faults, "replay": _replay, "trace": _trace,
+                    "compare": _compare}
+        handler = getattr(args, "handler", None) or handlers[args.command]
+        return handler(args)
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OrbitmeshError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return EXIT_OK
+
+
+def _load(path: str):  # type: ignore[no-untyped-def]
+    from orbitmesh.core.scenario import load_scenario
+    from orbitmesh.core.topology import build_topology
+
+    return build_topology(load_scenario(path))
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from orbitmesh.core.describe import describe
+
+    topology = _load(args.scenario)
+    print(describe(topology))
+    print("ok")
+    return EXIT_OK
+
+
+def _path(args: argparse.Namespace) -> int:
+    from orbitmesh.core.engine import TickEngine
+
+    topology = _load(args.scenario)
+    scenario = topology.scenario
+    src, dst = topology.node(args.src), topology.node(args.dst)
+    if args.policy is not None and args.policy not in scenario.routing.policies:
+        raise ScenarioError(f"unknown policy {args.policy!r}; the scenario defines "
+                            f"{sorted(scenario.routing.policies) or 'none'}")
+    if args.at and (args.start or args.end):
+        raise ScenarioError("give either --at or --start/--end, not both")
+    if args.start or args.end:
+        start = args.start or scenario.epoch
+        end = args.end or start + timedelta(seconds=scenario.duration_s)
+        if end < start:
+            raise ScenarioError("--end is before --start")
+        count = int((end - start).total_seconds() // args.step) + 1
+        times = [start + timedelta(seconds=i * args.step) for i in range(count)]
+    else:
+        times = [args.at or scenario.epoch]
+    if times[0] < scenario.epoch:
+        raise ScenarioError(f"times must not precede the scenario epoch {iso_z(scenario.epoch)}")
+    # Route from src to dst: trees are rooted at destinations, so root one at dst.
+    engine = TickEngine(topology, destinations=[dst],
+                        policies=[args.policy] if args.policy else [])
+    engine.warm_up((times[0] - scenario.epoch).total_seconds())
+    rows: list[dict[str, Any]] = []
+    for when in times:
+        tick = engine.step((when - scenario.epoch).total_seconds())
+        trees = tick.routes[args.policy]
+        hops = trees.path(src, dst)
+        delays = [tick.state.delay_of(a, b) or 0.0 for a, b in itertools.pairwise(hops)]
+        one_way = sum(delays) * 1000.0 if hops else None
+        rows.append({"time": iso_z(when), "path": [topology.node_ids[i] for i in hops],
+                     "hop_delays_ms": [round(d * 1000.0, 3) for d in delays],
+                     "one_way_ms": None if one_way is None else round(one_way, 3),
+                     "rtt_ms": None if one_way is None else round(2 * one_way, 3)})
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for row in rows:
+        if not row["path"]:
+            print(f"{row['time']}  {args.src} -> {args.dst}: no route")
+            continue
+        print(f"{row['time']}  {args.src} -> {args.dst}: {len(row['path']) - 1} hops, "
+              f"one-way {row['one_way_ms']:.3f} ms, RTT {row['rtt_ms']:.3f} ms")
+        cumulative = 0.0
+        for i, node in enumerate(row["path"]):
+            if i == 0:
+                print(f"  {i:>3}  {node:<24}")
+                continue
+            cumulative += row["hop_delays_ms"][i - 1]
+            print(f"  {i:>3}  {node:<24} {row['hop_delays_ms'][i - 1]:9.3f} ms "
+                  f"{cumulative:9.3f} ms")
+    return EXIT_OK
+
+
+def _contacts(args: argparse.Namespace) -> int:
+    from orbitmesh.core.contacts import (
+        find_passes,
+        format_table,
+        passes_to_json,
+        to_hdtn,
+        to_ion,
+    )
+    from orbitmesh.core.geometry import Propagator, Stations
+
+    topology = _load(args.scenario)
+    scenario = topology.scenario
+    start = args.start or scenario.epoch
+    end = args.end or start + timedelta(seconds=scenario.duration_s)
+    if end <= start:
+        raise ScenarioError("--end must be after --start")
+    stations = list(range(topology.n_stations))
+    if args.station:
+        names = [g.name for g in scenario.stations]
+        for name in args.station:
+            if name not in names:
+                raise ScenarioError(f"unknown station {name!r}; expected one of {names}")
+        stations = [names.index(n) for n in args.station]
+    sats = list(range(topology.n_satellites))
+    if args.satellite:
+        sats = [topology.node(s) for s in args.satellite]
+        if any(i >= topology.n_satellites for i in sats):
+            raise ScenarioError("--satellite takes satellite ids (see `orbitmesh validate`)")
+    st = scenario.stations
+    passes = find_passes(
+        Propagator([topology.satrecs[i] for i in sats]),
+        [topology.node_ids[i] for i in sats],
+        Stations.from_geodetic([st[g].lat_deg for g in stations], [st[g].lon_deg for g in stations],
+                               [st[g].alt_m / 1000.0 for g in stations]),
+        [st[g].name for g in stations],
+        [st[g].min_elevation_deg for g in stations],
+        start, end)
+    if args.format == "json":
+        print(json.dumps(passes_to_json(passes), indent=2))
+    elif args.format == "table":
+        print(format_table(passes), end="")
+    else:
+        numbers = {nid: i + 1 for i, nid in enumerate(topology.node_ids)}
+        rate_bps = scenario.links.gsl.rate_bps
+        if args.format == "ion":
+            print(to_ion(passes, numbers, start=start, rate_bytes_s=rate_bps / 8.0), end="")
+        else:
+            print(json.dumps(to_hdtn(passes, numbers, start=start, rate_bits_s=rate_bps), indent=2))
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from orbitmesh.run.launch.local import run_cli
+
+    return run_cli(args)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from orbitmesh.run.launch.local import RunOptions, print_result, run
+    from orbitmesh.run.launch.replay import recorded_faults
+    from orbitmesh.run.trace import offered_traffic
+
+    trace = Path(args.trace)
+    if trace.is_dir():
+        offered = offered_traffic(trace)
+    elif trace.suffix.lower() == ".csv":
+        from orbitmesh.run.traffic_import import load_traffic_csv
+
+        offered = load_traffic_csv(trace, _load(args.scenario).node_ids)
+    elif trace.suffix.lower() in (".pcap", ".pcapng", ".cap"):
+        if not args.mapping:
+            raise ScenarioError(f"{trace}: a pcap import needs --mapping FILE (IP address -> "
+                                "node id); see docs/traces.md")
+        from orbitmesh.run.traffic_import import load_traffic_pcap
+
+        offered, warnings = load_traffic_pcap(trace, Path(args.mapping),
+                                              _load(args.scenario).node_ids)
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    else:
+        raise ScenarioError(f"{trace}: expected a run directory, a .csv or a .pcap/.pcapng file")
+    opts = RunOptions(Path(args.scenario), args.duration, args.speed, args.workers, args.broker,
+                      Path(args.out) if args.out else None, None, not args.quiet,
+                      replay=offered,
+                      replay_faults=recorded_faults(Path(args.faults_from))
+                      if args.faults_from else None,
+                      links_from=Path(args.links_from) if args.links_from else None,
+                      replay_origin=str(trace))
+    return print_result(run(opts))
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from orbitmesh.run import export
+
+    run = Path(args.run)
+    try:
+        if args.trace_command == "info":
+            info = export.trace_info(run)
+            print(json.dumps(info, indent=2) if args.format == "json" else export.format_info(info))
+            return EXIT_OK
+        if args.node_map:
+            with open(args.node_map, "w", encoding="utf-8", newline="") as fh:
+                export.export_node_map(run, fh)
+        if args.format == "pcap":
+            if args.out is None and sys.stdout.isatty():
+                raise ScenarioError("refusing to write a pcap to a terminal; use --out FILE or "
+                                    "redirect standard output")
+            if args.out:
+                with open(args.out, "wb") as fh:
+                    count = export.export_pcap(run, fh)
+            else:
+                count = export.export_pcap(run, sys.stdout.buffer)
+            print(f"{count} packets", file=sys.stderr)
+            return EXIT_OK
+        writer = export.export_jsonl if args.format == "jsonl" else export.export_csv
+        if args.out:
+            with open(args.out, "w", encoding="utf-8", newline="") as fh:
+                writer(run, fh)
+        else:
+            writer(run, sys.stdout)
+        return EXIT_OK
+    except RunError as exc:  # not a trace: bad input
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from orbitmesh.run.compare import run_compare
+
+    return run_compare(Path(args.run_a), Path(args.run_b),
+                       max_latency_increase_pct=args.max_latency_increase,
+                       max_delivery_drop_pct=args.max_delivery_drop,
+                       as_json=args.format == "json")
+
+
+def _fault(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from orbitmesh.run.launch.control import fault_command, locate, send_command
+
+    run_id, url = locate(args.run, args.broker)
+    try:
+        command = fault_command(args.kind, args.targets, args.for_s, args.id)
+    except RunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    error = asyncio.run(send_command(run_id, url, command))
+    if error is not None:
+        print(f"error: the run refused the fault: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"sent to {run_id}: {json.dumps(command)}")
+    return EXIT_OK
+
+
+def _faults(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from orbitmesh.run.launch.control import list_faults, locate, send_command
+
+    run_id, url = locate(args.run, args.broker)
+    if args.clear:
+        error = asyncio.run(send_command(run_id, url, {"cmd": "clear", "id": args.clear}))
+        if error is not None:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"cleared {args.clear}")
+        return EXIT_OK
+    listing = asyncio.run(list_faults(run_id, url))
+    if args.format == "json":
+        print(json.dumps(listing, indent=2))
+        return EXIT_OK
+    print(f"faults of {run_id} at t={listing.get('t_s')} s:")
+    for fault in listing.get("faults", []):
+        target = " ".join(f"{k}={v}" for k, v in fault["target"].items())
+        state = "ACTIVE" if fault["active"] else "      "
+        print(f"  {state} {fault['id']:<10} {fault['kind']:<20} {target:<40} "
+              f"{fault['start_s']:g}-{fault['end_s'] if fault['end_s'] is not None else ''} s "
+              f"({fault['origin']})")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

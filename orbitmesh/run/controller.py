@@ -1,0 +1,262 @@
+"""The controller: owns the clock, computes each tick one tick ahead, and publishes it.
+
+Scenario time is ``(wall - t0_wall) * speed``. The controller publishes the retained clock
+(``t0_wall``, speed, duration) once every worker is ready, then for tick k it publishes the
+complete state in force from ``k * tick_s`` (retained, so late joiners catch up) while tick k-1 is
+still in force. The link timeline (every diff) goes to ``links.msgpack`` in the run directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import msgpack
+import numpy as np
+
+from orbitmesh.core.engine import LinkSource, Tick, TickEngine
+from orbitmesh.core.faults import (
+    PROCESS_KINDS,
+    CommandError,
+    Fault,
+    active_at,
+    fault_from_command,
+    parse_command,
+    random_faults,
+    scheduled_faults,
+)
+from orbitmesh.core.links import LinkState
+from orbitmesh.core.topology import Topology
+from orbitmesh.protocol.state import encode_state
+from orbitmesh.protocol.transport import Transport
+from orbitmesh.protocol.wire import Topics
+
+log = logging.getLogger("orbitmesh.run.controller")
+START_LEAD_S = 0.5
+"""Wall seconds between publishing the clock and scenario time 0."""
+
+
+class Controller:
+    """Computes and publishes ticks for one run."""
+
+    def __init__(self, topology: Topology, transport: Transport, topics: Topics, *,
+                 duration_s: float, speed: float, out_dir: Path | None,
+                 link_source: LinkSource | None = None) -> None:
+        self.topology = topology
+        self.transport = transport
+        self.topics = topics
+        self.duration_s = duration_s
+        self.speed = speed
+        scenario = topology.scenario
+        policies = sorted({f.policy for f in scenario.traffic if f.policy})
+        self.engine = TickEngine(topology, policies=policies, link_source=link_source)
+        self.tick_s = scenario.tick_s
+        self.t0_wall = 0.0
+        self.seq = 0
+        self.tick_compute_ms: list[float] = []
+        self.handovers = 0
+        self._timeline: IO[bytes] | None = (
+            (out_dir / "links.msgpack").open("wb") if out_dir else None)
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self.faults: list[Fault] = scheduled_faults(scenario) + random_faults(topology,
+                                                                              duration_s)
+        self.extra_down: dict[int, str] = {}
+        self.control_errors = 0
+        self.on_process_fault: Callable[[Fault], None] | None = None
+        self.on_clock: Callable[[float], None] | None = None
+        self.upcoming: Tick | None = None
+        self.published: Tick | None = None
+        self._live_count = 0
+        self._started_process_faults: set[str] = set()
+        self._now_s = 0.0
+
+    def scenario_s(self) -> float:
+        """Current scenario time (0 before the clock starts)."""
+        return max(0.0, (time.time() - self.t0_wall) * self.speed) if self.t0_wall else 0.0
+
+    # --- faults -----------------------------------------------------------------------------------
+
+    def handle_control(self, payload: bytes) -> None:
+        """A message on the control topic: fault / clear / list; errors are answered and counted."""
+        try:
+            command = parse_command(payload)
+            now_s = self.scenario_s()
+            if command["cmd"] == "fault":
+                self._live_count += 1
+                fault = fault_from_command(command, self.topology.scenario,
+                                           f"live{self._live_count}", now_s)
+                if any(f.id == fault.id for f in self.faults):
+                    raise CommandError(f"fault id {fault.id!r} is already in use")
+                self.overlay_check(fault)
+                self.faults.append(fault)
+                log.warning("live fault %s: %s", fault.id, fault.describe())
+            elif command["cmd"] == "clear":
+                self.clear(str(command.get("id", "")), now_s)
+            elif command["cmd"] in ("finish", "stop_traffic"):
+                return
+            self.refresh()
+        except Exception as exc:  # a bad command must never stop the run
+            if not isinstance(exc, CommandError):
+                log.exception("control command failed")
+            self.control_errors += 1
+            self.transport.publish(self.topics.control_error, json.dumps({
+                "error": str(exc), "command": payload[:500].decode("utf-8", "replace"),
+                "errors_so_far": self.control_errors}).encode())
+
+    def overlay_check(self, fault: Fault) -> None:
+        """Reject a fault whose target matches nothing (a typo would otherwise do nothing)."""
+        spec = fault.spec
+        overlay = self.engine.overlay
+        if spec.kind in PROCESS_KINDS:
+            return
+        nodes = overlay.nodes_of(fault)
+        if nodes is not None and not nodes.any():
+            target = ", ".join(f"{k}={v}" for k, v in fault.describe()["target"].items())
+            raise CommandError(f"{spec.kind}: {target} matches no node")
+        if spec.kind in ("link_down", "link_degrade") and (
+                not overlay.match(spec.a or "*").any() or not overlay.match(spec.b or "*").any()):
+            raise CommandError(f"{spec.kind}: a/b patterns match no node")
+
+    def clear(self, fault_id: str, now_s: float) -> None:
+        """End an active fault now."""
+        for i, fault in enumerate(self.faults):
+            if fault.id == fault_id and fault.active(now_s):
+                self.faults[i] = Fault(fault.id, fault.spec, fault.start_s, now_s, fault.origin)
+                return
+        raise CommandError(f"no active fault with id {fault_id!r}; active: "
+                           f"{[f.id for f in self.faults if f.active(now_s)]}")
+
+    def worker_lost(self, nodes: list[int], fault_id: str) -> None:
+        """A worker died: its nodes count as failed (by ``fault_id``) until it is back."""
+        for node in nodes:
+            self.extra_down[node] = fault_id
+        self.refresh()
+
+    def worker_back(self, nodes: list[int]) -> None:
+        """A restarted worker is serving its nodes again."""
+        for node in nodes:
+            self.extra_down.pop(node, None)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-apply the faults to the state in force (republished now) and to the next one."""
+        for attr in ("published", "upcoming"):
+            tick: Tick | None = getattr(self, attr)
+            if tick is None or tick.raw_state is None:
+                continue
+            started = time.perf_counter()
+            again = self.engine.finish(tick.raw_state, active_at(self.faults, tick.t_s),
+                                       self.extra_down)
+            self.tick_compute_ms.append((time.perf_counter() - started) * 1000.0)
+            self._record(again)
+            if attr == "published":
+                self._publish(again)
+            else:
+                self.upcoming = again
+        self.publish_faults()
+
+    def publish_faults(self) -> None:
+        now_s = self.scenario_s()
+        self.transport.publish(self.topics.faults, json.dumps({
+            "t_s": round(now_s, 3),
+            "faults": [{**f.describe(), "active": f.active(now_s)} for f in self.faults]}
+        ).encode(), retain=True)
+
+    def _start_process_faults(self, t_s: float) -> None:
+        for fault in self.faults:
+            if (fault.spec.kind in PROCESS_KINDS and fault.id not in
+                    self._started_process_faults and fault.start_s <= t_s):
+                self._started_process_faults.add(fault.id)
+                self.publish_faults()
+                if self.on_process_fault is not None:
+                    self.on_process_fault(fault)
+
+    def wall_at(self, t_s: float) -> float:
+        """Wall time of scenario time ``t_s``."""
+        return self.t0_wall + t_s / self.speed
+
+    def _compute(self, t_s: float) -> Tick:
+        started = time.perf_counter()
+        tick = self.engine.step(t_s, active_at(self.faults, t_s), self.extra_down)
+        self.tick_compute_ms.append((time.perf_counter() - started) * 1000.0)
+        self.handovers += tick.handovers
+        self._record(tick)
+        return tick
+
+    def _publish(self, tick: Tick) -> None:
+        self.seq += 1
+        self.transport.publish(self.topics.state,
+                               encode_state(self.seq, tick.state, tick.routes, tick.overlay,
+                                            tick.blocked, tick.blame),
+                               retain=True)
+        self.published = tick
+        d = tick.diff
+        self.transport.publish(self.topics.links, json.dumps({
+            "t_s": tick.t_s, "up": len(d.up), "down": len(d.down_a),
+            "delay_changed": len(d.delay_changed), "handovers": tick.handovers,
+            "route_changes": tick.route_changes}).encode())
+
+    def _record(self, tick: Tick) -> None:
+        if self._timeline is None:
+            return
+        s, d = tick.state, tick.diff
+        ids = self.topology.node_ids
+
+        def rows(idx: np.ndarray, st: LinkState) -> list[list[Any]]:
+            return [[ids[st.a[i]], ids[st.b[i]], int(st.kind[i]), float(st.delay_s[i])]
+                    for i in idx.tolist()]
+
+        self._timeline.write(self._packer.pack({
+            "t_s": tick.t_s, "up": rows(d.up, s), "changed": rows(d.delay_changed, s),
+            "down": [[ids[a], ids[b], int(k)] for a, b, k in
+                     zip(d.down_a.tolist(), d.down_b.tolist(), d.down_kind.tolist(),
+                         strict=True)],
+            "handovers": tick.handovers, "route_changes": tick.route_changes}))
+
+    async def run(self, on_tick: Callable[[float], None] | None = None,
+                  stop: asyncio.Event | None = None) -> None:
+        """Start the clock and tick until the duration is over (or ``stop`` is set)."""
+        self._publish(self._compute(0.0))
+        n_ticks = math.ceil(self.duration_s / self.tick_s)
+        self.upcoming = self._compute(self.tick_s) if n_ticks >= 1 else None
+        self.t0_wall = time.time() + START_LEAD_S
+        self.transport.publish(self.topics.clock, json.dumps({
+            "t0_wall": self.t0_wall, "speed": self.speed, "duration_s": self.duration_s,
+            "tick_s": self.tick_s,
+            "epoch": self.topology.scenario.epoch.isoformat()}).encode(), retain=True)
+        self.publish_faults()
+        if self.on_clock is not None:
+            self.on_clock(self.t0_wall)
+        for k in range(1, n_ticks + 1):
+            # Publish tick k while tick k-1 is in force, then compute tick k+1 ahead of time.
+            await _sleep_until(self.wall_at((k - 1) * self.tick_s))
+            if stop is not None and stop.is_set():
+                break
+            assert self.upcoming is not None
+            self._start_process_faults((k - 1) * self.tick_s)
+            self._publish(self.upcoming)
+            if on_tick is not None:
+                on_tick((k - 1) * self.tick_s)
+            self.upcoming = self._compute((k + 1) * self.tick_s) if k < n_ticks else None
+            if self.tick_compute_ms[-1] > self.tick_s / self.speed * 1000.0:
+                log.warning("tick took %.0f ms, longer than a tick at this speed; links will "
+                            "be late — lower --speed", self.tick_compute_ms[-1])
+        await _sleep_until(self.wall_at(self.duration_s))
+
+    def close(self) -> None:
+        """Close the timeline file."""
+        if self._timeline is not None:
+            self._timeline.close()
+            self._timeline = None
+
+
+async def _sleep_until(wall: float) -> None:
+    delay = wall - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)

@@ -1,0 +1,225 @@
+"""`orbitmesh compose`: a compose file that runs a scenario without orbitmesh on the host.
+
+The file (compose format 3.8) has services ``broker`` (unless an external ``--broker`` is
+given), ``controller``, ``worker-<k>`` (one per plane, or per N nodes) and ``supervisor`` (carries
+out container faults through the docker socket; single host only), all from the image built by
+``orbitmesh image build``. The file is self-contained: the scenario (with the TLE/OMM files it
+names) and the broker config travel inside it as environment variables, which every container's
+prelude (``python -m orbitmesh.run.launch.compose``) writes to ``/tmp/orbitmesh-input`` before it
+waits for the broker and execs the real command. Results go to the named volume ``run`` under
+``/run/orbitmesh/<run id>``. It runs with ``docker compose up`` (or ``docker-compose``) and
+deploys to Swarm with ``docker stack deploy`` (each service has a ``deploy`` section; Swarm needs
+the image on every node and puts the services on an overlay network).
+
+The run id defaults to the one written into the file; set ``ORBITMESH_RUN_ID`` to give each run
+its own results directory and topics.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from broker.embedded import probe_connack, render_mosquitto_config
+from broker.url import parse_broker_url
+from orbitmesh.core.placement import worker_count
+from orbitmesh.core.scenario import load_scenario
+from orbitmesh.core.topology import build_topology
+from orbitmesh.errors import RunError
+from orbitmesh.run.launch.docker import (
+    LABEL_ROLE,
+    LABEL_RUN,
+    LABEL_WORKER,
+    SUPERVISE,
+    placement_mode,
+    safe_run_id,
+    stage_scenario,
+)
+
+COMPOSE_VERSION = "3.8"
+RUN_ROOT = "/run/orbitmesh"
+INPUT_DIR = "/tmp/orbitmesh-input"
+BROKER_PORT = 1883
+DOCKER_SOCKET = "/var/run/docker.sock"
+PRELUDE = ("python", "-m", "orbitmesh.run.launch.compose")
+MAX_FILE_BYTES = 100_000
+"""An input file travels in an environment variable; the kernel caps one at 128 KiB."""
+BROKER_WAIT_S = 120.0
+
+
+@dataclass(frozen=True)
+class ComposeOptions:
+    """What `orbitmesh compose` was asked to write."""
+
+    scenario: Path
+    out: Path
+    image: str = "orbitmesh:latest"
+    broker: str | None = None
+    nodes_per_container: int | None = None
+    duration_s: float | None = None
+    speed: float | None = None
+    run_id: str | None = None
+    supervisor: bool = True
+
+
+def _service(image: str, role: str, run_id_var: str, command: list[str],
+             restart: str, swarm_restart: str, **extra: Any) -> dict[str, Any]:
+    labels = {LABEL_RUN: run_id_var, LABEL_ROLE: role.split("-", maxsplit=1)[0]}
+    if role.startswith("worker-"):
+        labels[LABEL_WORKER] = role.split("-", 1)[1]
+    service: dict[str, Any] = {
+        "image": image, "command": command, "labels": dict(labels), "restart": restart,
+        "deploy": {"restart_policy": {"condition": swarm_restart}}}
+    service.update(extra)
+    return service
+
+
+def input_environment(files: dict[str, str]) -> dict[str, str]:
+    """Environment variables carrying input files (``$`` doubled for compose)."""
+    env: dict[str, str] = {}
+    for i, (name, text) in enumerate(files.items()):
+        if len(text.encode()) > MAX_FILE_BYTES:
+            raise RunError(f"{name}: {len(text.encode())} bytes is too large to travel inside "
+                           f"a compose file (at most {MAX_FILE_BYTES}); trim it, or mount it "
+                           f"into the services at {INPUT_DIR}/{name} yourself")
+        env[f"ORBITMESH_FILE_{i}_NAME"] = name
+        env[f"ORBITMESH_FILE_{i}"] = text.replace("$", "$$")
+    return env
+
+
+def compose_document(opts: ComposeOptions, files: dict[str, str]) -> dict[str, Any]:
+    """The compose file as a dict (``files``: staged input files by name, scenario.yaml first)."""
+    scenario = load_scenario(opts.scenario)
+    topology = build_topology(scenario)
+    mode = placement_mode(opts.nodes_per_container)
+    workers = worker_count(topology, mode, 1)
+    run_id_var = f"${{ORBITMESH_RUN_ID:-{safe_run_id(opts.run_id or scenario.name)}}}"
+    run_dir = f"{RUN_ROOT}/{run_id_var}"
+    broker = opts.broker or f"mqtt://broker:{BROKER_PORT}"
+    parse_broker_url(broker)  # fail here, not inside every container
+    scenario_in = f"{INPUT_DIR}/scenario.yaml"
+    extra = [*(["--duration", f"{opts.duration_s:g}"] if opts.duration_s else []),
+             *(["--speed", f"{opts.speed:g}"] if opts.speed else [])]
+    common = ["--run-id", run_id_var, "--broker", broker, "--placement", mode, *extra]
+    environment = {"ORBITMESH_RUN_DIR": run_dir, "ORBITMESH_WAIT_BROKER": broker,
+                   **input_environment(files)}
+    services: dict[str, Any] = {}
+    depends: dict[str, Any] = {}
+    if opts.broker is None:
+        conf = render_mosquitto_config(BROKER_PORT, bind=None)
+        services["broker"] = _service(
+            opts.image, "broker", run_id_var,
+            [*PRELUDE, "/usr/sbin/mosquitto", "-c", f"{INPUT_DIR}/mosquitto.conf"],
+            "unless-stopped", "any", environment=input_environment({"mosquitto.conf": conf}))
+        depends = {"depends_on": ["broker"]}
+    mounts = {"volumes": [f"run:{RUN_ROOT}"], "environment": environment}
+    services["controller"] = _service(
+        opts.image, "controller", run_id_var,
+        [*PRELUDE, "orbitmesh", "run", scenario_in, "--external-workers", "--out", run_dir,
+         "--quiet", *common], "no", "none", **mounts, **depends)
+    for k in range(workers):
+        services[f"worker-{k}"] = _service(
+            opts.image, f"worker-{k}", run_id_var,
+            [*PRELUDE, "python", "-m", "nodes.worker", "--scenario", scenario_in, "--worker",
+             str(k), "--workers", str(workers), "--out", run_dir, *common],
+            "on-failure", "on-failure", **mounts, **depends)
+    if opts.supervisor:
+        services["supervisor"] = _service(
+            opts.image, "supervisor", run_id_var,
+            [*SUPERVISE, "--run-id", run_id_var, "--run-dir", run_dir, "--broker", broker,
+             "--workers", str(workers), "--placement", mode],
+            "no", "none", volumes=[f"run:{RUN_ROOT}", f"{DOCKER_SOCKET}:{DOCKER_SOCKET}"],
+            depends_on=["controller"])
+        services["supervisor"]["deploy"]["placement"] = {"constraints": ["node.role == manager"]}
+    labels = {"labels": {LABEL_RUN: run_id_var}}
+    return {"version": COMPOSE_VERSION, "services": services, "volumes": {"run": labels},
+            "networks": {"default": labels}}
+
+
+class _Dumper(yaml.SafeDumper):
+    """No YAML anchors: every service spelled out."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _block_strings(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _block_strings)
+
+HEADER = """\
+# Generated by `orbitmesh compose` from {scenario}. One host (docker compose or docker-compose):
+#   docker compose -f {name} up -d
+#   docker wait $(docker compose -f {name} ps -q controller)   # the run's exit code
+#   docker compose -f {name} logs controller                   # its summary table
+#   docker compose -f {name} down -v
+# Swarm (the image on every node): docker stack deploy -c {name} orbitmesh
+# Results: the volume "run", under {run_root}/<run id>. Set ORBITMESH_RUN_ID for each new run.
+"""
+
+
+def render_compose(opts: ComposeOptions) -> str:
+    """The compose file's text."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="orbitmesh-compose-") as tmp:
+        staged = stage_scenario(opts.scenario.resolve(), Path(tmp))
+        files = {"scenario.yaml": staged.read_text()}
+        for path in sorted(Path(tmp).iterdir()):
+            if path.name != "scenario.yaml":
+                files[path.name] = path.read_text()
+        document = compose_document(
+            ComposeOptions(staged, opts.out, opts.image, opts.broker, opts.nodes_per_container,
+                           opts.duration_s, opts.speed,
+                           opts.run_id or load_scenario(opts.scenario).name, opts.supervisor),
+            files)
+    text = HEADER.format(scenario=opts.scenario, name=opts.out.name, run_root=RUN_ROOT)
+    return text + yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100,
+                            allow_unicode=True)
+
+
+def write_compose(opts: ComposeOptions) -> Path:
+    """Write the compose file; its path."""
+    opts.out.write_text(render_compose(opts))
+    return opts.out
+
+
+def prelude(argv: list[str], environ: dict[str, str] | None = None,
+            input_dir: Path = Path(INPUT_DIR)) -> int:
+    """Inside a container: write the input files, make the run directory, wait for the broker,
+    then exec ``argv``."""
+    env = dict(os.environ if environ is None else environ)
+    input_dir.mkdir(parents=True, exist_ok=True)
+    i = 0
+    while f"ORBITMESH_FILE_{i}_NAME" in env:
+        name = Path(env[f"ORBITMESH_FILE_{i}_NAME"]).name
+        (input_dir / name).write_text(env.get(f"ORBITMESH_FILE_{i}", ""))
+        i += 1
+    if env.get("ORBITMESH_RUN_DIR"):
+        Path(env["ORBITMESH_RUN_DIR"]).mkdir(parents=True, exist_ok=True)
+    if env.get("ORBITMESH_WAIT_BROKER"):
+        url = parse_broker_url(env["ORBITMESH_WAIT_BROKER"])
+        deadline = time.monotonic() + BROKER_WAIT_S
+        while url.scheme == "mqtt" and not probe_connack(url.host, url.port):
+            if time.monotonic() > deadline:
+                print(f"broker {url.address} did not answer within {BROKER_WAIT_S:g} s",
+                      file=sys.stderr)
+                return 2
+            time.sleep(0.5)
+    if not argv:
+        return 0
+    os.execvp(argv[0], argv)
+    return 0  # pragma: no cover - execvp does not return
+
+
+if __name__ == "__main__":
+    sys.exit(prelude(sys.argv[1:]))

@@ -1,0 +1,415 @@
+"""Container images for the docker backend, built without a container registry.
+
+``orbitmesh image build --offline`` makes two images:
+
+* ``orbitmesh-base:<hash>``: a Debian root file system from ``debootstrap`` (same suite as this
+  machine's apt sources) with python3, python3-venv, mosquitto and ca-certificates, loaded with
+  ``docker import``. The hash covers the suite, the architecture and the package list, so it is
+  built once per machine and kept.
+* ``orbitmesh:<hash>`` (and ``orbitmesh:latest``): the base plus a venv at ``/opt/orbitmesh``
+  holding orbitmesh installed from wheels with ``pip --no-index``. The wheels are made on the
+  host (``pip wheel`` of the project, ``pip download`` of its dependencies for the base's Python
+  and glibc), and the build runs with no network. The hash covers the project's source files,
+  pyproject.toml and the base, so the image is rebuilt only when the project changes.
+
+The same image runs the broker (mosquitto), the controller and the workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orbitmesh.errors import RunError
+
+BASE_REPOSITORY = "orbitmesh-base"
+REPOSITORY = "orbitmesh"
+LATEST = f"{REPOSITORY}:latest"
+BASE_PACKAGES = ("python3", "python3-venv", "mosquitto", "ca-certificates")
+RECIPE_VERSION = "1"
+"""Bump when the build recipe changes in a way the hashed inputs do not show."""
+IMAGE_LABEL = "orbitmesh.image"
+"""``base`` or ``project``: how `orbitmesh image` finds its own images."""
+SOURCE_DIRS = ("orbitmesh", "nodes", "broker")
+SOURCE_FILES = ("pyproject.toml", "README.md")
+VENV = "/opt/orbitmesh"
+NUMBA_CACHE = f"{VENV}/numba-cache"
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+_DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class AptSource:
+    """Where this machine's Debian packages come from."""
+
+    mirror: str
+    suite: str
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What `build_offline` made (or found already built)."""
+
+    base_tag: str
+    tag: str
+    base_built: bool
+    image_built: bool
+    base_s: float
+    image_s: float
+
+
+def apt_source(sources_dir: Path = Path("/etc/apt/sources.list.d"),
+               sources_list: Path = Path("/etc/apt/sources.list")) -> AptSource:
+    """The first plain Debian suite in this machine's apt sources (deb822 files, then the list)."""
+    for path in sorted(sources_dir.glob("*.sources")):
+        for block in re.split(r"\n\s*\n", path.read_text()):
+            fields = _deb822(block)
+            if "deb" not in fields.get("types", "").split() or fields.get("enabled") == "no":
+                continue
+            suites = [s for s in fields.get("suites", "").split() if "-" not in s]
+            uris = fields.get("uris", "").split()
+            if suites and uris and "security" not in uris[0]:
+                return AptSource(uris[0], suites[0])
+    if sources_list.is_file():
+        for line in sources_list.read_text().splitlines():
+            words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
+            if len(words) >= 3 and words[0] == "deb" and "-" not in words[2]:
+                return AptSource(words[1], words[2])
+    raise RunError(f"no Debian suite found in {sources_dir}/*.sources or {sources_list}; "
+                   "the offline image build takes its packages from this machine's apt sources")
+
+
+def _deb822(block: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    key = ""
+    for line in block.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        if line[0].isspace() and key:
+            fields[key] += " " + line.strip()
+            continue
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        fields[key] = value.strip()
+    return fields
+
+
+def base_tag(suite: str, packages: Iterable[str] = BASE_PACKAGES,
+             arch: str | None = None) -> str:
+    """``orbitmesh-base:<hash of suite, architecture and package list>``."""
+    text = "\n".join([RECIPE_VERSION, suite, arch or platform.machine(), *sorted(packages)])
+    return f"{BASE_REPOSITORY}:{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def source_files(root: Path = PROJECT_ROOT) -> list[Path]:
+    """The files a project wheel is built from, relative to ``root``, sorted."""
+    if not (root / "pyproject.toml").is_file():
+        raise RunError(f"{root} holds no pyproject.toml: building an image needs the orbitmesh "
+                       "source tree (a git checkout); pass --image to use an existing image")
+    files = [Path(name) for name in SOURCE_FILES if (root / name).is_file()]
+    for top in SOURCE_DIRS:
+        for path in sorted((root / top).rglob("*")):
+            rel = path.relative_to(root)
+            if path.is_file() and "__pycache__" not in rel.parts and path.suffix != ".pyc":
+                files.append(rel)
+    return sorted(files)
+
+
+def project_hash(base: str, root: Path = PROJECT_ROOT) -> str:
+    """Hash of the project's source files, the base image tag and the build recipe."""
+    digest = hashlib.sha256()
+    digest.update(f"{RECIPE_VERSION}\n{base}\n{offline_dockerfile(base)}\n".encode())
+    for rel in source_files(root):
+        digest.update(f"{rel.as_posix()}\n".encode())
+        digest.update(hashlib.sha256((root / rel).read_bytes()).digest())
+    return digest.hexdigest()[:12]
+
+
+def project_tag(base: str, root: Path = PROJECT_ROOT) -> str:
+    """``orbitmesh:<project hash>``: the image this source tree builds."""
+    return f"{REPOSITORY}:{project_hash(base, root)}"
+
+
+# Compiles the routing kernel into the image's numba cache, so controllers start warm.
+_WARM_UP = ("import numpy as np; from orbitmesh.core._sssp import shortest_path_trees as t; "
+            "t(np.array([0, 1, 2], np.int32), np.array([1, 0], np.int32), np.ones(2), "
+            "np.array([0]), backend='numba')")
+
+
+def offline_dockerfile(base: str) -> str:
+    """The Dockerfile of the project image: the venv from local wheels, no network."""
+    return f"""FROM {base}
+COPY wheels /tmp/wheels
+RUN python3 -m venv {VENV} \\
+ && {VENV}/bin/pip install --no-index --no-cache-dir --disable-pip-version-check \\
+      --find-links /tmp/wheels 'orbitmesh[docker]' \\
+ && rm -rf /tmp/wheels \\
+ && mkdir -p {NUMBA_CACHE} \\
+ && (NUMBA_CACHE_DIR={NUMBA_CACHE} {VENV}/bin/python -c "{_WARM_UP}" \\
+     || echo "numba warm-up failed: routing compiles on first use") \\
+ && chmod -R a+rwX {NUMBA_CACHE}
+ENV PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
+    NUMBA_CACHE_DIR={NUMBA_CACHE} PYTHONUNBUFFERED=1 HOME=/tmp
+CMD ["orbitmesh", "--help"]
+"""
+
+
+def docker_client() -> Any:
+    """A docker SDK client for the local daemon (DOCKER_HOST and friends are honoured)."""
+    try:
+        import docker
+        from docker.errors import DockerException
+    except ImportError as exc:
+        raise RunError("the docker backend needs the docker SDK: pip install 'orbitmesh[docker]'"
+                       ) from exc
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://") and not os.path.exists(host.removeprefix("unix://")):
+        # Checked here: the SDK leaks the socket of a failed connection to a missing path.
+        raise RunError(f"cannot reach the docker daemon: no socket at {host.removeprefix('unix://')}"
+                       "; start dockerd, or set DOCKER_HOST to a running one")
+    client = None
+    try:
+        client = docker.from_env()
+        client.ping()
+    except DockerException as exc:
+        if client is not None:
+            client.close()  # else its socket lingers until garbage collection
+        raise RunError(f"cannot reach the docker daemon ({exc}); start dockerd, or set "
+                       "DOCKER_HOST to a running one") from exc
+    return client
+
+
+def image_exists(client: Any, tag: str) -> bool:
+    """True when the daemon has an image with this tag."""
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.get(tag)
+    except ImageNotFound:
+        return False
+    return True
+
+
+def default_image(client: Any) -> str:
+    """The image `orbitmesh up` uses: this source tree's build, else ``orbitmesh:latest``."""
+    with contextlib.suppress(RunError):
+        base = base_tag(apt_source().suite)
+        tag = project_tag(base)
+        if image_exists(client, tag):
+            return tag
+    if image_exists(client, LATEST):
+        return LATEST
+    raise RunError("no orbitmesh image on this docker daemon; build one with "
+                   "`orbitmesh image build --offline` (or pass --image TAG)")
+
+
+def build_offline(client: Any, *, force: bool = False, progress: Progress | None = None,
+                  cache_dir: Path | None = None, root: Path = PROJECT_ROOT) -> BuildResult:
+    """Build (or find) the base and project images; ``force`` rebuilds both."""
+    say = progress or (lambda _line: None)
+    source = apt_source()
+    base = base_tag(source.suite)
+    started = time.monotonic()
+    base_built = False
+    if force or not image_exists(client, base):
+        say(f"base image {base}: debootstrap {source.suite} with {', '.join(BASE_PACKAGES)}")
+        build_base(client, base, source, say)
+        base_built = True
+    else:
+        say(f"base image {base}: present")
+    base_s = time.monotonic() - started
+    tag = project_tag(base, root)
+    started = time.monotonic()
+    image_built = False
+    if force or not image_exists(client, tag):
+        say(f"project image {tag}: building wheels")
+        build_project(client, base, tag, say, cache_dir=cache_dir, root=root)
+        image_built = True
+    else:
+        say(f"project image {tag}: present (source unchanged)")
+    client.images.get(tag).tag(REPOSITORY, "latest")
+    return BuildResult(base, tag, base_built, image_built, base_s, time.monotonic() - started)
+
+
+def build_base(client: Any, tag: str, source: AptSource, say: Progress) -> None:
+    """debootstrap a minimal Debian with BASE_PACKAGES and `docker import` it as ``tag``."""
+    if os.geteuid() != 0:
+        raise RunError("debootstrap needs root: run `orbitmesh image build --offline` as root "
+                       "(or with sudo)")
+    debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
+    if not os.access(debootstrap, os.X_OK):
+        raise RunError("debootstrap is not installed: apt-get install -y debootstrap")
+    with tempfile.TemporaryDirectory(prefix="orbitmesh-base-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        command = [debootstrap, "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+                   source.suite, str(rootfs), source.mirror]
+        _run(command, say, "debootstrap")
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for path in (rootfs / junk).glob("*"):
+                if path.is_file():
+                    path.unlink()
+        facts = rootfs_facts(rootfs)
+        archive = Path(tmp) / "rootfs.tar"
+        say(f"packing the root file system (python {facts['python']}, glibc {facts['glibc']})")
+        _run(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(archive), "."], say, "tar")
+        say(f"docker import -> {tag}")
+        repository, _, version = tag.partition(":")
+        changes = [f"LABEL {IMAGE_LABEL}=base",
+                   *(f"LABEL orbitmesh.{key}={value}" for key, value in facts.items()),
+                   "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                   'CMD ["/bin/bash"]']
+        from docker.errors import APIError
+
+        try:
+            client.api.import_image_from_file(str(archive), repository=repository, tag=version,
+                                              changes=changes)
+        except APIError as exc:
+            raise RunError(f"docker import of the base image failed: {exc}") from exc
+    if not image_exists(client, tag):
+        raise RunError(f"docker import finished but {tag} is not there; see the dockerd log")
+
+
+def rootfs_facts(rootfs: Path) -> dict[str, str]:
+    """Python version, glibc version and architecture of a Debian root file system."""
+    status = (rootfs / "var/lib/dpkg/status").read_text()
+    glibc = re.search(r"^Package: libc6\n(?:[^\n]+\n)*?Version: (\d+)\.(\d+)", status, re.M)
+    arch = re.search(r"^Package: libc6\n(?:[^\n]+\n)*?Architecture: (\S+)", status, re.M)
+    pythons = sorted(p.name[len("python"):] for p in (rootfs / "usr/lib").glob("python3.*")
+                     if re.fullmatch(r"python3\.\d+", p.name))
+    if glibc is None or arch is None or not pythons:
+        raise RunError(f"{rootfs}: no libc6 or python3 found; debootstrap did not install them")
+    machine = {v: k for k, v in _DEB_ARCH.items()}.get(arch.group(1), arch.group(1))
+    return {"python": pythons[-1], "glibc": f"{glibc.group(1)}.{glibc.group(2)}",
+            "arch": machine}
+
+
+def build_project(client: Any, base: str, tag: str, say: Progress, *,
+                  cache_dir: Path | None = None, root: Path = PROJECT_ROOT) -> None:
+    """Make the wheels on this machine, then build ``tag`` FROM ``base`` with no network."""
+    labels = client.images.get(base).labels or {}
+    python, glibc, arch = (labels.get(f"orbitmesh.{k}") for k in ("python", "glibc", "arch"))
+    if not (python and glibc and arch):
+        raise RunError(f"{base} lacks its python/glibc labels; rebuild it with --force")
+    with tempfile.TemporaryDirectory(prefix="orbitmesh-image-") as tmp:
+        context = Path(tmp)
+        wheels = context / "wheels"
+        wheels.mkdir()
+        project_wheel = build_wheel(root, wheels, say)
+        download_dependencies(project_wheel, wheels, python=python, glibc=glibc, arch=arch,
+                              say=say, cache_dir=cache_dir)
+        (context / "Dockerfile").write_text(offline_dockerfile(base))
+        say(f"docker build {tag} (no network; {len(list(wheels.iterdir()))} wheels)")
+        _docker_build(client, context, tag, {IMAGE_LABEL: "project",
+                                             "orbitmesh.base": base}, say)
+
+
+def build_wheel(root: Path, out: Path, say: Progress) -> Path:
+    """``pip wheel`` of exactly the hashed source files (copied aside, so no build/ is left)."""
+    with tempfile.TemporaryDirectory(prefix="orbitmesh-src-") as tmp:
+        for rel in source_files(root):
+            (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / rel, Path(tmp) / rel)
+        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
+              "-q", "-w", str(out), tmp], say, "pip wheel")
+    found = sorted(out.glob("orbitmesh-*.whl"))
+    if not found:
+        raise RunError(f"pip wheel made no orbitmesh wheel in {out}")
+    return found[-1]
+
+
+def download_dependencies(project_wheel: Path, out: Path, *, python: str, glibc: str,
+                          arch: str, say: Progress, cache_dir: Path | None = None) -> None:
+    """``pip download`` the wheel's dependencies (and the docker extra) for the image's Python."""
+    major, minor = python.split(".")
+    command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q",
+               "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
+               "--abi", f"cp{major}{minor}", *manylinux_platforms(glibc, arch), "-d", str(out),
+               f"{project_wheel}[docker]"]
+    if cache_dir is not None:
+        command[4:4] = ["--cache-dir", str(cache_dir)]
+    say(f"pip download dependencies for cp{major}{minor} manylinux_{glibc} {arch}")
+    _run(command, say, "pip download")
+
+
+def manylinux_platforms(glibc: str, arch: str) -> list[str]:
+    """``--platform`` options for every manylinux tag a glibc runs (pip does not expand them)."""
+    glibc_major, glibc_minor = (int(x) for x in glibc.split("."))
+    tags = [f"manylinux_{glibc_major}_{m}_{arch}" for m in range(glibc_minor, 4, -1)]
+    tags += [f"manylinux{legacy}_{arch}" for legacy in ("2014", "2010", "1")]
+    return [word for tag in tags for word in ("--platform", tag)]
+
+
+def _docker_build(client: Any, context: Path, tag: str, labels: dict[str, str],
+                  say: Progress) -> None:
+    from docker.errors import APIError
+
+    try:
+        for chunk in client.api.build(path=str(context), tag=tag, rm=True, forcerm=True,
+                                      network_mode="none", labels=labels, decode=True):
+            if "error" in chunk:
+                raise RunError(f"docker build of {tag} failed: {chunk['error'].strip()}")
+            line = str(chunk.get("stream", "")).strip()
+            if line.startswith("Step "):
+                say(line)
+    except APIError as exc:
+        raise RunError(f"docker build of {tag} failed: {exc}") from exc
+
+
+def _run(command: list[str], say: Progress, what: str) -> None:
+    """Run a build step; on failure raise with the tail of its output."""
+    started = time.monotonic()
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RunError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+    say(f"{what}: done in {time.monotonic() - started:.1f} s")
+
+
+def project_images(client: Any) -> list[Any]:
+    """Every project image this machine's daemon holds, newest first."""
+    images = client.images.list(filters={"label": f"{IMAGE_LABEL}=project"})
+    return sorted(images, key=lambda i: str(i.attrs.get("Created", "")), reverse=True)
+
+
+def prune_project_images(client: Any, keep: int = 2) -> list[str]:
+    """Remove all but the ``keep`` newest project images that no container uses; their tags."""
+    from docker.errors import APIError
+
+    removed: list[str] = []
+    for image in project_images(client)[keep:]:
+        if any(not re.fullmatch(rf"{REPOSITORY}:[0-9a-f]{{12}}", tag) for tag in image.tags):
+            continue  # latest, or a tag someone gave it on purpose
+        try:
+            client.images.remove(image.id)
+        except APIError:
+            continue  # a container still uses it
+        removed.extend(image.tags or [image.short_id])
+    return removed
+
+
+def describe_image(client: Any, tag: str) -> dict[str, Any]:
+    """Tag, id, size and labels of an image (for `orbitmesh image` listings)."""
+    image = client.images.get(tag)
+    return {"tags": image.tags, "id": image.short_id, "labels": image.labels,
+            "size_mb": round(float(image.attrs.get("Size", 0)) / 1e6, 1),
+            "created": image.attrs.get("Created")}
+
+
+def dump(result: BuildResult) -> str:
+    """A BuildResult as JSON text."""
+    return json.dumps(result.__dict__, indent=2)

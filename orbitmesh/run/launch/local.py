@@ -1,0 +1,485 @@
+"""Run a scenario live on this machine: broker, controller (in this process) and N worker processes.
+
+Every process this module starts is recorded by PID in ``<run>/pids.json`` and stopped by PID; the
+embedded broker likewise. Ctrl-C / SIGTERM stop the clock, tell the workers to finish (they write
+their stats), and the summary is still written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from broker import check_broker
+from broker.client import MqttTransport
+from broker.embedded import EmbeddedBroker
+from broker.url import BrokerURL, parse_broker_url
+from orbitmesh import __version__
+from orbitmesh.core.engine import LinkSource
+from orbitmesh.core.faults import CONTAINER_KINDS, Fault
+from orbitmesh.core.placement import place, worker_count
+from orbitmesh.core.scenario import load_scenario
+from orbitmesh.core.topology import Topology, build_topology
+from orbitmesh.errors import RunError
+from orbitmesh.protocol.wire import Topics
+from orbitmesh.run.controller import Controller
+from orbitmesh.run.launch.control import write_run_file
+from orbitmesh.run.launch.replay import check_nodes, replay_scenario, write_replay
+from orbitmesh.run.report import build_summary, format_summary, percentiles, write_summary
+from orbitmesh.run.trace import LinkTimeline, Offered, manifest_for, write_manifest
+
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[3])
+READY_TIMEOUT_S = 60.0
+DRAIN_S = 1.5
+"""Wall seconds after the last scenario second for frames in flight to land."""
+FINISH_TIMEOUT_S = 20.0
+
+
+@dataclass
+class RunOptions:
+    """What `orbitmesh run` was asked to do."""
+
+    scenario: Path
+    duration_s: float | None = None
+    speed: float | None = None
+    workers: int | None = None
+    broker: str = "embedded"
+    out: Path | None = None
+    run_id: str | None = None
+    progress: bool = True
+    replay: list[Offered] | None = None
+    """Offered traffic to replay instead of the scenario's flows (orbitmesh replay)."""
+    replay_faults: list[dict[str, Any]] | None = None
+    links_from: Path | None = None
+    """A trace whose link timeline replaces geometry."""
+    replay_origin: str = ""
+    placement: str = "blocks"
+    external_workers: bool = False
+    """Do not start workers: wait for workers started elsewhere (containers) to report."""
+
+
+@dataclass
+class RunResult:
+    """Where the run wrote its results and what they say."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        """True when the conservation check held."""
+        return bool(self.summary["conservation_ok"])
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """`orbitmesh run`: run, print the summary table, exit non-zero if conservation broke."""
+    opts = RunOptions(Path(args.scenario), args.duration, args.speed, args.workers, args.broker,
+                      Path(args.out) if args.out else None, args.run_id, not args.quiet,
+                      placement=args.placement, external_workers=args.external_workers)
+    return print_result(run(opts))
+
+
+def print_result(result: RunResult) -> int:
+    """Print the summary table; the exit code for it (1: conservation broken, 130: interrupted)."""
+    print(format_summary(result.summary))
+    print(f"results: {result.run_dir}")
+    if not result.ok:
+        return 1
+    return 130 if result.summary["run"]["interrupted"] else 0
+
+
+def run(opts: RunOptions) -> RunResult:
+    """Run a scenario to the end (or to Ctrl-C) and return its summary."""
+    scenario = load_scenario(opts.scenario)
+    duration = opts.duration_s or scenario.duration_s
+    topology = build_topology(scenario)
+    if opts.replay is not None:
+        # Replayed traffic does not change the nodes: check it, then swap the flows in.
+        check_nodes(opts.replay, set(topology.node_ids), opts.replay_origin)
+        scenario = replay_scenario(scenario, opts.replay, duration_s=duration,
+                                   faults=opts.replay_faults)
+        topology = dataclasses.replace(topology, scenario=scenario)
+    speed = opts.speed or scenario.speed
+    workers = worker_count(topology, opts.placement, opts.workers or os.cpu_count() or 1)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = (opts.out or Path("runs") / f"{scenario.name}-{stamp}").resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if opts.replay is not None:
+        write_replay(run_dir, scenario, opts.replay)
+    else:
+        shutil.copy(opts.scenario, run_dir / "scenario.yaml")
+    link_source = LinkTimeline(opts.links_from, topology) if opts.links_from else None
+    run_id = opts.run_id or re.sub(r"[^A-Za-z0-9_.-]", "-", run_dir.name)
+    broker: EmbeddedBroker | None = None
+    if opts.broker == "embedded":
+        (run_dir / "broker").mkdir(exist_ok=True)
+        broker = EmbeddedBroker(workdir=run_dir / "broker")
+        url = broker.start()
+        broker_label = f"embedded {broker.engine} on {url.address}"
+    else:
+        url = parse_broker_url(opts.broker)
+        asyncio.run(check_broker(url))
+        broker_label = str(url)
+    write_run_file(run_dir, run_id, url, str(opts.scenario))
+    try:
+        return asyncio.run(_run(topology, run_dir, run_id, url, broker_label, workers,
+                                duration, speed, opts.progress, broker, link_source, opts))
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+async def _run(topology: Topology, run_dir: Path, run_id: str, url: BrokerURL, broker_label: str,
+               workers: int, duration: float, speed: float, progress: bool,
+               broker: EmbeddedBroker | None = None,
+               link_source: LinkSource | None = None,
+               opts: RunOptions | None = None) -> RunResult:
+    run = _LocalRun(topology, run_dir, run_id, url, workers, duration, speed, broker)
+    run.link_source = link_source
+    if opts is not None:
+        run.placement_mode = opts.placement
+        run.external = opts.external_workers
+        run.placement = place(topology, workers, opts.placement)
+    return await run.execute(broker_label, progress)
+
+
+class _LocalRun:
+    """One run on this machine: the controller in this process, workers as child processes."""
+
+    def __init__(self, topology: Topology, run_dir: Path, run_id: str, url: BrokerURL,
+                 workers: int, duration: float, speed: float,
+                 broker: EmbeddedBroker | None) -> None:
+        self.topology = topology
+        self.run_dir = run_dir
+        self.run_id = run_id
+        self.url = url
+        self.workers = workers
+        self.duration = duration
+        self.speed = speed
+        self.broker = broker
+        self.topics = Topics(run_id)
+        self.status: dict[int, dict[str, Any]] = {}
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.generation: dict[int, int] = dict.fromkeys(range(workers), 0)
+        self.pids: dict[str, int] = {}
+        self.placement = place(topology, workers)
+        self.stop = asyncio.Event()
+        self.kills: dict[int, Fault] = {}
+        self.process_faults: dict[str, dict[str, Any]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.controller: Controller | None = None
+        self.manifest: dict[str, Any] = {}
+        self.link_source: LinkSource | None = None
+        self.placement_mode = "blocks"
+        self.external = False
+
+    def _nodes_of(self, worker: int) -> list[int]:
+        return np.flatnonzero(self.placement == worker).tolist()
+
+    async def execute(self, broker_label: str, progress: bool) -> RunResult:
+        """Start everything, run the clock, stop everything, write the summary."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop.set)
+        started = datetime.now(UTC)
+        topics = self.topics
+        async with MqttTransport(self.url, client_id=f"orbitmesh-{self.run_id}-controller",
+                                 reconnect=True) as transport:
+            self.transport = transport
+            await transport.subscribe(topics.worker_status_all, topics.control)
+            controller = Controller(self.topology, transport, topics, duration_s=self.duration,
+                                    speed=self.speed, out_dir=self.run_dir,
+                                    link_source=self.link_source)
+            self.controller = controller
+            controller.on_process_fault = self._process_fault
+            self.manifest = manifest_for(self.topology, self.run_id, self.speed, self.duration)
+            write_manifest(self.run_dir, self.manifest)
+            controller.on_clock = self._clock_started
+            listener = asyncio.create_task(self._listen(), name="controller.listen")
+            try:
+                if not self.external:
+                    for k in range(self.workers):
+                        await self._spawn(k)
+                await _wait_for(lambda: all(self.status.get(k, {}).get("state")
+                                            in ("ready", "running") for k in range(self.workers)),
+                                self.procs, READY_TIMEOUT_S * (3 if self.external else 1),
+                                f"all {self.workers} workers to report ready", self.stop)
+                printer = _Progress(self.status, self.workers, self.duration, enabled=progress)
+                ticker = asyncio.create_task(controller.run(printer.update, self.stop),
+                                             name="controller")
+                stopper = asyncio.create_task(self.stop.wait(), name="controller.stop")
+                await asyncio.wait({ticker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if ticker.done():
+                    ticker.result()
+                else:
+                    ticker.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ticker
+                    transport.publish(topics.control, json.dumps({"cmd": "stop_traffic"}).encode())
+                await asyncio.sleep(DRAIN_S)  # frames in flight land before the count
+                printer.done()
+            finally:
+                for task in list(self._tasks):
+                    task.cancel()
+                if self.broker is not None and not self.broker.running:
+                    self.broker.restart()
+                transport.publish(topics.control, json.dumps({"cmd": "finish"}).encode())
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(transport.flush(), 5.0)
+                finishing = range(self.workers) if self.external else list(self.procs)
+                await _wait_for(lambda: all(self.status.get(k, {}).get("state")
+                                            in ("done", "lost") for k in finishing),
+                                self.procs, FINISH_TIMEOUT_S, "every worker to finish", None,
+                                quiet=True)
+                await _reap(self.procs)
+                controller.close()
+                # Leave no retained messages behind on a shared broker.
+                for topic in (topics.clock, topics.state, topics.faults,
+                              *(topics.worker_status(k) for k in range(self.workers))):
+                    transport.publish(topic, b"", retain=True)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(transport.flush(), 5.0)
+                listener.cancel()
+        return self._summarise(broker_label, started)
+
+    def _clock_started(self, t0_wall: float) -> None:
+        self.manifest["t0_wall"] = t0_wall
+        write_manifest(self.run_dir, self.manifest)
+
+    def _summarise(self, broker_label: str, started: datetime) -> RunResult:
+        controller = self.controller
+        assert controller is not None
+        scenario = self.topology.scenario
+        links = {"handovers": controller.handovers,
+                 "route_changes": controller.engine.route_changes_total,
+                 "ticks": len(controller.tick_compute_ms),
+                 "tick_compute_ms": percentiles(controller.tick_compute_ms, (50, 99))}
+        meta = {"id": self.run_id, "scenario": scenario.name,
+                "scenario_file": str(scenario.source), "seed": scenario.seed,
+                "speed": self.speed, "duration_s": self.duration, "workers": self.workers,
+                "broker": broker_label, "started": started.isoformat(),
+                "t0_wall": controller.t0_wall, "ended": datetime.now(UTC).isoformat(),
+                "interrupted": self.stop.is_set(), "control_errors": controller.control_errors,
+                "versions": _versions()}
+        faults = [{**f.describe(), **self.process_faults.get(f.id, {})}
+                  for f in controller.faults]
+        summary = build_summary(self.run_dir, scenario, meta, links, self.workers, faults)
+        write_summary(self.run_dir, summary)
+        self.manifest.update(faults=faults, complete=True,
+                             interrupted=self.stop.is_set())
+        write_manifest(self.run_dir, self.manifest)
+        return RunResult(self.run_dir, summary)
+
+    async def _listen(self) -> None:
+        assert self.controller is not None
+        async for batch in self.transport.batches():
+            for message in batch:
+                if message.topic == self.topics.control:
+                    self.controller.handle_control(message.payload)
+                    continue
+                if not message.payload:
+                    continue
+                try:
+                    body = json.loads(message.payload)
+                    worker = int(body["worker"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                generation = int(body.get("generation", 0))
+                if generation < self.generation.get(worker, 0):
+                    continue  # news from a previous incarnation
+                if generation > self.generation.get(worker, 0):
+                    self.generation[worker] = generation  # restarted elsewhere (a container)
+                before = self.status.get(worker, {}).get("state")
+                self.status[worker] = body
+                self._transition(worker, before, body["state"])
+
+    def _transition(self, worker: int, before: str | None, state: str) -> None:
+        assert self.controller is not None
+        if state == "lost" and before not in ("lost", "done"):
+            fault = self.kills.get(worker)
+            fault_id = fault.id if fault is not None else f"worker{worker}-lost"
+            detected = time.time()
+            info = self.process_faults.setdefault(fault_id, {})
+            if "killed_wall" in info:
+                info["detected_after_s"] = round(detected - info["killed_wall"], 3)
+            self.controller.worker_lost(self._nodes_of(worker), fault_id)
+            if (fault is not None and fault.spec.restart and not self.stop.is_set()
+                    and not self.external):  # with containers the supervisor restarts it
+                self._background(self._restart(worker), f"restart-w{worker}")
+        elif state == "ready" and before == "lost":
+            self.controller.worker_back(self._nodes_of(worker))
+            fault = self.kills.get(worker)
+            if fault is not None:
+                info = self.process_faults.setdefault(fault.id, {})
+                info["restarted_wall"] = time.time()
+                info["end_s"] = round(self.controller.scenario_s(), 3)
+
+    def _background(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _process_fault(self, fault: Fault) -> None:
+        """Carry out worker_kill and broker_outage faults."""
+        info = self.process_faults.setdefault(fault.id, {})
+        if fault.spec.kind in CONTAINER_KINDS or (self.external and
+                                                  fault.spec.kind == "worker_kill"):
+            if not self.external:
+                info["error"] = f"{fault.spec.kind} needs the docker backend (orbitmesh up)"
+                return
+            # The supervisor that started the containers (orbitmesh up) carries it out when it
+            # sees the fault go active on the faults topic.
+            self.kills[int(fault.spec.worker or 0)] = fault
+            info["delegated"] = "container supervisor"
+            return
+        if fault.spec.kind == "worker_kill":
+            worker = int(fault.spec.worker or 0)
+            proc = self.procs.get(worker)
+            if proc is None or proc.returncode is not None:
+                info["error"] = f"worker {worker} is not running"
+                return
+            self.kills[worker] = fault
+            info["killed_wall"] = time.time()
+            info["pid"] = proc.pid
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGKILL)
+        elif fault.spec.kind == "broker_outage":
+            if self.broker is None:
+                info["error"] = "broker_outage needs the embedded broker (--broker embedded)"
+                return
+            self._background(self._broker_outage(fault, info), f"broker-outage-{fault.id}")
+
+    async def _broker_outage(self, fault: Fault, info: dict[str, Any]) -> None:
+        assert self.broker is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.transport.flush(), 1.0)  # workers learn the fault id
+        info["stopped_wall"] = time.time()
+        await asyncio.to_thread(self.broker.stop)
+        await asyncio.sleep(float(fault.spec.for_s or 0.0) / self.speed)
+        await asyncio.to_thread(self.broker.restart)
+        info["restarted_wall"] = time.time()
+
+    async def _restart(self, worker: int) -> None:
+        proc = self.procs[worker]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 5.0)
+        self.generation[worker] += 1
+        await self._spawn(worker)
+
+    async def _spawn(self, worker: int) -> None:
+        gen = self.generation[worker]
+        tag = f"w{worker}" + (f"-g{gen}" if gen else "")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([_PROJECT_ROOT, env.get("PYTHONPATH", "")]
+                                            ).rstrip(os.pathsep)
+        log = (self.run_dir / f"worker-{tag}.log").open("wb")
+        self.procs[worker] = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nodes.worker", "--scenario",
+            str(self.run_dir / "scenario.yaml"), "--run-id", self.run_id, "--broker",
+            self.url.to_text(show_password=True), "--worker", str(worker), "--workers",
+            str(self.workers), "--out", str(self.run_dir), "--duration", str(self.duration),
+            "--speed", str(self.speed), "--generation", str(gen), "--placement",
+            self.placement_mode, stdout=log, stderr=log, env=env)
+        log.close()
+        self.pids[tag] = self.procs[worker].pid
+        if self.broker is not None and self.broker.pid is not None:
+            self.pids["broker"] = self.broker.pid
+        (self.run_dir / "pids.json").write_text(json.dumps(self.pids))
+
+
+async def _wait_for(condition: Any, procs: dict[int, asyncio.subprocess.Process],
+                    timeout_s: float, what: str, stop: asyncio.Event | None,
+                    quiet: bool = False) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        dead = [k for k, p in procs.items() if p.returncode is not None]
+        if dead and not quiet:
+            raise RunError(f"worker {dead[0]} exited with code {procs[dead[0]].returncode} while "
+                           f"waiting for {what}; see worker-{dead[0]}.log in the run directory")
+        if dead and quiet and all(p.returncode is not None for p in procs.values()):
+            return
+        if stop is not None and stop.is_set():
+            raise RunError(f"interrupted while waiting for {what}")
+        if time.monotonic() > deadline:
+            if quiet:
+                return
+            raise RunError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def _reap(procs: dict[int, asyncio.subprocess.Process], grace_s: float = 5.0) -> None:
+    """Wait for the workers; SIGTERM then SIGKILL the ones (by PID) that linger."""
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        alive = [p for p in procs.values() if p.returncode is None]
+        if not alive:
+            return
+        for p in alive:
+            if sig is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(sig)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in alive)), grace_s)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"orbitmesh": __version__, "python": platform.python_version()}
+    for pkg in ("numpy", "scipy", "sgp4", "aiomqtt", "paho-mqtt", "msgpack"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+class _Progress:
+    """The live progress line (scenario time, frames/s, deliveries, drops)."""
+
+    def __init__(self, status: dict[int, dict[str, Any]], workers: int, duration: float,
+                 enabled: bool) -> None:
+        self.status = status
+        self.workers = workers
+        self.duration = duration
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self._last = (time.monotonic(), 0)
+        self._printed = 0.0
+
+    def update(self, t_s: float) -> None:
+        """Print the progress line (at most twice a second; every 10 s when not a terminal)."""
+        now = time.monotonic()
+        if not self.enabled or now - self._printed < (0.5 if self.tty else 10.0):
+            return
+        self._printed = now
+        s = [self.status.get(k, {}) for k in range(self.workers)]
+        hops = sum(x.get("hops", 0) for x in s)
+        rate = (hops - self._last[1]) / max(1e-6, now - self._last[0])
+        self._last = (now, hops)
+        line = (f"t={t_s:7.1f}/{self.duration:g} s  {rate:8.0f} frame-hops/s  "
+                f"offered {sum(x.get('offered', 0) for x in s)}  "
+                f"delivered {sum(x.get('delivered', 0) for x in s)}  "
+                f"dropped {sum(x.get('dropped', 0) for x in s)}  "
+                f"on board {sum(x.get('held_on_board', 0) for x in s)}")
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr,
+              flush=True)
+
+    def done(self) -> None:
+        """End the progress line."""
+        if self.enabled and self.tty:
+            print(file=sys.stderr)

@@ -1,0 +1,428 @@
+"""The container supervisor of a docker run, and `orbitmesh up` in the foreground.
+
+With external workers the controller touches no process: when a ``worker_kill`` or
+``container_*`` fault starts it lists the fault on the run's retained faults topic and leaves the
+act to whoever started the containers. The supervisor subscribes to that topic, the clock and the
+worker statuses, turns each fault's scenario start and end into wall times with the clock, and
+acts on the worker's container (found by label):
+
+=====================  ============================================================================
+kind                   action
+=====================  ============================================================================
+``container_kill``     SIGKILL; started again once the worker is reported lost when ``restart``
+``worker_kill``        is set, else at the fault's end when it has ``for_s``
+``container_pause``    ``docker pause``; unpaused at the fault's end when it has ``for_s``
+``container_unpause``  ``docker unpause``
+``container_restart``  ``docker restart`` (SIGTERM, 10 s grace, start)
+=====================  ============================================================================
+
+What it did goes to ``<run>/supervisor.json`` and, once the controller has written the summary,
+into each fault's entry there (``"container": {...}``). Every docker SDK call runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from broker.client import MqttTransport
+from broker.url import parse_broker_url
+from orbitmesh.errors import OrbitmeshError, RunError
+from orbitmesh.protocol.wire import Topics
+from orbitmesh.run.launch.control import RUN_FILE
+from orbitmesh.run.launch.docker import (
+    LABEL_ROLE,
+    DockerRun,
+    Progress,
+    UpOptions,
+    down,
+    role_container,
+    run_containers,
+    save_logs,
+    start,
+    start_supervisor,
+    worker_container,
+)
+from orbitmesh.run.report import format_summary, read_summary, write_summary
+
+DELEGATED = ("worker_kill", "container_kill", "container_pause", "container_unpause",
+             "container_restart")
+RECORD = "supervisor.json"
+LOST_WAIT_S = 10.0
+"""A killed worker that is not reported lost within this is restarted anyway."""
+STOP_GRACE_S = 60.0
+"""After Ctrl-C, how long the controller may take to finish before it is killed."""
+POLL_S = 0.5
+CONTROLLER_WAIT_S = 60.0
+
+
+class Supervisor:
+    """Carries out a run's delegated faults until its controller container exits."""
+
+    def __init__(self, client: Any, run: DockerRun, say: Progress, *,
+                 connect_url: str | None = None, progress: bool = True) -> None:
+        self.client = client
+        self.run = run
+        self.say = say
+        self.url = parse_broker_url(connect_url or run.host_broker_url)
+        self.progress = progress
+        self.topics = Topics(run.run_id)
+        self.clock: dict[str, Any] | None = None
+        self.first_tick_s: float | None = None
+        """Wall seconds from the run's start to scenario time 0."""
+        self.status: dict[int, dict[str, Any]] = {}
+        self.actions: dict[str, dict[str, Any]] = {}
+        self._timers: list[tuple[float, int, str, dict[str, Any]]] = []
+        self._seq = itertools.count()
+        self._awaiting_lost: dict[int, tuple[float, dict[str, Any]]] = {}
+        self._wake = asyncio.Event()
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    async def supervise(self, stop: asyncio.Event) -> int:
+        """Act on faults until the controller container exits; its exit code."""
+        controller = await self._controller()
+        async with MqttTransport(self.url, client_id=f"orbitmesh-{self.run.run_id}-supervisor-"
+                                 f"{os.getpid()}", reconnect=True) as transport:
+            await transport.subscribe(self.topics.faults, self.topics.clock,
+                                      self.topics.worker_status_all)
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._listen(transport), name="supervisor.listen"),
+                         group.create_task(self._run_timers(), name="supervisor.timers"),
+                         group.create_task(self._watch(), name="supervisor.watch")]
+                try:
+                    code = await self._wait_for_exit(controller, stop)
+                finally:
+                    for task in tasks:
+                        task.cancel()
+        self._write_record()
+        return code
+
+    async def _controller(self) -> Any:
+        """The run's controller container (compose may start it a moment after us)."""
+        deadline = time.monotonic() + CONTROLLER_WAIT_S
+        while True:
+            found = await asyncio.to_thread(role_container, self.client, self.run.run_id,
+                                            "controller")
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise RunError(f"run {self.run.run_id} has no controller container (label "
+                               f"{LABEL_ROLE}=controller); is it running on this docker host?")
+            await asyncio.sleep(POLL_S)
+
+    async def _wait_for_exit(self, controller: Any, stop: asyncio.Event) -> int:
+        asked_at: float | None = None
+        while True:
+            await asyncio.to_thread(controller.reload)
+            if controller.status in ("exited", "dead"):
+                return int(controller.attrs["State"]["ExitCode"])
+            if stop.is_set() and asked_at is None:
+                self.say("stopping: the controller finishes the run and writes the summary")
+                asked_at = time.monotonic()
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(controller.kill, "SIGINT")
+            if asked_at is not None and time.monotonic() - asked_at > STOP_GRACE_S:
+                await asyncio.to_thread(controller.kill)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait() if asked_at is None else asyncio.sleep(POLL_S),
+                                       POLL_S)
+
+    async def _listen(self, transport: MqttTransport) -> None:
+        async for batch in transport.batches():
+            for message in batch:
+                if not message.payload:
+                    continue
+                try:
+                    body = json.loads(message.payload)
+                except ValueError:
+                    continue
+                if message.topic == self.topics.clock:
+                    self._on_clock(body)
+                elif message.topic == self.topics.faults:
+                    self._plan(body)
+                elif isinstance(body, dict) and "worker" in body:
+                    self._on_status(int(body["worker"]), body)
+
+    def _on_clock(self, clock: dict[str, Any]) -> None:
+        if self.clock is None:
+            self.first_tick_s = float(clock["t0_wall"]) - self.run.started_wall
+            self.say(f"clock started: scenario time 0 came {self.first_tick_s:.1f} s after "
+                     "`up` began")
+            self.clock = clock
+            self._fix_run_file()
+            self._write_record()
+        self.clock = clock
+
+    def _on_status(self, worker: int, body: dict[str, Any]) -> None:
+        self.status[worker] = body
+        if body.get("state") == "lost" and worker in self._awaiting_lost:
+            _deadline, fault = self._awaiting_lost.pop(worker)
+            self._schedule(time.time(), "start", fault)
+
+    # --- faults -----------------------------------------------------------------------------------
+
+    def wall_at(self, t_s: float) -> float:
+        """Wall time of scenario time ``t_s`` (needs the clock)."""
+        assert self.clock is not None
+        return float(self.clock["t0_wall"]) + t_s / float(self.clock["speed"])
+
+    def _plan(self, listing: dict[str, Any]) -> None:
+        if self.clock is None:
+            return  # the listing is published again with the clock
+        now_s = float(listing.get("t_s", 0.0))
+        for fault in listing.get("faults", []):
+            if fault.get("kind") not in DELEGATED or fault["id"] in self.actions:
+                continue
+            if not fault.get("active") and float(fault["start_s"]) <= now_s:
+                continue  # over before we heard of it
+            record = {"kind": fault["kind"], "worker": fault["target"].get("worker"),
+                      "actions": []}
+            self.actions[fault["id"]] = record
+            self._schedule(self.wall_at(float(fault["start_s"])), _first_action(fault["kind"]),
+                           fault)
+
+    def _schedule(self, wall: float, action: str, fault: dict[str, Any]) -> None:
+        heapq.heappush(self._timers, (wall, next(self._seq), action, fault))
+        self._wake.set()
+
+    async def _run_timers(self) -> None:
+        while True:
+            now = time.time()
+            while self._timers and self._timers[0][0] <= now:
+                _wall, _seq, action, fault = heapq.heappop(self._timers)
+                await self._act(action, fault)
+            for worker, (deadline, fault) in list(self._awaiting_lost.items()):
+                if now > deadline:
+                    del self._awaiting_lost[worker]
+                    await self._act("start", fault)
+            self._wake.clear()
+            delay = min([self._timers[0][0] - now] if self._timers else [POLL_S])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, min(delay, POLL_S)))
+
+    async def _act(self, action: str, fault: dict[str, Any]) -> None:
+        record = self.actions[fault["id"]]
+        worker = fault["target"].get("worker")
+        entry: dict[str, Any] = {"action": action, "wall": round(time.time(), 3)}
+        if self.clock is not None:
+            entry["scenario_s"] = round((time.time() - float(self.clock["t0_wall"]))
+                                        * float(self.clock["speed"]), 3)
+        end_s = fault.get("end_s")
+        restart = bool(fault["target"].get("restart"))
+        if action == "start" and self._over():
+            entry["skipped"] = "the run is over"
+            record["actions"].append(entry)
+            self._write_record()
+            return
+        if action == "kill" and restart:
+            # Before the kill: the worker's last will can arrive before the kill call returns.
+            self._awaiting_lost[int(worker)] = (time.time() + LOST_WAIT_S, fault)
+        try:
+            container = await asyncio.to_thread(worker_container, self.client, self.run.run_id,
+                                                int(worker if worker is not None else -1))
+            if container is None:
+                raise RunError(f"run {self.run.run_id} has no container for worker {worker}")
+            record["container"] = container.name
+            await asyncio.to_thread(_docker_action, container, action)
+        except (OrbitmeshError, OSError) as exc:
+            entry["error"] = str(exc)
+        except Exception as exc:  # docker.errors.APIError and the like: record, keep going
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+        record["actions"].append(entry)
+        self.say(f"fault {fault['id']} ({fault['kind']}): {action} {record.get('container', '?')}"
+                 + (f" failed: {entry['error']}" if "error" in entry else ""))
+        self._write_record()
+        if "error" in entry:
+            self._awaiting_lost.pop(int(worker if worker is not None else -1), None)
+            return
+        if action == "kill" and not restart and end_s is not None:
+            self._schedule(self.wall_at(float(end_s)), "start", fault)
+        elif action == "pause" and end_s is not None:
+            self._schedule(self.wall_at(float(end_s)), "unpause", fault)
+
+    def _over(self) -> bool:
+        """True once scenario time has passed the run's duration (no restarts then)."""
+        return self.clock is not None and time.time() >= self.wall_at(
+            float(self.clock["duration_s"]))
+
+    # --- housekeeping -----------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Report progress; end the run early when a worker container dies before the clock."""
+        last = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            if self.clock is None:
+                rows = await asyncio.to_thread(run_containers, self.client, self.run.run_id)
+                dead = [c for c in rows if c.labels.get("orbitmesh.role") == "worker"
+                        and c.status == "exited"]
+                if dead:
+                    tail = (await asyncio.to_thread(dead[0].logs, tail=10)).decode(
+                        errors="replace")
+                    self.say(f"{dead[0].name} exited before the run began:\n{tail}")
+                    controller = await self._controller()
+                    await asyncio.to_thread(controller.kill, "SIGTERM")
+                    return
+                continue
+            if self.progress and time.monotonic() - last >= 5.0:
+                last = time.monotonic()
+                self.say(self._progress_line())
+
+    def _progress_line(self) -> str:
+        assert self.clock is not None
+        s = list(self.status.values())
+        t_s = (time.time() - float(self.clock["t0_wall"])) * float(self.clock["speed"])
+        running = sum(x.get("state") in ("ready", "running") for x in s)
+        return (f"t={min(t_s, float(self.clock['duration_s'])):7.1f}/"
+                f"{float(self.clock['duration_s']):g} s  workers up {running}/{self.run.workers}"
+                f"  offered {sum(x.get('offered', 0) for x in s)}  delivered "
+                f"{sum(x.get('delivered', 0) for x in s)}  dropped "
+                f"{sum(x.get('dropped', 0) for x in s)}")
+
+    def _fix_run_file(self) -> None:
+        """run.json must name the broker as this machine reaches it (the controller wrote its
+        own view), so that `orbitmesh fault RUN` works from the host."""
+        path = self.run.run_dir / RUN_FILE
+        with contextlib.suppress(OSError, ValueError):
+            body = json.loads(path.read_text())
+            host = parse_broker_url(self.run.host_broker_url).to_text(show_password=False)
+            if body.get("broker") != host:
+                body["broker"] = host
+                path.write_text(json.dumps(body, indent=2))
+
+    def _write_record(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.run.run_dir / RECORD).write_text(json.dumps(
+                {"run_id": self.run.run_id, "first_tick_s": self.first_tick_s,
+                 "faults": self.actions}, indent=2))
+
+    def merge_into_summary(self) -> dict[str, Any] | None:
+        """Add what the supervisor did to each fault of summary.json; the summary, if any."""
+        path = self.run.run_dir / "summary.json"
+        if not path.is_file():
+            return None
+        summary = read_summary(path)
+        for fault in summary.get("faults", []):
+            if fault["id"] in self.actions:
+                fault["container"] = self.actions[fault["id"]]
+        write_summary(self.run.run_dir, summary)
+        return summary
+
+
+def _first_action(kind: str) -> str:
+    return {"container_pause": "pause", "container_unpause": "unpause",
+            "container_restart": "restart"}.get(kind, "kill")
+
+
+def _docker_action(container: Any, action: str) -> None:
+    """One blocking docker call on a worker container."""
+    container.reload()
+    if action == "kill":
+        if container.status in ("running", "paused"):
+            if container.status == "paused":
+                container.unpause()
+            container.kill()
+    elif action == "start":
+        if container.status != "running":
+            container.start()
+    elif action == "pause":
+        container.pause()
+    elif action == "unpause":
+        if container.status == "paused":
+            container.unpause()
+    elif action == "restart":
+        container.restart(timeout=10)
+    else:  # pragma: no cover - the table above is complete
+        raise RunError(f"unknown container action {action!r}")
+
+
+def up(client: Any, opts: UpOptions, image: str, say: Progress) -> int:
+    """`orbitmesh up`: start the run's containers, supervise it, print the summary; exit code."""
+    run = start(client, opts, image, say)
+    if opts.detach:
+        start_supervisor(client, run)
+        say(f"run {run.run_id} started in the background; results in {run.run_dir}")
+        say(f"  orbitmesh status {run.run_dir}    orbitmesh down {run.run_dir}")
+        return 0
+    try:
+        code, supervisor = asyncio.run(_foreground(client, run, say, opts.progress))
+    except BaseException:
+        save_logs(client, run.run_id, run.run_dir)
+        if not opts.keep:
+            down(client, run.run_id)
+        raise
+    return finish(client, run, supervisor, code, keep=opts.keep, say=say)
+
+
+async def _foreground(client: Any, run: DockerRun, say: Progress,
+                      progress: bool) -> tuple[int, Supervisor]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    supervisor = Supervisor(client, run, say, progress=progress)
+    return await supervisor.supervise(stop), supervisor
+
+
+def supervise_detached(client: Any, run: DockerRun, connect_url: str | None,
+                       say: Progress, progress: bool) -> int:
+    """`orbitmesh supervise RUN`: the supervisor of a detached run (it runs in a container)."""
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        supervisor = Supervisor(client, run, say, connect_url=connect_url, progress=progress)
+        code = await supervisor.supervise(stop)
+        supervisor.merge_into_summary()
+        return code
+
+    return asyncio.run(main())
+
+
+def finish(client: Any, run: DockerRun, supervisor: Supervisor, code: int, *, keep: bool,
+           say: Progress) -> int:
+    """After the controller exits: summary, logs, containers down; the exit code."""
+    summary = supervisor.merge_into_summary()
+    for container in run_containers(client, run.run_id):
+        with contextlib.suppress(Exception):
+            container.stop(timeout=10)
+    save_logs(client, run.run_id, run.run_dir)
+    if not keep:
+        removed = down(client, run.run_id)
+        say(f"removed {len(removed['containers'])} containers"
+            + (f", network {', '.join(removed['networks'])}" if removed["networks"] else ""))
+    if summary is None:
+        say(f"the controller exited with code {code} and wrote no summary; see "
+            f"{run.run_dir / 'logs'}")
+        return code or 1
+    print(format_summary(summary))
+    for fault_id, record in supervisor.actions.items():
+        done = ", ".join(a["action"] + (" FAILED" if "error" in a else "")
+                         for a in record["actions"])
+        print(f"container fault {fault_id} ({record['kind']}, worker {record['worker']}): "
+              f"{done or 'not carried out'}")
+    print(f"results: {run.run_dir}")
+    return code
+
+
+def plain_progress(line: str) -> None:
+    """Print a progress line to stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def load_run(run_dir: Path) -> DockerRun:
+    """The DockerRun recorded in a run directory."""
+    try:
+        return DockerRun.load(run_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"{run_dir}: cannot read its docker.json ({exc})") from exc

@@ -1,0 +1,253 @@
+"""Turn the workers' stats files into ``summary.json`` and a printed table.
+
+summary.json is versioned (``version``); readers reject other major versions. The conservation
+check holds when, for every flow, offered = delivered + dropped (with a reason) + in flight at the
+end (on a link or in an on-board store). A frame lost without a reason breaks it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orbitmesh.core.faults import PROCESS_KINDS
+from orbitmesh.core.scenario import Scenario
+from orbitmesh.errors import RunError
+from orbitmesh.protocol.wire import FLOW_ACK, FLOW_TELECOMMAND, FLOW_TELEMETRY
+from orbitmesh.run.trace import iter_events
+
+SUMMARY_VERSION = "1.0"
+
+
+def percentiles(samples: list[float],
+                qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:
+    """``{"p50": ..}`` rounded to µs; None when there are no samples."""
+    if not samples:
+        return {f"p{q}": None for q in qs}
+    values = np.percentile(np.asarray(samples, dtype=np.float64), qs)
+    return {f"p{q}": round(float(v), 3) for q, v in zip(qs, values, strict=True)}
+
+
+def load_worker_stats(run_dir: Path) -> list[dict[str, Any]]:
+    """Every ``stats-w*.json`` of a run."""
+    return [json.loads(p.read_text()) for p in sorted(run_dir.glob("stats-w*.json"))]
+
+
+def _merge_flow(stats: list[dict[str, Any]], flow: int) -> dict[str, Any]:
+    key = str(flow)
+    offered = delivered = hops = remote_out = remote_in = in_flight = 0
+    dropped: Counter[str] = Counter()
+    latency: list[float] = []
+    for w in stats:
+        f = w["flows"].get(key)
+        in_flight += int(w.get("in_flight", {}).get(key, 0))
+        if f is None:
+            continue
+        offered += f["offered"]
+        delivered += f["delivered"]
+        hops += f["hops"]
+        dropped.update(f["dropped"])
+        latency += f["latency_ms"]
+        remote_out += f["remote_out"]
+        remote_in += f["remote_in"]
+    lost = offered - delivered - sum(dropped.values()) - in_flight
+    return {"offered": offered, "delivered": delivered, "dropped": dict(sorted(dropped.items())),
+            "in_flight": in_flight, "unexplained": lost,
+            "delivery_ratio": round(delivered / offered, 6) if offered else None,
+            "latency_ms": percentiles(latency),
+            "mean_hops": round(hops / delivered, 3) if delivered else None,
+            "crossed_workers": remote_in, "_latency": latency}
+
+
+def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
+                  links: dict[str, Any], workers_expected: int,
+                  faults: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Merge the workers' stats of ``run_dir`` into the summary document."""
+    stats = load_worker_stats(run_dir)
+    faults = faults or []
+    final_workers = {w["worker"] for w in stats if w.get("final", True)}
+    missing = workers_expected - len(final_workers)
+    process_faults = [f for f in faults if f["kind"] in PROCESS_KINDS and "error" not in f]
+    flows = []
+    conservation = []
+    for i, flow in enumerate(scenario.traffic):
+        merged = _merge_flow(stats, i)
+        merged.pop("_latency")
+        flows.append({"name": flow.name, "source": flow.source, "destination": flow.destination,
+                      "policy": flow.policy, **merged})
+        conservation.append((flow.name, merged))
+    tm = _merge_flow(stats, FLOW_TELEMETRY)
+    tc = _merge_flow(stats, FLOW_TELECOMMAND)
+    ack = _merge_flow(stats, FLOW_ACK)
+    conservation += [("telemetry", tm), ("telecommands", tc), ("acks", ack)]
+    ages = [a for w in stats for a in w["telemetry_age_ms"]]
+    rtts = [r for w in stats for r in w["telecommand_rtt_ms"]]
+    accuracy = [a for w in stats for a in w["accuracy_ms"]]
+    late = [x for w in stats for x in w["link_apply_late_ms"]]
+    # A killed worker's counts are its last snapshot, and frames inside a killed worker or a
+    # stopped broker vanish with it: with such faults the remainder is attributed to them.
+    checks = []
+    for name, m in conservation:
+        lost = m["unexplained"] if process_faults else 0
+        checks.append({"flow": name, "offered": m["offered"], "delivered": m["delivered"],
+                       "dropped": sum(m["dropped"].values()), "in_flight": m["in_flight"],
+                       "lost_to_process_faults": lost, "unexplained": m["unexplained"] - lost,
+                       "ok": m["unexplained"] - lost == 0})
+    ok = all(c["ok"] for c in checks) and missing == 0
+    return {
+        "version": SUMMARY_VERSION,
+        "run": {**run_meta, "workers_reported": len(stats)},
+        "flows": flows,
+        "telemetry": {"generated": tm["offered"], "delivered": tm["delivered"],
+                      "dropped": tm["dropped"], "in_flight": tm["in_flight"],
+                      "age_ms": percentiles(ages, (50, 99)),
+                      "max_backlog": max((w["max_backlog"] for w in stats), default=0),
+                      "held_on_board_at_end": sum(w.get("held_on_board", 0) for w in stats)},
+        "telecommands": {"sent": sum(w["telecommands_sent"] for w in stats),
+                         "acked": sum(w["telecommands_acked"] for w in stats),
+                         "dropped": tc["dropped"], "ack_dropped": ack["dropped"],
+                         "rtt_ms": percentiles(rtts, (50, 99))},
+        "links": {**links, "apply_late_ms": percentiles(late, (50, 99))},
+        "accuracy_ms": {**percentiles(accuracy, (50, 99)), "samples": len(accuracy),
+                        "max": round(max(accuracy), 3) if accuracy else None},
+        "malformed": sum(w["malformed"] for w in stats),
+        "faults": fault_impact(run_dir, scenario, faults, stats, run_meta, checks),
+        "conservation": checks,
+        "conservation_ok": ok,
+    }
+
+
+def _read_events(run_dir: Path
+                 ) -> tuple[dict[int, tuple[float, int]], dict[int, tuple[float, float]]]:
+    """Offer (wall time, flow) and delivery (wall time, latency ms) of every frame."""
+    offers: dict[int, tuple[float, int]] = {}
+    delivered: dict[int, tuple[float, float]] = {}
+    for record in iter_events(run_dir):
+        if record[0] == "offer":
+            offers[record[2]] = (record[1], record[3])
+        elif record[0] == "deliver":
+            delivered[record[2]] = (record[1], record[6])
+    return offers, delivered
+
+
+def fault_impact(run_dir: Path, scenario: Scenario, faults: list[dict[str, Any]],
+                 stats: list[dict[str, Any]], run_meta: dict[str, Any],
+                 checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every fault with its impact: drops it caused, flows hit, delivery during vs outside."""
+    if not faults:
+        return []
+    names = {str(i): f.name for i, f in enumerate(scenario.traffic)}
+    names |= {str(FLOW_TELEMETRY): "telemetry", str(FLOW_TELECOMMAND): "telecommands",
+              str(FLOW_ACK): "acks"}
+    offers, delivered = _read_events(run_dir)
+    t0, speed = float(run_meta.get("t0_wall") or 0.0), float(run_meta["speed"])
+    duration = float(run_meta["duration_s"])
+    out = []
+    for fault in faults:
+        drops: Counter[str] = Counter()
+        for w in stats:
+            for flow, count in w.get("fault_drops", {}).get(fault["id"], {}).items():
+                drops[names.get(flow, flow)] += count
+        start = t0 + fault["start_s"] / speed
+        end_s = fault["end_s"] if fault["end_s"] is not None else duration
+        end = t0 + min(duration, end_s) / speed
+        windows: dict[str, dict[str, list[Any]]] = {"during": {}, "outside": {}}
+        held = 0
+        for frame_id, (wall, flow) in offers.items():
+            if flow < 0 and flow != FLOW_TELEMETRY:
+                continue
+            key = "during" if start <= wall < end else "outside"
+            outcome = delivered.get(frame_id)
+            windows[key].setdefault(names.get(str(flow), str(flow)), []).append(
+                None if outcome is None else outcome[1])
+            if flow == FLOW_TELEMETRY and key == "during" and outcome is not None \
+                    and outcome[0] >= end:
+                held += 1
+        impact = {}
+        for key, per_flow in windows.items():
+            impact[key] = {
+                flow: {"offered": len(v),
+                       "delivery_ratio": round(sum(x is not None for x in v) / len(v), 4),
+                       "latency_ms": percentiles([x for x in v if x is not None], (50, 99))}
+                for flow, v in sorted(per_flow.items()) if v}
+        entry = {**fault, "dropped": sum(drops.values()), "dropped_by_flow": dict(drops),
+                 "flows_affected": sorted(drops), "telemetry_held_on_board": held, **impact}
+        if fault["kind"] in PROCESS_KINDS:
+            entry["lost_in_process"] = sum(c["lost_to_process_faults"] for c in checks)
+        out.append(entry)
+    return out
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
+    """Write summary.json atomically."""
+    path = run_dir / "summary.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """Load a summary.json, rejecting unknown major versions."""
+    summary: dict[str, Any] = json.loads(path.read_text())
+    major = str(summary.get("version", "0")).split(".")[0]
+    if major != SUMMARY_VERSION.split(".", maxsplit=1)[0]:
+        raise RunError(f"{path}: summary version {summary.get('version')!r}; this orbitmesh reads "
+                       f"{SUMMARY_VERSION.split('.', maxsplit=1)[0]}.x — upgrade orbitmesh")
+    return summary
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The table printed at the end of a run."""
+    out = []
+    run = summary["run"]
+    out.append(f"run {run['id']}: scenario {run['scenario']}, {run['duration_s']:g} s at "
+               f"x{run['speed']:g}, {run['workers']} workers, broker {run['broker']}")
+    out.append(f"{'flow':<22}{'offered':>9}{'deliv':>9}{'ratio':>8}{'p50 ms':>9}{'p95 ms':>9}"
+               f"{'p99 ms':>9}{'hops':>6}  dropped")
+    rows = [(f["name"], f) for f in summary["flows"]]
+    tm = summary["telemetry"]
+    for name, f in rows:
+        lat = f["latency_ms"]
+        drops = ", ".join(f"{k} {v}" for k, v in f["dropped"].items()) or "-"
+        out.append(f"{name:<22}{f['offered']:>9}{f['delivered']:>9}{_fmt(f['delivery_ratio']):>8}"
+                   f"{_fmt(lat['p50']):>9}{_fmt(lat['p95']):>9}{_fmt(lat['p99']):>9}"
+                   f"{_fmt(f['mean_hops']):>6}  {drops}")
+    tm_drops = ", ".join(f"{k} {v}" for k, v in tm["dropped"].items()) or "-"
+    out.append(f"{'telemetry':<22}{tm['generated']:>9}{tm['delivered']:>9}{'':>8}"
+               f"{_fmt(tm['age_ms']['p50']):>9}{'':>9}{_fmt(tm['age_ms']['p99']):>9}{'':>6}  "
+               f"{tm_drops}; max on-board backlog {tm['max_backlog']}")
+    tc = summary["telecommands"]
+    out.append(f"{'telecommands':<22}{tc['sent']:>9}{tc['acked']:>9}{'':>8}"
+               f"{_fmt(tc['rtt_ms']['p50']):>9}{'':>9}{_fmt(tc['rtt_ms']['p99']):>9}  (RTT)")
+    links, acc = summary["links"], summary["accuracy_ms"]
+    out.append(f"links: {links['handovers']} handovers, {links['route_changes']} route changes, "
+               f"{links['ticks']} ticks (compute p50 {_fmt(links['tick_compute_ms']['p50'])} ms); "
+               f"applied late p99 {_fmt(links['apply_late_ms']['p99'])} ms")
+    out.append(f"emulation accuracy (actual - intended hop delay): p50 {_fmt(acc['p50'])} ms, "
+               f"p99 {_fmt(acc['p99'])} ms over {acc['samples']} hops")
+    for f in summary.get("faults", []):
+        during = ", ".join(f"{k} {v['delivery_ratio']:.0%}" for k, v in f.get("during", {}).items())
+        out.append(f"fault {f['id']} {f['kind']} ({f['origin']}) {f['start_s']:g}-"
+                   f"{_fmt(f['end_s'])} s: dropped {f['dropped']}"
+                   + (f"; delivery during: {during}" if during else "")
+                   + (f"; error: {f['error']}" if "error" in f else ""))
+    if summary["malformed"]:
+        out.append(f"malformed payloads ignored: {summary['malformed']}")
+    if summary["conservation_ok"]:
+        out.append("conservation: ok (offered = delivered + dropped + in flight, every flow)")
+    else:
+        bad = [c for c in summary["conservation"] if not c["ok"]]
+        out.append("CONSERVATION BROKEN: frames vanished without a reason: " + ", ".join(
+            f"{c['flow']} ({c['unexplained']} unexplained)" for c in bad)
+            + ("" if run["workers_reported"] == run["workers"] else
+               f"; only {run['workers_reported']} of {run['workers']} workers reported"))
+    return "\n".join(out)
