@@ -19,6 +19,7 @@ from sgp4.api import SGP4_ERRORS, SatrecArray
 
 from orbitmesh.core.elements import ElementRecord, _as_utc, _read_text
 from orbitmesh.core.geometry import julian_date
+from orbitmesh.core.grid import GridLayout, align_slots, grid_layout
 from orbitmesh.errors import GeometryError, ScenarioError
 
 IntArray = NDArray[np.int64]
@@ -31,7 +32,9 @@ class PlaneAssignment:
 
     Planes are numbered inclination group by inclination group (lowest inclination first) and,
     within a group, by increasing RAAN starting after the largest RAAN gap; slots by increasing
-    argument of latitude. All arrays are ``(S,)`` in record order.
+    argument of latitude, slot 0 of each plane chosen so that the planes of a group stand in
+    Walker slot columns where they can (:mod:`orbitmesh.core.grid`). All arrays are ``(S,)`` in
+    record order; ``grids`` holds one +Grid layout per inclination group.
     """
 
     plane: IntArray
@@ -40,6 +43,7 @@ class PlaneAssignment:
     arg_latitude_deg: FloatArray
     inclination_deg: FloatArray
     planes: int
+    grids: tuple[GridLayout, ...] = ()
 
 
 def orbit_angles(records: Sequence[ElementRecord], at: datetime
@@ -104,19 +108,30 @@ def infer_planes(records: Sequence[ElementRecord], at: datetime, *,
     raan, inclination, u = orbit_angles(records, at)
     group = _linear_clusters(inclination, inclination_tolerance_deg)
     plane = np.empty(len(records), dtype=np.int64)
+    groups: list[range] = []
     offset = 0
     for g in range(int(group.max()) + 1):
         members = np.flatnonzero(group == g)
         labels = _circular_clusters(raan[members], raan_tolerance_deg)
         plane[members] = labels + offset
+        groups.append(range(offset, offset + int(labels.max()) + 1))
         offset += int(labels.max()) + 1
-    return PlaneAssignment(plane=plane, slot=_slots(plane, u), raan_deg=raan,
-                           arg_latitude_deg=u, inclination_deg=inclination, planes=offset)
+    slot = _slots(plane, u)
+    for planes in groups:
+        slot = align_slots(plane, slot, u, planes)
+    grids = tuple(grid_layout(plane, slot, raan, u, inclination, planes) for planes in groups)
+    return PlaneAssignment(plane=plane, slot=slot, raan_deg=raan, arg_latitude_deg=u,
+                           inclination_deg=inclination, planes=offset, grids=grids)
 
 
 def planes_from_mapping(records: Sequence[ElementRecord], at: datetime,
-                        mapping: Mapping[int, tuple[int, int]]) -> PlaneAssignment:
-    """Plane assignment taken from an explicit mapping (angles still computed at ``at``)."""
+                        mapping: Mapping[int, tuple[int, int]], *,
+                        inclination_tolerance_deg: float = 1.0) -> PlaneAssignment:
+    """Plane assignment taken from an explicit mapping (angles still computed at ``at``).
+
+    Planes are grouped into shells by inclination and linked in the order of their numbers; the
+    slots are used as given, and only the seam shift is inferred from the geometry.
+    """
     missing = [f"{rec.source}: {rec.name} (catalogue number {rec.catalog_number}) has no plane "
                "in the mapping; add a row for it" for rec in records
                if rec.catalog_number not in mapping]
@@ -124,9 +139,15 @@ def planes_from_mapping(records: Sequence[ElementRecord], at: datetime,
         raise ScenarioError(f"plane mapping lacks {len(missing)} satellite(s)", problems=missing)
     raan, inclination, u = orbit_angles(records, at)
     pairs = np.array([mapping[rec.catalog_number] for rec in records], dtype=np.int64)
-    return PlaneAssignment(plane=pairs[:, 0], slot=pairs[:, 1], raan_deg=raan,
-                           arg_latitude_deg=u, inclination_deg=inclination,
-                           planes=int(pairs[:, 0].max()) + 1)
+    plane, slot = pairs[:, 0], pairs[:, 1]
+    numbers = np.unique(plane)
+    plane_inclination = np.array([inclination[plane == p].mean() for p in numbers])
+    group = _linear_clusters(plane_inclination, inclination_tolerance_deg)
+    grids = tuple(grid_layout(plane, slot, raan, u, inclination,
+                              [int(p) for p in numbers[group == g]])
+                  for g in range(int(group.max()) + 1))
+    return PlaneAssignment(plane=plane, slot=slot, raan_deg=raan, arg_latitude_deg=u,
+                           inclination_deg=inclination, planes=int(plane.max()) + 1, grids=grids)
 
 
 # ------------------------------------------------------------------------------ plane mapping

@@ -8,7 +8,7 @@ Node ids are topic-safe strings: ``<constellation>-<plane>-<slot>`` for Walker s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -23,6 +23,7 @@ from orbitmesh.core.geometry import (
     Stations,
     walker_satrecs,
 )
+from orbitmesh.core.grid import GridLayout, plane_members, walker_grid
 from orbitmesh.core.scenario import Constellation, Scenario
 from orbitmesh.errors import ScenarioError
 
@@ -46,6 +47,7 @@ class Shell:
     slot: IntArray  # (count,) slot within its plane
     arg_latitude_deg: FloatArray  # (count,) at the scenario epoch; orders slots within planes
     planes: int
+    grids: tuple[GridLayout, ...] = ()  # one +Grid per inclination group (plane numbers as above)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,14 @@ class Topology:
     def ground_endpoints(self) -> IntArray:
         """Indices of every station and operations centre."""
         return np.arange(self.n_satellites, self.n_nodes, dtype=np.int64)
+
+    @cached_property
+    def transit(self) -> NDArray[np.bool_]:
+        """(N,) can the node relay? Satellites do; ground nodes unless ``transit: false``."""
+        ground = [g.transit for g in self.scenario.stations]
+        ground += [o.transit for o in self.scenario.ops_centres]
+        return np.concatenate([np.ones(self.n_satellites, dtype=bool),
+                               np.array(ground, dtype=bool)])
 
 
 def build_topology(scenario: Scenario) -> Topology:
@@ -162,7 +172,7 @@ def build_topology(scenario: Scenario) -> Topology:
         sat_max_gsl=np.asarray(sat_max_gsl, dtype=np.int64), isl_pairs=isl_pairs,
         stations=stations,
         station_mask_deg=np.array([g.min_elevation_deg for g in st], dtype=np.float64),
-        station_antennas=np.array([g.antennas for g in st], dtype=np.int64),
+        station_antennas=np.array([g.antenna_count(n_sats) for g in st], dtype=np.int64),
         station_allows=allows, terrestrial=_terrestrial(scenario, n_sats),
         warnings=tuple(warnings))
 
@@ -181,74 +191,74 @@ def _constellation(c: Constellation, scenario: Scenario, first: int
         u = (slot * 360.0 / per_plane + plane * w.phasing * 360.0 / w.satellites) % 360.0
         width = max(2, len(str(per_plane - 1)), len(str(w.planes - 1)))
         ids = [f"{c.name}-{k:0{width}d}-{j:0{width}d}" for k, j in zip(plane, slot, strict=True)]
-        return sats, ids, Shell(c, first, len(sats), plane, slot, u, w.planes), []
+        grid = walker_grid(planes=w.planes, per_plane=per_plane, phasing=w.phasing,
+                           seam_shift=c.seam_shift, star=w.pattern == "star",
+                           raan_offset_deg=w.raan_offset_deg, inclination_deg=w.inclination_deg)
+        return sats, ids, Shell(c, first, len(sats), plane, slot, u, w.planes, (grid,)), []
 
     records = (elements.load_tle_file(c.tle) if c.tle is not None
                else elements.load_omm_file(c.omm))  # type: ignore[arg-type]
     notes = elements.stale_epochs(records, scenario.epoch)
-    assignment = planes_mod.infer_planes(records, scenario.epoch,
-                                       raan_tolerance_deg=c.raan_tolerance_deg)
-    plane = np.asarray(assignment.plane, dtype=np.int64)
-    slot = np.asarray(assignment.slot, dtype=np.int64)
-    planes = int(assignment.planes)
     if c.plane_mapping is not None:
         mapping = planes_mod.load_plane_mapping(c.plane_mapping)
         missing = [r.catalog_number for r in records if r.catalog_number not in mapping]
         if missing:
             raise ScenarioError(f"{c.plane_mapping}: no plane/slot for catalogue numbers "
                                 f"{missing[:10]}; every satellite of {c.name!r} needs a row")
-        plane = np.array([mapping[r.catalog_number][0] for r in records], dtype=np.int64)
-        slot = np.array([mapping[r.catalog_number][1] for r in records], dtype=np.int64)
-        planes = int(plane.max()) + 1
-    order = np.lexsort((slot, plane))  # plane-major like Walker shells
+        assignment = planes_mod.planes_from_mapping(records, scenario.epoch, mapping)
+    else:
+        assignment = planes_mod.infer_planes(records, scenario.epoch,
+                                             raan_tolerance_deg=c.raan_tolerance_deg)
+    grids = assignment.grids
+    if c.isl_shift is not None:  # the scenario's seam shift wins over the inferred one
+        grids = tuple(replace(g, seam_shift=c.isl_shift) for g in grids)
+    order = np.lexsort((assignment.slot, assignment.plane))  # plane-major like Walker shells
     records = [records[i] for i in order]
     ids = [f"{c.name}-{r.catalog_number}" for r in records]
-    shell = Shell(c, first, len(records), plane[order], slot[order],
-                  np.asarray(assignment.arg_latitude_deg, dtype=np.float64)[order], planes)
+    shell = Shell(c, first, len(records), np.asarray(assignment.plane[order], dtype=np.int64),
+                  np.asarray(assignment.slot[order], dtype=np.int64),
+                  np.asarray(assignment.arg_latitude_deg[order], dtype=np.float64),
+                  assignment.planes, grids)
     return [r.satrec for r in records], ids, shell, list(notes)
 
 
 def plus_grid_pairs(shell: Shell) -> IntArray:
     """+Grid ISL candidates (global indices, ``a < b``): two in-plane and two cross-plane links.
 
-    Regular shells (equal planes, Walker) link slot j of plane k to slot j of plane k+1, and at
-    the seam slot j of the last plane to slot j + shift of plane 0 (Walker-delta phasing). Walker
-    star shells have no seam link (the planes either side counter-rotate). Irregular shells
-    (imported TLEs) link each satellite to the nearest argument of latitude in the next plane.
+    Each plane is a ring in slot order. Planes of a grid (:class:`~orbitmesh.core.grid.GridLayout`)
+    standing in slot columns (Walker shells, and imported shells whose planes are equal and evenly
+    spaced) link slot j of plane k to slot j of the next plane, and at the seam slot j of the last
+    plane to slot j + seam shift of the first; a grid whose seam is open (Walker star, star-like
+    imports, fewer than 3 planes) has no seam links. Planes without columns (unequal, uneven)
+    link each satellite to the nearest argument of latitude in the next plane.
     """
     c = shell.constellation
     if not c.isl or shell.count < 2:
         return np.empty((0, 2), dtype=np.int64)
-    g = shell.first + np.arange(shell.count)
+    first = shell.first
+    members = plane_members(shell.plane, shell.slot, range(shell.planes))
     pairs: list[IntArray] = []
-    plane_members = [g[shell.plane == k][np.argsort(shell.slot[shell.plane == k])]
-                     for k in range(shell.planes)]
-    for members in plane_members:
-        if len(members) >= 3:
-            pairs.append(np.stack([members, np.roll(members, -1)], axis=1))
-        elif len(members) == 2:
-            pairs.append(members.reshape(1, 2))
-    sizes = {len(m) for m in plane_members}
-    regular = len(sizes) == 1 and c.walker is not None
-    star = c.walker is not None and c.walker.pattern == "star"
-    for k in range(shell.planes):
-        nxt = (k + 1) % shell.planes
-        if nxt == k or (nxt == 0 and (star or shell.planes < 3)):
-            continue
-        here, there = plane_members[k], plane_members[nxt]
-        if len(here) == 0 or len(there) == 0:
-            continue
-        shift = c.seam_shift if nxt == 0 else 0
-        if regular:
-            partner = there[(np.arange(len(here)) + shift) % len(there)]
-        else:
-            u_here = shell.arg_latitude_deg[here - shell.first]
-            u_there = shell.arg_latitude_deg[there - shell.first]
-            diff = (u_there[np.newaxis, :] - u_here[:, np.newaxis] + 180.0) % 360.0 - 180.0
-            nearest = np.argmin(np.abs(diff), axis=1)
-            extra = (c.isl_shift or 0) if nxt == 0 else 0
-            partner = there[(nearest + extra) % len(there)]
-        pairs.append(np.stack([here, partner], axis=1))
+    for ring in members:
+        if len(ring) >= 3:
+            pairs.append(first + np.stack([ring, np.roll(ring, -1)], axis=1))
+        elif len(ring) == 2:
+            pairs.append(first + ring.reshape(1, 2))
+    for grid in shell.grids:
+        for i, k in enumerate(grid.planes):
+            at_seam = i == len(grid.planes) - 1
+            if at_seam and not grid.seam_linked:
+                continue
+            here, there = members[k], members[grid.planes[(i + 1) % len(grid.planes)]]
+            if len(here) == 0 or len(there) == 0:
+                continue
+            shift = grid.seam_shift if at_seam else 0
+            if grid.per_plane is not None:
+                partner = there[(np.arange(len(here)) + shift) % len(there)]
+            else:
+                u = shell.arg_latitude_deg
+                diff = (u[there][np.newaxis, :] - u[here][:, np.newaxis] + 180.0) % 360.0 - 180.0
+                partner = there[(np.argmin(np.abs(diff), axis=1) + shift) % len(there)]
+            pairs.append(first + np.stack([here, partner], axis=1))
     if not pairs:
         return np.empty((0, 2), dtype=np.int64)
     allp = np.sort(np.concatenate(pairs), axis=1)
