@@ -36,6 +36,7 @@ from orbitmesh.core.topology import Topology
 from orbitmesh.protocol.state import encode_state
 from orbitmesh.protocol.transport import Transport
 from orbitmesh.protocol.wire import Topics
+from orbitmesh.run.files import DiskError, close_reporting, is_disk_error
 
 log = logging.getLogger("orbitmesh.run.controller")
 START_LEAD_S = 0.5
@@ -64,6 +65,9 @@ class Controller:
         self._timeline: IO[bytes] | None = (
             (out_dir / "links.msgpack").open("wb") if out_dir else None)
         self._packer = msgpack.Packer(use_bin_type=True)
+        self._timeline_path = out_dir / "links.msgpack" if out_dir else None
+        self.write_error: DiskError | None = None
+        """Set when the disk filled up under the link timeline (the run reports it at the end)."""
         self.faults: list[Fault] = scheduled_faults(scenario) + random_faults(topology,
                                                                               duration_s)
         self.extra_down: dict[int, str] = {}
@@ -205,6 +209,18 @@ class Controller:
     def _record(self, tick: Tick) -> None:
         if self._timeline is None:
             return
+        try:
+            self._write_timeline(tick)
+        except OSError as exc:  # a full disk stops the timeline, not the run; reported at the end
+            if not is_disk_error(exc):
+                raise
+            self.write_error = DiskError(self._timeline_path or "links.msgpack", exc)
+            log.error("%s; the link timeline stops here", self.write_error)
+            close_reporting(self._timeline, self._timeline_path or "links.msgpack")
+            self._timeline = None
+
+    def _write_timeline(self, tick: Tick) -> None:
+        assert self._timeline is not None
         s, d = tick.state, tick.diff
         ids = self.topology.node_ids
 
@@ -250,13 +266,14 @@ class Controller:
         await _sleep_until(self.wall_at(self.duration_s))
 
     def close(self) -> None:
-        """Close the timeline file."""
+        """Close the timeline file; a full disk is kept in ``write_error``, not raised."""
         if self._timeline is not None:
-            self._timeline.close()
+            error = close_reporting(self._timeline, self._timeline_path or "links.msgpack")
+            self.write_error = self.write_error or error
             self._timeline = None
 
 
 async def _sleep_until(wall: float) -> None:
-    delay = wall - time.time()
-    if delay > 0:
-        await asyncio.sleep(delay)
+    """Sleep until ``wall``; yields to the loop even when already late, so signals and control
+    messages are served however far behind the ticks are."""
+    await asyncio.sleep(max(0.0, wall - time.time()))

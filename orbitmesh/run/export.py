@@ -21,10 +21,17 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 from orbitmesh.protocol.wire import ACK, DATA, KIND_NAMES, TELECOMMAND, TELEMETRY
-from orbitmesh.run.trace import iter_records, read_manifest
+from orbitmesh.run.records import Damage, RecordReader
+from orbitmesh.run.trace import (
+    LINKS_FILE,
+    EventStream,
+    check_link_record,
+    event_streams,
+    read_manifest,
+)
 
 REORDER_WINDOW_WALL_S = 5.0
 """How far (wall seconds) a record may trail a later-stamped one in its own stream."""
@@ -71,16 +78,16 @@ class _Trace:
         return self.flows.get(index, str(index))
 
     def streams(self) -> list[Path]:
-        return sorted(self.run_dir.glob("events-*.msgpack"))
+        return event_streams(self.run_dir)
 
 
 def _kind_of(flow: int) -> int:
     return _BUILTIN_KIND.get(flow, DATA)
 
 
-def _is_event(record: Any) -> bool:
-    return (isinstance(record, list) and len(record) >= 4 and record[0] in EVENT_TYPES
-            and isinstance(record[1], int | float))
+def _is_event(record: list[Any]) -> bool:
+    """A frame event (records are shape-checked when read; ``suppress`` names no frame)."""
+    return record[0] in EVENT_TYPES
 
 
 def _reordered(records: Iterable[Any], window_wall_s: float) -> Iterator[list[Any]]:
@@ -96,11 +103,18 @@ def _reordered(records: Iterable[Any], window_wall_s: float) -> Iterator[list[An
         yield heapq.heappop(heap)[2]
 
 
-def iter_sorted_events(run_dir: Path) -> Iterator[list[Any]]:
-    """Raw event records of every worker stream, merged into wall-time (= scenario-time) order."""
+def iter_sorted_events(run_dir: Path, *, salvage: bool = False,
+                       damage: list[Damage] | None = None) -> Iterator[list[Any]]:
+    """Raw event records of every worker stream, merged into wall-time (= scenario-time) order.
+
+    Damage raises TraceError; with ``salvage`` it is skipped and appended to ``damage``.
+    """
     trace = _Trace(run_dir)
-    streams = [_reordered(iter_records(p), REORDER_WINDOW_WALL_S) for p in trace.streams()]
-    return heapq.merge(*streams, key=lambda r: r[1])
+    streams = [EventStream(p, "salvage" if salvage else "raise") for p in trace.streams()]
+    yield from heapq.merge(*(_reordered(s, REORDER_WINDOW_WALL_S) for s in streams),
+                           key=lambda r: r[1])
+    if damage is not None:
+        damage.extend(d for s in streams for d in s.damage)
 
 
 def _row(trace: _Trace, r: list[Any]) -> dict[str, Any]:
@@ -127,28 +141,31 @@ def _row(trace: _Trace, r: list[Any]) -> dict[str, Any]:
     return row
 
 
-def iter_event_rows(run_dir: Path) -> Iterator[dict[str, Any]]:
+def iter_event_rows(run_dir: Path, *, salvage: bool = False,
+                    damage: list[Damage] | None = None) -> Iterator[dict[str, Any]]:
     """Every frame event as a row dict (keys from ``EVENT_COLUMNS``), sorted by ``t_s``."""
     trace = _Trace(run_dir)
-    for record in iter_sorted_events(run_dir):
+    for record in iter_sorted_events(run_dir, salvage=salvage, damage=damage):
         yield _row(trace, record)
 
 
-def export_jsonl(run_dir: Path, out: IO[str]) -> int:
+def export_jsonl(run_dir: Path, out: IO[str], *, salvage: bool = False,
+                 damage: list[Damage] | None = None) -> int:
     """Write one JSON object per frame event (fields that do not apply left out); rows written."""
     n = 0
-    for row in iter_event_rows(run_dir):
+    for row in iter_event_rows(run_dir, salvage=salvage, damage=damage):
         out.write(json.dumps(row, separators=(",", ":")) + "\n")
         n += 1
     return n
 
 
-def export_csv(run_dir: Path, out: IO[str]) -> int:
+def export_csv(run_dir: Path, out: IO[str], *, salvage: bool = False,
+               damage: list[Damage] | None = None) -> int:
     """Write one CSV row per frame event under an ``EVENT_COLUMNS`` header; rows written."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(EVENT_COLUMNS)
     n = 0
-    for row in iter_event_rows(run_dir):
+    for row in iter_event_rows(run_dir, salvage=salvage, damage=damage):
         writer.writerow(["" if row.get(c) is None else _cell(row[c]) for c in EVENT_COLUMNS])
         n += 1
     return n
@@ -204,14 +221,15 @@ def _epoch_us(manifest: dict[str, Any]) -> int:
     return (epoch - _EPOCH0) // timedelta(microseconds=1)
 
 
-def export_pcap(run_dir: Path, out: BinaryIO) -> int:
+def export_pcap(run_dir: Path, out: IO[bytes], *, salvage: bool = False,
+                damage: list[Damage] | None = None) -> int:
     """Write a libpcap file (raw IPv4, µs stamps = epoch + scenario time): a UDP packet per hop."""
     trace = _Trace(run_dir)
     epoch_us = _epoch_us(trace.manifest)
     out.write(struct.pack("<IHHiIII", PCAP_MAGIC_US, 2, 4, 0, 0, PCAP_SNAPLEN, LINKTYPE_RAW))
     hops: Counter[int] = Counter()
     n = 0
-    for r in iter_sorted_events(run_dir):
+    for r in iter_sorted_events(run_dir, salvage=salvage, damage=damage):
         if r[0] == "hop":
             frame, flow = int(r[2]), int(r[3])
             hops[frame] += 1
@@ -236,8 +254,12 @@ def export_node_map(run_dir: Path, out: IO[str]) -> int:
 
 # -- trace info ---------------------------------------------------------------------------------
 
-def trace_info(run_dir: Path) -> dict[str, Any]:
-    """What a trace holds, from its manifest and events (works while the run is in progress)."""
+def trace_info(run_dir: Path, *, salvage: bool = False) -> dict[str, Any]:
+    """What a trace holds, from its manifest and events (works while the run is in progress).
+
+    Damage does not raise: it is listed under ``damage`` (reading stops at it, or with
+    ``salvage`` skips past it) and the trace's status is "damaged".
+    """
     trace = _Trace(run_dir)
     m = trace.manifest
     events: Counter[str] = Counter()
@@ -246,9 +268,11 @@ def trace_info(run_dir: Path) -> dict[str, Any]:
     dropped: dict[int, Counter[str]] = {}
     first = last = None
     streams = []
+    damage: list[Damage] = []
     for path in trace.streams():
         count = 0
-        for r in iter_records(path):
+        stream = EventStream(path, "salvage" if salvage else "stop")
+        for r in stream:
             if not _is_event(r):
                 continue
             count += 1
@@ -262,7 +286,10 @@ def trace_info(run_dir: Path) -> dict[str, Any]:
                 dropped.setdefault(flow, Counter())[str(r[5])] += 1
             first = r[1] if first is None or r[1] < first else first
             last = r[1] if last is None or r[1] > last else last
-        streams.append({"file": path.name, "events": count})
+        damage += stream.damage
+        streams.append({"file": path.name, "events": count,
+                        "partial_tail_at": stream.reader.partial_tail,
+                        "missing_events": stream.missing_events})
     user = [int(f["index"]) for f in m["flows"]]
     seen = set(offered) | set(delivered) | set(dropped)
     order = user + sorted((f for f in seen if f not in user), reverse=True)
@@ -277,11 +304,15 @@ def trace_info(run_dir: Path) -> dict[str, Any]:
                       "dropped_by_reason": dict(sorted(drops.items())),
                       "in_flight_or_lost": offered[f] - delivered[f] - n_drop})
     link_records, link_last_s = 0, None
-    if (trace.run_dir / "links.msgpack").is_file():
-        for r in iter_records(trace.run_dir / "links.msgpack"):
+    if (trace.run_dir / LINKS_FILE).is_file():
+        # A diff stream cannot be resynchronised: reading stops at damage, salvage or not.
+        links = RecordReader(trace.run_dir / LINKS_FILE, check_link_record, mode="stop",
+                             tail_ok=not m.get("complete"))
+        for r in links:
             link_records += 1
             link_last_s = float(r["t_s"]) if link_last_s is None else max(link_last_s,
                                                                             float(r["t_s"]))
+        damage += links.damage
     epoch_us = _epoch_us(m)
 
     def utc(wall: float | None) -> str | None:
@@ -306,6 +337,8 @@ def trace_info(run_dir: Path) -> dict[str, Any]:
         "links": {"records": link_records, "last_s": link_last_s},
         "faults": list(m.get("faults", [])),
         "replay": (trace.run_dir / "replay.msgpack").is_file(),
+        "damage": [d.as_dict() for d in damage],
+        "salvaged": salvage,
     }
 
 
@@ -317,6 +350,8 @@ def format_info(info: dict[str, Any]) -> str:
     """``trace_info`` as the text ``orbitmesh trace info`` prints."""
     status = ("complete" + (" (interrupted)" if info["interrupted"] else "")
               if info["complete"] else "incomplete: in progress, or stopped before the end")
+    if info["damage"]:
+        status = damage_status(info)
     span, nodes, ev = info["span"], info["nodes"], info["events"]
     ids = nodes["ids"]
     shown = ", ".join(ids[:6]) + (f", ... {ids[-1]}" if len(ids) > 6 else "")
@@ -348,4 +383,21 @@ def format_info(info: dict[str, Any]) -> str:
         out.append(f"fault {fault['id']} {fault['kind']} ({target}) {fault['start_s']:g}-"
                    f"{'end' if end is None else format(end, 'g')} s"
                    + (f" [{fault['origin']}]" if fault.get("origin") else ""))
+    out += [f"damage: {Damage(**d).describe()}" for d in info["damage"]]
     return "\n".join(out)
+
+
+def damage_status(info: dict[str, Any]) -> str:
+    """The status line of a damaged trace: where, how much was read, what was skipped."""
+    damage = info["damage"]
+    first = damage[0]
+    where = (f"{Path(first['file']).name} at byte {first['offset']} after "
+             f"{first['records_before']} good record(s)")
+    skipped = sum(d["skipped_b"] or 0 for d in damage)
+    stopped = sum(d["skipped_b"] is None for d in damage)
+    missing = sum(s["missing_events"] or 0 for s in info["streams"])
+    tail = (f"salvaged: skipped {skipped} byte(s) in {len(damage) - stopped} place(s)"
+            + (f", stopped at {stopped}" if stopped else "")
+            + (f"; {missing} counted event(s) not recovered" if missing else "")
+            if info["salvaged"] else "the counts below stop at the damage; --salvage reads past it")
+    return f"damaged ({len(damage)} place(s); first: {where}); {tail}"
