@@ -9,14 +9,17 @@ satellite are equally near in argument of latitude.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from orbitmesh.core.elements import tle_checksum
+from orbitmesh.core.describe import describe
+from orbitmesh.core.elements import load_tle_file, tle_checksum
 from orbitmesh.core.geometry import Propagator, julian_date, mean_motion_rad_min
+from orbitmesh.core.planes import infer_planes, write_plane_mapping
 from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import Topology, build_topology
 from orbitmesh.run.cli import main
@@ -46,8 +49,9 @@ def tle_lines(catalog_number: int, *, raan_deg: float, mean_anomaly_deg: float,
     return _with_checksum(line1), _with_checksum(line2)
 
 
-def walker_tle(path: Path, *, planes: int, per_plane: int, phasing: int) -> dict[int, str]:
-    """Write a Walker delta shell as a TLE file (planes in shuffled order, like a catalogue).
+def walker_tle(path: Path, *, planes: int, per_plane: int, phasing: int,
+               star: bool = False) -> dict[int, str]:
+    """Write a Walker shell as a TLE file (planes in shuffled order, like a catalogue).
 
     Returns the Walker node id (``w-<plane>-<slot>``) of every catalogue number.
     """
@@ -61,7 +65,7 @@ def walker_tle(path: Path, *, planes: int, per_plane: int, phasing: int) -> dict
             catnr = 1 + int(k) * per_plane + int(j)
             walker_id[catnr] = f"w-{k:02d}-{j:02d}"
             lines += [f"SAT-{catnr}", *tle_lines(
-                catnr, raan_deg=k * 360.0 / planes,
+                catnr, raan_deg=k * (180.0 if star else 360.0) / planes,
                 mean_anomaly_deg=j * 360.0 / per_plane + k * phasing * 360.0 / total,
                 inclination_deg=INCLINATION_DEG, rev_per_day=rev_per_day, epoch=EPOCH)]
     path.write_text("\n".join(lines) + "\n")
@@ -86,12 +90,17 @@ def shells(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[i
     root = tmp_path_factory.mktemp("grid")
     walker_id = walker_tle(root / "shell.tle", planes=PLANES, per_plane=PER_PLANE,
                            phasing=PHASING)
-    walker = scenario_file(root / "walker.yaml", (
-        f"{{name: w, operator: op, walker: {{inclination_deg: {INCLINATION_DEG}, satellites: "
-        f"{PLANES * PER_PLANE}, planes: {PLANES}, phasing: {PHASING}, altitude_km: "
-        f"{ALTITUDE_KM}}}}}"))
+    walker = scenario_file(root / "walker.yaml",
+                           walker_yaml(planes=PLANES, per_plane=PER_PLANE, phasing=PHASING))
     imported = scenario_file(root / "imported.yaml", "{name: imp, operator: op, tle: shell.tle}")
     return walker, imported, walker_id
+
+
+def walker_yaml(*, planes: int, per_plane: int, phasing: int, star: bool = False) -> str:
+    """The constellation ``w`` as the scenario model's own Walker shell."""
+    return (f"{{name: w, operator: op, walker: {{pattern: {'star' if star else 'delta'}, "
+            f"inclination_deg: {INCLINATION_DEG}, satellites: {planes * per_plane}, planes: "
+            f"{planes}, phasing: {phasing}, altitude_km: {ALTITUDE_KM}}}}}")
 
 
 def pair_ids(topology: Topology, rename: dict[str, str] | None = None) -> set[tuple[str, str]]:
@@ -126,6 +135,10 @@ def test_imported_shell_gets_exactly_the_walker_grid(
     (grid,) = t.shells[0].grids
     assert (grid.per_plane, grid.phasing, grid.seam_shift, grid.seam_linked) == (
         PER_PLANE, PHASING, PHASING, True)
+    # plane 0 is the one at RAAN 0 and slot 0 the one at 0 deg, as in the Walker shell
+    inferred = [f"w-{p:02d}-{j:02d}" for p, j in zip(t.shells[0].plane, t.shells[0].slot,
+                                                      strict=True)]
+    assert inferred == [rename[n] for n in t.node_ids]
 
 
 def test_isl_shift_overrides_the_inferred_seam(tmp_path: Path,
@@ -167,3 +180,63 @@ def test_path_equals_the_walker_path(shells: tuple[Path, Path, dict[int, str]],
     renamed = [walker_id[int(str(n).split("-")[1])] for n in ours["path"]]  # type: ignore[attr-defined]
     assert renamed == theirs["path"]
     assert ours["one_way_ms"] == pytest.approx(theirs["one_way_ms"], abs=THREE_MICROSECONDS_MS)
+
+
+def test_star_shell_has_no_seam_links(tmp_path: Path) -> None:
+    """6 planes over 180 deg of RAAN, F=2 (Iridium-like): the Walker-star grid, seam open."""
+    walker_id = walker_tle(tmp_path / "shell.tle", planes=6, per_plane=11, phasing=2, star=True)
+    walker = scenario_file(tmp_path / "walker.yaml",
+                           walker_yaml(planes=6, per_plane=11, phasing=2, star=True))
+    imported = scenario_file(tmp_path / "imported.yaml",
+                             "{name: imp, operator: op, tle: shell.tle}")
+    expected = pair_ids(build_topology(load_scenario(walker)))
+    t = build_topology(load_scenario(imported))
+    assert pair_ids(t, {f"imp-{c}": w for c, w in walker_id.items()}) == expected
+    assert len(expected) == 66 + 5 * 11  # rings, and 5 plane steps (none across the seam)
+    assert not t.shells[0].grids[0].seam_linked
+
+
+def _mapping_scenario(tmp_path: Path, imported: Path, rotate_plane: int | None) -> Path:
+    """The imported shell with its inferred planes written to a mapping file (one plane's slots
+    optionally turned by one)."""
+    records = load_tle_file(imported.parent / "shell.tle")
+    found = infer_planes(records, EPOCH)
+    slot = found.slot.copy()
+    if rotate_plane is not None:
+        turned = found.plane == rotate_plane
+        slot[turned] = (slot[turned] + 1) % PER_PLANE
+    mapping = tmp_path / "planes.csv"
+    write_plane_mapping(mapping, records, replace(found, slot=slot))
+    return scenario_file(tmp_path / "mapped.yaml",
+                         f"{{name: imp, operator: op, tle: {imported.parent / 'shell.tle'}, "
+                         f"plane_mapping: {mapping}}}")
+
+
+def test_plane_mapping_keeps_the_grid_and_says_when_slots_cross(
+        tmp_path: Path, shells: tuple[Path, Path, dict[int, str]]) -> None:
+    _walker, imported, _ids = shells
+    inferred = build_topology(load_scenario(imported))
+    mapped = build_topology(load_scenario(_mapping_scenario(tmp_path, imported, None)))
+    assert pair_ids(mapped) == pair_ids(inferred)
+    assert mapped.shells[0].grids[0].note == ""
+
+    crooked = build_topology(load_scenario(_mapping_scenario(tmp_path, imported, 3)))
+    # slot j -> slot j is taken from the file as it stands: plane 3's links on both sides move
+    assert len(pair_ids(crooked) ^ pair_ids(inferred)) == 2 * 2 * PER_PLANE
+    note = crooked.shells[0].grids[0].note
+    assert "2->3, 3->4" in note and "cross diagonally" in note
+
+
+def test_validate_says_where_plane_0_and_the_seam_are(
+        shells: tuple[Path, Path, dict[int, str]], capsys: pytest.CaptureFixture[str]) -> None:
+    _walker, imported, _ids = shells
+    t = build_topology(load_scenario(imported))
+    (grid,) = t.shells[0].grids
+    text = describe(t, sample_links=False)
+    assert f"plane 0 at RAAN {grid.raan_deg[0]:.1f} deg" in text
+    assert f"Walker phasing F={PHASING} (inferred)" in text
+    assert (f"seam between plane {PLANES - 1} (RAAN {grid.raan_deg[-1]:.1f} deg) -> plane 0, "
+            f"{360.0 / PLANES:.1f} deg of RAAN: slot j -> slot j+{PHASING} (inferred)") in text
+    assert main(["validate", str(imported)]) == 0
+    printed = capsys.readouterr().out
+    assert all(line in printed for line in text.splitlines() if "seam" in line)

@@ -6,8 +6,9 @@ from collections import Counter
 
 import numpy as np
 
+from orbitmesh.core.grid import GridLayout
 from orbitmesh.core.links import LinkEngine
-from orbitmesh.core.topology import GSL, ISL, LINK_CLASSES, TERRESTRIAL, Topology
+from orbitmesh.core.topology import GSL, ISL, LINK_CLASSES, TERRESTRIAL, Shell, Topology
 
 
 def describe(topology: Topology, *, sample_links: bool = True) -> str:
@@ -25,11 +26,16 @@ def describe(topology: Topology, *, sample_links: bool = True) -> str:
             w = c.walker
             origin = (f"Walker-{w.pattern} {w.inclination_deg:g}:{w.satellites}/{w.planes}/"
                       f"{w.phasing} at {w.altitude_km:g} km")
+            seam = f"seam shift {c.seam_shift}"
         else:
             origin = f"{'TLE' if c.tle else 'OMM'} {c.tle or c.omm}"
+            seam = f"{len(shell.grids)} shell(s), +Grid below"
         lines.append(f"    {c.name:<16} operator {c.operator:<10} {shell.count:>6} satellites in "
-                     f"{shell.planes} planes  ({origin}; seam shift {c.seam_shift}, "
+                     f"{shell.planes} planes  ({origin}; {seam}, "
                      f"max {c.max_gsl} GSL/satellite)")
+        if c.walker is None:
+            lines += [f"      {line}" for grid in shell.grids
+                      for line in grid_lines(topology, shell, grid)]
     per_op: Counter[str] = Counter()
     for i in range(topology.n_satellites):
         per_op[f"{topology.operators[topology.operator[i]]} satellites"] += 1
@@ -65,3 +71,37 @@ def describe(topology: Topology, *, sample_links: bool = True) -> str:
             for n, p in s.routing.policies.items()))
     lines += [f"  warning: {w}" for w in topology.warnings]
     return "\n".join(lines)
+
+
+def grid_lines(topology: Topology, shell: Shell, grid: GridLayout) -> list[str]:
+    """Where one shell's +Grid starts and where its seam is (plane 0, the seam, phasing)."""
+    c = shell.constellation
+    first, last = grid.planes[0], grid.planes[-1]
+    in_first = np.flatnonzero(shell.plane == first)
+    slot0 = topology.node_ids[shell.first + int(in_first[np.argmin(shell.slot[in_first])])]
+    sizes = sorted({int(np.count_nonzero(shell.plane == p)) for p in grid.planes})
+    size = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+    span = f"plane {first}" if first == last else f"planes {first}-{last}"
+    head = (f"shell at {grid.inclination_deg:.1f} deg: {span} ({len(grid.planes)} x {size} "
+            f"satellites); plane {first} at RAAN {grid.raan_deg[0]:.1f} deg, its slot 0 is "
+            f"{slot0}")
+    lines = [head]
+    if grid.phasing is not None:
+        lines.append(f"  slot columns, Walker phasing F={grid.phasing} (inferred): slot j of each "
+                     "plane links slot j of the next")
+    gap = (f"plane {last} (RAAN {grid.raan_deg[-1]:.1f} deg) -> plane {first}, "
+           f"{grid.seam_gap_deg:.1f} deg of RAAN")
+    if grid.seam_linked:
+        given = "isl_shift" if c.isl_shift is not None else "inferred"
+        how = (f"slot j -> slot j{grid.seam_shift:+d} ({given})" if grid.per_plane is not None
+               else f"nearest argument of latitude, moved on {grid.seam_shift} slot(s)")
+        lines.append(f"  seam between {gap}: {how}")
+    elif len(grid.planes) < 3:
+        lines.append(f"  no seam links: fewer than 3 planes ({gap})")
+    else:
+        lines.append(f"  no seam links: {gap}, more than 180 deg (the planes fill less than "
+                     "half the circle, so the first and last do not neighbour, as in Walker-star "
+                     "shells)")
+    if grid.note:
+        lines.append(f"  note: {grid.note}")
+    return lines

@@ -80,11 +80,17 @@ def _linear_clusters(values: FloatArray, tolerance: float) -> IntArray:
 
 
 def _circular_clusters(angles_deg: FloatArray, tolerance_deg: float) -> IntArray:
-    """Cluster angles on the circle; labels increase with angle, starting after the largest gap."""
+    """Cluster angles on the circle; labels increase with angle, starting after the largest gap.
+
+    Gaps within ``tolerance_deg`` of the largest count as equal (an evenly spread Walker shell
+    has P of them, told apart by noise only): of those, the cluster starting first at or after
+    0 deg (less the tolerance) comes first, so that plane 0 sits where a Walker shell's would.
+    """
     order = np.argsort(angles_deg, kind="stable")
     ordered = angles_deg[order]
     gaps = np.diff(np.concatenate([ordered, ordered[:1] + 360.0]))
-    start = (int(np.argmax(gaps)) + 1) % ordered.size
+    starts = (np.flatnonzero(gaps >= gaps.max() - tolerance_deg) + 1) % ordered.size
+    start = int(starts[np.argmin((ordered[starts] + tolerance_deg) % 360.0)])
     unwrapped = (np.roll(ordered, -start) - ordered[start]) % 360.0
     labels = np.empty(angles_deg.size, dtype=np.int64)
     labels[np.roll(order, -start)] = np.concatenate(
@@ -92,9 +98,14 @@ def _circular_clusters(angles_deg: FloatArray, tolerance_deg: float) -> IntArray
     return labels
 
 
+SLOT_ZERO_FROM_DEG = -1.0
+"""Slot 0 of a plane is its first satellite at or after this argument of latitude: a satellite
+placed at 0 deg whose osculating angle jitters to 359.9 deg still comes first."""
+
+
 def _slots(plane: IntArray, arg_latitude_deg: FloatArray) -> IntArray:
     """Rank of each satellite by argument of latitude within its plane."""
-    order = np.lexsort((arg_latitude_deg, plane))
+    order = np.lexsort(((arg_latitude_deg - SLOT_ZERO_FROM_DEG) % 360.0, plane))
     first = np.searchsorted(plane[order], plane[order], side="left")
     slot = np.empty(plane.size, dtype=np.int64)
     slot[order] = np.arange(plane.size) - first
