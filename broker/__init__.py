@@ -74,6 +74,13 @@ def tls_context(url: BrokerURL) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise BrokerError(f"broker URL {url}: cannot load the CA file {url.ca_file!r}: {exc}; "
                           "check the path in ca=") from exc
+    if url.cert_file is not None:  # a client certificate, for brokers that require one
+        try:
+            context.load_cert_chain(url.cert_file, url.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerError(f"broker URL {url}: cannot load the client certificate "
+                              f"{url.cert_file!r} / key {url.key_file!r}: {exc}; check cert= "
+                              "and key=") from exc
     if url.tls_insecure:
         context.check_hostname = False
     context.sslsocket_class = _ClosingSSLSocket

@@ -28,7 +28,8 @@ async def serve(host: str, port: int) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await broker.start()
-    print(f"amqtt broker listening on {host}:{port}", file=sys.stderr, flush=True)
+    print(f"amqtt broker listening on {host}:{port}: OPEN to anonymous clients, no ACL "
+          "(install mosquitto for per-run credentials)", file=sys.stderr, flush=True)
     await stop.wait()
     await broker.shutdown()
 

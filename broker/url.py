@@ -1,17 +1,31 @@
-"""Broker connection settings: ``mqtt://[user:pass@]host[:port][?ca=FILE&insecure=1]``.
+"""Broker connection settings: ``mqtt[s]://[user:pass@]host[:port][?ca=F&cert=F&key=F&insecure=1]``.
 
-``mqtts://`` selects TLS (default port 8883). ``ca`` names a CA bundle to trust instead of the
-system store; ``insecure=1`` skips the server hostname check (self-signed test brokers only).
+``mqtts://`` selects TLS (default port 8883). Query options (TLS only):
+
+* ``ca=FILE``: PEM CA bundle to trust instead of the system store (a run's own CA for
+  ``orbitmesh run --tls``);
+* ``cert=FILE`` and ``key=FILE``: a PEM client certificate and its private key, for brokers that
+  require client certificates (``key`` may be left out when the key is inside ``cert``);
+* ``insecure=1``: skip the server host name check (self-signed test brokers only).
+
+A URL with a password is a secret: it never goes on a command line. Processes receive it in a
+file of mode 0600 (``--broker-file PATH``) or in the environment variable ``ORBITMESH_BROKER_URL``;
+:func:`resolve_broker_url` reads whichever was given.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from orbitmesh.errors import BrokerError
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+BROKER_URL_ENV = "ORBITMESH_BROKER_URL"
+"""Environment variable that carries a broker URL (with credentials) to a process."""
 _EXPECTED = "expected mqtt://[user:pass@]host:port or mqtts://... (TLS)"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -19,7 +33,13 @@ _FALSE = {"0", "false", "no", "off"}
 
 @dataclass(frozen=True)
 class BrokerURL:
-    """Where and how to reach one MQTT broker; ``str()`` never shows the password."""
+    """Where and how to reach one MQTT broker; ``str()`` never shows the password.
+
+    ``username``/``password``: MQTT CONNECT credentials (None: anonymous). ``ca_file``: CA
+    bundle that verifies the server (None: the system store). ``cert_file``/``key_file``: the
+    client certificate presented in the TLS handshake (None: none; ``key_file`` None with a
+    ``cert_file`` means the key is in that file). ``tls_insecure``: no host name check.
+    """
 
     host: str
     port: int = 1883
@@ -28,6 +48,8 @@ class BrokerURL:
     password: str | None = field(default=None, repr=False)
     ca_file: str | None = None
     tls_insecure: bool = False
+    cert_file: str | None = None
+    key_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.scheme not in DEFAULT_PORTS:
@@ -36,8 +58,13 @@ class BrokerURL:
             raise BrokerError("broker URL: the host is empty; " + _EXPECTED)
         if not 0 < self.port < 65536:
             raise BrokerError(f"broker port {self.port}: expected 1..65535")
-        if (self.ca_file is not None or self.tls_insecure) and self.scheme != "mqtts":
-            raise BrokerError("broker URL: ca= and insecure= need TLS; use mqtts://")
+        tls_options = (self.ca_file, self.cert_file, self.key_file)
+        if (any(o is not None for o in tls_options) or self.tls_insecure) and (
+                self.scheme != "mqtts"):
+            raise BrokerError("broker URL: ca=, cert=, key= and insecure= need TLS; "
+                              "use mqtts://")
+        if self.key_file is not None and self.cert_file is None:
+            raise BrokerError("broker URL: key= without cert=; give the client certificate too")
 
     @property
     def tls(self) -> bool:
@@ -60,8 +87,10 @@ class BrokerURL:
                 userinfo += ":" + secret
             userinfo += "@"
         query = []
-        if self.ca_file is not None:
-            query.append("ca=" + quote(self.ca_file, safe="/"))
+        for key, value in (("ca", self.ca_file), ("cert", self.cert_file),
+                           ("key", self.key_file)):
+            if value is not None:
+                query.append(f"{key}=" + quote(value, safe="/"))
         if self.tls_insecure:
             query.append("insecure=1")
         tail = "?" + "&".join(query) if query else ""
@@ -72,7 +101,7 @@ class BrokerURL:
 
 
 def parse_broker_url(text: str) -> BrokerURL:
-    """Parse ``mqtt[s]://[user[:pass]@]host[:port][?ca=FILE&insecure=1]``; BrokerError if bad."""
+    """Parse ``mqtt[s]://[user[:pass]@]host[:port][?ca=F&cert=F&key=F&insecure=1]``."""
     shown = _hide_password(text)
     prefix = f"broker URL {shown!r}"
     if "://" not in text:
@@ -91,28 +120,58 @@ def parse_broker_url(text: str) -> BrokerURL:
         raise BrokerError(f"{prefix}: unexpected path {parts.path!r}; {_EXPECTED}")
     if port == 0:
         raise BrokerError(f"{prefix}: port 0 is not a broker port; {_EXPECTED}")
-    ca_file: str | None = None
+    files: dict[str, str] = {}
     insecure = False
     for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
-        if key == "ca":
+        if key in ("ca", "cert", "key"):
             if not value:
-                raise BrokerError(f"{prefix}: ca= needs a file name")
-            ca_file = value
+                raise BrokerError(f"{prefix}: {key}= needs a file name")
+            files[key] = value
         elif key == "insecure":
             if value.lower() not in _TRUE | _FALSE:
                 raise BrokerError(f"{prefix}: insecure={value!r}; expected 1 or 0")
             insecure = value.lower() in _TRUE
         else:
-            raise BrokerError(f"{prefix}: unknown option {key!r}; known options: ca, insecure")
+            raise BrokerError(f"{prefix}: unknown option {key!r}; known options: ca, cert, key, "
+                              "insecure")
     return BrokerURL(
         host=parts.hostname,
         port=port if port is not None else DEFAULT_PORTS[scheme],
         scheme=scheme,
         username=unquote(parts.username) if parts.username is not None else None,
         password=unquote(parts.password) if parts.password is not None else None,
-        ca_file=ca_file,
+        ca_file=files.get("ca"),
         tls_insecure=insecure,
+        cert_file=files.get("cert"),
+        key_file=files.get("key"),
     )
+
+
+def resolve_broker_url(text: str | None = None, file: str | Path | None = None,
+                       environ: Mapping[str, str] | None = None) -> BrokerURL:
+    """The broker URL from ``--broker-file`` (first), ``--broker`` or ``ORBITMESH_BROKER_URL``."""
+    if file is not None:
+        path = Path(file)
+        try:
+            content = path.read_text().strip()
+        except OSError as exc:
+            raise BrokerError(f"--broker-file {path}: cannot read it: {exc.strerror}") from exc
+        if not content:
+            raise BrokerError(f"--broker-file {path}: the file is empty; expected a broker URL")
+        try:
+            return parse_broker_url(content)
+        except BrokerError as exc:
+            raise BrokerError(f"--broker-file {path}, line 1: {exc}") from exc
+    if text is not None:
+        return parse_broker_url(text)
+    env = os.environ if environ is None else environ
+    if env.get(BROKER_URL_ENV):
+        try:
+            return parse_broker_url(env[BROKER_URL_ENV])
+        except BrokerError as exc:
+            raise BrokerError(f"environment {BROKER_URL_ENV}: {exc}") from exc
+    raise BrokerError(f"no broker given: pass --broker-file PATH (a file holding the URL) or set "
+                      f"{BROKER_URL_ENV}")
 
 
 def _hide_password(text: str) -> str:

@@ -1,6 +1,6 @@
 """A worker process: hosts a shard of nodes on one MQTT connection.
 
-``python -m nodes.worker --scenario S --run-id R --broker URL --worker K --workers N --out DIR``
+``python -m nodes.worker --scenario S --run-id R --broker-file F --worker K --workers N --out D``
 
 It subscribes to its frame topic, its nodes' inboxes, the run's clock, state and control topics,
 reports ``ready`` on its retained status topic (its last will says ``lost``), starts its nodes'
@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 
 from broker.client import MqttTransport
-from broker.url import parse_broker_url
+from broker.url import resolve_broker_url
 from nodes.roles import Roles
 from nodes.runtime import NodeRuntime
 from nodes.stats import Stats
@@ -332,7 +332,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m nodes.worker")
     p.add_argument("--scenario", required=True)
     p.add_argument("--run-id", required=True)
-    p.add_argument("--broker", required=True)
+    p.add_argument("--broker", help="broker URL without a password (a password belongs in "
+                   "--broker-file or ORBITMESH_BROKER_URL, not on the command line)")
+    p.add_argument("--broker-file", help="file (mode 0600) holding the broker URL with this "
+                   "worker's credentials")
     p.add_argument("--worker", type=int, required=True)
     p.add_argument("--workers", type=int, required=True)
     p.add_argument("--out", required=True)
@@ -364,7 +367,7 @@ async def amain(args: argparse.Namespace) -> int:
     topics = Topics(args.run_id)
     will_body = json.dumps({"worker": args.worker, "state": "lost",
                             "generation": args.generation}).encode()
-    transport = MqttTransport(parse_broker_url(args.broker),
+    transport = MqttTransport(resolve_broker_url(args.broker, args.broker_file),
                               client_id=f"orbitmesh-{args.run_id}-w{args.worker}-g{args.generation}",
                               will=(topics.worker_status(args.worker), will_body, True),
                               reconnect=True)

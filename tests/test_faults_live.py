@@ -33,6 +33,7 @@ from orbitmesh.core.faults import random_faults
 from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import Topology, build_topology
 from orbitmesh.protocol.wire import FLOW_TELEMETRY
+from orbitmesh.run.launch.control import locate
 from orbitmesh.run.launch.local import RunOptions, RunResult, run
 from tests.conftest import require_mosquitto
 
@@ -495,8 +496,10 @@ def wait_for_run(run_dir: Path, proc: subprocess.Popen[bytes], timeout_s: float)
         time.sleep(0.05)
     info: dict[str, Any] = json.loads((run_dir / "run.json").read_text())
     url = parse_broker_url(info["broker"])
+    operator = locate(str(run_dir), None)[1]  # the run's broker refuses anonymous clients
+    info["auth"] = ["-u", str(operator.username), "-P", str(operator.password)]
     clock = subprocess.run(
-        ["mosquitto_sub", "-h", url.host, "-p", str(url.port), "-C", "1", "-W",
+        ["mosquitto_sub", "-h", url.host, "-p", str(url.port), *info["auth"], "-C", "1", "-W",
          str(int(timeout_s)), "-t", f"orbitmesh/{info['run_id']}/clock"],
         check=False, capture_output=True, text=True, timeout=timeout_s + 5)
     assert clock.returncode == 0, f"the run's clock never started: {clock.stderr}"
@@ -520,6 +523,7 @@ def test_live_faults_from_the_cli_and_mosquitto_pub(tmp_path: Path) -> None:
         info = wait_for_run(run_dir, proc, timeout_s=60.0)
         speed = load_scenario(DATA / "live.yaml").speed
         run_id, port, host = info["run_id"], str(info["port"]), info["host"]
+        auth = info["auth"]
         control = f"orbitmesh/{run_id}/control"
 
         def now_s() -> float:
@@ -537,7 +541,7 @@ def test_live_faults_from_the_cli_and_mosquitto_pub(tmp_path: Path) -> None:
         # 2. Any MQTT client: 40% extra loss on tokyo's links for 4 s.
         command = {"cmd": "fault", "kind": "link_degrade", "a": "tokyo", "extra_loss": 0.4,
                    "for_s": 4, "id": "by-hand"}
-        pub = subprocess.run(["mosquitto_pub", "-h", host, "-p", port, "-t", control, "-m",
+        pub = subprocess.run(["mosquitto_pub", "-h", host, "-p", port, *auth, "-t", control, "-m",
                               json.dumps(command)], check=False, capture_output=True, timeout=10)
         assert pub.returncode == 0, pub.stderr
         # 3. A fault whose target does not exist: the CLI reports the run's refusal.
@@ -548,7 +552,7 @@ def test_live_faults_from_the_cli_and_mosquitto_pub(tmp_path: Path) -> None:
         # 4. Not JSON at all: answered on control/error. The retained fault list arrives first,
         # which tells that the subscription is in place before the command goes out.
         sub = subprocess.Popen(
-            ["mosquitto_sub", "-h", host, "-p", port, "-v", "-C", "2", "-W", "5",
+            ["mosquitto_sub", "-h", host, "-p", port, *auth, "-v", "-C", "2", "-W", "5",
              "-t", f"{control}/error", "-t", f"orbitmesh/{run_id}/faults"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert sub.stdout is not None
@@ -557,7 +561,7 @@ def test_live_faults_from_the_cli_and_mosquitto_pub(tmp_path: Path) -> None:
         listed = {f["id"]: f for f in json.loads(first.split(" ", 1)[1])["faults"]}
         assert listed["by-cli"]["active"] and listed["by-hand"]["origin"] == "live"
         bad_sent_s = now_s()
-        subprocess.run(["mosquitto_pub", "-h", host, "-p", port, "-t", control, "-m",
+        subprocess.run(["mosquitto_pub", "-h", host, "-p", port, *auth, "-t", control, "-m",
                         "link_down tokyo please"], check=True, timeout=10)
         second, err = sub.communicate(timeout=10)
         assert sub.returncode == 0, err

@@ -35,6 +35,7 @@ from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import build_topology
 from orbitmesh.protocol.wire import TELEMETRY
 from orbitmesh.run.cli import main as cli_main
+from orbitmesh.run.launch.control import locate
 from orbitmesh.run.launch.local import RunOptions, RunResult, run
 from tests.conftest import require_mosquitto
 
@@ -265,6 +266,8 @@ def wait_for_clock(run_dir: Path, run_id: str, timeout_s: float) -> None:
     port = int(json.loads(info_path.read_text())["broker"].rsplit(":", 1)[1])
     got = threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{run_id}")
+    operator = locate(str(run_dir), None)[1]  # the broker refuses anonymous clients
+    client.username_pw_set(operator.username, operator.password)
     client.on_connect = lambda c, *_: c.subscribe(f"orbitmesh/{run_id}/clock")
     client.on_message = lambda *_: got.set()
     client.connect("127.0.0.1", port)

@@ -76,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="which worker hosts which node: blocks (default), planes or chunks:N")
     r.add_argument("--external-workers", action="store_true",
                    help="start no workers; wait for workers started elsewhere (containers)")
+    r.add_argument("--fidelity-budget", type=float, metavar="MS",
+                   help="hop excess p99 allowed, scenario ms (default: the scenario's "
+                   "fidelity.budget_ms, 2); past it the run fails with exit 1")
+    r.add_argument("--broker-insecure", action="store_true",
+                   help="embedded broker without per-run users and ACL (open to every local "
+                   "process)")
+    r.add_argument("--tls", action="store_true",
+                   help="embedded broker: TLS only, with a CA made for the run")
+    r.add_argument("--broker-credentials", metavar="FILE",
+                   help="external broker: credentials.json from `orbitmesh broker-config`")
 
     f = sub.add_parser("fault", help="inject a fault into a running emulation",
                        description="Targets are positional in the kind's order (link_down A B "
@@ -132,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     from orbitmesh.run.launch.docker_cli import add_parsers
 
     add_parsers(sub)  # image, up, status, down, compose, supervise (the docker backend)
+    from orbitmesh.run.broker_config import add_parser as add_broker_config
+
+    add_broker_config(sub)
     return p
 
 

@@ -1,8 +1,9 @@
 """Talk to a running emulation: inject and clear faults, list them.
 
-A run writes ``run.json`` into its run directory (run id and broker URL, never a password); these
-functions read it, connect to the run's broker and use the control topic like any MQTT client
-(``mosquitto_pub -t orbitmesh/<run>/control -m '{...}'``) would.
+A run writes ``run.json`` into its run directory (run id, broker URL and where the operator
+credential file is, never a password); these functions read it, connect to the run's broker as
+the operator and use the control topic like any MQTT client
+(``mosquitto_pub -u <user> -t orbitmesh/<run>/control -m '{...}'``) would.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker.client import MqttTransport
+from broker.credentials import load_operator
 from broker.url import BrokerURL, parse_broker_url
 from orbitmesh.core.scenario import FaultSpec
 from orbitmesh.errors import RunError
@@ -36,19 +38,30 @@ POSITIONAL: dict[str, tuple[str, ...]] = {
 }
 
 
-def write_run_file(run_dir: Path, run_id: str, url: BrokerURL, scenario: str) -> None:
-    """Record how to reach a run (no password: pass --broker to use credentials)."""
-    (run_dir / RUN_FILE).write_text(json.dumps(
-        {"run_id": run_id, "broker": url.to_text(show_password=False), "scenario": scenario},
-        indent=2))
+def write_run_file(run_dir: Path, run_id: str, url: BrokerURL, scenario: str,
+                   operator_file: str | None = None) -> None:
+    """Record how to reach a run: never a password, but where the operator credential is."""
+    body = {"run_id": run_id, "broker": url.to_text(show_password=False), "scenario": scenario}
+    if operator_file is not None:
+        body["operator_credentials"] = operator_file  # relative to the run directory
+    (run_dir / RUN_FILE).write_text(json.dumps(body, indent=2))
 
 
 def locate(run: str, broker: str | None) -> tuple[str, BrokerURL]:
-    """Run id and broker of RUN (a run directory, or a run id with ``--broker``)."""
+    """Run id and broker of RUN (a run directory, or a run id with ``--broker``).
+
+    From a run directory the operator credential it names (``operator_credentials``) is used,
+    unless ``broker`` is given.
+    """
     path = Path(run)
     if (path / RUN_FILE).is_file():
         info = json.loads((path / RUN_FILE).read_text())
-        return str(info["run_id"]), parse_broker_url(broker or str(info["broker"]))
+        if broker is not None:
+            return str(info["run_id"]), parse_broker_url(broker)
+        url = parse_broker_url(str(info["broker"]))
+        if info.get("operator_credentials"):
+            url = load_operator(path / str(info["operator_credentials"])).on(url)
+        return str(info["run_id"]), url
     if broker is None:
         raise RunError(f"{run}: no {RUN_FILE} there; give a run directory, or a run id together "
                        "with --broker mqtt://host:port")

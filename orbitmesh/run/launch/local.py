@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from broker import check_broker
 from broker.client import MqttTransport
+from broker.credentials import RunCredentials, write_private
 from broker.embedded import EmbeddedBroker
-from broker.url import BrokerURL, parse_broker_url
+from broker.url import BrokerURL
 from orbitmesh import __version__
 from orbitmesh.core.engine import LinkSource
 from orbitmesh.core.faults import CONTAINER_KINDS, Fault
@@ -39,7 +39,7 @@ from orbitmesh.core.topology import Topology, build_topology
 from orbitmesh.errors import RunError
 from orbitmesh.protocol.wire import Topics
 from orbitmesh.run.controller import Controller
-from orbitmesh.run.launch.control import write_run_file
+from orbitmesh.run.launch.lockdown import start_broker
 from orbitmesh.run.launch.replay import check_nodes, replay_scenario, write_replay
 from orbitmesh.run.report import build_summary, format_summary, percentiles, write_summary
 from orbitmesh.run.trace import LinkTimeline, Offered, manifest_for, write_manifest
@@ -72,6 +72,12 @@ class RunOptions:
     placement: str = "blocks"
     external_workers: bool = False
     """Do not start workers: wait for workers started elsewhere (containers) to report."""
+    broker_insecure: bool = False
+    """Embedded broker without credentials or ACL (open to every local process)."""
+    tls: bool = False
+    """Embedded broker: TLS listener with a run CA (clients verify it)."""
+    broker_credentials: Path | None = None
+    """External broker: per-role credentials from ``orbitmesh broker-config``."""
 
 
 @dataclass
@@ -91,7 +97,10 @@ def run_cli(args: argparse.Namespace) -> int:
     """`orbitmesh run`: run, print the summary table, exit non-zero if conservation broke."""
     opts = RunOptions(Path(args.scenario), args.duration, args.speed, args.workers, args.broker,
                       Path(args.out) if args.out else None, args.run_id, not args.quiet,
-                      placement=args.placement, external_workers=args.external_workers)
+                      placement=args.placement, external_workers=args.external_workers,
+                      broker_insecure=args.broker_insecure, tls=args.tls,
+                      broker_credentials=Path(args.broker_credentials)
+                      if args.broker_credentials else None)
     return print_result(run(opts))
 
 
@@ -126,20 +135,11 @@ def run(opts: RunOptions) -> RunResult:
         shutil.copy(opts.scenario, run_dir / "scenario.yaml")
     link_source = LinkTimeline(opts.links_from, topology) if opts.links_from else None
     run_id = opts.run_id or re.sub(r"[^A-Za-z0-9_.-]", "-", run_dir.name)
-    broker: EmbeddedBroker | None = None
-    if opts.broker == "embedded":
-        (run_dir / "broker").mkdir(exist_ok=True)
-        broker = EmbeddedBroker(workdir=run_dir / "broker")
-        url = broker.start()
-        broker_label = f"embedded {broker.engine} on {url.address}"
-    else:
-        url = parse_broker_url(opts.broker)
-        asyncio.run(check_broker(url))
-        broker_label = str(url)
-    write_run_file(run_dir, run_id, url, str(opts.scenario))
+    broker, url, credentials, broker_label = start_broker(opts, run_dir, run_id, workers)
     try:
         return asyncio.run(_run(topology, run_dir, run_id, url, broker_label, workers,
-                                duration, speed, opts.progress, broker, link_source, opts))
+                                duration, speed, opts.progress, broker, link_source, opts,
+                                credentials))
     finally:
         if broker is not None:
             broker.stop()
@@ -149,9 +149,11 @@ async def _run(topology: Topology, run_dir: Path, run_id: str, url: BrokerURL, b
                workers: int, duration: float, speed: float, progress: bool,
                broker: EmbeddedBroker | None = None,
                link_source: LinkSource | None = None,
-               opts: RunOptions | None = None) -> RunResult:
+               opts: RunOptions | None = None,
+               credentials: RunCredentials | None = None) -> RunResult:
     run = _LocalRun(topology, run_dir, run_id, url, workers, duration, speed, broker)
     run.link_source = link_source
+    run.credentials = credentials
     if opts is not None:
         run.placement_mode = opts.placement
         run.external = opts.external_workers
@@ -188,6 +190,8 @@ class _LocalRun:
         self.link_source: LinkSource | None = None
         self.placement_mode = "blocks"
         self.external = False
+        self.credentials: RunCredentials | None = None
+        """Per-role broker users; None: every process uses ``url`` as it is."""
 
     def _nodes_of(self, worker: int) -> list[int]:
         return np.flatnonzero(self.placement == worker).tolist()
@@ -390,10 +394,15 @@ class _LocalRun:
         env["PYTHONPATH"] = os.pathsep.join([_PROJECT_ROOT, env.get("PYTHONPATH", "")]
                                             ).rstrip(os.pathsep)
         log = (self.run_dir / f"worker-{tag}.log").open("wb")
+        # The URL carries this worker's password: a 0600 file, never argv (ps shows argv).
+        url = self.url if self.credentials is None else self.credentials.worker(worker).on(
+            self.url)
+        broker_file = write_private(self.run_dir / "broker" / f"worker-{worker}.url",
+                                    url.to_text(show_password=True) + "\n")
         self.procs[worker] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "nodes.worker", "--scenario",
-            str(self.run_dir / "scenario.yaml"), "--run-id", self.run_id, "--broker",
-            self.url.to_text(show_password=True), "--worker", str(worker), "--workers",
+            str(self.run_dir / "scenario.yaml"), "--run-id", self.run_id, "--broker-file",
+            str(broker_file), "--worker", str(worker), "--workers",
             str(self.workers), "--out", str(self.run_dir), "--duration", str(self.duration),
             "--speed", str(self.speed), "--generation", str(gen), "--placement",
             self.placement_mode, stdout=log, stderr=log, env=env)
