@@ -8,7 +8,6 @@ our grid search, refinement, frame model and pairing together.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,15 +17,6 @@ import pytest
 from sgp4.api import Satrec
 from skyfield.api import EarthSatellite, load, wgs84
 
-from orbitmesh.core.contacts import (
-    Pass,
-    find_passes,
-    format_table,
-    iso_utc,
-    passes_to_json,
-    to_hdtn,
-    to_ion,
-)
 from orbitmesh.core.geometry import (
     Propagator,
     Stations,
@@ -35,7 +25,9 @@ from orbitmesh.core.geometry import (
     teme_to_ecef,
     walker_satrecs,
 )
-from orbitmesh.errors import GeometryError, ScenarioError
+from orbitmesh.core.pass_table import format_table, iso_utc, passes_to_json
+from orbitmesh.core.passes import Pass, find_passes, iter_pass_tables
+from orbitmesh.errors import GeometryError
 
 two_seconds = 2.0
 one_second = 1.0
@@ -324,86 +316,8 @@ def test_passes_sorted_and_json_uses_utc_milliseconds(iss_passes: list[Pass]) ->
     assert "boston@10" in table
 
 
-def _node_numbers(passes: list[Pass]) -> dict[str, int]:
-    names = sorted({p.station for p in passes})
-    return {"ISS": 1, **{n: 10 + i for i, n in enumerate(names)}}
-
-
-def test_ion_contact_plan_parses_back(iss_passes: list[Pass]) -> None:
-    nodes = _node_numbers(iss_passes)
+def test_pass_search_rejects_bad_input() -> None:
     start = datetime(2018, 7, 3, 12, tzinfo=UTC)
-    text = to_ion(iss_passes, nodes, start=start, rate_bytes_s={
-        **{(st, "ISS"): 2_000.0 for st in nodes if st != "ISS"},
-        **{("ISS", st): 125_000.0 for st in nodes if st != "ISS"}})
-    contacts: list[tuple[int, int, int, int, int]] = []
-    ranges: list[tuple[int, int, int, int, int]] = []
-    at = None
-    for line in text.splitlines():
-        words = line.split()
-        if not words or words[0] == "#":
-            continue
-        if words[0] == "@":
-            at = datetime.strptime(words[1], "%Y/%m/%d-%H:%M:%S").replace(tzinfo=UTC)
-            continue
-        assert words[:2] in (["a", "contact"], ["a", "range"]), line
-        assert words[2].startswith("+") and words[3].startswith("+")
-        row = (int(words[2][1:]), int(words[3][1:]), int(words[4]), int(words[5]), int(words[6]))
-        (contacts if words[1] == "contact" else ranges).append(row)
-    assert at == start
-    number = {v: k for k, v in nodes.items()}
-    usable = [p for p in iss_passes  # passes at least one whole second long once rounded
-              if math.floor((p.los - start).total_seconds())
-              > math.ceil((p.aos - start).total_seconds())]
-    assert len(contacts) == 2 * len(usable)
-    assert len(ranges) == len(usable)
-    forward = {(c[0], c[1], c[2], c[3]): c[4] for c in contacts}
-    for t0, t1, src, dst, rate in contacts:
-        assert t0 < t1
-        assert (t0, t1, dst, src) in forward  # contacts are one-way, so both directions exist
-        assert rate == (125_000 if number[src] == "ISS" else 2_000)
-    for t0, t1, low, high, owlt in ranges:
-        assert low < high  # ION reads lower-first ranges as symmetric
-        assert (t0, t1, low, high) in forward
-        assert owlt == 1  # a few ms of LEO light time, rounded up to ION's whole seconds
-    for p in usable:  # AOS rounded up, LOS rounded down: the contact lies inside the pass
-        aos_s, los_s = (p.aos - start).total_seconds(), (p.los - start).total_seconds()
-        match = [c for c in contacts if nodes[p.station] in c[2:4] and aos_s <= c[0] < aos_s + 1]
-        assert len(match) == 2
-        assert all(los_s - 1 < c[1] <= los_s for c in match)
-
-
-def test_hdtn_contact_plan_parses_back(iss_passes: list[Pass]) -> None:
-    nodes = _node_numbers(iss_passes)
-    start = datetime(2018, 7, 3, 12, tzinfo=UTC)
-    plan = json.loads(json.dumps(to_hdtn(iss_passes, nodes, start=start, rate_bits_s=1e6,
-                                         owlt_s=lambda p: p.max_range_km / 299_792.458)))
-    contacts = plan["contacts"]
-    assert [c["contact"] for c in contacts] == list(range(len(contacts)))
-    assert set(contacts[0]) == {"contact", "source", "dest", "startTime", "endTime",
-                                "rateBitsPerSec", "owlt"}
-    by_link = {(c["source"], c["dest"], c["startTime"]): c for c in contacts}
-    for c in contacts:
-        back = by_link[(c["dest"], c["source"], c["startTime"])]
-        assert back["endTime"] == c["endTime"]
-        assert back["owlt"] == c["owlt"] == 1
-        assert c["startTime"] < c["endTime"]
-        assert c["rateBitsPerSec"] == 1_000_000
-        assert 1 in (c["source"], c["dest"])
-
-
-def test_contact_plans_reject_unknown_nodes_and_bad_input(iss_passes: list[Pass]) -> None:
-    start = datetime(2018, 7, 3, 12, tzinfo=UTC)
-    with pytest.raises(ScenarioError) as info:
-        to_ion(iss_passes, {"ISS": 1}, start=start, rate_bytes_s=1000.0)
-    assert any("boston@0" in line for line in info.value.problems)
-    with pytest.raises(ScenarioError):
-        to_hdtn(iss_passes, _node_numbers(iss_passes), start=start, rate_bits_s=0.0)
-    with pytest.raises(ScenarioError, match="light time"):
-        to_hdtn(iss_passes, _node_numbers(iss_passes), start=start, rate_bits_s=1e6,
-                owlt_s={("boston@0", "ISS"): 0.01})
-    fixed = to_hdtn(iss_passes, _node_numbers(iss_passes), start=start, rate_bits_s=1e6,
-                    owlt_s=2.5)
-    assert {c["owlt"] for c in fixed["contacts"]} == {3}
     stations = Stations.from_geodetic([0.0], [0.0], [0.0])
     prop = Propagator([Satrec.twoline2rv(REAL_TLES[0][1], REAL_TLES[0][2])])
     with pytest.raises(GeometryError, match="masks"):
@@ -411,3 +325,22 @@ def test_contact_plans_reject_unknown_nodes_and_bad_input(iss_passes: list[Pass]
                     start + timedelta(hours=1))
     with pytest.raises(GeometryError, match="not after"):
         find_passes(prop, ["ISS"], stations, ["a"], [10.0], start, start)
+
+
+def test_segmented_search_equals_whole_window_search() -> None:
+    """Streaming by segments must give exactly the passes of one search over the window."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    sats = walker_satrecs(epoch=start, total=24, planes=6, phasing=1, inclination_deg=53.0,
+                          altitude_km=1000.0)
+    sites = _network()
+    args = (Propagator(sats), [f"s{i}" for i in range(len(sats))], _stations(sites),
+            [s.name for s in sites], [s.mask_deg for s in sites], start,
+            start + timedelta(hours=5, minutes=7))
+    whole = find_passes(*args)
+    tables = list(iter_pass_tables(*args, segment_s=1800.0, overlap_s=600.0))
+    assert len(tables) == 11
+    streamed = [p for t in tables for p in t.passes()]
+    assert len(whole) > 100
+    assert streamed == whole
+    rows = [json.loads(r) for t in tables for r in t.json_rows()]
+    assert rows == passes_to_json(whole)

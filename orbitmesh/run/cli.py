@@ -54,13 +54,24 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("--policy", help="routing policy name from the scenario")
     pa.add_argument("--format", choices=("table", "json"), default="table")
 
-    c = sub.add_parser("contacts", help="passes of satellites over stations (AOS/TCA/LOS)")
+    c = sub.add_parser("contacts", help="passes (AOS/TCA/LOS) or DTN contact plans (ION, HDTN)",
+                       description="table/json: passes of satellites over stations. ion/hdtn: a "
+                       "contact plan of every link class (ISL, GSL, fibre) sampled from the "
+                       "emulator's own link states, antenna limits included.")
     c.add_argument("scenario")
     c.add_argument("--start", type=_time, help="default: the scenario epoch")
-    c.add_argument("--end", type=_time, help="default: start + scenario duration")
-    c.add_argument("--station", action="append", help="only this station (repeatable)")
-    c.add_argument("--satellite", action="append", help="only this satellite id (repeatable)")
+    c.add_argument("--end", type=_time, help="default: start + scenario duration (or the run's)")
+    c.add_argument("--station", action="append", help="passes: only this station (repeatable)")
+    c.add_argument("--satellite", action="append",
+                   help="passes: only this satellite id (repeatable)")
     c.add_argument("--format", choices=("table", "json", "ion", "hdtn"), default="table")
+    c.add_argument("--step", type=float,
+                   help="plans: seconds between link samples (default: the scenario tick)")
+    c.add_argument("--from-run", metavar="RUN",
+                   help="plans: use this run's recorded link timeline (what really happened)")
+    c.add_argument("--node-map", metavar="FILE",
+                   help="plans: also write node_id,number,kind (CSV) here")
+    c.add_argument("--out", metavar="FILE", help="write here instead of standard output")
 
     r = sub.add_parser("run", help="run a scenario live over MQTT")
     r.add_argument("scenario")
@@ -251,53 +262,25 @@ def _path(args: argparse.Namespace) -> int:
 
 
 def _contacts(args: argparse.Namespace) -> int:
-    from orbitmesh.core.contacts import (
-        find_passes,
-        format_table,
-        passes_to_json,
-        to_hdtn,
-        to_ion,
-    )
-    from orbitmesh.core.geometry import Propagator, Stations
+    from contextlib import ExitStack
+
+    from orbitmesh.run.contacts_cli import write_passes, write_plan
 
     topology = _load(args.scenario)
-    scenario = topology.scenario
-    start = args.start or scenario.epoch
-    end = args.end or start + timedelta(seconds=scenario.duration_s)
-    if end <= start:
-        raise ScenarioError("--end must be after --start")
-    stations = list(range(topology.n_stations))
-    if args.station:
-        names = [g.name for g in scenario.stations]
-        for name in args.station:
-            if name not in names:
-                raise ScenarioError(f"unknown station {name!r}; expected one of {names}")
-        stations = [names.index(n) for n in args.station]
-    sats = list(range(topology.n_satellites))
-    if args.satellite:
-        sats = [topology.node(s) for s in args.satellite]
-        if any(i >= topology.n_satellites for i in sats):
-            raise ScenarioError("--satellite takes satellite ids (see `orbitmesh validate`)")
-    st = scenario.stations
-    passes = find_passes(
-        Propagator([topology.satrecs[i] for i in sats]),
-        [topology.node_ids[i] for i in sats],
-        Stations.from_geodetic([st[g].lat_deg for g in stations], [st[g].lon_deg for g in stations],
-                               [st[g].alt_m / 1000.0 for g in stations]),
-        [st[g].name for g in stations],
-        [st[g].min_elevation_deg for g in stations],
-        start, end)
-    if args.format == "json":
-        print(json.dumps(passes_to_json(passes), indent=2))
-    elif args.format == "table":
-        print(format_table(passes), end="")
-    else:
-        numbers = {nid: i + 1 for i, nid in enumerate(topology.node_ids)}
-        rate_bps = scenario.links.gsl.rate_bps
-        if args.format == "ion":
-            print(to_ion(passes, numbers, start=start, rate_bytes_s=rate_bps / 8.0), end="")
+    with ExitStack() as stack:
+        out = (stack.enter_context(open(args.out, "w", encoding="utf-8"))
+               if args.out else sys.stdout)
+        if args.format in ("table", "json"):
+            for name in ("step", "from_run", "node_map"):
+                if getattr(args, name) is not None:
+                    raise ScenarioError(f"--{name.replace('_', '-')} applies to contact plans "
+                                        "(--format ion or hdtn), not to passes")
+            write_passes(topology, args, out)
         else:
-            print(json.dumps(to_hdtn(passes, numbers, start=start, rate_bits_s=rate_bps), indent=2))
+            if args.station or args.satellite:
+                raise ScenarioError("--station/--satellite select passes; a contact plan holds "
+                                    "every node so that routes through them exist")
+            write_plan(topology, args, out)
     return EXIT_OK
 
 

@@ -1,12 +1,15 @@
-"""Pass prediction (AOS / TCA / LOS over per-station elevation masks) and DTN contact plans.
+"""Pass prediction: AOS / TCA / LOS of satellites over stations with per-station elevation masks.
 
 Method
 ------
 1. **Coarse scan.** All satellites are propagated together (one ``SatrecArray`` call per time
    chunk, via :class:`Propagator`) on a grid of ``coarse_step_s`` that starts two steps before
    ``start`` and ends two steps after ``end``; samples where SGP4 reports an error (e.g. 6,
-   decayed) are dropped. :func:`elevation_deg` gives ``(G, S, T)`` elevations, computed in
-   station groups so that the working set stays near 150 MB whatever the scenario size. Rises
+   decayed) are dropped. The search runs over blocks of 32 samples; in each block
+   :func:`orbitmesh.core._pass_screen.candidate_pairs` keeps only the (station, satellite) pairs
+   that can reach the mask there (a few per cent of them in a LEO shell; the others have no
+   events, so results are unchanged), and elevations are computed for those pairs only, in
+   groups so that the working set stays near 150 MB whatever the scenario size. Rises
    and sets are the sign changes of ``elevation - mask`` between samples. Passes too short to
    contain a sample are caught from the discrete local maxima of the elevation: each one is
    refined, and one that tops the mask between two samples that are both below it adds a rise
@@ -32,9 +35,8 @@ Window edges: a pass already in progress at ``start`` gets ``aos = start``; one 
 at ``end`` gets ``los = end``. For such a clipped pass TCA and maximum elevation describe the
 part inside the window (TCA may equal ``start`` or ``end``).
 
-Contact plans (:func:`to_ion`, :func:`to_hdtn`) turn each pass into two one-way contacts
-(station -> satellite and back) over whole seconds inside the pass, with the one-way light time
-rounded up to whole seconds, as both tools count it.
+DTN contact plans are not built from passes (a pass ignores antenna limits and ISLs); see
+:mod:`orbitmesh.core.contact_plans`, which samples the emulator's own link states.
 
 Array axes: ``(G, S, T)`` = stations, satellites, times, as in :mod:`orbitmesh.core.geometry`.
 """
@@ -42,55 +44,35 @@ Array axes: ``(G, S, T)`` = stations, satellites, times, as in :mod:`orbitmesh.c
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from orbitmesh.core._pass_screen import BLOCK_SAMPLES, candidate_pairs
 from orbitmesh.core.geometry import (
-    C_KM_S,
     FloatArray,
     Propagator,
     Stations,
-    elevation_deg,
     look_angles,
     offsets_to_jd,
     teme_to_ecef,
 )
-from orbitmesh.errors import GeometryError, ScenarioError
+from orbitmesh.core.pass_table import Pass, PassTable
+from orbitmesh.errors import GeometryError
 
 IntArray = NDArray[np.int64]
 
 _MEMORY_BUDGET_BYTES = 150e6
-_BYTES_PER_ENTRY = 120  # peak numpy temporaries per (station, satellite, time) element
+_BYTES_PER_ENTRY = 160  # peak numpy temporaries per (pair, time) element
 _TIME_CHUNK = 256
 _REFINE_TOLERANCE_S = 1e-3
 _PEAK_MARGIN_DEG = 45.0  # local maxima further below the mask than this cannot become passes
 _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0
 _CROSS_NODES = np.array([-1.0, 0.0, 1.0, 2.0])
 _PEAK_NODES = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
-
-
-@dataclass(frozen=True, slots=True)
-class Pass:
-    """One pass of a satellite over a station, above that station's elevation mask."""
-
-    station: str
-    satellite: str
-    aos: datetime
-    tca: datetime
-    los: datetime
-    max_elevation_deg: float
-    tca_range_km: float
-    max_range_km: float  # the larger of the ranges at AOS and LOS (the low-elevation ends)
-
-    @property
-    def duration_s(self) -> float:
-        """Seconds from AOS to LOS."""
-        return (self.los - self.aos).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -178,18 +160,17 @@ def _ecef_valid_km(propagator: Propagator, ref: datetime, offsets_s: FloatArray)
     return pos_km
 
 
-def _subset(stations: Stations, g0: int, g1: int) -> Stations:
-    return Stations(stations.positions_ecef_km[g0:g1], stations.east[g0:g1],
-                    stations.north[g0:g1], stations.up[g0:g1])
-
-
-def _scan_group(ev: _Events, grid: _Grid, pos_km: FloatArray, stations: Stations, *, g0: int,
-                masks_deg: FloatArray, lo: int, a: int, b: int
+def _scan_pairs(ev: _Events, grid: _Grid, pos_km: FloatArray, stations: Stations, *,
+                pg: IntArray, ps: IntArray, masks_deg: FloatArray, lo: int, a: int, b: int
                 ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """Find and refine the events of stations ``g0..`` in samples ``lo..``; owns k in [a, b)."""
+    """Find and refine the events of pairs (``pg``, ``ps``) in samples ``lo..``; owns [a, b)."""
     n_sats, grid_s, step_s = pos_km.shape[0], grid.grid_s, grid.step_s
+    gs, up = stations.positions_ecef_km, stations.up
+    rho = pos_km[ps] - gs[pg][:, None, :]  # (P, T, 3)
     with np.errstate(invalid="ignore"):
-        f = elevation_deg(stations, pos_km) - masks_deg[:, None, None]
+        sin_el = np.einsum("ptk,pk->pt", rho, up[pg]) / np.linalg.norm(rho, axis=-1)
+        f = np.degrees(np.arcsin(np.clip(sin_el, -1.0, 1.0))) - masks_deg[pg][:, None]
+    del rho, sin_el
     f = np.where(np.isnan(f), -180.0, f)  # failed propagation counts as below the mask
     above = f >= 0.0
     ja, jb = a - lo, b - lo
@@ -199,21 +180,21 @@ def _scan_group(ev: _Events, grid: _Grid, pos_km: FloatArray, stations: Stations
     centre = f[..., jm:jb]
     peak = (centre > f[..., jm - 1:jb - 1]) & (f[..., jm + 1:jb + 1] <= centre)
     peak &= centre > -_PEAK_MARGIN_DEG
-    gs, up = stations.positions_ecef_km, stations.up
     n_cross = max(1, math.ceil(math.log2(step_s / _REFINE_TOLERANCE_S)))
     n_golden = max(1, math.ceil(math.log(2 * step_s / _REFINE_TOLERANCE_S) / -math.log(_INV_PHI)))
 
-    g, s, j = np.nonzero(rise | fall)
-    rising = rise[g, s, j]
-    j = j + ja
+    p, j = np.nonzero(rise | fall)
+    rising = rise[p, j]
+    g, s, j = pg[p], ps[p], j + ja
     rows = _Rows(pos_km[s[:, None], j[:, None] + np.array([-1, 0, 1, 2])], _CROSS_NODES,
                  gs[g], up[g], masks_deg[g])
     x, rng = rows.bisect(np.zeros(len(j)), np.ones(len(j)), rising, n_cross)
-    ev.cross.append(((g + g0) * n_sats + s, grid_s[j + lo] + x * step_s, rising, rng))
+    ev.cross.append((g * n_sats + s, grid_s[j + lo] + x * step_s, rising, rng))
 
-    g, s, j = np.nonzero(peak)
+    p, j = np.nonzero(peak)
     j = j + jm
-    hidden = f[g, s, j] < 0.0
+    hidden = f[p, j] < 0.0
+    g, s = pg[p], ps[p]
     rows = _Rows(pos_km[s[:, None], j[:, None] + np.array([-2, -1, 0, 1, 2])], _PEAK_NODES,
                  gs[g], up[g], masks_deg[g])
     x, el, rng = rows.maximise(-np.ones(len(j)), np.ones(len(j)), n_golden)
@@ -221,7 +202,7 @@ def _scan_group(ev: _Events, grid: _Grid, pos_km: FloatArray, stations: Stations
     worse = ~(el >= el_0)
     x, el, rng = np.where(worse, 0.0, x), np.where(worse, el_0, el), np.where(worse, rng_0, rng)
     keep = el >= masks_deg[g]  # a maximum below the mask is in no pass
-    key = (g + g0) * n_sats + s
+    key = g * n_sats + s
     ev.peaks.append((key[keep], grid_s[j[keep] + lo] + x[keep] * step_s, el[keep], rng[keep]))
 
     # A maximum above the mask between samples below it: a whole pass inside two steps.
@@ -244,6 +225,49 @@ def find_passes(propagator: Propagator, satellite_ids: Sequence[str], stations: 
                 start: datetime, end: datetime, *, epoch: datetime | None = None,
                 coarse_step_s: float = 30.0) -> list[Pass]:
     """All passes of every satellite over every station between ``start`` and ``end``."""
+    return search_passes(propagator, satellite_ids, stations, station_ids, masks_deg, start,
+                         end, epoch=epoch, coarse_step_s=coarse_step_s).passes()
+
+
+def iter_pass_tables(propagator: Propagator, satellite_ids: Sequence[str], stations: Stations,
+                     station_ids: Sequence[str], masks_deg: Sequence[float] | FloatArray,
+                     start: datetime, end: datetime, *, coarse_step_s: float = 30.0,
+                     segment_s: float = 7200.0, overlap_s: float = 3600.0
+                     ) -> Iterator[PassTable]:
+    """The passes of :func:`search_passes`, in the same order, one time segment at a time.
+
+    Segment ``k`` keeps the passes whose AOS falls in ``[start + k L, start + (k+1) L)``; it
+    searches from two steps before its start (a pass rising earlier is clipped there and so
+    left to the segment before) to ``overlap_s`` after its end. The sample grid is the global
+    one, so every kept pass is found exactly as the whole-window search finds it. A kept pass
+    still in progress at the searched end is searched again with a longer overlap.
+    """
+    start, end = _utc(start), _utc(end)
+    seg = max(1, round(segment_s / coarse_step_s)) * coarse_step_s
+    count = max(1, math.ceil((end - start).total_seconds() / seg - 1e-9))
+    for k in range(count):
+        s0 = start + timedelta(seconds=k * seg)
+        s1 = min(end, start + timedelta(seconds=(k + 1) * seg))
+        w0 = start if k == 0 else s0 - timedelta(seconds=2 * coarse_step_s)
+        extra = overlap_s
+        while True:
+            w1 = min(end, s1 + timedelta(seconds=extra))
+            table = search_passes(propagator, satellite_ids, stations, station_ids, masks_deg,
+                                  w0, w1, epoch=start, coarse_step_s=coarse_step_s)
+            lo_s, hi_s = (s0 - start).total_seconds(), (s1 - start).total_seconds()
+            mine = (table.aos_s >= lo_s) & ((table.aos_s < hi_s) | (s1 == end))
+            cut = mine & (table.los_s >= (w1 - start).total_seconds())
+            if w1 == end or not np.any(cut):
+                yield table.select(mine)
+                break
+            extra *= 2
+
+
+def search_passes(propagator: Propagator, satellite_ids: Sequence[str], stations: Stations,
+                  station_ids: Sequence[str], masks_deg: Sequence[float] | FloatArray,
+                  start: datetime, end: datetime, *, epoch: datetime | None = None,
+                  coarse_step_s: float = 30.0) -> PassTable:
+    """:func:`find_passes` as a :class:`PassTable` (times in seconds after ``epoch``/start)."""
     n_sats, n_gs = propagator.count, len(stations)
     masks = np.asarray(masks_deg, dtype=np.float64).reshape(-1)
     problems = []
@@ -271,29 +295,35 @@ def find_passes(propagator: Propagator, satellite_ids: Sequence[str], stations: 
     up_first = np.zeros((n_gs, n_sats), dtype=bool)
     up_last = np.zeros((n_gs, n_sats), dtype=bool)
     # Chunk k in [1, n_samples - 2) (intervals k..k+1, maxima at k); a chunk needs k-2 .. k+2.
-    per_entry = _BYTES_PER_ENTRY * n_sats
-    chunk = int(max(8, min(_TIME_CHUNK, _MEMORY_BUDGET_BYTES // per_entry - 4)))
+    # Propagation runs in long chunks (few SGP4 calls); the search in short screened blocks.
+    chunk = int(max(BLOCK_SAMPLES, min(_TIME_CHUNK, _MEMORY_BUDGET_BYTES // (48 * n_sats))))
     for a in range(1, n_samples - 2, chunk):
         b = min(a + chunk, n_samples - 2)
-        lo, hi = max(a - 2, 0), b + 2
-        pos_km = _ecef_valid_km(propagator, ref, grid_s[lo:hi])
-        group = int(max(1, _MEMORY_BUDGET_BYTES // (per_entry * (hi - lo))))
-        for g0 in range(0, n_gs, group):
-            g1 = min(g0 + group, n_gs)
-            first, last = _scan_group(ev, grid, pos_km, _subset(stations, g0, g1), g0=g0,
-                                      masks_deg=masks[g0:g1], lo=lo, a=a, b=b)
-            if a == 1:
-                up_first[g0:g1] = first
-            if b == n_samples - 2:
-                up_last[g0:g1] = last
+        lo = max(a - 2, 0)
+        pos_km = _ecef_valid_km(propagator, ref, grid_s[lo:b + 2])
+        for a2 in range(a, b, BLOCK_SAMPLES):
+            b2 = min(a2 + BLOCK_SAMPLES, b)
+            lo2, hi2 = max(a2 - 2, 0), b2 + 2
+            block = pos_km[:, lo2 - lo:hi2 - lo]
+            pg, ps = candidate_pairs(block, stations, masks)
+            group = int(max(1, _MEMORY_BUDGET_BYTES // (_BYTES_PER_ENTRY * (hi2 - lo2))))
+            for p0 in range(0, len(pg), group):
+                sel = slice(p0, p0 + group)
+                first, last = _scan_pairs(ev, grid, block, stations, pg=pg[sel], ps=ps[sel],
+                                          masks_deg=masks, lo=lo2, a=a2, b=b2)
+                if a2 == 1:
+                    up_first[pg[sel], ps[sel]] = first
+                if b2 == n_samples - 2:
+                    up_last[pg[sel], ps[sel]] = last
+        del pos_km
     return _assemble(ev, grid, propagator, stations, masks, up_first=up_first,
                      up_last=up_last, satellite_ids=satellite_ids, station_ids=station_ids)
 
 
 def _assemble(ev: _Events, grid: _Grid, propagator: Propagator, stations: Stations,
               masks: FloatArray, *, up_first: NDArray[np.bool_], up_last: NDArray[np.bool_],
-              satellite_ids: Sequence[str], station_ids: Sequence[str]) -> list[Pass]:
-    """Pair rises with sets, clip to the window, pick TCA, build sorted ``Pass`` objects."""
+              satellite_ids: Sequence[str], station_ids: Sequence[str]) -> PassTable:
+    """Pair rises with sets, clip to the window, pick TCA, sort by AOS, station, satellite."""
     ref, grid_s, t_start, t_end = grid.ref, grid.grid_s, grid.t_start, grid.t_end
     n_sats = up_first.shape[1]
     first_keys, last_keys = np.flatnonzero(up_first), np.flatnonzero(up_last)
@@ -322,7 +352,7 @@ def _assemble(ev: _Events, grid: _Grid, propagator: Propagator, stations: Statio
     n_pass = len(p_key)
 
     if n_pass == 0:
-        return []
+        return PassTable.empty(ref, station_ids, satellite_ids)
 
     # Unclipped ends sit on the mask; clipped ends are measured at start/end by direct SGP4.
     edge_el, _az, edge_rng = look_angles(stations, _ecef_valid_km(propagator, ref,
@@ -363,141 +393,6 @@ def _assemble(ev: _Events, grid: _Grid, propagator: Propagator, stations: Statio
     station_rank = np.argsort(np.argsort(np.asarray(station_ids, dtype=object)))
     satellite_rank = np.argsort(np.argsort(np.asarray(satellite_ids, dtype=object)))
     order = np.lexsort((satellite_rank[s_idx], station_rank[g_idx], np.rint(aos * 1e6)))
-    table = [a_[order] for a_ in (g_idx, s_idx, aos, tca, los, best_el, tca_rng,
-                                  np.maximum(aos_rng, los_rng))]
-    del g_idx, s_idx, aos, tca, los, best_el, tca_rng, aos_rng, los_rng, order
-    passes: list[Pass] = []
-    for b0 in range(0, n_pass, 65536):  # blocks bound the Python floats alive at once
-        columns = [col[b0:b0 + 65536].tolist() for col in table]
-        passes.extend(Pass(station_ids[g], satellite_ids[s], ref + timedelta(seconds=a_),
-                           ref + timedelta(seconds=c_), ref + timedelta(seconds=l_), e_, r_, m_)
-                      for g, s, a_, c_, l_, e_, r_, m_ in zip(*columns, strict=True))
-    return passes
-
-
-# --------------------------------------------------------------------------- output formats
-
-RateSpec = float | Mapping[tuple[str, str], float]
-"""A link rate: one value for every contact, or per direction keyed by ``(from_id, to_id)``."""
-OwltSpec = None | float | Mapping[tuple[str, str], float] | Callable[[Pass], float]
-"""One-way light time: ``None`` = from the range at TCA, a constant, a map keyed by
-``(station, satellite)``, or a function of the pass."""
-
-
-def iso_utc(when: datetime) -> str:
-    """ISO-8601 UTC with milliseconds and ``Z``, e.g. ``2026-01-01T00:03:12.345Z``."""
-    rounded = _utc(when) + timedelta(microseconds=500)
-    return f"{rounded:%Y-%m-%dT%H:%M:%S}.{rounded.microsecond // 1000:03d}Z"
-
-
-def passes_to_json(passes: Sequence[Pass]) -> list[dict[str, Any]]:
-    """JSON-ready records: station, satellite, aos, tca, los (ISO UTC ``Z``), max_elevation_deg."""
-    return [{"station": p.station, "satellite": p.satellite, "aos": iso_utc(p.aos),
-             "tca": iso_utc(p.tca), "los": iso_utc(p.los),
-             "max_elevation_deg": round(p.max_elevation_deg, 3)} for p in passes]
-
-
-def format_table(passes: Sequence[Pass]) -> str:
-    """Human-readable pass table, one row per pass in the given order."""
-    header = ("station", "satellite", "AOS (UTC)", "TCA (UTC)", "LOS (UTC)", "duration",
-              "max el")
-    rows = [header] + [
-        (p.station, p.satellite, f"{_utc(p.aos):%Y-%m-%d %H:%M:%S}",
-         f"{_utc(p.tca):%H:%M:%S}", f"{_utc(p.los):%H:%M:%S}",
-         f"{int(p.duration_s) // 60:d}m{int(p.duration_s) % 60:02d}s",
-         f"{p.max_elevation_deg:6.2f}°") for p in passes]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True)
-class _Contact:
-    """One pass as a contact window, in whole seconds after the plan reference time."""
-
-    station: str
-    satellite: str
-    start_s: int
-    end_s: int
-    owlt_s: int
-
-
-def _contacts(passes: Sequence[Pass], node_numbers: Mapping[str, int], start: datetime,
-              owlt_s: OwltSpec) -> tuple[datetime, list[_Contact]]:
-    """Round passes inward to whole seconds after ``start`` (truncated to the second)."""
-    ref = _utc(start).replace(microsecond=0)
-    missing = sorted({n for p in passes for n in (p.station, p.satellite)} - set(node_numbers))
-    if missing:
-        raise ScenarioError("contact plan: these nodes have no node number",
-                            [f"no node number for {n!r}" for n in missing])
-    out = []
-    for p in passes:
-        start_s = max(0, math.ceil((p.aos - ref).total_seconds()))
-        end_s = math.floor((p.los - ref).total_seconds())
-        if end_s <= start_s:
-            continue  # shorter than a whole second once rounded inward (or before the plan)
-        if owlt_s is None:
-            light_s = p.tca_range_km / C_KM_S
-        elif callable(owlt_s):
-            light_s = owlt_s(p)
-        elif isinstance(owlt_s, Mapping):
-            if (p.station, p.satellite) not in owlt_s:
-                raise ScenarioError(f"contact plan: no light time for {p.station!r} - "
-                                    f"{p.satellite!r}; add it to owlt_s or pass owlt_s=None")
-            light_s = owlt_s[(p.station, p.satellite)]
-        else:
-            light_s = float(owlt_s)
-        out.append(_Contact(p.station, p.satellite, start_s, end_s, max(1, math.ceil(light_s))))
-    out.sort(key=lambda c: (c.start_s, node_numbers[c.station], node_numbers[c.satellite]))
-    return ref, out
-
-
-def _rate(rate: RateSpec, source: str, dest: str) -> float:
-    value = rate.get((source, dest)) if isinstance(rate, Mapping) else rate
-    if value is None or not value > 0:
-        raise ScenarioError(f"contact plan: no positive rate for {source!r} -> {dest!r}")
-    return float(value)
-
-
-def to_ion(passes: Sequence[Pass], node_numbers: Mapping[str, int], *, start: datetime,
-           rate_bytes_s: RateSpec, owlt_s: OwltSpec = None) -> str:
-    """ION-DTN ``ionrc`` contact plan: two one-way contacts and one range per pass.
-
-    Times are ``+seconds`` after an ``@`` reference line set to ``start`` (whole second); AOS is
-    rounded up and LOS down, and passes shorter than that are left out. Each range is written
-    lower node number first, which ION reads as the same light time in both directions. ION
-    counts light time in whole seconds, so the light time is rounded up (LEO links get 1 s).
-    """
-    ref, contacts = _contacts(passes, node_numbers, start, owlt_s)
-    lines = [f"# orbitmesh contact plan: {len(contacts)} passes; relative times are seconds "
-             f"after {iso_utc(ref)}", f"@ {ref:%Y/%m/%d-%H:%M:%S}"]
-    for c in contacts:
-        span = f"+{c.start_s} +{c.end_s}"
-        for src, dst in ((c.station, c.satellite), (c.satellite, c.station)):
-            rate = _rate(rate_bytes_s, src, dst)
-            lines.append(f"a contact {span} {node_numbers[src]} {node_numbers[dst]} "
-                         f"{max(1, round(rate))}")
-        low, high = sorted((node_numbers[c.station], node_numbers[c.satellite]))
-        lines.append(f"a range {span} {low} {high} {c.owlt_s}")
-    return "\n".join(lines) + "\n"
-
-
-def to_hdtn(passes: Sequence[Pass], node_numbers: Mapping[str, int], *, start: datetime,
-            rate_bits_s: RateSpec, owlt_s: OwltSpec = None) -> dict[str, Any]:
-    """HDTN contact-plan JSON (``{"contacts": [...]}``), one contact per direction per pass.
-
-    ``startTime``/``endTime`` are whole seconds after ``start``, rounded inward as in
-    :func:`to_ion`; ``owlt`` is whole seconds, rounded up.
-    """
-    _ref, contacts = _contacts(passes, node_numbers, start, owlt_s)
-    out: list[dict[str, int]] = []
-    for c in contacts:
-        for src, dst in ((c.station, c.satellite), (c.satellite, c.station)):
-            out.append({"contact": len(out), "source": node_numbers[src],
-                        "dest": node_numbers[dst], "startTime": c.start_s, "endTime": c.end_s,
-                        "rateBitsPerSec": max(1, round(_rate(rate_bits_s, src, dst))),
-                        "owlt": c.owlt_s})
-    return {"contacts": out}
+    return PassTable(ref, tuple(station_ids), tuple(satellite_ids),
+                     *(col[order] for col in (g_idx, s_idx, aos, tca, los, best_el, tca_rng,
+                                              np.maximum(aos_rng, los_rng))))

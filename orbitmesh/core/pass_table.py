@@ -1,0 +1,144 @@
+"""Pass results: the :class:`Pass` record, the columnar :class:`PassTable` the search produces,
+and their text forms (JSON rows, the human table).
+
+A table keeps times as float seconds after ``ref`` so that a day of a large shell (a quarter of
+a million passes) is formatted with numpy instead of a quarter of a million ``datetime`` objects.
+Array axes: ``(P,)`` = passes, sorted by AOS, then station id, then satellite id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+_BLOCK = 65536  # rows converted to Python objects at once (bounds the floats alive)
+
+
+def _utc(when: datetime) -> datetime:
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """One pass of a satellite over a station, above that station's elevation mask."""
+
+    station: str
+    satellite: str
+    aos: datetime
+    tca: datetime
+    los: datetime
+    max_elevation_deg: float
+    tca_range_km: float
+    max_range_km: float  # the larger of the ranges at AOS and LOS (the low-elevation ends)
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds from AOS to LOS."""
+        return (self.los - self.aos).total_seconds()
+
+
+@dataclass(frozen=True)
+class PassTable:
+    """Passes as columns; times are seconds after ``ref``."""
+
+    ref: datetime
+    station_ids: tuple[str, ...]
+    satellite_ids: tuple[str, ...]
+    station: IntArray  # (P,) index into station_ids
+    satellite: IntArray  # (P,) index into satellite_ids
+    aos_s: FloatArray
+    tca_s: FloatArray
+    los_s: FloatArray
+    max_elevation_deg: FloatArray
+    tca_range_km: FloatArray
+    max_range_km: FloatArray
+
+    @classmethod
+    def empty(cls, ref: datetime, station_ids: Sequence[str],
+              satellite_ids: Sequence[str]) -> PassTable:
+        """A table with no passes."""
+        i, f = np.empty(0, np.int64), np.empty(0)
+        return cls(ref, tuple(station_ids), tuple(satellite_ids), i, i, f, f, f, f, f, f)
+
+    def __len__(self) -> int:
+        return int(self.station.shape[0])
+
+    def select(self, rows: NDArray[np.bool_] | IntArray) -> PassTable:
+        """The rows picked by a mask or index array (order kept)."""
+        return PassTable(self.ref, self.station_ids, self.satellite_ids,
+                         *(np.asarray(getattr(self, c))[rows] for c in _COLUMNS))
+
+    def passes(self) -> list[Pass]:
+        """The rows as :class:`Pass` records."""
+        out: list[Pass] = []
+        ref, st, sat = self.ref, self.station_ids, self.satellite_ids
+        for b0 in range(0, len(self), _BLOCK):
+            cols = [np.asarray(getattr(self, c))[b0:b0 + _BLOCK].tolist() for c in _COLUMNS]
+            out.extend(Pass(st[g], sat[s], ref + timedelta(seconds=a), ref + timedelta(seconds=c),
+                            ref + timedelta(seconds=lo), e, r, m)
+                       for g, s, a, c, lo, e, r, m in zip(*cols, strict=True))
+        return out
+
+    def iso_utc(self, offsets_s: FloatArray) -> NDArray[np.str_]:
+        """ISO-8601 UTC strings with milliseconds and ``Z`` (rounded to the nearest ms)."""
+        base = np.datetime64(_utc(self.ref).replace(tzinfo=None), "us")
+        stamps = base + np.rint(offsets_s * 1e6).astype("timedelta64[us]")
+        ms = (stamps + np.timedelta64(500, "us")).astype("datetime64[ms]")
+        return np.char.add(np.datetime_as_string(ms, unit="ms"), "Z")
+
+    def json_rows(self) -> Iterator[str]:
+        """One compact JSON object per pass, as :func:`passes_to_json` spells it."""
+        st = [json.dumps(n) for n in self.station_ids]
+        sat = [json.dumps(n) for n in self.satellite_ids]
+        for b0 in range(0, len(self), _BLOCK):
+            part = slice(b0, b0 + _BLOCK)
+            aos, tca, los = (self.iso_utc(c[part]).tolist()
+                             for c in (self.aos_s, self.tca_s, self.los_s))
+            el = np.round(self.max_elevation_deg[part], 3).tolist()
+            for g, s, a, c, lo, e in zip(self.station[part].tolist(),
+                                         self.satellite[part].tolist(), aos, tca, los, el,
+                                         strict=True):
+                yield (f'{{"station": {st[g]}, "satellite": {sat[s]}, "aos": "{a}", '
+                       f'"tca": "{c}", "los": "{lo}", "max_elevation_deg": {e!r}}}')
+
+
+_COLUMNS = ("station", "satellite", "aos_s", "tca_s", "los_s", "max_elevation_deg",
+            "tca_range_km", "max_range_km")
+
+
+def iso_utc(when: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and ``Z``, e.g. ``2026-01-01T00:03:12.345Z``."""
+    rounded = _utc(when) + timedelta(microseconds=500)
+    return f"{rounded:%Y-%m-%dT%H:%M:%S}.{rounded.microsecond // 1000:03d}Z"
+
+
+def passes_to_json(passes: Sequence[Pass]) -> list[dict[str, Any]]:
+    """JSON-ready records: station, satellite, aos, tca, los (ISO UTC ``Z``), max_elevation_deg."""
+    return [{"station": p.station, "satellite": p.satellite, "aos": iso_utc(p.aos),
+             "tca": iso_utc(p.tca), "los": iso_utc(p.los),
+             "max_elevation_deg": round(p.max_elevation_deg, 3)} for p in passes]
+
+
+def format_table(passes: Sequence[Pass]) -> str:
+    """Human-readable pass table, one row per pass in the given order."""
+    header = ("station", "satellite", "AOS (UTC)", "TCA (UTC)", "LOS (UTC)", "duration",
+              "max el")
+    rows = [header] + [
+        (p.station, p.satellite, f"{_utc(p.aos):%Y-%m-%d %H:%M:%S}",
+         f"{_utc(p.tca):%H:%M:%S}", f"{_utc(p.los):%H:%M:%S}",
+         f"{int(p.duration_s) // 60:d}m{int(p.duration_s) % 60:02d}s",
+         f"{p.max_elevation_deg:6.2f}°") for p in passes]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,134 @@
+"""`orbitmesh contacts`: pass tables and DTN contact plans, written as they are found.
+
+Progress goes to standard error through rich, and only when standard error is a terminal, so
+pipes and CI logs stay clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import IO
+
+from orbitmesh.core.topology import Topology
+from orbitmesh.errors import ScenarioError
+
+
+@contextmanager
+def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A callback that reports ``done`` out of ``total``; silent unless stderr is a TTY."""
+    if not sys.stderr.isatty():
+        yield lambda _done: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def _span(topology: Topology, args: argparse.Namespace, default_s: float
+          ) -> tuple[timedelta, timedelta]:
+    epoch = topology.scenario.epoch
+    start = args.start or epoch
+    end = args.end or start + timedelta(seconds=default_s)
+    if end <= start:
+        raise ScenarioError("--end must be after --start")
+    return start - epoch, end - epoch
+
+
+def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str]) -> None:
+    """The pass table (``table``) or JSON array (``json``, one pass per line, streamed)."""
+    from orbitmesh.core.geometry import Propagator, Stations
+    from orbitmesh.core.pass_table import format_table
+    from orbitmesh.core.passes import iter_pass_tables
+
+    scenario = topology.scenario
+    t0, t1 = _span(topology, args, scenario.duration_s)
+    start, end = scenario.epoch + t0, scenario.epoch + t1
+    stations = list(range(topology.n_stations))
+    if args.station:
+        names = [g.name for g in scenario.stations]
+        for name in args.station:
+            if name not in names:
+                raise ScenarioError(f"unknown station {name!r}; expected one of {names}")
+        stations = [names.index(n) for n in args.station]
+    sats = list(range(topology.n_satellites))
+    if args.satellite:
+        sats = [topology.node(s) for s in args.satellite]
+        if any(i >= topology.n_satellites for i in sats):
+            raise ScenarioError("--satellite takes satellite ids (see `orbitmesh validate`)")
+    st = scenario.stations
+    segment_s = 7200.0
+    tables = iter_pass_tables(
+        Propagator([topology.satrecs[i] for i in sats]), [topology.node_ids[i] for i in sats],
+        Stations.from_geodetic([st[g].lat_deg for g in stations],
+                               [st[g].lon_deg for g in stations],
+                               [st[g].alt_m / 1000.0 for g in stations]),
+        [st[g].name for g in stations], [st[g].min_elevation_deg for g in stations],
+        start, end, segment_s=segment_s)
+    total = max(1, -(-int((end - start).total_seconds()) // int(segment_s)))
+    with _progress("searching passes", total) as report:
+        if args.format == "table":
+            passes = []
+            for i, table in enumerate(tables):
+                passes.extend(table.passes())
+                report(i + 1)
+            out.write(format_table(passes))
+            return
+        first = True
+        out.write("[")
+        for i, table in enumerate(tables):
+            for row in table.json_rows():
+                out.write(("\n  " if first else ",\n  ") + row)
+                first = False
+            out.flush()  # each segment is final: let a reader start on it
+            report(i + 1)
+        out.write("\n]\n" if not first else "]\n")
+
+
+def write_plan(topology: Topology, args: argparse.Namespace, out: IO[str]) -> None:
+    """An ION ``ionrc`` or HDTN JSON contact plan, and the node map if asked."""
+    from orbitmesh.core.contact_plans import (
+        build_plan,
+        node_numbers,
+        sample_times,
+        write_hdtn,
+        write_ion,
+        write_node_map,
+    )
+    from orbitmesh.core.engine import LinkSource
+    from orbitmesh.core.faults import Fault, random_faults, scheduled_faults
+
+    scenario = topology.scenario
+    source: LinkSource | None = None
+    faults: list[Fault] = []
+    default_s = scenario.duration_s
+    if args.from_run:
+        from orbitmesh.run.trace import LinkTimeline, read_manifest
+
+        manifest = read_manifest(Path(args.from_run))
+        default_s = float(manifest.get("duration_s") or default_s)
+        source = LinkTimeline(Path(args.from_run), topology)
+    else:
+        # The controller's fault timeline: scheduled faults plus the seeded random ones.
+        faults = scheduled_faults(scenario) + random_faults(topology, scenario.duration_s)
+    t0, t1 = _span(topology, args, default_s)
+    if args.step is not None and not args.step > 0:
+        raise ScenarioError(f"--step {args.step}: expected a positive number of seconds")
+    step_s = args.step or scenario.tick_s
+    total = len(sample_times(t0.total_seconds(), t1.total_seconds(), step_s))
+    with _progress("sampling links", total) as report:
+        plan = build_plan(topology, scenario.epoch + t0, scenario.epoch + t1, step_s=step_s,
+                          source=source, faults=faults, on_sample=lambda i: report(i + 1))
+    numbers = node_numbers(topology.node_ids)
+    if args.node_map:
+        with open(args.node_map, "w", encoding="utf-8", newline="") as fh:
+            write_node_map(topology, numbers, fh)
+    (write_ion if args.format == "ion" else write_hdtn)(plan, numbers, out)
