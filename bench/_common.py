@@ -18,7 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from broker.client import remaining_length  # noqa: E402  (after the path setup above)
+from orbitmesh.protocol import mqtt  # noqa: E402  (after the path setup above)
 from orbitmesh.run.report import load_worker_stats as report_load_worker_stats  # noqa: E402
 
 RSS_INTERVAL_S = 0.5
@@ -157,14 +157,12 @@ class MessageTap:
     def _run(self) -> None:
         try:
             sock = socket.create_connection((self.host, self.port), timeout=10)
-            cid = f"bench-tap-{os.getpid()}".encode()
-            body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
-            sock.sendall(b"\x10" + varint(len(body)) + body)
-            topic = self.topic_filter.encode()
-            sub = b"\x00\x01" + len(topic).to_bytes(2, "big") + topic + b"\x00"
-            sock.sendall(b"\x82" + varint(len(sub)) + sub)
+            sock.sendall(mqtt.encode_connect(f"bench-tap-{os.getpid()}", keepalive_s=60))
+            sock.sendall(mqtt.encode_subscribe(1, [(self.topic_filter, 0)]))
             sock.settimeout(0.2)
-            buf = bytearray()
+            # Each PUBLISH becomes its payload size: counting needs nothing else.
+            reader = mqtt.PacketReader(message=lambda topic, payload, retain: len(payload))
+            sizes: list[int] = []
             while not self._stop.is_set():
                 try:
                     chunk = sock.recv(1 << 20)
@@ -172,42 +170,19 @@ class MessageTap:
                     continue
                 if not chunk:
                     break
-                buf += chunk
-                buf = self._consume(buf)
-            sock.sendall(b"\xe0\x00")
+                for packet in reader.feed_split(chunk, sizes):
+                    if isinstance(packet, mqtt.Suback):
+                        self._ready.set()
+                self.messages += len(sizes)
+                self.payload_bytes += sum(sizes)
+                sizes.clear()
+            sock.sendall(mqtt.encode_disconnect())
             sock.close()
         except OSError as exc:
             self.error = str(exc)
             self._ready.set()
         finally:
             self.cpu_s = time.thread_time()
-
-    def _consume(self, buf: bytearray) -> bytearray:
-        pos, size = 0, len(buf)
-        while size - pos >= 2:
-            header = buf[pos]
-            index, length, shift = pos + 1, 0, 0
-            while index < size:
-                digit = buf[index]
-                index += 1
-                length |= (digit & 0x7F) << shift
-                shift += 7
-                if not digit & 0x80:
-                    break
-            if (buf[index - 1] & 0x80) or index + length > size:
-                break
-            kind = header & 0xF0
-            if kind == 0x30:
-                topic_len = (buf[index] << 8) | buf[index + 1]
-                self.messages += 1
-                self.payload_bytes += length - 2 - topic_len
-            elif kind == 0x90:
-                self._ready.set()
-            pos = index + length
-        return buf[pos:]
-
-
-varint = remaining_length
 
 
 def worker_pids(run_dir: Path) -> dict[str, int]:

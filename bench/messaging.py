@@ -46,6 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    PROJECT_ROOT,
     MessageTap,
     ProcSampler,
     emit,
@@ -53,11 +54,11 @@ from _common import (
     machine,
     total_frame_hops,
     unexplained_loss,
-    varint,
     worker_pids,
 )
 
 from broker.embedded import EmbeddedBroker
+from orbitmesh.protocol import mqtt
 from orbitmesh.run.launch.local import RunOptions, run
 
 TARGET_HOPS_PER_S = 50_000
@@ -276,72 +277,66 @@ def live_case(name: str, *, load: float, chain: int, flows: int, duration_s: flo
 
 _PUBLISHER = textwrap.dedent('''\
     import socket, sys
-    host, port, n, size, topic = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \\
-        int(sys.argv[4]), sys.argv[5].encode()
-    def varint(n):
-        out = bytearray()
-        while True:
-            n, d = divmod(n, 128)
-            out.append(d | 0x80 if n else d)
-            if not n:
-                return bytes(out)
-    cid = b"bench-raw-pub"
-    body = b"\\x00\\x04MQTT\\x04\\x02\\x00\\x3c" + len(cid).to_bytes(2, "big") + cid
+    root, host, port, n, size, topic = sys.argv[1], sys.argv[2], int(sys.argv[3]), \\
+        int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+    sys.path.insert(0, root)
+    from orbitmesh.protocol import mqtt
     s = socket.create_connection((host, port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.sendall(b"\\x10" + varint(len(body)) + body)
-    assert s.recv(4)[:1] == b"\\x20"
-    head = len(topic).to_bytes(2, "big") + topic
-    fixed = b"\\x30" + varint(len(head) + size)
+    s.sendall(mqtt.encode_connect("bench-raw-pub", keepalive_s=60))
+    reader, got = mqtt.PacketReader(), []
+    while not got:
+        got = reader.feed(s.recv(4))
+    assert got[0] == mqtt.Connack(False, 0), got
+    # Pre-encoded: the fixed header and topic of one packet, then sequence number + padding.
+    whole = mqtt.encode_publish(topic, bytes(size))
+    head = whole[: len(whole) - size]
     pad = b"x" * (size - 8)
     chunk = []
     for seq in range(n):
-        chunk.append(fixed + head + seq.to_bytes(8, "big") + pad)
+        chunk.append(head + seq.to_bytes(8, "big") + pad)
         if len(chunk) == 2000:
             s.sendall(b"".join(chunk))
             chunk = []
     if chunk:
         s.sendall(b"".join(chunk))
-    s.sendall(b"\\xe0\\x00")
+    s.sendall(mqtt.encode_disconnect())
     s.close()
 ''')
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
+def _next_packet(sock: socket.socket, reader: mqtt.PacketReader) -> mqtt.Packet:
+    """The next packet the broker sends (blocking); ConnectionError if it hangs up."""
+    while True:
+        chunk = sock.recv(64)
         if not chunk:
             raise ConnectionError("broker closed the connection")
-        data += chunk
-    return data
+        packets = reader.feed(chunk)
+        if packets:
+            return packets[0]
 
 
 def broker_raw(messages: int, payload_bytes: int, timeout_s: float = 120.0) -> dict[str, Any]:
     """Raw publisher process -> private mosquitto -> raw subscriber here; QoS 0."""
-    topic = RAW_TOPIC.encode()
-    packet_bytes = 1 + len(varint(2 + len(topic) + payload_bytes)) + 2 + len(topic) \
-        + payload_bytes
+    packet_bytes = len(mqtt.encode_publish(RAW_TOPIC, bytes(payload_bytes)))
     with EmbeddedBroker() as broker:
         url = broker.url
         sub = socket.create_connection((url.host, url.port), timeout=10)
         sub.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        cid = b"bench-raw-sub"
-        body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
-        sub.sendall(b"\x10" + varint(len(body)) + body)
-        if _recv_exact(sub, 4)[:1] != b"\x20":
+        handshake = mqtt.PacketReader()
+        sub.sendall(mqtt.encode_connect("bench-raw-sub", keepalive_s=60))
+        if _next_packet(sub, handshake) != mqtt.Connack(False, 0):
             raise RuntimeError("raw subscriber: no CONNACK")
-        sub_body = b"\x00\x01" + len(topic).to_bytes(2, "big") + topic + b"\x00"
-        sub.sendall(b"\x82" + varint(len(sub_body)) + sub_body)
-        if _recv_exact(sub, 5)[:1] != b"\x90":
+        sub.sendall(mqtt.encode_subscribe(1, [(RAW_TOPIC, 0)]))
+        if not isinstance(_next_packet(sub, handshake), mqtt.Suback):
             raise RuntimeError("raw subscriber: no SUBACK")
         chunks: list[bytes] = []
         received_bytes = 0
         expected = messages * packet_bytes
         started = time.perf_counter()
         publisher = subprocess.Popen(
-            [sys.executable, "-c", _PUBLISHER, url.host, str(url.port), str(messages),
-             str(payload_bytes), RAW_TOPIC], stdin=subprocess.DEVNULL)
+            [sys.executable, "-c", _PUBLISHER, str(PROJECT_ROOT), url.host, str(url.port),
+             str(messages), str(payload_bytes), RAW_TOPIC], stdin=subprocess.DEVNULL)
         try:
             sub.settimeout(5.0)
             deadline = started + timeout_s
@@ -363,18 +358,20 @@ def broker_raw(messages: int, payload_bytes: int, timeout_s: float = 120.0) -> d
                 publisher.kill()
                 publisher.wait()
             sub.close()
-    data = b"".join(chunks)
-    whole = len(data) // packet_bytes
-    rows = np.frombuffer(data[:whole * packet_bytes], dtype=np.uint8).reshape(whole, packet_bytes)
-    seq_at = packet_bytes - payload_bytes
-    seqs = rows[:, seq_at:seq_at + 8].copy().view(">u8").ravel()
-    intact = bool(np.all(rows[:, 0] == 0x30)) and len(data) % packet_bytes == 0
-    lost = messages - int(np.unique(seqs).size) if intact else messages - whole
+    # Decoded after the clock stopped: the figure is the broker's, not this parser's.
+    reader = mqtt.PacketReader(message=lambda topic, payload, retain: (topic, payload))
+    got: list[tuple[str, bytes]] = []
+    others = reader.feed_split(b"".join(chunks), got)
+    intact = not others and not reader.pending_bytes and all(
+        topic == RAW_TOPIC and len(payload) == payload_bytes for topic, payload in got)
+    seqs = np.array([int.from_bytes(payload[:8], "big") for _, payload in got], dtype=np.int64)
+    whole = len(got)
+    lost = messages - int(np.unique(seqs).size)
     return {"case": "broker_raw", "engine": "mosquitto", "messages": messages,
             "payload_bytes": payload_bytes, "qos": 0,
             "broker_raw_msgs_per_s": round(whole / elapsed_s),
-            "elapsed_s": round(elapsed_s, 3), "lost": lost, "in_order": bool(
-                intact and np.all(np.diff(seqs.astype(np.int64)) == 1))}
+            "elapsed_s": round(elapsed_s, 3), "lost": lost, "intact": intact,
+            "in_order": bool(intact and np.all(np.diff(seqs) == 1))}
 
 
 # --- main -----------------------------------------------------------------------------------

@@ -1,25 +1,23 @@
 """Broker management: connection settings, reachability checks and the embedded broker.
 
-``check_broker`` and :mod:`orbitmesh.protocol.transport` translate every connection failure into one
-:class:`~orbitmesh.errors.BrokerError` line through :func:`connect_error`, so the same broken
-address gives the same message wherever it is met.
+``check_broker`` and :class:`broker.client.MqttTransport` translate every connection failure
+into one :class:`~orbitmesh.errors.BrokerError` line through :func:`connect_error`, so the same
+broken address gives the same message wherever it is met. The connection itself is
+broker/connection.py (asyncio) driving orbitmesh/protocol/mqtt.py (the codec).
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import socket
 import ssl
-from typing import Any
+import uuid
 
-import aiomqtt
-import paho.mqtt.client as mqtt
-from aiomqtt.exceptions import MqttConnectError
-
+from broker.connection import BrokerClosedError, ConnackRefusedError, MqttConnection
 from broker.url import BrokerURL, parse_broker_url
 from orbitmesh.errors import BrokerError
+from orbitmesh.protocol import mqtt
 
 __all__ = [
     "BrokerURL",
@@ -32,13 +30,9 @@ __all__ = [
 ]
 
 _START_HINT = "is a broker running there? start one, or use --broker embedded"
-# MQTT 3.1.1 CONNACK return codes (and the MQTT 5 reason codes paho maps them to).
+# MQTT 3.1.1 CONNACK return codes (and the MQTT 5 reason codes a 5.0 broker may send instead).
 _CONNACK_REASONS = {
-    1: "unacceptable protocol version",
-    2: "client id rejected",
-    3: "server unavailable",
-    4: "bad user name or password",
-    5: "not authorised",
+    **mqtt.CONNACK_REASONS,
     128: "unspecified error",
     132: "unsupported protocol version",
     133: "client id rejected",
@@ -50,21 +44,6 @@ _CONNACK_REASONS = {
 }
 
 log = logging.getLogger(__name__)
-
-
-class _ClosingSSLSocket(ssl.SSLSocket):
-    """An SSL socket that closes itself when the handshake fails.
-
-    paho drops the socket without closing it when ``do_handshake`` raises, which leaks a file
-    descriptor per failed TLS attempt (and a ResourceWarning).
-    """
-
-    def do_handshake(self, block: bool = False) -> None:
-        try:
-            super().do_handshake(block)
-        except BaseException:
-            self.close()
-            raise
 
 
 def tls_context(url: BrokerURL) -> ssl.SSLContext:
@@ -83,7 +62,6 @@ def tls_context(url: BrokerURL) -> ssl.SSLContext:
                               "and key=") from exc
     if url.tls_insecure:
         context.check_hostname = False
-    context.sslsocket_class = _ClosingSSLSocket
     return context
 
 
@@ -93,41 +71,36 @@ def make_client(
     client_id: str | None = None,
     timeout_s: float = 5.0,
     keepalive_s: int = 30,
-    will: aiomqtt.Will | None = None,
+    will: tuple[str, bytes, bool] | None = None,
     clean_session: bool = True,
-    logger: logging.Logger | None = None,
-) -> aiomqtt.Client:
-    """An aiomqtt client (MQTT 3.1.1, TCP_NODELAY) for ``url``; call inside a running loop."""
-    client = aiomqtt.Client(
+    message: mqtt.MessageFactory = mqtt.Publish,
+) -> MqttConnection:
+    """An unconnected MQTT 3.1.1 connection to ``url`` (``await client.connect()`` next).
+
+    ``will`` is (topic, payload, retain); ``message`` builds each received message from
+    (topic, payload, retain). Without ``client_id`` a unique one is made up.
+    """
+    return MqttConnection(
         url.host,
         url.port,
+        client_id=client_id or f"orbitmesh-{uuid.uuid4().hex[:16]}",
+        ssl_context=tls_context(url) if url.tls else None,
         username=url.username,
         password=url.password,
-        identifier=client_id,
-        protocol=aiomqtt.ProtocolVersion.V311,
+        keepalive_s=keepalive_s,
         will=will,
         clean_session=clean_session,
-        timeout=timeout_s,
-        keepalive=keepalive_s,
-        tls_context=tls_context(url) if url.tls else None,
-        tls_insecure=url.tls_insecure if url.tls else None,
-        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        logger=logger or logging.getLogger("broker.mqtt"),
+        timeout_s=timeout_s,
+        message=message,
     )
-    # paho's own connect timeout bounds the executor thread that aiomqtt connects in.
-    client._client.connect_timeout = timeout_s
-    # Fire-and-forget QoS 0 publishing is the normal case here, not a warning sign.
-    client.pending_calls_threshold = 1_000_000
-    return client
 
 
 def connect_error(url: BrokerURL, exc: BaseException, *, timeout_s: float | None = None
                   ) -> BrokerError:
     """One-line BrokerError saying what failed when connecting to ``url`` and what to check."""
     where = f"MQTT broker at {url.address}"
-    code = getattr(exc, "rc", None)
-    if isinstance(exc, MqttConnectError) and code is not None:
-        number = int(code.value if hasattr(code, "value") else code)
+    if isinstance(exc, ConnackRefusedError):
+        number = exc.return_code
         reason = _CONNACK_REASONS.get(number, f"refused with code {number}")
         hint = (
             "check the user name and password in the broker URL and the broker's ACL"
@@ -152,8 +125,10 @@ def connect_error(url: BrokerURL, exc: BaseException, *, timeout_s: float | None
         return BrokerError(f"{where}: host name {url.host!r} does not resolve; check its "
                            "spelling or use an IP address")
     if isinstance(exc, ssl.SSLError) or "ssl" in lowered or "certificate" in lowered or (
-        url.tls and ("reset by peer" in lowered or "eof" in lowered)
+        url.tls and isinstance(exc, ConnectionError) and not isinstance(exc, ConnackRefusedError)
     ):
+        # Over TLS, a connection that ends before CONNACK is nearly always a failed handshake
+        # (a plain-MQTT port, or a broker that rejects our certificate).
         return BrokerError(f"{where}: TLS failed ({text}); check that the port speaks TLS, "
                            "the ca= file and the server certificate's host name")
     if isinstance(exc, TimeoutError) or "timed out" in lowered:
@@ -162,44 +137,33 @@ def connect_error(url: BrokerURL, exc: BaseException, *, timeout_s: float | None
                            f"and firewall; {_START_HINT} (or is it paused or overloaded?)")
     if err in (errno.ENETUNREACH, errno.EHOSTUNREACH) or "unreachable" in lowered:
         return BrokerError(f"{where}: network unreachable ({text}); check the host address")
-    if isinstance(exc, aiomqtt.MqttError) and "disconnected" in lowered:
+    if isinstance(exc, BrokerClosedError):
         return BrokerError(f"{where}: the broker closed the connection ({text}); check the "
                            "broker's log (duplicate client id? protocol mismatch?)")
+    if isinstance(exc, mqtt.ProtocolError):
+        return BrokerError(f"{where}: the answer is not MQTT 3.1.1 ({text}); is that port an "
+                           "MQTT broker?")
     return BrokerError(f"{where}: could not connect ({type(exc).__name__}: {text}); "
                        f"{_START_HINT}")
 
 
 async def check_broker(url: BrokerURL, timeout_s: float = 5.0) -> None:
     """Connect to ``url`` and disconnect; BrokerError (one line, with a hint) if that fails."""
-    client = make_client(url, client_id=None, timeout_s=timeout_s)
+    client = make_client(url, client_id=None, timeout_s=timeout_s, keepalive_s=0)
     try:
-        async with asyncio.timeout(timeout_s):
-            await client.__aenter__()
-    except TimeoutError as exc:
-        discard_client(client)
-        raise connect_error(url, exc, timeout_s=timeout_s) from exc
-    except (aiomqtt.MqttError, OSError) as exc:
-        discard_client(client)
+        await client.connect()
+    except (OSError, BrokerError) as exc:  # TimeoutError and ssl.SSLError are OSErrors
+        await client.wait_closed()
         raise connect_error(url, exc, timeout_s=timeout_s) from exc
     try:
-        async with asyncio.timeout(timeout_s):
-            await client.__aexit__(None, None, None)
-    except (TimeoutError, aiomqtt.MqttError) as exc:
+        await client.close()
+    except OSError as exc:
         # Connected fine; a slow goodbye is not worth failing the check for.
         log.debug("disconnect from %s after check was not clean: %s", url, exc)
         discard_client(client)
 
 
-def discard_client(client: aiomqtt.Client) -> None:
-    """Close an aiomqtt client's socket at once, without DISCONNECT (so its will fires)."""
-    paho: Any = client._client
-    # The client is thrown away: nobody waits for its disconnect or its messages any more.
-    paho.on_disconnect = None
-    paho.on_message = None
-    if paho.socket() is not None:
-        # paho's own "connection lost" path: closes the socket and unregisters it from the
-        # event loop (through aiomqtt's on_socket_close).
-        paho._loop_rc_handle(mqtt.MQTT_ERR_CONN_LOST)
-    disconnected: asyncio.Future[None] = client._disconnected
-    if disconnected.done() and not disconnected.cancelled():
-        disconnected.exception()  # mark it retrieved: the loss was expected
+def discard_client(client: MqttConnection) -> None:
+    """Close a client's socket at once, without DISCONNECT (so its will fires)."""
+    client.on_lost = None  # thrown away: nobody waits for its end any more
+    client.abort()

@@ -1,9 +1,11 @@
-"""``MqttTransport``: the Transport over one MQTT 3.1.1 connection (aiomqtt/paho), fast path.
+"""``MqttTransport``: the Transport over one MQTT 3.1.1 connection, on asyncio's public API.
 
-See orbitmesh/protocol/transport.py for the interface and the in-memory fake; this is the real one.
-aiomqtt does the connection work (CONNECT, TLS, SUBSCRIBE, keepalive, DISCONNECT); QoS 0 PUBLISH
-packets are encoded and decoded here, in bulk, which is what lets one process move well over a
-hundred thousand messages per second.
+See orbitmesh/protocol/transport.py for the interface and the in-memory fake; this is the real
+one. The bytes are orbitmesh/protocol/mqtt.py's (one sans-I/O codec), the socket is
+broker/connection.py's (an ``asyncio.Protocol``). This class adds what outlives one
+connection: remembered subscriptions, reconnecting with backoff, the inbox and its
+backpressure, publish coalescing (QoS 0 packets of one event-loop turn leave as one write), and
+the counters.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Self
 
-import aiomqtt
-import paho.mqtt.client as mqtt
-
-from broker import connect_error, discard_client, make_client
+from broker import connect_error, make_client
+from broker.connection import MqttConnection
 from broker.url import BrokerURL
 from orbitmesh.errors import BrokerError
+from orbitmesh.protocol import mqtt
 from orbitmesh.protocol.transport import Message, Will, check_topic_filter, check_topic_name
 
 log = logging.getLogger("orbitmesh.protocol.transport")
@@ -28,36 +29,11 @@ log = logging.getLogger("orbitmesh.protocol.transport")
 _FLUSH_FILTER = "$orbitmesh/flush"
 """Never subscribed: UNSUBSCRIBE from it is a harmless round trip that orders after publishes."""
 _OUT_BUFFER_BYTES = 256 * 1024
-_READ_CHUNK_BYTES = 256 * 1024
-_READ_BUDGET_BYTES = 1024 * 1024
-"""At most ~1 MiB is read per wakeup, so one busy connection cannot starve the loop."""
-_PAHO_PRIVATE = ("_packet_read", "_packet_handle", "_packet_queue", "_loop_rc_handle",
-                 "_sock_recv")
-"""paho internals the fast path uses; without them the transport falls back to public calls."""
-
-
-
-
-
-def _in_packet(command: int, length: int, body: bytearray) -> dict[str, Any]:
-    """paho's record of a fully read incoming packet (Client._in_packet)."""
-    return {"command": command, "have_remaining": 1 if command else 0, "remaining_count": [],
-            "remaining_mult": 1, "remaining_length": length, "packet": body, "to_process": 0,
-            "pos": 0}
-
-
-def remaining_length(n: int) -> bytes:
-    """MQTT "remaining length" (variable byte integer) encoding of ``n``."""
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | 0x80 if n else digit)
-        if not n:
-            return bytes(out)
+"""Coalesced QoS 0 bytes that are written at once, without waiting for the end of the turn."""
 
 
 class MqttTransport:
-    """Transport over one MQTT 3.1.1 connection (aiomqtt/paho), optionally reconnecting.
+    """Transport over one MQTT 3.1.1 connection, optionally reconnecting.
 
     ``client_id`` must be unique on the broker (a second connection with the same id takes the
     first one over). Entering fails at once with a one-line BrokerError if the broker cannot be
@@ -67,6 +43,7 @@ class MqttTransport:
     ``on_reconnect`` runs. Without ``reconnect``, a lost connection ends ``batches()`` and
     later calls with a BrokerError. ``inbox_high_water`` received messages that nobody has
     taken from ``batches()`` pause reading from the socket (the broker queues meanwhile).
+    QoS 0 and 1 are supported (QoS 1 publications are acknowledged, not retried).
     """
 
     def __init__(
@@ -82,7 +59,6 @@ class MqttTransport:
         keepalive_s: int = 30,
         timeout_s: float = 5.0,
         inbox_high_water: int = 200_000,
-        fast_path: bool = True,
     ) -> None:
         self.url = url
         self.client_id = client_id
@@ -94,7 +70,6 @@ class MqttTransport:
         self._keepalive_s = keepalive_s
         self._timeout_s = timeout_s
         self._high_water = inbox_high_water
-        self._fast = fast_path and all(hasattr(mqtt.Client, n) for n in _PAHO_PRIVATE)
         self.connected = asyncio.Event()
         """Set while the connection is up (cleared during reconnect attempts)."""
         self.disconnected = asyncio.Event()
@@ -105,20 +80,17 @@ class MqttTransport:
         self.received = 0
         self.dropped_publishes = 0
         """QoS 0 messages published while the connection was down (they are lost)."""
-        self._client: aiomqtt.Client | None = None
-        self._paho: Any = None
+        self._conn: MqttConnection | None = None
         self._topics: dict[str, int] = {}
         self._inbox: list[Message] = []
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
         self._error: BrokerError | None = None
         self._closing = False
-        self._reading_paused = False
-        self._rx = bytearray()
         self._out = bytearray()
         self._out_count = 0
         self._push_scheduled = False
-        self._topic_cache: dict[tuple[str, bool], tuple[int, bytes]] = {}
+        self._encoder = mqtt.PublishEncoder()
         self._supervisor: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -147,73 +119,59 @@ class MqttTransport:
     async def _close(self, *, graceful: bool) -> None:
         self._closing = True
         if not graceful:
-            # Like a crash: what has not reached paho yet is lost.
+            # Like a crash: what has not reached the socket yet is lost.
             self.dropped_publishes += self._out_count
-            self._out.clear()
+            self._out = bytearray()
             self._out_count = 0
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
             self._supervisor = None
-        client = self._client
-        self._client = None
-        if client is not None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.on_lost = None
             if graceful and self.connected.is_set():
-                self._push_out()
-                try:
-                    async with asyncio.timeout(self._timeout_s):
-                        await client.__aexit__(None, None, None)
-                except (TimeoutError, aiomqtt.MqttError) as exc:
-                    log.debug("%s: disconnect was not clean: %s", self.client_id, exc)
-                    discard_client(client)
+                self._push_to(conn)
+                await conn.close()
             else:
-                await asyncio.sleep(0)  # let aiomqtt's pending add_writer run before the close
-                discard_client(client)
-        self._paho = None
+                conn.abort()
+                await conn.wait_closed()
         self.connected.clear()
         self.disconnected.set()
         self._wake.set()
 
     async def _connect(self) -> None:
-        """One connection attempt: CONNECT, hook paho, re-subscribe; BrokerError on failure."""
-        will = aiomqtt.Will(self._will[0], self._will[1], 0, self._will[2]) if self._will else None
-        client = make_client(self.url, client_id=self.client_id, timeout_s=self._timeout_s,
-                             keepalive_s=self._keepalive_s, will=will,
-                             clean_session=self._clean_session,
-                             logger=logging.getLogger(f"{__name__}.paho"))
-        paho: Any = client._client
-        paho.on_message = self._on_message
-        paho.on_publish = None  # we never wait for QoS 0 "published" events
-        aiomqtt_on_disconnect = paho.on_disconnect
-
-        def on_disconnect(*args: Any) -> None:
-            aiomqtt_on_disconnect(*args)
-            if self._paho is paho and self._loop is not None:
-                self._loop.call_soon_threadsafe(self._lost.set)
-
-        paho.on_disconnect = on_disconnect
+        """One connection attempt: CONNECT, re-subscribe; BrokerError on failure."""
+        conn = make_client(self.url, client_id=self.client_id, timeout_s=self._timeout_s,
+                           keepalive_s=self._keepalive_s, will=self._will,
+                           clean_session=self._clean_session, message=Message)
+        conn.sink = self._inbox  # before CONNACK: a kept session may deliver at once
+        conn.on_messages = self._on_messages
+        conn.on_lost = lambda exc: self._connection_lost(conn, exc)
         try:
-            async with asyncio.timeout(self._timeout_s):
-                await client.__aenter__()
-        except (TimeoutError, aiomqtt.MqttError, OSError) as exc:
-            discard_client(client)
+            await conn.connect()
+        except (OSError, BrokerError) as exc:  # TimeoutError and ssl.SSLError are OSErrors
+            await conn.wait_closed()
             raise connect_error(self.url, exc, timeout_s=self._timeout_s) from exc
-        self._client, self._paho = client, paho
+        self._conn = conn
         self._lost.clear()
-        self._reading_paused = False
-        self._rx = bytearray()
-        if self._fast:
-            self._watch_socket()
         if self._topics:
             try:
                 await self._subscribe_now(dict(self._topics))
             except BrokerError:
-                self._client, self._paho = None, None
-                discard_client(client)
+                self._conn = None
+                conn.on_lost = None
+                conn.abort()
+                await conn.wait_closed()
                 raise
         self.connected.set()
         self.disconnected.clear()
+
+    def _connection_lost(self, conn: MqttConnection, exc: BaseException | None) -> None:
+        if conn is self._conn:
+            log.info("%s: connection to %s lost: %s", self.client_id, self.url.address, exc)
+            self._lost.set()
 
     async def _supervise(self) -> None:
         """Wait for the connection to drop; then reconnect (or record the failure)."""
@@ -224,9 +182,9 @@ class MqttTransport:
                 return
             self.connected.clear()
             self.disconnected.set()
-            if self._client is not None:
-                discard_client(self._client)
-                self._client, self._paho = None, None
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await conn.wait_closed()
             if not self._reconnect:
                 self._error = BrokerError(
                     f"lost the connection to the MQTT broker at {self.url.address} "
@@ -263,6 +221,8 @@ class MqttTransport:
 
     async def subscribe(self, *topics: str, qos: int = 0) -> None:
         """Subscribe to topic filters (kept across reconnects); returns after SUBACK."""
+        if qos not in (0, 1):
+            raise BrokerError(f"subscription QoS {qos}: this transport supports 0 and 1")
         for topic in topics:
             check_topic_filter(topic)
         wanted = {topic: qos for topic in topics}
@@ -271,14 +231,16 @@ class MqttTransport:
             await self._subscribe_now(wanted)
 
     async def _subscribe_now(self, topics: dict[str, int]) -> None:
-        client = self._require_client()
+        conn = self._require_conn()
         try:
-            granted = await client.subscribe(list(topics.items()), timeout=self._timeout_s)
-        except aiomqtt.MqttError as exc:
+            granted = await conn.subscribe(list(topics.items()))
+        except TimeoutError as exc:
+            raise BrokerError(f"MQTT broker at {self.url.address}: no SUBACK for "
+                              f"{sorted(topics)} within {self._timeout_s:g} s") from exc
+        except ConnectionError as exc:
             raise BrokerError(f"MQTT broker at {self.url.address}: subscribing to "
                               f"{sorted(topics)} failed: {exc}") from exc
-        refused = [t for t, code in zip(topics, granted, strict=False)
-                   if int(cast(int, getattr(code, "value", code))) >= 0x80]
+        refused = [t for t, code in zip(topics, granted, strict=True) if code >= 0x80]
         if refused:
             raise BrokerError(f"MQTT broker at {self.url.address} refused subscriptions "
                               f"{refused} for client {self.client_id!r}; check the broker's ACL")
@@ -287,45 +249,17 @@ class MqttTransport:
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 0) -> None:
         """Queue one message (non-blocking); QoS 0 messages are coalesced per loop turn."""
-        if qos or not self._fast or self._paho is None:
-            self._publish_paho(topic, payload, retain, qos)  # also: closed, or reconnecting
+        if qos or self._conn is None:
+            self._publish_one(topic, payload, retain, qos)  # also: closed, or reconnecting
             return
-        cached = self._topic_cache.get((topic, retain))
-        if cached is None:
-            cached = self._encode_topic(topic, retain)
-        head, topic_field = cached
-        length = len(topic_field) + len(payload)
-        out = self._out
-        out.append(head)
-        if length < 128:
-            out.append(length)
-        elif length < 16384:
-            out.append((length & 0x7F) | 0x80)
-            out.append(length >> 7)
-        else:
-            out += remaining_length(length)
-        out += topic_field
-        out += payload
+        self._encoder.append(self._out, topic, payload, retain)
         self._out_count += 1
-        if len(out) >= _OUT_BUFFER_BYTES:
+        if len(self._out) >= _OUT_BUFFER_BYTES:
             self._push_out()
         elif not self._push_scheduled:
             self._push_scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._push_out_soon)
-
-    def _encode_topic(self, topic: str, retain: bool) -> tuple[int, bytes]:
-        """PUBLISH header byte and length-prefixed topic, cached (so each topic is checked once)."""
-        if self._loop is None:
-            raise BrokerError(f"transport {self.client_id!r} is not connected; "
-                              "use it inside 'async with'")
-        check_topic_name(topic)
-        encoded = topic.encode()
-        cached = (0x31 if retain else 0x30, len(encoded).to_bytes(2, "big") + encoded)
-        if len(self._topic_cache) > 100_000:
-            self._topic_cache.clear()
-        self._topic_cache[(topic, retain)] = cached
-        return cached
 
     def _push_out_soon(self) -> None:
         """The end-of-turn push; a loop callback must not raise, so losses are only counted."""
@@ -335,30 +269,43 @@ class MqttTransport:
             log.debug("%s: %s", self.client_id, exc)
 
     def _push_out(self) -> None:
-        """Hand the coalesced QoS 0 packets to paho's send queue as one write."""
+        """Write the coalesced QoS 0 packets as one write (or count them as dropped)."""
         self._push_scheduled = False
+        conn = self._conn
+        if conn is not None and self.connected.is_set():
+            self._push_to(conn)
+        elif self._out:
+            count = self._out_count
+            self._out = bytearray()
+            self._out_count = 0
+            self._count_drop(count)
+
+    def _push_to(self, conn: MqttConnection) -> None:
         if not self._out:
             return
-        data, count = bytes(self._out), self._out_count
-        self._out.clear()
+        # A fresh bytearray per turn: the socket transport may keep a view of the old one.
+        data, count = self._out, self._out_count
+        self._out = bytearray()
         self._out_count = 0
-        paho = self._paho
-        if paho is None or paho._sock is None or not self.connected.is_set():
+        if conn.write(data):
+            self.published += count
+        else:
             self._count_drop(count)
-            return
-        # Command byte 0 is no MQTT packet type, so paho writes the bytes without treating
-        # them as one PUBLISH (no on_publish, no message-info bookkeeping).
-        paho._packet_queue(0, data, 0, 0)
-        self.published += count
 
-    def _publish_paho(self, topic: str, payload: bytes, retain: bool, qos: int) -> None:
+    def _publish_one(self, topic: str, payload: bytes, retain: bool, qos: int) -> None:
         self._push_out()  # keep order with coalesced QoS 0 messages
         check_topic_name(topic)
-        if self._paho is None or not self.connected.is_set():
+        if qos not in (0, 1):
+            raise BrokerError(f"publish QoS {qos}: this transport supports 0 and 1")
+        conn = self._conn
+        if conn is None or not self.connected.is_set():
             self._count_drop(1)
             return
-        info = self._paho.publish(topic, payload, qos, retain)
-        if info.rc == mqtt.MQTT_ERR_SUCCESS:
+        if qos:
+            sent = conn.publish_qos1(topic, payload, retain=retain)
+        else:
+            sent = conn.write(mqtt.encode_publish(topic, payload, retain=retain))
+        if sent:
             self.published += 1
         else:
             self._count_drop(1)
@@ -374,122 +321,26 @@ class MqttTransport:
     async def flush(self) -> None:
         """Return once the broker has processed everything published so far."""
         self._push_out()
-        client = self._require_client()
+        conn = self._require_conn()
         try:
             # The broker handles one connection's packets in order, so UNSUBACK for a filter
             # nobody uses proves that every earlier PUBLISH has been routed.
-            await client.unsubscribe(_FLUSH_FILTER, timeout=self._timeout_s)
-        except aiomqtt.MqttError as exc:
+            await conn.unsubscribe([_FLUSH_FILTER])
+        except TimeoutError as exc:
+            raise BrokerError(f"MQTT broker at {self.url.address}: flush failed: no UNSUBACK "
+                              f"within {self._timeout_s:g} s") from exc
+        except ConnectionError as exc:
+            if self._error is not None:
+                raise self._error from exc
             raise BrokerError(f"MQTT broker at {self.url.address}: flush failed: {exc}") from exc
 
     # -- receive ---------------------------------------------------------------------------
 
-    def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        # paho decodes payloads with struct.unpack, so they are bytes already.
-        self._inbox.append(Message(message.topic, cast(bytes, message.payload), message.retain))
+    def _on_messages(self) -> None:
         self._wake.set()
-
-    def _watch_socket(self) -> None:
-        """Replace aiomqtt's one-packet-per-wakeup reader with one that drains the socket."""
-        if self._loop is None or self._paho is None:
-            return
-        sock = self._paho.socket()
-        if sock is not None:
-            self._loop.add_reader(sock.fileno(), self._on_readable, self._paho)
-
-    def _on_readable(self, paho: Any) -> None:
-        """Read everything the socket has and parse it; paho handles all but QoS 0 PUBLISH."""
-        if paho is not self._paho or paho._sock is None or self._reading_paused:
-            return  # a late call for a connection that is gone or paused
-        try:
-            if paho._in_packet["command"]:
-                # aiomqtt's reader left a packet half-read before we took over: let paho
-                # finish it, so our parser starts on a packet boundary.
-                rc = paho._packet_read()
-                if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN):
-                    paho._loop_rc_handle(rc)
-                    return
-                if paho._in_packet["command"]:
-                    return
-            rx = self._rx
-            budget = _READ_BUDGET_BYTES
-            while budget > 0:
-                try:
-                    data = paho._sock_recv(_READ_CHUNK_BYTES)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    paho._loop_rc_handle(mqtt.MQTT_ERR_CONN_LOST)
-                    return
-                if not data:
-                    paho._loop_rc_handle(mqtt.MQTT_ERR_CONN_LOST)
-                    return
-                rx += data
-                budget -= len(data)
-            else:
-                # Budget spent with data left. A TLS socket may hold decrypted bytes that the
-                # selector cannot see, so come back explicitly rather than wait for the fd.
-                assert self._loop is not None
-                self._loop.call_soon(self._on_readable, paho)
-            paho._last_bytes_received = mqtt.time_func()
-            rc = self._parse(paho, rx)
-            if rc != mqtt.MQTT_ERR_SUCCESS:
-                paho._loop_rc_handle(rc)
-                return
-        except Exception:
-            log.exception("%s: reading from the broker failed; dropping the connection",
-                          self.client_id)
-            with contextlib.suppress(Exception):
-                paho._loop_rc_handle(mqtt.MQTT_ERR_CONN_LOST)
-            return
-        if len(self._inbox) >= self._high_water and paho is self._paho:
+        if len(self._inbox) >= self._high_water and self._conn is not None:
             # Backpressure: stop reading until the consumer catches up; the broker queues.
-            sock = paho.socket()
-            if sock is not None and self._loop is not None:
-                self._loop.remove_reader(sock.fileno())
-                self._reading_paused = True
-
-    def _parse(self, paho: Any, rx: bytearray) -> mqtt.MQTTErrorCode:
-        """Consume the complete packets at the start of ``rx``; the rest waits for more bytes.
-
-        QoS 0 PUBLISH (nearly all traffic) is decoded here; every other packet is handed to
-        paho exactly as its own reader would, so acks, pings and QoS 1/2 keep paho's logic.
-        """
-        inbox = self._inbox
-        size = len(rx)
-        pos = 0
-        rc = mqtt.MQTT_ERR_SUCCESS
-        while size - pos >= 2:
-            header = rx[pos]
-            index = pos + 1
-            length = shift = 0
-            while index < size:  # "remaining length": 1-4 bytes, 7 bits each
-                digit = rx[index]
-                index += 1
-                length |= (digit & 0x7F) << shift
-                shift += 7
-                if not digit & 0x80:
-                    break
-                if shift >= 28:
-                    return mqtt.MQTT_ERR_PROTOCOL
-            if (rx[index - 1] & 0x80) or index + length > size:
-                break  # incomplete: wait for more bytes
-            end = index + length
-            if header & 0xF6 == 0x30:  # PUBLISH, QoS 0
-                topic_end = index + 2 + ((rx[index] << 8) | rx[index + 1])
-                inbox.append(Message(rx[index + 2 : topic_end].decode(),
-                                     bytes(rx[topic_end:end]), bool(header & 1)))
-            else:
-                paho._in_packet = _in_packet(header, length, rx[index:end])
-                rc = paho._packet_handle()
-                paho._in_packet = _in_packet(0, 0, bytearray())
-                if rc != mqtt.MQTT_ERR_SUCCESS:
-                    break
-            pos = end
-        del rx[:pos]
-        if inbox:
-            self._wake.set()
-        return rc
+            self._conn.pause_reading()
 
     async def batches(self) -> AsyncIterator[list[Message]]:
         """Lists of received messages until the transport closes; BrokerError if it is lost."""
@@ -497,9 +348,10 @@ class MqttTransport:
             if self._inbox:
                 batch, self._inbox = self._inbox, []
                 self.received += len(batch)
-                if self._reading_paused:
-                    self._reading_paused = False
-                    self._watch_socket()
+                conn = self._conn
+                if conn is not None:
+                    conn.sink = self._inbox
+                    conn.resume_reading()
                 yield batch
                 continue
             if self._error is not None:
@@ -509,10 +361,10 @@ class MqttTransport:
             self._wake.clear()
             await self._wake.wait()
 
-    def _require_client(self) -> aiomqtt.Client:
-        if self._client is None:
+    def _require_conn(self) -> MqttConnection:
+        if self._conn is None:
             if self._error is not None:
                 raise self._error
             raise BrokerError(f"transport {self.client_id!r} is not connected to "
                               f"{self.url.address}")
-        return self._client
+        return self._conn

@@ -13,11 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiomqtt.exceptions import MqttConnectError, MqttError
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.reasoncodes import ReasonCode
 
 from broker import check_broker, connect_error
+from broker.connection import BrokerClosedError, ConnackRefusedError
 from broker.embedded import (
     EmbeddedBroker,
     free_loopback_port,
@@ -26,6 +24,7 @@ from broker.embedded import (
 )
 from broker.url import BrokerURL, parse_broker_url
 from orbitmesh.errors import BrokerError
+from orbitmesh.protocol.mqtt import ProtocolError
 from tests.conftest import require_mosquitto
 
 HANG_GUARD_S = 15.0
@@ -251,16 +250,52 @@ async def test_check_broker_on_tls_url_against_a_plain_port_blames_tls(
     ("exc", "says"),
     [
         (socket.gaierror(-2, "Name or service not known"), "does not resolve"),
-        (MqttError("[Errno -3] Temporary failure in name resolution"), "does not resolve"),
+        (OSError("[Errno -3] Temporary failure in name resolution"), "does not resolve"),
         (ssl.SSLCertVerificationError("certificate verify failed"), "TLS failed"),
         (TimeoutError(), "timed out"),
-        (MqttError("Operation timed out"), "timed out"),
         (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
-        (MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=134)), "bad user name"),
-        (MqttConnectError(5), "not authorised"),
+        (ConnackRefusedError(134), "bad user name"),
+        (ConnackRefusedError(4), "bad user name"),
+        (ConnackRefusedError(5), "not authorised"),
+        (BrokerClosedError("the broker closed the connection"), "closed the connection"),
+        (ProtocolError("MQTT packet PINGREQ is never sent by a broker"), "not MQTT 3.1.1"),
+        (OSError(101, "Network is unreachable"), "network unreachable"),
     ],
 )
 def test_connect_errors_are_named(exc: BaseException, says: str) -> None:
     error = connect_error(BrokerURL("mq.example", 1883), exc, timeout_s=2)
     assert says in str(error)
     assert "mq.example:1883" in str(error)
+    assert "\n" not in str(error)
+
+
+async def test_check_broker_on_a_port_that_does_not_speak_mqtt(tmp_path: Path) -> None:
+    """A server that answers CONNECT with garbage gets a ProtocolError-based message."""
+
+    async def answer_garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # until the client gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(answer_garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        with pytest.raises(BrokerError, match=r"not MQTT 3\.1\.1") as caught:
+            await asyncio.wait_for(check_broker(BrokerURL("127.0.0.1", port), timeout_s=3),
+                                   HANG_GUARD_S)
+    assert f"127.0.0.1:{port}" in str(caught.value)
+
+
+async def test_check_broker_when_the_broker_hangs_up_says_it_closed(tmp_path: Path) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        with pytest.raises(BrokerError, match="closed the connection"):
+            await asyncio.wait_for(check_broker(BrokerURL("127.0.0.1", port), timeout_s=3),
+                                   HANG_GUARD_S)

@@ -234,18 +234,16 @@ async def test_memory_client_id_takeover_ends_the_older_connection() -> None:
 # -- MQTT only -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "paho"])
 @pytest.mark.parametrize("qos", [0, 1])
 async def test_payload_sizes_across_length_encoding_boundaries_round_trip(
-    broker_url: BrokerURL, topic_root: str, fast_path: bool, qos: int
+    broker_url: BrokerURL, topic_root: str, qos: int
 ) -> None:
     topic = f"{topic_root}/blob"
     overhead = 2 + len(topic.encode())  # remaining length = 2 + topic + payload (QoS 0)
     sizes = [0, 1, 127 - overhead, 128 - overhead, 16383 - overhead, 16384 - overhead,
              300_000, 3_000_000]
     payloads = [bytes([n % 251]) * n for n in sizes]
-    async with MqttTransport(broker_url, client_id=f"blob-{uuid.uuid4().hex}",
-                             fast_path=fast_path) as node:
+    async with MqttTransport(broker_url, client_id=f"blob-{uuid.uuid4().hex}") as node:
         await node.subscribe(topic, qos=qos)
         for payload in payloads:
             node.publish(topic, payload, qos=qos)
