@@ -106,7 +106,7 @@ def walker_yaml(*, planes: int, per_plane: int, phasing: int, star: bool = False
 def pair_ids(topology: Topology, rename: dict[str, str] | None = None) -> set[tuple[str, str]]:
     """ISL candidates as sorted pairs of node ids (renamed, when given)."""
     ids = [(rename or {}).get(n, n) for n in topology.node_ids]
-    return {tuple(sorted((ids[a], ids[b]))) for a, b in topology.isl_pairs}  # type: ignore[misc]
+    return {tuple(sorted((ids[a], ids[b]))) for a, b in topology.isl_pairs}
 
 
 def test_generated_tles_are_the_walker_shell(shells: tuple[Path, Path, dict[int, str]]) -> None:
@@ -172,7 +172,7 @@ def test_path_equals_the_walker_path(shells: tuple[Path, Path, dict[int, str]],
     def path(scenario: Path, a: str, b: str) -> dict[str, object]:
         assert main(["path", str(scenario), a, b, "--format", "json"]) == 0
         (row,) = json.loads(capsys.readouterr().out)
-        return row  # type: ignore[no-any-return]
+        return row
 
     theirs = path(walker, src, dst)
     ours = path(imported, f"imp-{catnr[src]}", f"imp-{catnr[dst]}")
