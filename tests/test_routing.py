@@ -1,4 +1,5 @@
-"""Routing against networkx on random graphs, plus a hand-built example with a known answer."""
+"""Routing against networkx on random graphs (with and without non-transit nodes), plus a
+hand-built example with a known answer."""
 
 from __future__ import annotations
 
@@ -123,6 +124,101 @@ def test_min_hop_counts_equal_networkx_and_break_ties_by_delay() -> None:
                 if u != d and nx.has_path(g, u, d):
                     best = min(path_delay_s(g, p) for p in nx.all_shortest_paths(g, u, d))
                     assert trees.one_way_s(u, d) == pytest.approx(best, abs=one_nanosecond)
+
+
+def with_stubs(rng: np.random.Generator, graph: LinkGraph) -> tuple[LinkGraph, np.ndarray]:
+    """The graph with about a third of its nodes made non-transit (route ends only)."""
+    transit = rng.random(graph.n_nodes) > 0.35
+    return LinkGraph(graph.n_nodes, graph.a, graph.b, graph.delay_s, transit), transit
+
+
+def reference_path(g: nx.Graph, transit: np.ndarray, u: int, dst: int,
+                   weight: str | None = "delay_s") -> list[int] | None:
+    """networkx's best u -> dst path whose inner nodes all relay, or None: it searches the graph
+    of the relaying nodes plus the two ends."""
+    if u not in g or dst not in g:
+        return None
+    keep = set(np.flatnonzero(transit).tolist()) | {u, dst}
+    try:
+        path: list[int] = nx.shortest_path(g.subgraph(keep), u, dst, weight=weight)
+    except nx.NetworkXNoPath:
+        return None
+    return path
+
+
+def check_non_transit(trees: RouteTrees, g: nx.Graph, transit: np.ndarray, n_nodes: int) -> None:
+    """Every row of ``trees`` equals networkx's least-delay answer through relaying nodes only."""
+    for row, dst in enumerate(trees.destinations.tolist()):
+        for u in range(n_nodes):
+            want = reference_path(g, transit, u, dst)
+            ours = trees.path(u, dst)
+            if want is None:
+                assert ours == [] and trees.next_hop[row, u] == -1
+                assert math.isinf(trees.distance_s[row, u])
+                continue
+            assert ours[0] == u and ours[-1] == dst
+            assert all(transit[x] for x in ours[1:-1])
+            assert all(g.has_edge(x, y) for x, y in itertools.pairwise(ours))
+            best_s = path_delay_s(g, want)
+            assert trees.distance_s[row, u] == pytest.approx(best_s, abs=one_picosecond)
+            assert path_delay_s(g, ours) == pytest.approx(best_s, abs=one_picosecond)
+            assert len(ours) == len(want)  # continuous random delays: the path is unique
+        # No node forwards to a non-transit node unless that node is the destination.
+        hops_to = trees.next_hop[row]
+        assert not np.any(~transit[hops_to[hops_to >= 0]] & (hops_to[hops_to >= 0] != dst))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_transit_nodes_only_start_or_end_routes_like_networkx(
+        backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_sssp, "BACKEND", backend)
+    cut = 0
+    for rng, plain in graphs(seed=21, count=12):
+        graph, transit = with_stubs(rng, plain)
+        # Destinations of both kinds: a non-transit destination's own links are relaxed.
+        dst = np.concatenate([rng.choice(np.flatnonzero(transit), 2, replace=False),
+                              rng.choice(np.flatnonzero(~transit), 2, replace=False)])
+        trees = ShortestDelay().trees(graph, dst)
+        g = to_networkx(graph)
+        check_non_transit(trees, g, transit, graph.n_nodes)
+        free = ShortestDelay().trees(plain, dst)
+        cut += int(np.count_nonzero(free.distance_s < trees.distance_s))
+    assert cut > 0  # the stubs did lengthen or cut some routes: the check can tell
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_min_hop_with_non_transit_nodes_counts_hops_like_networkx(
+        backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_sssp, "BACKEND", backend)
+    for rng, plain in graphs(seed=22, count=12):
+        graph, transit = with_stubs(rng, plain)
+        g = to_networkx(graph)
+        dst = rng.choice(graph.n_nodes, size=3, replace=False)
+        trees = MinHop().trees(graph, dst)
+        for row, d in enumerate(dst.tolist()):
+            for u in range(graph.n_nodes):
+                want = reference_path(g, transit, u, d, weight=None)
+                path = trees.path(u, d)
+                assert trees.hops[row, u] == (-1 if want is None else len(want) - 1)
+                assert all(transit[x] for x in path[1:-1])
+
+
+def test_policy_masks_keep_the_transit_flags() -> None:
+    rng, plain = next(graphs(seed=23, count=1))
+    graph, transit = with_stubs(rng, plain)
+    operator = rng.integers(0, 2, graph.n_nodes)
+    policy = RoutingPolicy("home", frozenset({1}))
+    allowed = policy_mask(operator, policy)
+    dst = rng.choice(np.flatnonzero(allowed), size=4, replace=False)
+    trees = Router(graph, ShortestDelay(), operator, {"home": policy}).trees(dst, "home")
+    check_non_transit(trees, to_networkx(graph, allowed), transit, graph.n_nodes)
+
+
+def test_transit_mask_is_checked_and_all_true_means_none() -> None:
+    graph = LinkGraph(3, np.array([0]), np.array([1]), np.array([1e-3]), np.ones(3, dtype=bool))
+    assert graph.transit is None
+    with pytest.raises(RoutingError, match=r"transit mask has shape \(2,\)"):
+        LinkGraph(3, np.array([0]), np.array([1]), np.array([1e-3]), np.ones(2, dtype=bool))
 
 
 def test_derived_hops_equal_min_hop_hops_when_they_coincide() -> None:
@@ -373,6 +469,37 @@ def test_kernel_answer_does_not_depend_on_its_tuning(kind: str) -> None:
                                                        backend="numba", **tuning)
         np.testing.assert_array_equal(got_dist, dist)
         check_trees(graph, sources, got_pred, got_dist)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kernel_with_non_transit_nodes_equals_scipy_bit_for_bit(kind: str) -> None:
+    # The numba kernel skips non-transit nodes itself; scipy runs on a graph with twins. Both,
+    # under every tuning that hands trees to the heap fallback, must agree exactly.
+    rng = np.random.default_rng(7 + len(kind))
+    for _ in range(4):
+        graph = awkward_graph(rng, kind)
+        transit = rng.random(graph.n_nodes) > 0.3
+        indptr, indices, weight = graph._csr_arrays()
+        sources = rng.choice(graph.n_nodes, size=int(rng.integers(2, 25)), replace=False)
+        pred, dist = _sssp.shortest_path_trees(indptr, indices, weight, sources,
+                                               backend="scipy", transit=transit)
+        arc_weight = {(u, int(indices[arc])): float(weight[arc])
+                      for u in range(graph.n_nodes) for arc in range(indptr[u], indptr[u + 1])}
+        for row, s in enumerate(sources.tolist()):
+            assert pred[row, s] == s and dist[row, s] == 0.0
+            reached = np.flatnonzero((pred[row] >= 0) & (np.arange(graph.n_nodes) != s))
+            for u in reached.tolist():
+                parent = int(pred[row, u])
+                assert parent == s or transit[parent]  # only relaying nodes are parents
+                assert dist[row, u] == dist[row, parent] + arc_weight[(parent, u)]
+        if not _sssp.HAVE_NUMBA:
+            continue
+        for tuning in ({}, {"budget": 0}, {"capacity": 1}, {"width": 1e3}, {"threads": 3}):
+            got_pred, got_dist = _sssp.shortest_path_trees(indptr, indices, weight, sources,
+                                                           backend="numba", transit=transit,
+                                                           **tuning)
+            np.testing.assert_array_equal(got_dist, dist)
+            np.testing.assert_array_equal(got_pred >= 0, pred >= 0)
 
 
 @needs_numba

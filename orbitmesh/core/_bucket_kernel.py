@@ -2,7 +2,11 @@
 
 Imported only when routes are first computed, so that processes which never route do not load
 numba. Arrays as in :mod:`orbitmesh.core._sssp`: CSR ``indptr (N+1,)``, ``indices (A,)``,
-``weights (A,)``; answers ``dist``/``pred`` are ``(D, N)``, one row per source.
+``weights (A,)``, ``transit (N,)`` (False: the node ends paths but relays none); answers
+``dist``/``pred`` are ``(D, N)``, one row per source.
+
+A non-transit node other than the source is labelled but never filed for a scan: its links are not
+relaxed, so it is a leaf of every tree but its own.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ def _heap_drop_top(heap_key: FloatArray, heap_node: Int32Array, size: int) -> in
 
 
 @njit(cache=True, nogil=True)
-def grow_tree(indptr: Int32Array, indices: Int32Array, weights: FloatArray, source: int,
+def grow_tree(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
+              transit: NDArray[np.bool_], source: int,
               inv_width: float, mask: int, dist: FloatArray, pred: Int32Array,
               where: NDArray[np.int64], head: Int32Array, nxt: Int32Array,
               entry_node: Int32Array, budget: int) -> bool:
@@ -100,6 +105,8 @@ def grow_tree(indptr: Int32Array, indices: Int32Array, weights: FloatArray, sour
                 if candidate < dist[v]:
                     dist[v] = candidate
                     pred[v] = u
+                    if not transit[v]:
+                        continue  # a leaf: labelled, never scanned
                     bucket = np.int64(candidate * inv_width)
                     if where[v] != bucket:
                         if used == capacity:
@@ -116,7 +123,8 @@ def grow_tree(indptr: Int32Array, indices: Int32Array, weights: FloatArray, sour
 
 
 @njit(cache=True, nogil=True)
-def dijkstra_tree(indptr: Int32Array, indices: Int32Array, weights: FloatArray, source: int,
+def dijkstra_tree(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
+                  transit: NDArray[np.bool_], source: int,
                   dist: FloatArray, pred: Int32Array, done: NDArray[np.bool_],
                   heap_key: FloatArray, heap_node: Int32Array) -> None:
     """One tree into ``dist``/``pred`` by Dijkstra with a binary heap: the bounded fallback."""
@@ -141,12 +149,14 @@ def dijkstra_tree(indptr: Int32Array, indices: Int32Array, weights: FloatArray, 
             if candidate < dist[v]:
                 dist[v] = candidate
                 pred[v] = u
-                size = _heap_push(heap_key, heap_node, size, candidate, v)
+                if transit[v]:  # a non-transit node is a leaf: never popped, never scanned
+                    size = _heap_push(heap_key, heap_node, size, candidate, v)
 
 
 @njit(cache=True, nogil=True)
 def grow_forest(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
-                sources: NDArray[np.int64], width: float, capacity: int, budget: int,
+                transit: NDArray[np.bool_], sources: NDArray[np.int64], width: float,
+                capacity: int, budget: int,
                 dist: FloatArray, pred: Int32Array) -> None:
     """One tree per source into the rows of ``dist``/``pred``: by buckets, or by a heap for a
     tree that exceeds ``budget`` scans or ``capacity`` bucket entries."""
@@ -169,12 +179,12 @@ def grow_forest(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
     heap_key = np.empty(0, np.float64)
     heap_node = np.empty(0, np.int32)
     for i in range(sources.size):
-        if grow_tree(indptr, indices, weights, sources[i], inv_width, n_slots - 1, dist[i],
-                     pred[i], where, head, nxt, entry_node, budget):
+        if grow_tree(indptr, indices, weights, transit, sources[i], inv_width, n_slots - 1,
+                     dist[i], pred[i], where, head, nxt, entry_node, budget):
             continue
         if done.size == 0:
             done = np.empty(n, np.bool_)
             heap_key = np.empty(indices.size + 1, np.float64)  # one entry per lowered label
             heap_node = np.empty(indices.size + 1, np.int32)
-        dijkstra_tree(indptr, indices, weights, sources[i], dist[i], pred[i], done, heap_key,
-                      heap_node)
+        dijkstra_tree(indptr, indices, weights, transit, sources[i], dist[i], pred[i], done,
+                      heap_key, heap_node)

@@ -4,7 +4,9 @@ Array conventions: the graph is CSR over ``N`` nodes with both directions of eve
 (``indptr (N+1,)``, ``indices (A,)``, ``weights (A,)``, all weights > 0); the answers are
 ``(D, N)``, sources first: ``pred[i, u]`` is ``u``'s parent in the tree grown from
 ``sources[i]`` (the source holds itself, ``-1``: unreachable) and ``dist[i, u]`` the path
-weight (``inf``: unreachable).
+weight (``inf``: unreachable). An optional ``transit (N,)`` mask marks the nodes that relay:
+a node with ``transit`` False may start a tree (its own links are relaxed) and be reached, but no
+path runs *through* it, so in every other tree it is a leaf.
 
 The kernel (:mod:`orbitmesh.core._bucket_kernel`) is a label-correcting search over a circular array
 of buckets of width ``width`` (sequential delta-stepping): bucket ``k`` holds nodes whose
@@ -21,7 +23,9 @@ more than half the float spacing at the path weights it is added to (weights >= 
 below 1e3 s; min-hop weights >= 1), adding a link strictly increases a label, and such a labelling
 is unique: of the nodes where two of them differ, take the one with the smallest label ``m`` in
 either; its parent there has a smaller label so agrees in both, which gives the node ``m`` in
-both. The bucket width changes only the speed, and ``pred`` is a shortest-path parent.
+both. The bucket width changes only the speed, and ``pred`` is a shortest-path parent. With a
+``transit`` mask the same holds on the directed graph without the arcs out of non-transit nodes
+(the source's excepted); the scipy fallback runs on exactly that graph (see :func:`_scipy_trees`).
 """
 
 from __future__ import annotations
@@ -129,37 +133,76 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch
     os.register_at_fork(after_in_child=_HELPERS.forget)
 
 
+def _scipy_trees(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
+                 sources: NDArray[np.int64],
+                 transit: NDArray[np.bool_] | None) -> tuple[Int32Array, FloatArray]:
+    """(pred, dist) by scipy's Dijkstra; non-transit nodes relay nothing (see below)."""
+    n = indptr.size - 1
+    start = sources
+    if transit is None:
+        matrix = csr_matrix((weights, indices, indptr), shape=(n, n))
+    else:
+        # scipy cannot skip a node's arcs for some trees only, so each non-transit node t gets a
+        # twin t' holding t's out-arcs, and t keeps only its in-arcs: a tree grown from t' is
+        # t's own tree, and in every other tree t is a dead end. One call covers all sources.
+        stub = np.flatnonzero(~transit)
+        twin = np.arange(n, dtype=np.int64)
+        twin[stub] = n + np.arange(stub.size)
+        rows = twin[np.repeat(np.arange(n), np.diff(indptr))]
+        order = np.argsort(rows, kind="stable")
+        twin_indptr = np.zeros(n + stub.size + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=n + stub.size), out=twin_indptr[1:])
+        matrix = csr_matrix((weights[order], indices[order], twin_indptr),
+                            shape=(n + stub.size, n + stub.size))
+        start = twin[sources]
+    # Both directions are stored, so directed=True is the undirected answer without scipy
+    # symmetrising the matrix again.
+    dist, pred = dijkstra(matrix, directed=True, indices=start, return_predecessors=True)
+    pred = pred.astype(np.int32, copy=False)
+    if transit is not None:
+        dist, pred = dist[:, :n], pred[:, :n]
+        pred = np.where(pred >= n, stub[np.maximum(pred - n, 0)], pred).astype(np.int32)
+    pred[pred < 0] = -1
+    rows_ = np.arange(sources.size)
+    pred[rows_, sources] = sources
+    dist[rows_, sources] = 0.0  # a non-transit source is reached back through its twin
+    return pred, np.ascontiguousarray(dist)
+
+
 def shortest_path_trees(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
                         sources: NDArray[np.int64], backend: str | None = None,
                         threads: int | None = None, width: float | None = None,
-                        capacity: int | None = None,
-                        budget: int | None = None) -> tuple[Int32Array, FloatArray]:
+                        capacity: int | None = None, budget: int | None = None,
+                        transit: NDArray[np.bool_] | None = None,
+                        ) -> tuple[Int32Array, FloatArray]:
     """(pred, dist), both (D, N), of the trees grown from ``sources`` over a CSR graph.
 
-    ``backend`` is "numba" or "scipy" (default :data:`BACKEND`). The kernel splits the sources
-    over up to ``threads`` threads (default :data:`THREADS`; each tree is grown by one thread, so
-    the answer does not depend on it). ``width``, ``capacity`` (bucket entries per tree) and
-    ``budget`` (node scans per tree) tune or test the kernel, never its answer: a tree that
-    outgrows either is grown again by the heap fallback.
+    ``transit`` (N,), if given, marks the nodes that may relay; the others are only ever a path's
+    first or last node. ``backend`` is "numba" or "scipy" (default :data:`BACKEND`). The kernel
+    splits the sources over up to ``threads`` threads (default :data:`THREADS`; each tree is grown
+    by one thread, so the answer does not depend on it). ``width``, ``capacity`` (bucket entries per
+    tree) and ``budget`` (node scans per tree) tune or test the kernel, never its answer: a tree
+    that outgrows either is grown again by the heap fallback.
     """
     n = indptr.size - 1
     backend = backend or BACKEND
+    if transit is not None:
+        transit = np.asarray(transit, dtype=np.bool_)
+        if transit.shape != (n,):
+            raise RoutingError(f"transit mask has shape {transit.shape}; expected ({n},), one "
+                               "flag per node")
+        if transit.all():
+            transit = None  # nobody opted out: the unrestricted search, at its usual cost
     if backend == "scipy":
-        matrix = csr_matrix((weights, indices, indptr), shape=(n, n))
-        # Both directions are stored, so directed=True is the undirected answer without scipy
-        # symmetrising the matrix again.
-        dist, pred = dijkstra(matrix, directed=True, indices=sources, return_predecessors=True)
-        pred = pred.astype(np.int32, copy=False)
-        pred[pred < 0] = -1
-        pred[np.arange(sources.size), sources] = sources
-        return pred, dist
+        return _scipy_trees(indptr, indices, weights, sources, transit)
     if backend != "numba" or not HAVE_NUMBA:
         raise RoutingError(f"shortest-path backend {backend!r} is not available; use 'scipy', "
                            "or install numba for 'numba'")
     dist = np.empty((sources.size, n), dtype=np.float64)
     pred = np.empty((sources.size, n), dtype=np.int32)
     args = (indptr.astype(np.int32, copy=False), indices.astype(np.int32, copy=False),
-            weights.astype(np.float64, copy=False))
+            weights.astype(np.float64, copy=False),
+            np.ones(n, dtype=np.bool_) if transit is None else transit)
     src = np.array(sources, dtype=np.int64)  # a fresh writable array: one compiled signature
     tune = (bucket_width(weights) if width is None else float(width),
             max(1, 2 * (indices.size + n) + 1 if capacity is None else capacity),

@@ -90,8 +90,9 @@ class TickEngine:
         self.route_changes_total = 0
 
     def graph(self, state: LinkState) -> LinkGraph:
-        """The routing graph of a link state."""
-        return LinkGraph(self.topology.n_nodes, state.a, state.b, state.delay_s)
+        """The routing graph of a link state (``transit: false`` ground nodes relay nothing)."""
+        return LinkGraph(self.topology.n_nodes, state.a, state.b, state.delay_s,
+                         self.topology.transit)
 
     def step(self, t_s: float, faults: Sequence[Fault] = (),
              extra_down: dict[int, str] | None = None) -> Tick:

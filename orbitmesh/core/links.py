@@ -6,12 +6,12 @@ scenario time into link states; :class:`LinkTracker` turns successive states int
 delay changed beyond a threshold since it was last announced).
 
 GSL assignment (per tick, vectorised in rounds): candidate pairs are satellites above a station's
-mask that the station may track. With the ``sticky`` policy a station keeps every satellite it
-already tracks while that satellite stays above the mask; free antennas then go to the highest
-candidates. ``best`` starts from scratch each tick. In each round every station proposes its
-highest free candidates (one per free antenna) and every satellite accepts its highest proposals
-up to its own GSL limit; rounds repeat until nothing more can be placed. A handover is a new GSL
-at a station that already had a GSL in the previous tick.
+mask, within its ``max_range_km`` (slant range) if it has one, that the station may track. With the
+``sticky`` policy a station keeps every satellite it already tracks while that satellite stays
+visible; free antennas then go to the highest candidates. ``best`` starts from scratch each tick. In
+each round every station proposes its highest free candidates (one per free antenna) and every
+satellite accepts its highest proposals up to its own GSL limit; rounds repeat until nothing more
+can be placed. A handover is a new GSL at a station that already had a GSL in the previous tick.
 """
 
 from __future__ import annotations
@@ -145,6 +145,10 @@ class LinkEngine:
         self._gsl_capable = topology.sat_max_gsl > 0
         self._has_antenna = topology.station_antennas > 0
         self._lowest_mask_rad = float(np.radians(topology.station_mask_deg.min(initial=90.0)))
+        stations = topology.scenario.stations
+        self._max_range_km = np.array([np.inf if g.max_range_km is None else g.max_range_km
+                                       for g in stations], dtype=np.float64)
+        self._range_limited = bool(np.isfinite(self._max_range_km).any())
         self._station_tree = cKDTree(topology.stations.positions_ecef_km) if len(
             topology.stations) else None
         first = topology.n_satellites
@@ -174,8 +178,10 @@ class LinkEngine:
         if topo.n_stations == 0 or topo.n_satellites == 0:
             empty = np.empty(0, dtype=np.int64)
             return empty, empty, np.empty(0)
-        cg, cs, sin_el = self._candidates(pos)
+        cg, cs, sin_el, range_km = self._candidates(pos)
         visible = sin_el >= self._sin_mask[cg]
+        if self._range_limited:
+            visible &= range_km <= self._max_range_km[cg]
         if self._restricted:
             visible &= topo.station_allows[cg, topo.sat_constellation[cs]]
         visible &= self._gsl_capable[cs] & self._has_antenna[cg]
@@ -194,24 +200,26 @@ class LinkEngine:
         rng_km = np.linalg.norm(pos[s] - topo.stations.positions_ecef_km[g], axis=1)
         return g, s, rng_km / C_KM_S
 
-    def _candidates(self, pos: FloatArray) -> tuple[IntArray, IntArray, FloatArray]:
-        """(station, satellite, sin elevation) of every pair that might be above a mask.
+    def _candidates(self, pos: FloatArray) -> tuple[IntArray, IntArray, FloatArray, FloatArray]:
+        """(station, satellite, sin elevation, slant range km) of every pair that might be live.
 
         A k-d tree over the satellites finds the pairs within the longest slant range any
-        station can have (lowest mask, highest satellite), so exact elevation is computed for a
-        few thousand pairs instead of every station-satellite pair.
+        station can have (lowest mask, highest satellite, or the longest ``max_range_km`` when
+        every station has one), so exact elevation is computed for a few thousand pairs instead
+        of every station-satellite pair.
         """
         stations = self.topology.stations
         assert self._station_tree is not None  # gsl() returns early without stations
         finite = np.isfinite(pos).all(axis=1)
         if not finite.any():
             empty = np.empty(0, dtype=np.int64)
-            return empty, empty, np.empty(0)
+            return empty, empty, np.empty(0), np.empty(0)
         sat_index = np.flatnonzero(finite)
         radius_km = float(np.linalg.norm(pos[sat_index], axis=1).max())
         site_km = float(np.linalg.norm(stations.positions_ecef_km, axis=1).min())
         e = self._lowest_mask_rad
         reach_km = np.sqrt(radius_km**2 - (site_km * np.cos(e)) ** 2) - site_km * np.sin(e)
+        reach_km = min(reach_km, float(self._max_range_km.max()))  # inf unless all are limited
         tree = cKDTree(pos[sat_index])
         pairs = self._station_tree.sparse_distance_matrix(tree, reach_km + 1.0,
                                                           output_type="ndarray")
@@ -219,7 +227,7 @@ class LinkEngine:
         cs = sat_index[pairs["j"]]
         rho = pos[cs] - stations.positions_ecef_km[cg]
         sin_el = np.einsum("ij,ij->i", rho, stations.up[cg]) / np.maximum(pairs["v"], 1e-9)
-        return cg, cs, sin_el
+        return cg, cs, sin_el, pairs["v"]
 
     def _count_handovers(self, g: IntArray, s: IntArray) -> None:
         n_s = self.topology.n_satellites

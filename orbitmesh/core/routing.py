@@ -4,7 +4,8 @@ Array conventions:
 
 * nodes are indexed ``0..N-1``: satellites first, then ground stations, then operations centres
   (the order the link engine uses);
-* a :class:`LinkGraph` lists each undirected link once: ``a (E,)``, ``b (E,)``, ``delay_s (E,)``;
+* a :class:`LinkGraph` lists each undirected link once: ``a (E,)``, ``b (E,)``, ``delay_s (E,)``,
+  and may mark the nodes that relay traffic: ``transit (N,)`` (None: every node relays);
 * route tables are ``(D, N)``: destinations first, nodes second. ``next_hop[i, u]`` is the node
   that ``u`` forwards to on its way to ``destinations[i]`` (``-1``: no route; the destination
   itself holds its own index); ``distance_s[i, u]`` is the one-way delay from ``u`` to that
@@ -12,9 +13,12 @@ Array conventions:
 
 One shortest-path tree per destination answers every node's question "where next toward d?":
 links are undirected, so the predecessor of ``u`` in Dijkstra's tree rooted at ``d`` is ``u``'s next
-hop toward ``d``. Trees are built for the destinations that traffic goes to (ground endpoints);
-a tree toward any other node (a satellite, for telecommands) is computed on demand with
-:meth:`Router.to`.
+hop toward ``d``. A node with ``transit`` False (a ground station or operations centre with
+``transit: false``) may be a route's source or destination but never a hop in between: the tree
+grown from ``d`` does not relax its links unless it is ``d``, so it is a leaf of every other tree,
+and no node ever forwards through it. Trees are built for the destinations that traffic goes to
+(ground endpoints); a tree toward any other node (a satellite, for telecommands) is computed on
+demand with :meth:`Router.to`.
 
 Cost (2 cores; ``bench/geometry.py``): the trees come from the bucket kernel in
 :mod:`orbitmesh.core._sssp` (numba; scipy's Dijkstra when numba is missing), whose distances equal
@@ -78,12 +82,17 @@ class _CsrLayout:
 
 @dataclass(frozen=True, eq=False)
 class LinkGraph:
-    """The live links of one tick: an undirected graph over ``n_nodes`` nodes."""
+    """The live links of one tick: an undirected graph over ``n_nodes`` nodes.
+
+    ``transit`` (N,), if given, is False at nodes that only start or end routes (never relay);
+    an all-True mask is stored as None, so routing without the option costs nothing extra.
+    """
 
     n_nodes: int
     a: IntArray
     b: IntArray
     delay_s: FloatArray
+    transit: BoolArray | None = None
 
     def __post_init__(self) -> None:
         # Copies (a few microseconds): a link engine may reuse its buffers for the next tick.
@@ -109,6 +118,12 @@ class LinkGraph:
         object.__setattr__(self, "a", _readonly(a))
         object.__setattr__(self, "b", _readonly(b))
         object.__setattr__(self, "delay_s", _readonly(delay_s))
+        if self.transit is not None:
+            transit = np.array(self.transit, dtype=bool)
+            if transit.shape != (self.n_nodes,):
+                raise RoutingError(f"transit mask has shape {transit.shape}; expected "
+                                   f"({self.n_nodes},), one flag per node")
+            object.__setattr__(self, "transit", None if transit.all() else _readonly(transit))
 
     @property
     def n_edges(self) -> int:
@@ -167,7 +182,8 @@ class LinkGraph:
             raise RoutingError(f"node mask has shape {allowed_arr.shape}; expected "
                                f"({self.n_nodes},), one flag per node")
         keep = allowed_arr[self.a] & allowed_arr[self.b]
-        return LinkGraph(self.n_nodes, self.a[keep], self.b[keep], self.delay_s[keep])
+        return LinkGraph(self.n_nodes, self.a[keep], self.b[keep], self.delay_s[keep],
+                         self.transit)
 
 
 def _hops_from_next_hop(next_hop: HopArray) -> HopArray:
@@ -285,7 +301,7 @@ class RoutingStrategy(Protocol):
     A contact-graph strategy (CGR, for disrupted links) plugs in here: it is constructed with the
     contact plan and the tick's scenario time, and its ``trees`` returns the same
     :class:`RouteTrees` with ``distance_s`` meaning earliest-arrival delay, so forwarding,
-    policies and route diffs need no change.
+    policies and route diffs need no change. A strategy must honour ``graph.transit``.
     """
 
     @property
@@ -313,7 +329,8 @@ def _dijkstra_trees(graph: LinkGraph, destinations: IntArray,
         return (np.full((destinations.size, graph.n_nodes), NO_ROUTE, dtype=np.int32),
                 np.full((destinations.size, graph.n_nodes), np.inf))
     # Links are undirected, so a node's parent in the tree grown from d is its next hop toward d.
-    return shortest_path_trees(*graph._csr_arrays(weights), destinations)
+    return shortest_path_trees(*graph._csr_arrays(weights), destinations,
+                               transit=graph.transit)
 
 
 @dataclass(frozen=True)

@@ -106,8 +106,24 @@ class Station(_Model):
     lon_deg: float = Field(ge=-180.0, le=360.0)
     alt_m: float = Field(default=0.0, ge=-500.0, le=9_000.0)
     min_elevation_deg: float = Field(default=10.0, ge=0.0, le=90.0)
-    antennas: int = Field(default=1, ge=0)
+    max_range_km: float | None = Field(default=None, gt=0.0)
+    antennas: int | Literal["all"] = 1
     constellations: tuple[NodeName, ...] | None = None
+    transit: bool = True
+
+    @field_validator("antennas", mode="before")
+    @classmethod
+    def _antenna_count(cls, value: object) -> object:
+        # One clear message instead of pydantic's two union-member errors.
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool)
+                              and value >= 0):
+            return value
+        raise ValueError(f"expected a whole number of antennas (0 or more), or 'all' (one "
+                         f"ground link per visible satellite), got {value!r}")
+
+    def antenna_count(self, n_satellites: int) -> int:
+        """Antennas as a number: ``all`` is one per satellite of the scenario."""
+        return n_satellites if self.antennas == "all" else self.antennas
 
 
 class OpsCentre(_Model):
@@ -122,6 +138,7 @@ class OpsCentre(_Model):
     peers: tuple[NodeName, ...] = ()
     telecommand_rate_hz: float = Field(default=0.0, ge=0.0)
     telecommand_size_bytes: int = Field(default=64, ge=8, le=65_536)
+    transit: bool = True
 
 
 class LinkClass(_Model):
