@@ -10,17 +10,15 @@ managers with the same surface::
             ...
 
 Throughput comes from batching on both sides. ``publish`` encodes QoS 0 PUBLISH packets into
-one buffer that is handed to the socket once per event-loop turn, and the receive path reads
-everything the socket has, decodes QoS 0 PUBLISH packets itself and hands them over as one
-list. On a 2-vCPU box one process moves 150k-250k messages/s this way (bench/transport.py),
-against 6-7k with aiomqtt's ``await publish`` / ``async for client.messages``.
+one buffer that is handed to the socket once per event-loop turn, and the receive path decodes
+everything a read brought and hands it over as one list. On a 2-vCPU box one process moved
+150k-250k messages/s this way (bench/transport.py, measured on the earlier paho-based fast
+path; the asyncio one costs about the same CPU per message), against 6-7k with aiomqtt's
+``await publish`` / ``async for client.messages``.
 
-aiomqtt still does the connection work (CONNECT, TLS, SUBSCRIBE, keepalive, DISCONNECT). The
-fast path reaches into paho's internals in three places (``_packet_queue`` to send the
-coalesced bytes, ``_sock_recv`` / ``_packet_handle`` to read and to hand over every packet that
-is not a QoS 0 PUBLISH, ``_loop_rc_handle`` to report a lost connection). If a paho release
-drops them, ``fast_path`` turns itself off and the transport uses paho's public calls
-(about 35k messages/s).
+The bytes come from one sans-I/O codec, orbitmesh/protocol/mqtt.py; the socket is an
+``asyncio.Protocol`` on ``loop.create_connection`` (broker/connection.py). No third-party MQTT
+library is involved, so none of their internals can break the message plane.
 
 Semantics follow MQTT 3.1.1 as mosquitto implements it, and ``MemoryTransport`` copies them:
 a client gets its own publications if it subscribed to them, one copy per message even when
