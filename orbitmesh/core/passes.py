@@ -47,6 +47,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
@@ -85,28 +86,43 @@ class _Rows:
     up: FloatArray  # (K, 3)
     mask_deg: FloatArray  # (K,)
 
+    @cached_property
+    def _poly(self) -> tuple[FloatArray, FloatArray]:
+        """The interpolant of station->satellite as power-series coefficients in x.
+
+        Returns ``(xyz, u)``: ``(n, 3, K)`` for the vector and ``(n, K)`` for its component
+        along ``up``, so an evaluation is a few Horner steps on flat arrays.
+        """
+        nodes = self.nodes
+        # Column j of inv(V) holds the power coefficients of the j-th Lagrange basis polynomial.
+        basis = np.linalg.inv(np.vander(nodes, increasing=True))  # (n_power, n_node)
+        coef = np.einsum("mj,kjc->mck", basis, self.stencil_km)  # (n, 3, K)
+        coef[0] -= self.station_km.T
+        return np.ascontiguousarray(coef), np.einsum("mck,kc->mk", coef, self.up)
+
+    def _sin_el(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Sine of the elevation and range (km) at offsets ``x``."""
+        xyz, u = self._poly
+        vec, up = xyz[-1], u[-1]
+        for m in range(len(u) - 2, -1, -1):
+            vec = vec * x + xyz[m]
+            up = up * x + u[m]
+        range_km = np.sqrt(np.einsum("ck,ck->k", vec, vec))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return up / range_km, range_km
+
     def look(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Elevation (deg) and range (km) at offsets ``x`` (in steps) from node 0."""
-        diff = x[:, np.newaxis] - self.nodes[np.newaxis, :]
-        weights = np.ones_like(diff)
-        for j, node_j in enumerate(self.nodes):
-            for m, node_m in enumerate(self.nodes):
-                if m != j:
-                    weights[:, j] *= diff[:, m] / (node_j - node_m)
-        rho = np.einsum("kn,knc->kc", weights, self.stencil_km) - self.station_km
-        range_km = np.linalg.norm(rho, axis=-1)
-        with np.errstate(invalid="ignore"):
-            sin_el = np.einsum("kc,kc->k", rho, self.up) / range_km
-            el = np.degrees(np.arcsin(np.clip(sin_el, -1.0, 1.0)))
-        return el, range_km
+        sin_el, range_km = self._sin_el(x)
+        return np.degrees(np.arcsin(np.clip(sin_el, -1.0, 1.0))), range_km
 
     def bisect(self, lo: FloatArray, hi: FloatArray, rising: NDArray[np.bool_],
                iterations: int) -> tuple[FloatArray, FloatArray]:
         """Mask crossings bracketed by ``[lo, hi]`` (below->above if ``rising``): x and range."""
+        sin_mask = np.sin(np.radians(self.mask_deg))  # sine is monotonic: compare in it
         for _ in range(iterations):
             mid = 0.5 * (lo + hi)
-            el, _ = self.look(mid)
-            move_hi = (el >= self.mask_deg) == rising
+            move_hi = (self._sin_el(mid)[0] >= sin_mask) == rising
             lo, hi = np.where(move_hi, lo, mid), np.where(move_hi, mid, hi)
         x = 0.5 * (lo + hi)
         return x, self.look(x)[1]
@@ -115,12 +131,12 @@ class _Rows:
                  iterations: int) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Golden-section search of the elevation maximum in ``[lo, hi]``: x, elevation, range."""
         c, d = hi - _INV_PHI * (hi - lo), lo + _INV_PHI * (hi - lo)
-        fc, fd = self.look(c)[0], self.look(d)[0]
+        fc, fd = self._sin_el(c)[0], self._sin_el(d)[0]
         for _ in range(iterations):
             left = fc > fd
             lo, hi = np.where(left, lo, c), np.where(left, d, hi)
             new_x = np.where(left, hi - _INV_PHI * (hi - lo), lo + _INV_PHI * (hi - lo))
-            new_f = self.look(new_x)[0]
+            new_f = self._sin_el(new_x)[0]
             c, d = np.where(left, new_x, d), np.where(left, c, new_x)
             fc, fd = np.where(left, new_f, fd), np.where(left, fc, new_f)
         x = 0.5 * (lo + hi)

@@ -65,14 +65,16 @@ def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str]) -> 
         if any(i >= topology.n_satellites for i in sats):
             raise ScenarioError("--satellite takes satellite ids (see `orbitmesh validate`)")
     st = scenario.stations
-    segment_s = 7200.0
+    # Segments of 4 h searched 30 min beyond their end (longer than any LEO pass; a longer
+    # pass is searched again with more): 1/8 extra work for output that streams.
+    segment_s = 14400.0
     tables = iter_pass_tables(
         Propagator([topology.satrecs[i] for i in sats]), [topology.node_ids[i] for i in sats],
         Stations.from_geodetic([st[g].lat_deg for g in stations],
                                [st[g].lon_deg for g in stations],
                                [st[g].alt_m / 1000.0 for g in stations]),
         [st[g].name for g in stations], [st[g].min_elevation_deg for g in stations],
-        start, end, segment_s=segment_s)
+        start, end, segment_s=segment_s, overlap_s=1800.0)
     total = max(1, -(-int((end - start).total_seconds()) // int(segment_s)))
     with _progress("searching passes", total) as report:
         if args.format == "table":
