@@ -6,10 +6,11 @@ Array conventions:
   (the order the link engine uses);
 * a :class:`LinkGraph` lists each undirected link once: ``a (E,)``, ``b (E,)``, ``delay_s (E,)``,
   and may mark the nodes that relay traffic: ``transit (N,)`` (None: every node relays);
-* route tables are ``(D, N)``: destinations first, nodes second. ``next_hop[i, u]`` is the node
-  that ``u`` forwards to on its way to ``destinations[i]`` (``-1``: no route; the destination
-  itself holds its own index); ``distance_s[i, u]`` is the one-way delay from ``u`` to that
-  destination (``inf``: no route); ``hops[i, u]`` counts links (``-1``: no route).
+* route tables (:class:`RouteTrees` and their diffs, in :mod:`orbitmesh.core.route_trees`) are
+  ``(D, N)``: destinations first, nodes second. ``next_hop[i, u]`` is the node that ``u`` forwards
+  to on its way to ``destinations[i]`` (``-1``: no route; the destination itself holds its own
+  index); ``distance_s[i, u]`` is the one-way delay from ``u`` to that destination (``inf``: no
+  route); ``hops[i, u]`` counts links (``-1``: no route).
 
 One shortest-path tree per destination answers every node's question "where next toward d?":
 links are undirected, so the predecessor of ``u`` in Dijkstra's tree rooted at ``d`` is ``u``'s next
@@ -34,14 +35,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.sparse import csr_matrix
 
 from orbitmesh.core._sssp import shortest_path_trees
+from orbitmesh.core.route_trees import (
+    NO_ROUTE,
+    RouteTrees,
+    _readonly,
+    changed_entries,
+    route_changes,
+)
 from orbitmesh.errors import RoutingError
+
+__all__ = [  # the route tables and their diffs live in route_trees; routing hands them out too
+    "MIN_WEIGHT", "NO_ROUTE", "STRATEGIES", "LinkGraph", "MinHop", "RouteTrees", "Router",
+    "RoutingPolicy", "RoutingStrategy", "ShortestDelay", "changed_entries", "compute_routes",
+    "get_strategy", "policy_mask", "route_changes",
+]
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -53,19 +67,6 @@ MIN_WEIGHT = 1e-12
 as anything prunes explicit zeros (dense round trips, ``eliminate_zeros``), so a zero-delay
 link (co-located nodes) is clamped to one picosecond and stays a link whatever happens to the
 matrix."""
-
-NO_ROUTE = -1
-"""``next_hop`` and ``hops`` value of a node that cannot reach the destination."""
-
-
-_ArrayT = TypeVar("_ArrayT", bound=np.ndarray)
-
-
-def _readonly(array: _ArrayT) -> _ArrayT:
-    """A read-only view: the holder cannot write through it, and the caller's array is untouched."""
-    view = array.view()
-    view.flags.writeable = False
-    return view
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,115 +185,6 @@ class LinkGraph:
         keep = allowed_arr[self.a] & allowed_arr[self.b]
         return LinkGraph(self.n_nodes, self.a[keep], self.b[keep], self.delay_s[keep],
                          self.transit)
-
-
-def _hops_from_next_hop(next_hop: HopArray) -> HopArray:
-    """Hop counts along each tree by pointer doubling: log2(depth) vectorised passes."""
-    rows, n = next_hop.shape
-    flat = np.arange(rows * n, dtype=np.int64)
-    # Global (row * n + node) pointers; roots and unreachable nodes point at themselves.
-    up = np.where(next_hop.reshape(-1) < 0, flat,
-                  next_hop.reshape(-1) + np.repeat(np.arange(rows, dtype=np.int64) * n, n))
-    hops = (up != flat).astype(np.int32)
-    while True:
-        up_up = up[up]
-        if np.array_equal(up_up, up):
-            break
-        hops += hops[up]
-        up = up_up
-    hops[next_hop.reshape(-1) < 0] = NO_ROUTE
-    return hops.reshape(rows, n)
-
-
-@dataclass(frozen=True, eq=False)
-class RouteTrees:
-    """Next hop, delay and hop count from every node toward each of some destinations."""
-
-    destinations: IntArray
-    next_hop: HopArray
-    distance_s: FloatArray
-
-    def __post_init__(self) -> None:
-        destinations = np.asarray(self.destinations, dtype=np.int64).reshape(-1)
-        next_hop = np.asarray(self.next_hop, dtype=np.int32)
-        distance_s = np.asarray(self.distance_s, dtype=np.float64)
-        if next_hop.ndim != 2 or next_hop.shape[0] != destinations.size \
-                or distance_s.shape != next_hop.shape:
-            raise RoutingError(f"route tables disagree: {destinations.size} destinations, "
-                               f"next_hop {next_hop.shape}, distance_s {distance_s.shape}; "
-                               "both tables must be (D, N)")
-        for name, value in (("destinations", destinations), ("next_hop", next_hop),
-                            ("distance_s", distance_s)):
-            object.__setattr__(self, name, _readonly(value))
-
-    @classmethod
-    def with_hops(cls, destinations: ArrayLike, next_hop: ArrayLike, distance_s: ArrayLike,
-                  hops: ArrayLike) -> RouteTrees:
-        """Trees whose hop counts are already known (saves deriving them from next hops)."""
-        trees = cls(np.asarray(destinations, dtype=np.int64), np.asarray(next_hop, dtype=np.int32),
-                    np.asarray(distance_s, dtype=np.float64))
-        hops_arr = np.asarray(hops, dtype=np.int32)
-        if hops_arr.shape != trees.next_hop.shape:
-            raise RoutingError(f"hops has shape {hops_arr.shape}; expected "
-                               f"{trees.next_hop.shape}")
-        trees.__dict__["hops"] = _readonly(hops_arr)  # primes the cached_property below
-        return trees
-
-    @cached_property
-    def hops(self) -> HopArray:
-        """(D, N) links from each node to each destination (-1: no route); derived lazily."""
-        return _readonly(_hops_from_next_hop(self.next_hop))
-
-    @property
-    def n_nodes(self) -> int:
-        """Number of nodes in the graph the trees were built on."""
-        return int(self.next_hop.shape[1])
-
-    @cached_property
-    def _row_of(self) -> dict[int, int]:
-        return {int(d): i for i, d in reversed(list(enumerate(self.destinations)))}
-
-    def row_of(self, dst: int) -> int:
-        """Row of destination ``dst`` in the tables; RoutingError if it has no tree here."""
-        row = self._row_of.get(int(dst))
-        if row is None:
-            raise RoutingError(f"node {dst} is not a destination of these route trees; build "
-                               f"its tree with Router.to({dst}) or strategy.trees(graph, [{dst}])")
-        return row
-
-    def _check_node(self, u: int) -> int:
-        if not 0 <= int(u) < self.n_nodes:
-            raise RoutingError(f"node {u} is outside 0..{self.n_nodes - 1}")
-        return int(u)
-
-    def next_hop_of(self, u: int, dst: int) -> int:
-        """Node that ``u`` forwards to toward ``dst`` (``dst`` at ``dst``, -1 if no route)."""
-        return int(self.next_hop[self.row_of(dst), self._check_node(u)])
-
-    def one_way_s(self, src: int, dst: int) -> float:
-        """One-way delay from ``src`` to ``dst`` along the tree, inf if there is no route."""
-        return float(self.distance_s[self.row_of(dst), self._check_node(src)])
-
-    def path(self, src: int, dst: int) -> list[int]:
-        """Nodes from ``src`` to ``dst`` inclusive, following next hops; [] if no route."""
-        row, node = self.row_of(dst), self._check_node(src)
-        step = self.next_hop[row]
-        if step[node] < 0:
-            return []
-        path = [node]
-        while node != dst:
-            node = int(step[node])
-            path.append(node)
-            if len(path) > self.n_nodes:
-                raise RoutingError(f"next hops toward {dst} loop through node {node}; the "
-                                   "route table is corrupt, rebuild it from the graph")
-        return path
-
-    def path_from_root(self, root: int, target: int) -> list[int]:
-        """Nodes from destination ``root`` out to any node ``target`` (for source routing)."""
-        path = self.path(target, root)
-        path.reverse()
-        return path
 
 
 class RoutingStrategy(Protocol):
@@ -489,38 +381,3 @@ def compute_routes(graph: LinkGraph, destinations: ArrayLike, strategy: RoutingS
                    operator: ArrayLike | None = None) -> dict[str | None, RouteTrees]:
     """Unrestricted route trees (key None) plus one set per sovereignty policy."""
     return Router(graph, strategy, operator, policies).all_trees(destinations)
-
-
-def _changed_mask(prev: RouteTrees | None, cur: RouteTrees) -> BoolArray:
-    if prev is None:
-        return np.asarray(cur.next_hop != NO_ROUTE)
-    if prev.n_nodes != cur.n_nodes:
-        raise RoutingError(f"cannot diff route trees over {prev.n_nodes} and {cur.n_nodes} "
-                           "nodes; the node set of a run must not change")
-    if np.array_equal(prev.destinations, cur.destinations):
-        old = prev.next_hop
-    else:
-        old = np.full(cur.next_hop.shape, NO_ROUTE, dtype=np.int32)
-        rows = [(i, prev._row_of[int(d)]) for i, d in enumerate(cur.destinations)
-                if int(d) in prev._row_of]
-        if rows:
-            cur_rows, prev_rows = np.array(rows).T
-            old[cur_rows] = prev.next_hop[prev_rows]
-    return np.asarray(old != cur.next_hop)
-
-
-def route_changes(prev: RouteTrees | None, cur: RouteTrees) -> int:
-    """Number of (destination, node) entries whose next hop differs from ``prev``.
-
-    Rows are matched by destination id; a destination new in ``cur`` (or ``prev`` None) counts
-    each of its reachable entries, and a destination that only ``prev`` had is not counted.
-    """
-    return int(np.count_nonzero(_changed_mask(prev, cur)))
-
-
-def changed_entries(prev: RouteTrees | None,
-                    cur: RouteTrees) -> tuple[IntArray, IntArray, HopArray]:
-    """``(row in cur, node, new next hop)`` of every entry that changed, for route diffs."""
-    rows, nodes = np.nonzero(_changed_mask(prev, cur))
-    return rows, nodes, cur.next_hop[rows, nodes]
-
