@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test unit lint demo bench clean
+.PHONY: venv test unit lint demo bench fuzz clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/orbitmesh run scenarios/demo.yaml
+
+# The scenario fuzzer at depth (CI runs 300 cases); ORBITMESH_FUZZ_SEED=N picks another seed.
+fuzz: $(STAMP)
+	ORBITMESH_FUZZ_CASES=$${ORBITMESH_FUZZ_CASES:-5000} $(BIN)/pytest -q tests/test_scenario_fuzz.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/geometry.py

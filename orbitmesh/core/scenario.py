@@ -9,13 +9,13 @@ stations, operations centres, link rules, routing policies and traffic. ``load_s
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -23,14 +23,38 @@ from pydantic import (
     model_validator,
 )
 
+from orbitmesh.core import limits as L
+from orbitmesh.core.yaml_load import dotted as _dotted
+from orbitmesh.core.yaml_load import line_of as _line_of
+from orbitmesh.core.yaml_load import load_yaml, read_text
 from orbitmesh.errors import ScenarioError
 
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NodeName = Annotated[str, Field(pattern=NODE_ID_RE.pattern)]
 
 
+def _utc_time(value: object) -> object:
+    # pydantic reads 1000000000 (and "1000000000") as seconds since 1970; a scenario never means
+    # that, so only a YAML timestamp, a date or an ISO-8601 string is a time.
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"expected an ISO-8601 UTC time such as 2026-01-01T00:00:00Z, got "
+                     f"{value!r}; a number is not read as seconds since 1970")
+
+
+UtcTime = Annotated[datetime, BeforeValidator(_utc_time)]
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: no field means "infinitely" and NaN passes every bound unnoticed.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class WalkerShell(_Model):
@@ -38,8 +62,8 @@ class WalkerShell(_Model):
 
     pattern: Literal["delta", "star"] = "delta"
     inclination_deg: float = Field(ge=0.0, le=180.0)
-    satellites: int = Field(gt=0)
-    planes: int = Field(gt=0)
+    satellites: int = Field(gt=0, le=L.MAX_SATELLITES)
+    planes: int = Field(gt=0, le=L.MAX_SATELLITES)
     phasing: int = Field(ge=0)
     altitude_km: float = Field(gt=100.0, le=50_000.0)
     raan_offset_deg: float = 0.0
@@ -58,10 +82,10 @@ class WalkerShell(_Model):
 class TelemetrySpec(_Model):
     """Housekeeping telemetry produced by every satellite of a constellation."""
 
-    rate_hz: float = Field(default=1.0, ge=0.0)
-    size_bytes: int = Field(default=128, ge=8, le=65_536)
+    rate_hz: float = Field(default=1.0, ge=0.0, le=L.MAX_FRAME_RATE_HZ)
+    size_bytes: int = Field(default=128, ge=8, le=L.MAX_PAYLOAD_BYTES)
     apid: int = Field(default=100, ge=0, le=2046)
-    store_frames: int = Field(default=10_000, ge=0)
+    store_frames: int = Field(default=10_000, ge=0, le=L.MAX_QUEUE_FRAMES)
 
 
 class Constellation(_Model):
@@ -74,8 +98,8 @@ class Constellation(_Model):
     omm: Path | None = None
     plane_mapping: Path | None = None
     raan_tolerance_deg: float = Field(default=2.0, gt=0.0, le=30.0)
-    isl_shift: int | None = None
-    max_gsl: int = Field(default=1, ge=0)
+    isl_shift: int | None = Field(default=None, ge=-L.MAX_SATELLITES, le=L.MAX_SATELLITES)
+    max_gsl: int = Field(default=1, ge=0, le=L.MAX_GSL)
     isl: bool = True
     telemetry: TelemetrySpec = TelemetrySpec()
 
@@ -144,18 +168,18 @@ class OpsCentre(_Model):
 class LinkClass(_Model):
     """Rate, loss and queue settings shared by every link class."""
 
-    rate_bps: float = Field(default=100e6, gt=0.0)
+    rate_bps: float = Field(default=100e6, gt=0.0, le=L.MAX_RATE_BPS)
     loss: float = Field(default=0.0, ge=0.0, le=1.0)
-    queue_frames: int = Field(default=1000, ge=1)
+    queue_frames: int = Field(default=1000, ge=1, le=L.MAX_QUEUE_FRAMES)
 
 
 class IslRules(LinkClass):
     """Inter-satellite links."""
 
     topology: Literal["plus_grid", "none"] = "plus_grid"
-    max_range_km: float | None = Field(default=None, gt=0.0)
-    grazing_margin_km: float = Field(default=80.0, ge=0.0)
-    rate_bps: float = Field(default=1e9, gt=0.0)
+    max_range_km: float | None = Field(default=None, gt=0.0, le=L.MAX_RANGE_KM)
+    grazing_margin_km: float = Field(default=80.0, ge=0.0, le=L.MAX_RANGE_KM)
+    rate_bps: float = Field(default=1e9, gt=0.0, le=L.MAX_RATE_BPS)
 
 
 class GslRules(LinkClass):
@@ -167,9 +191,9 @@ class GslRules(LinkClass):
 class TerrestrialRules(LinkClass):
     """Fibre between ground stations and operations centres."""
 
-    fibre_factor: float = Field(default=1.5, ge=1.0)
-    delay_ms: float | None = Field(default=None, ge=0.0)
-    rate_bps: float = Field(default=1e9, gt=0.0)
+    fibre_factor: float = Field(default=1.5, ge=1.0, le=100.0)
+    delay_ms: float | None = Field(default=None, ge=0.0, le=L.MAX_DELAY_MS)
+    rate_bps: float = Field(default=1e9, gt=0.0, le=L.MAX_RATE_BPS)
 
 
 class LinkRules(_Model):
@@ -178,7 +202,7 @@ class LinkRules(_Model):
     isl: IslRules = IslRules()
     gsl: GslRules = GslRules()
     terrestrial: TerrestrialRules = TerrestrialRules()
-    delay_change_threshold_ms: float = Field(default=0.1, ge=0.0)
+    delay_change_threshold_ms: float = Field(default=0.1, ge=0.0, le=L.MAX_DELAY_MS)
 
 
 class Policy(_Model):
@@ -198,9 +222,9 @@ class SizeSpec(_Model):
     """Frame payload sizes: fixed, uniform or exponential (mean), in bytes."""
 
     distribution: Literal["fixed", "uniform", "exponential"] = "fixed"
-    bytes: int = Field(default=1000, ge=1, le=65_536)
-    min_bytes: int = Field(default=64, ge=1)
-    max_bytes: int = Field(default=1500, ge=1, le=65_536)
+    bytes: int = Field(default=1000, ge=1, le=L.MAX_PAYLOAD_BYTES)
+    min_bytes: int = Field(default=64, ge=1, le=L.MAX_PAYLOAD_BYTES)
+    max_bytes: int = Field(default=1500, ge=1, le=L.MAX_PAYLOAD_BYTES)
 
     @model_validator(mode="after")
     def _bounds(self) -> SizeSpec:
@@ -217,10 +241,10 @@ class Flow(_Model):
     source: NodeName
     destination: NodeName
     pattern: Literal["constant", "poisson", "replay"] = "constant"
-    rate_pps: float = Field(gt=0.0)
+    rate_pps: float = Field(gt=0.0, le=L.MAX_FRAME_RATE_HZ)
     size: SizeSpec = SizeSpec()
-    start_s: float = Field(default=0.0, ge=0.0)
-    stop_s: float | None = Field(default=None, gt=0.0)
+    start_s: float = Field(default=0.0, ge=0.0, le=L.MAX_DURATION_S)
+    stop_s: float | None = Field(default=None, gt=0.0, le=L.MAX_DURATION_S)
     policy: NodeName | None = None
 
 
@@ -246,9 +270,9 @@ class FaultSpec(_Model):
 
     kind: FaultKind
     id: NodeName | None = None
-    at_s: float | None = Field(default=None, ge=0.0)
-    at: datetime | None = None
-    for_s: float | None = Field(default=None, gt=0.0)
+    at_s: float | None = Field(default=None, ge=0.0, le=L.MAX_DURATION_S)
+    at: UtcTime | None = None
+    for_s: float | None = Field(default=None, gt=0.0, le=L.MAX_DURATION_S)
     a: str | None = None
     b: str | None = None
     link_class: LinkClassName | None = None
@@ -256,15 +280,15 @@ class FaultSpec(_Model):
     station: NodeName | None = None
     lat_deg: float | None = Field(default=None, ge=-90.0, le=90.0)
     lon_deg: float | None = Field(default=None, ge=-180.0, le=360.0)
-    radius_km: float | None = Field(default=None, gt=0.0)
+    radius_km: float | None = Field(default=None, gt=0.0, le=20_038.0)
     constellation: NodeName | None = None
-    plane: int | None = Field(default=None, ge=0)
+    plane: int | None = Field(default=None, ge=0, le=L.MAX_SATELLITES)
     operator: NodeName | None = None
-    worker: int | None = Field(default=None, ge=0)
+    worker: int | None = Field(default=None, ge=0, le=100_000)
     restart: bool = False
     extra_loss: float = Field(default=0.0, ge=0.0, le=1.0)
-    extra_delay_ms: float = Field(default=0.0, ge=0.0)
-    rate_cap_bps: float | None = Field(default=None, gt=0.0)
+    extra_delay_ms: float = Field(default=0.0, ge=0.0, le=L.MAX_DELAY_MS)
+    rate_cap_bps: float | None = Field(default=None, gt=0.0, le=L.MAX_RATE_BPS)
 
     @model_validator(mode="after")
     def _targets(self) -> FaultSpec:
@@ -279,8 +303,8 @@ class FaultSpec(_Model):
 class MtbfSpec(_Model):
     """Mean time between failures and mean time to repair, scenario seconds."""
 
-    mtbf_s: float = Field(gt=0.0)
-    mttr_s: float = Field(gt=0.0)
+    mtbf_s: float = Field(ge=1.0)
+    mttr_s: float = Field(ge=0.001)
 
 
 class RandomFaults(_Model):
@@ -298,11 +322,11 @@ class Scenario(_Model):
     """A whole scenario, validated. Paths are absolute (resolved against the scenario file)."""
 
     name: NodeName
-    epoch: datetime
-    duration_s: float = Field(gt=0.0)
-    tick_s: float = Field(default=1.0, gt=0.0)
-    speed: float = Field(default=1.0, gt=0.0)
-    seed: int = 0
+    epoch: UtcTime
+    duration_s: float = Field(gt=0.0, le=L.MAX_DURATION_S)
+    tick_s: float = Field(default=1.0, ge=L.MIN_TICK_S, le=L.MAX_TICK_S)
+    speed: float = Field(default=1.0, ge=L.MIN_SPEED, le=L.MAX_SPEED)
+    seed: int = Field(default=0, ge=0, le=L.MAX_SEED)
     description: str = ""
     constellations: tuple[Constellation, ...]
     stations: tuple[Station, ...] = ()
@@ -343,45 +367,6 @@ class Scenario(_Model):
 
 # --- loading ----------------------------------------------------------------------------------
 
-def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
-    """Map every YAML path (keys and list indices) to its 1-based line number."""
-    lines: dict[tuple[str | int, ...], int] = {}
-
-    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
-        lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                k = key.value
-                lines[(*path, k)] = key.start_mark.line + 1
-                walk(value, (*path, k))
-                lines[(*path, k)] = key.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, (*path, i))
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return lines
-    if root is not None:
-        walk(root, ())
-    return lines
-
-
-def _line_of(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int | None:
-    for cut in range(len(loc), -1, -1):
-        if loc[:cut] in lines:
-            return lines[loc[:cut]]
-    return None
-
-
-def _dotted(loc: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
 def _clean_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     # pydantic inserts union-member and validator tags ("function-after[...]", "literal[...]").
     return tuple(p for p in loc
@@ -402,31 +387,21 @@ def _describe(err: Any) -> str:
 
 def parse_scenario(text: str, source: Path) -> Scenario:
     """Validate scenario YAML ``text``; relative paths resolve against ``source``'s folder."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else str(source)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ScenarioError(f"{where}: not valid YAML: {problem}") from exc
+    raw, lines = load_yaml(text, source)
     if not isinstance(raw, dict):
         raise ScenarioError(f"{source}:1: expected a mapping of scenario keys at the top level")
-    lines = _line_index(text)
     raw = dict(raw)
     if "source" in raw:
         raise ScenarioError(f"{source}:{_line_of(lines, ('source',))}: source: unknown key "
                             "(check the spelling; docs/scenarios.md lists every key)")
     raw["source"] = source
     base = source.parent
-    for i, item in enumerate(raw.get("constellations") or []):
+    items = raw.get("constellations")
+    for i, item in enumerate(items if isinstance(items, list) else []):
         if isinstance(item, dict):
             for key in ("tle", "omm", "plane_mapping"):
                 if isinstance(item.get(key), str):
-                    item[key] = (base / item[key]).resolve()
-                    if not item[key].is_file():
-                        raise ScenarioError(
-                            f"{source}:{_line_of(lines, ('constellations', i, key))}: "
-                            f"constellations[{i}].{key}: file not found: {item[key]}")
+                    item[key] = _existing_file(base, item[key], source, lines, i, key)
     try:
         scenario = Scenario.model_validate(raw)
     except ValidationError as exc:
@@ -437,20 +412,29 @@ def parse_scenario(text: str, source: Path) -> Scenario:
                             f"{_describe(err)}")
         raise ScenarioError(f"{source}: {len(problems)} problem(s) in scenario", problems) from exc
     problems = [f"{source}:{_line_of(lines, loc) or '?'}: {_dotted(loc)}: {msg}"
-                for loc, msg in _cross_check(scenario)]
+                for loc, msg in [*L.check_totals(scenario), *_cross_check(scenario)]]
     if problems:
         raise ScenarioError(f"{source}: {len(problems)} problem(s) in scenario", problems)
     return scenario
 
 
+def _existing_file(base: Path, name: str, source: Path, lines: dict[tuple[str | int, ...], int],
+                   i: int, key: str) -> Path:
+    where = f"{source}:{_line_of(lines, ('constellations', i, key))}: constellations[{i}].{key}"
+    try:
+        path = (base / name).resolve()
+        found = path.is_file()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the file system
+        raise ScenarioError(f"{where}: not a usable file name ({exc})") from exc
+    if not found:
+        raise ScenarioError(f"{where}: file not found: {path}")
+    return path
+
+
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read scenario: {exc.strerror}") from exc
-    return parse_scenario(text, path.resolve())
+    path = Path(path).resolve()
+    return parse_scenario(read_text(path), path)
 
 
 def _cross_check(s: Scenario) -> list[tuple[tuple[str | int, ...], str]]:

@@ -28,6 +28,7 @@ import yaml
 
 from broker.embedded import probe_connack, render_mosquitto_config
 from broker.url import parse_broker_url
+from orbitmesh.core.limits import run_clock
 from orbitmesh.core.placement import worker_count
 from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import build_topology
@@ -96,6 +97,7 @@ def input_environment(files: dict[str, str]) -> dict[str, str]:
 def compose_document(opts: ComposeOptions, files: dict[str, str]) -> dict[str, Any]:
     """The compose file as a dict (``files``: staged input files by name, scenario.yaml first)."""
     scenario = load_scenario(opts.scenario)
+    run_clock(scenario, opts.duration_s, opts.speed)  # refuse --speed 0 here, not in a container
     topology = build_topology(scenario)
     mode = placement_mode(opts.nodes_per_container)
     workers = worker_count(topology, mode, 1)

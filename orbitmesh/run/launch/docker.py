@@ -32,6 +32,7 @@ import yaml
 
 from broker.embedded import free_loopback_port, probe_connack, render_mosquitto_config
 from broker.url import parse_broker_url
+from orbitmesh.core.limits import run_clock
 from orbitmesh.core.placement import place, worker_count
 from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import build_topology
@@ -174,6 +175,7 @@ def role_container(client: Any, run_id: str, role: str) -> Any | None:
 def start(client: Any, opts: UpOptions, image: str, say: Progress) -> DockerRun:
     """Create the run directory and start the broker, controller and worker containers."""
     scenario = load_scenario(opts.scenario)
+    run_clock(scenario, opts.duration_s, opts.speed)  # refuse --speed 0 here, not in a container
     topology = build_topology(scenario)
     mode = placement_mode(opts.nodes_per_container)
     workers = worker_count(topology, mode, 1)
