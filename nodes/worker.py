@@ -38,6 +38,7 @@ from orbitmesh.errors import OrbitmeshError
 from orbitmesh.protocol.state import decode_state
 from orbitmesh.protocol.transport import Message, Transport
 from orbitmesh.protocol.wire import F_FLOW, WIRE_VERSION, Topics, decode_batch
+from orbitmesh.run.files import DiskError, atomic_write
 from orbitmesh.run.trace import read_replay
 
 log = logging.getLogger("orbitmesh.worker")
@@ -311,10 +312,11 @@ class Worker:
         result["final"] = final
         result["dropped_publishes"] = getattr(self.transport, "dropped_publishes", 0)
         if self.out_dir is not None:
-            path = self.out_dir / f"stats-{self.tag}.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result))
-            tmp.replace(path)
+            try:
+                atomic_write(self.out_dir / f"stats-{self.tag}.json", json.dumps(result),
+                             durable=final)
+            except DiskError as exc:  # the summary then sees the last snapshot, not final
+                log.error("%s", exc)
 
 
 def _end_marker(payload: bytes) -> int | None:

@@ -18,6 +18,7 @@ from orbitmesh import __version__
 from orbitmesh.errors import BrokerError, OrbitmeshError, RunError, ScenarioError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+SALVAGE_HELP = "read past damaged (corrupt or truncated) records and say what was skipped"
 
 
 def _time(text: str) -> datetime:
@@ -123,17 +124,22 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--broker", default="embedded")
     rp.add_argument("--out")
     rp.add_argument("--quiet", action="store_true")
+    rp.add_argument("--salvage", action="store_true",
+                    help="replay a damaged trace or link timeline: skip (events) or stop at "
+                    "(links) the damage, and say how much was lost")
 
     tr = sub.add_parser("trace", help="inspect or export a run's trace")
     trs = tr.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
     ti = trs.add_parser("info", help="summarise a trace: span, flows, frames, faults")
     ti.add_argument("run")
     ti.add_argument("--format", choices=("table", "json"), default="table")
+    ti.add_argument("--salvage", action="store_true", help=SALVAGE_HELP)
     te = trs.add_parser("export", help="frame events as jsonl / csv, or frame hops as pcap")
     te.add_argument("run")
     te.add_argument("--format", choices=("jsonl", "csv", "pcap"), required=True)
     te.add_argument("--out", help="output file (default: standard output)")
     te.add_argument("--node-map", help="also write the node address map (CSV) here")
+    te.add_argument("--salvage", action="store_true", help=SALVAGE_HELP)
 
     cp = sub.add_parser("compare", help="compare two runs per flow; a regression gate for CI")
     cp.add_argument("run_a")
@@ -295,11 +301,25 @@ def _replay(args: argparse.Namespace) -> int:
 
     from orbitmesh.run.launch.local import RunOptions, print_result, run
     from orbitmesh.run.launch.replay import recorded_faults
-    from orbitmesh.run.trace import offered_traffic
+    from orbitmesh.run.trace import Damage, TraceError, offered_traffic, read_link_timeline
 
     trace = Path(args.trace)
+    damage: list[Damage] = []
+    try:  # a damaged trace is bad input (exit 2) unless --salvage
+        offered = offered_traffic(trace, salvage=args.salvage, damage=damage) \
+            if trace.is_dir() else []
+        replay_faults = recorded_faults(Path(args.faults_from)) if args.faults_from else None
+        if args.links_from:
+            _, link_warnings = read_link_timeline(Path(args.links_from), salvage=args.salvage)
+            for warning in link_warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+    except TraceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for d in damage:
+        print(f"warning: salvaged: {d.describe()}", file=sys.stderr)
     if trace.is_dir():
-        offered = offered_traffic(trace)
+        pass  # read above
     elif trace.suffix.lower() == ".csv":
         from orbitmesh.run.traffic_import import load_traffic_csv
 
@@ -319,10 +339,9 @@ def _replay(args: argparse.Namespace) -> int:
     opts = RunOptions(Path(args.scenario), args.duration, args.speed, args.workers, args.broker,
                       Path(args.out) if args.out else None, None, not args.quiet,
                       replay=offered,
-                      replay_faults=recorded_faults(Path(args.faults_from))
-                      if args.faults_from else None,
+                      replay_faults=replay_faults,
                       links_from=Path(args.links_from) if args.links_from else None,
-                      replay_origin=str(trace))
+                      replay_origin=str(trace), salvage=args.salvage)
     return print_result(run(opts))
 
 
@@ -330,35 +349,51 @@ def _trace(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from orbitmesh.run import export
+    from orbitmesh.run.files import DiskError, partial_output
+    from orbitmesh.run.trace import Damage
 
     run = Path(args.run)
     try:
         if args.trace_command == "info":
-            info = export.trace_info(run)
+            info = export.trace_info(run, salvage=args.salvage)
             print(json.dumps(info, indent=2) if args.format == "json" else export.format_info(info))
+            if info["damage"] and not args.salvage:
+                print(f"error: {Damage(**info['damage'][0]).describe()}; the trace is damaged "
+                      "(--salvage reads past the damage)", file=sys.stderr)
+                return EXIT_BAD_INPUT
             return EXIT_OK
         if args.node_map:
-            with open(args.node_map, "w", encoding="utf-8", newline="") as fh:
+            with partial_output(args.node_map, "w") as fh:
                 export.export_node_map(run, fh)
+        damage: list[Damage] = []
         if args.format == "pcap":
             if args.out is None and sys.stdout.isatty():
                 raise ScenarioError("refusing to write a pcap to a terminal; use --out FILE or "
                                     "redirect standard output")
             if args.out:
-                with open(args.out, "wb") as fh:
-                    count = export.export_pcap(run, fh)
+                with partial_output(args.out, "wb") as fh:
+                    count = export.export_pcap(run, fh, salvage=args.salvage, damage=damage)
             else:
-                count = export.export_pcap(run, sys.stdout.buffer)
+                count = export.export_pcap(run, sys.stdout.buffer, salvage=args.salvage,
+                                           damage=damage)
             print(f"{count} packets", file=sys.stderr)
-            return EXIT_OK
-        writer = export.export_jsonl if args.format == "jsonl" else export.export_csv
-        if args.out:
-            with open(args.out, "w", encoding="utf-8", newline="") as fh:
-                writer(run, fh)
         else:
-            writer(run, sys.stdout)
+            writer = export.export_jsonl if args.format == "jsonl" else export.export_csv
+            if args.out:
+                with partial_output(args.out, "w") as fh:
+                    count = writer(run, fh, salvage=args.salvage, damage=damage)
+            else:
+                count = writer(run, sys.stdout, salvage=args.salvage, damage=damage)
+        for d in damage:
+            print(f"warning: salvaged: {d.describe()}", file=sys.stderr)
+        if damage:
+            print(f"warning: {count} row(s) written from a damaged trace; "
+                  f"{sum(d.skipped_b or 0 for d in damage)} byte(s) skipped", file=sys.stderr)
         return EXIT_OK
-    except RunError as exc:  # not a trace: bad input
+    except DiskError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except RunError as exc:  # not a trace, or a damaged one: bad input
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

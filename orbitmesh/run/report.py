@@ -18,7 +18,8 @@ from orbitmesh.core.faults import PROCESS_KINDS
 from orbitmesh.core.scenario import Scenario
 from orbitmesh.errors import RunError
 from orbitmesh.protocol.wire import FLOW_ACK, FLOW_TELECOMMAND, FLOW_TELEMETRY
-from orbitmesh.run.trace import iter_events
+from orbitmesh.run.files import atomic_write
+from orbitmesh.run.trace import Damage, iter_events
 
 SUMMARY_VERSION = "1.0"
 
@@ -69,6 +70,7 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
     """Merge the workers' stats of ``run_dir`` into the summary document."""
     stats = load_worker_stats(run_dir)
     faults = faults or []
+    damage: list[Damage] = []
     final_workers = {w["worker"] for w in stats if w.get("final", True)}
     missing = workers_expected - len(final_workers)
     process_faults = [f for f in faults if f["kind"] in PROCESS_KINDS and "error" not in f]
@@ -115,18 +117,23 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
         "accuracy_ms": {**percentiles(accuracy, (50, 99)), "samples": len(accuracy),
                         "max": round(max(accuracy), 3) if accuracy else None},
         "malformed": sum(w["malformed"] for w in stats),
-        "faults": fault_impact(run_dir, scenario, faults, stats, run_meta, checks),
+        "faults": fault_impact(run_dir, scenario, faults, stats, run_meta, checks, damage),
+        # Filled by fault_impact above (dict items evaluate in order): where events were damaged.
+        "trace_damage": [d.as_dict() for d in damage],
         "conservation": checks,
         "conservation_ok": ok,
     }
 
 
-def _read_events(run_dir: Path
+def _read_events(run_dir: Path, damage: list[Damage] | None = None
                  ) -> tuple[dict[int, tuple[float, int]], dict[int, tuple[float, float]]]:
-    """Offer (wall time, flow) and delivery (wall time, latency ms) of every frame."""
+    """Offer (wall time, flow) and delivery (wall time, latency ms) of every frame.
+
+    Damaged events are skipped and listed in ``damage``: a report is still wanted.
+    """
     offers: dict[int, tuple[float, int]] = {}
     delivered: dict[int, tuple[float, float]] = {}
-    for record in iter_events(run_dir):
+    for record in iter_events(run_dir, salvage=True, damage=damage):
         if record[0] == "offer":
             offers[record[2]] = (record[1], record[3])
         elif record[0] == "deliver":
@@ -136,14 +143,15 @@ def _read_events(run_dir: Path
 
 def fault_impact(run_dir: Path, scenario: Scenario, faults: list[dict[str, Any]],
                  stats: list[dict[str, Any]], run_meta: dict[str, Any],
-                 checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                 checks: list[dict[str, Any]], damage: list[Damage] | None = None
+                 ) -> list[dict[str, Any]]:
     """Every fault with its impact: drops it caused, flows hit, delivery during vs outside."""
     if not faults:
         return []
     names = {str(i): f.name for i, f in enumerate(scenario.traffic)}
     names |= {str(FLOW_TELEMETRY): "telemetry", str(FLOW_TELECOMMAND): "telecommands",
               str(FLOW_ACK): "acks"}
-    offers, delivered = _read_events(run_dir)
+    offers, delivered = _read_events(run_dir, damage)
     t0, speed = float(run_meta.get("t0_wall") or 0.0), float(run_meta["speed"])
     duration = float(run_meta["duration_s"])
     out = []
@@ -184,11 +192,7 @@ def fault_impact(run_dir: Path, scenario: Scenario, faults: list[dict[str, Any]]
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     """Write summary.json atomically."""
-    path = run_dir / "summary.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(path)
-    return path
+    return atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
 
 
 def read_summary(path: Path) -> dict[str, Any]:
@@ -242,6 +246,10 @@ def format_summary(summary: dict[str, Any]) -> str:
                    + (f"; error: {f['error']}" if "error" in f else ""))
     if summary["malformed"]:
         out.append(f"malformed payloads ignored: {summary['malformed']}")
+    for d in summary.get("trace_damage", []):
+        out.append(f"TRACE DAMAGED (fault impact counts skip it): {Damage(**d).describe()}")
+    for e in summary["run"].get("write_errors", []):
+        out.append(f"WRITE FAILED: {e}")
     if summary["conservation_ok"]:
         out.append("conservation: ok (offered = delivered + dropped + in flight, every flow)")
     else:

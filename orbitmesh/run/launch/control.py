@@ -22,6 +22,7 @@ from broker.url import BrokerURL, parse_broker_url
 from orbitmesh.core.scenario import FaultSpec
 from orbitmesh.errors import RunError
 from orbitmesh.protocol.wire import Topics
+from orbitmesh.run.files import atomic_write
 
 RUN_FILE = "run.json"
 REPLY_WAIT_S = 1.5
@@ -44,7 +45,7 @@ def write_run_file(run_dir: Path, run_id: str, url: BrokerURL, scenario: str,
     body = {"run_id": run_id, "broker": url.to_text(show_password=False), "scenario": scenario}
     if operator_file is not None:
         body["operator_credentials"] = operator_file  # relative to the run directory
-    (run_dir / RUN_FILE).write_text(json.dumps(body, indent=2))
+    atomic_write(run_dir / RUN_FILE, json.dumps(body, indent=2))
 
 
 def locate(run: str, broker: str | None) -> tuple[str, BrokerURL]:

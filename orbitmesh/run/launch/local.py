@@ -33,13 +33,13 @@ from broker.url import BrokerURL
 from orbitmesh import __version__
 from orbitmesh.core.engine import LinkSource
 from orbitmesh.core.faults import CONTAINER_KINDS, Fault
-from orbitmesh.core.limits import run_clock
 from orbitmesh.core.placement import place, worker_count
 from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import Topology, build_topology
 from orbitmesh.errors import RunError
 from orbitmesh.protocol.wire import Topics
 from orbitmesh.run.controller import Controller
+from orbitmesh.run.files import DiskError, atomic_write
 from orbitmesh.run.launch.lockdown import start_broker
 from orbitmesh.run.launch.replay import check_nodes, replay_scenario, write_replay
 from orbitmesh.run.report import build_summary, format_summary, percentiles, write_summary
@@ -69,6 +69,8 @@ class RunOptions:
     replay_faults: list[dict[str, Any]] | None = None
     links_from: Path | None = None
     """A trace whose link timeline replaces geometry."""
+    salvage: bool = False
+    """Replay a damaged link timeline up to its damage (orbitmesh replay --salvage)."""
     replay_origin: str = ""
     placement: str = "blocks"
     external_workers: bool = False
@@ -117,8 +119,7 @@ def print_result(result: RunResult) -> int:
 def run(opts: RunOptions) -> RunResult:
     """Run a scenario to the end (or to Ctrl-C) and return its summary."""
     scenario = load_scenario(opts.scenario)
-    # Overrides pass the file's own bounds (--speed 0 or -1 is refused, not ignored).
-    duration, speed = run_clock(scenario, opts.duration_s, opts.speed)
+    duration = opts.duration_s or scenario.duration_s
     topology = build_topology(scenario)
     if opts.replay is not None:
         # Replayed traffic does not change the nodes: check it, then swap the flows in.
@@ -126,6 +127,7 @@ def run(opts: RunOptions) -> RunResult:
         scenario = replay_scenario(scenario, opts.replay, duration_s=duration,
                                    faults=opts.replay_faults)
         topology = dataclasses.replace(topology, scenario=scenario)
+    speed = opts.speed or scenario.speed
     workers = worker_count(topology, opts.placement, opts.workers or os.cpu_count() or 1)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = (opts.out or Path("runs") / f"{scenario.name}-{stamp}").resolve()
@@ -134,7 +136,8 @@ def run(opts: RunOptions) -> RunResult:
         write_replay(run_dir, scenario, opts.replay)
     else:
         shutil.copy(opts.scenario, run_dir / "scenario.yaml")
-    link_source = LinkTimeline(opts.links_from, topology) if opts.links_from else None
+    link_source = (LinkTimeline(opts.links_from, topology, salvage=opts.salvage)
+                   if opts.links_from else None)
     run_id = opts.run_id or re.sub(r"[^A-Za-z0-9_.-]", "-", run_dir.name)
     broker, url, credentials, broker_label = start_broker(opts, run_dir, run_id, workers)
     try:
@@ -286,10 +289,19 @@ class _LocalRun:
         faults = [{**f.describe(), **self.process_faults.get(f.id, {})}
                   for f in controller.faults]
         summary = build_summary(self.run_dir, scenario, meta, links, self.workers, faults)
-        write_summary(self.run_dir, summary)
-        self.manifest.update(faults=faults, complete=True,
-                             interrupted=self.stop.is_set())
-        write_manifest(self.run_dir, self.manifest)
+        # A full disk ends the run with one line (and exit 1), after saving what still fits.
+        errors = [e for e in (controller.write_error,) if e is not None]
+        summary["run"]["write_errors"] = [str(e) for e in errors]
+        for write in (lambda: write_summary(self.run_dir, summary), lambda: write_manifest(
+                self.run_dir, {**self.manifest, "faults": faults, "complete": not errors,
+                               "interrupted": self.stop.is_set()})):
+            try:
+                write()
+            except DiskError as exc:
+                errors.append(exc)
+        if errors:
+            print(format_summary(summary))  # print_result will not run: the table goes out here
+            raise errors[0]
         return RunResult(self.run_dir, summary)
 
     async def _listen(self) -> None:
@@ -411,7 +423,7 @@ class _LocalRun:
         self.pids[tag] = self.procs[worker].pid
         if self.broker is not None and self.broker.pid is not None:
             self.pids["broker"] = self.broker.pid
-        (self.run_dir / "pids.json").write_text(json.dumps(self.pids))
+        atomic_write(self.run_dir / "pids.json", json.dumps(self.pids), durable=False)
 
 
 async def _wait_for(condition: Any, procs: dict[int, asyncio.subprocess.Process],
