@@ -33,6 +33,7 @@ from broker.url import BrokerURL
 from orbitmesh import __version__
 from orbitmesh.core.engine import LinkSource
 from orbitmesh.core.faults import CONTAINER_KINDS, Fault
+from orbitmesh.core.limits import run_clock
 from orbitmesh.core.placement import place, worker_count
 from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import Topology, build_topology
@@ -119,7 +120,8 @@ def print_result(result: RunResult) -> int:
 def run(opts: RunOptions) -> RunResult:
     """Run a scenario to the end (or to Ctrl-C) and return its summary."""
     scenario = load_scenario(opts.scenario)
-    duration = opts.duration_s or scenario.duration_s
+    # Overrides pass the file's own bounds (--speed 0 or -1 is refused, not ignored).
+    duration, speed = run_clock(scenario, opts.duration_s, opts.speed)
     topology = build_topology(scenario)
     if opts.replay is not None:
         # Replayed traffic does not change the nodes: check it, then swap the flows in.
@@ -127,7 +129,6 @@ def run(opts: RunOptions) -> RunResult:
         scenario = replay_scenario(scenario, opts.replay, duration_s=duration,
                                    faults=opts.replay_faults)
         topology = dataclasses.replace(topology, scenario=scenario)
-    speed = opts.speed or scenario.speed
     workers = worker_count(topology, opts.placement, opts.workers or os.cpu_count() or 1)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = (opts.out or Path("runs") / f"{scenario.name}-{stamp}").resolve()
