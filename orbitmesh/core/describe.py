@@ -46,13 +46,19 @@ def describe(topology: Topology, *, sample_links: bool = True) -> str:
     lines.append("  per operator: " + ", ".join(f"{v} {k}" for k, v in sorted(per_op.items())))
     if s.stations:
         masks = ", ".join(sorted({f"{g.min_elevation_deg:g}" for g in s.stations}))
+        counted = [g.antennas for g in s.stations if g.antennas != "all"]
+        notes = [f"{len(s.stations) - len(counted)} with antennas: all (a link per visible "
+                 "satellite)",
+                 f"{sum(g.max_range_km is not None for g in s.stations)} with a max_range_km",
+                 f"{sum(not g.transit for g in s.stations)} non-transit"]
         lines.append(f"  stations: {len(s.stations)} (masks {masks} deg, "
-                     f"{int(topology.station_antennas.sum())} antennas in all)")
+                     f"{sum(counted)} antennas in all"
+                     + "".join(f"; {n}" for n in notes if not n.startswith("0 ")) + ")")
     for o in s.ops_centres:
         n_links = int(np.count_nonzero(topology.terrestrial[1] == topology.index[o.name])
                       + np.count_nonzero(topology.terrestrial[0] == topology.index[o.name]))
         lines.append(f"    ops centre {o.name}: operates {', '.join(o.constellations) or '-'}; "
-                     f"{n_links} terrestrial links")
+                     f"{n_links} terrestrial links{'' if o.transit else '; non-transit'}")
     lines.append(f"  candidate links: {len(topology.isl_pairs)} ISL (+Grid), "
                  f"{len(topology.terrestrial[0])} terrestrial; GSL handover "
                  f"{s.links.gsl.handover}")
