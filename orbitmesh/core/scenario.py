@@ -130,7 +130,7 @@ class Station(_Model):
     lon_deg: float = Field(ge=-180.0, le=360.0)
     alt_m: float = Field(default=0.0, ge=-500.0, le=9_000.0)
     min_elevation_deg: float = Field(default=10.0, ge=0.0, le=90.0)
-    max_range_km: float | None = Field(default=None, gt=0.0)
+    max_range_km: float | None = Field(default=None, gt=0.0, le=L.MAX_RANGE_KM)
     antennas: int | Literal["all"] = 1
     constellations: tuple[NodeName, ...] | None = None
     transit: bool = True
@@ -140,10 +140,10 @@ class Station(_Model):
     def _antenna_count(cls, value: object) -> object:
         # One clear message instead of pydantic's two union-member errors.
         if value == "all" or (isinstance(value, int) and not isinstance(value, bool)
-                              and value >= 0):
+                              and 0 <= value <= L.MAX_ANTENNAS):
             return value
-        raise ValueError(f"expected a whole number of antennas (0 or more), or 'all' (one "
-                         f"ground link per visible satellite), got {value!r}")
+        raise ValueError(f"expected a whole number of antennas from 0 to {L.MAX_ANTENNAS:,}, or "
+                         f"'all' (one ground link per visible satellite), got {value!r}")
 
     def antenna_count(self, n_satellites: int) -> int:
         """Antennas as a number: ``all`` is one per satellite of the scenario."""
