@@ -1,13 +1,23 @@
-"""Counters, samples and the frame-event log of one worker.
+"""Counters, streaming summaries and the frame-event log of one worker.
 
 Every frame that a node offers ends in exactly one of: delivered, dropped (with a reason), or
-still held (in flight on a link, or in an on-board store) when the run ends. Workers write their
-``Stats`` as JSON at the end; orbitmesh/run/report.py merges them into summary.json.
+still held (in flight on a link, or in an on-board store) when the run ends. Frames a source
+could not offer because a fault had taken it down are counted apart, per fault
+(``suppressed``), so that a fault at a flow's source shows in the books. Workers write their
+``Stats`` as JSON; orbitmesh/run/report.py merges them into summary.json.
+
+Figures that grow with traffic (latencies, lateness, ages) are :class:`Histogram` summaries, so a
+worker's memory stays flat however long the run.
+
+Times: events are stamped with the wall time at which they happen *in the emulation* (a frame's
+due time), not when the worker got round to them; how late the worker was is measured apart, in
+scenario ms (``late_ms``, the emulator's own excess over the modelled network).
 
 Event log records (msgpack arrays, one per event, appended to ``events-w<k>.msgpack``):
 ``["offer", wall, id, flow, kind, src, dst, size]``, ``["deliver", wall, id, flow, node, hops,
-latency_ms]``, ``["drop", wall, id, flow, node_or_-1, reason, fault_id_or_None]``,
-``["hop", arrival_wall, id, flow, from_node, to_node, size]``. docs/traces.md has the format.
+latency_ms, late_ms, propagation_ms, waited_ms]``, ``["drop", wall, id, flow, node_or_-1, reason,
+fault_id_or_None]``, ``["hop", arrival_wall, id, flow, from_node, to_node, size]``,
+``["suppress", wall, flow, src, fault_id]``. docs/traces.md has the format.
 """
 
 from __future__ import annotations
@@ -18,7 +28,19 @@ from typing import IO, Any
 
 import msgpack
 
-from orbitmesh.protocol.wire import F_CREATED, F_DST, F_FLOW, F_HOPS, F_ID, F_KIND, F_SIZE, F_SRC
+from orbitmesh.core.histogram import Histogram
+from orbitmesh.protocol.wire import (
+    F_CREATED,
+    F_DST,
+    F_FLOW,
+    F_HOPS,
+    F_ID,
+    F_KIND,
+    F_PROP,
+    F_SIZE,
+    F_SRC,
+    F_WAIT,
+)
 
 log = logging.getLogger("orbitmesh.worker")
 
@@ -26,49 +48,68 @@ log = logging.getLogger("orbitmesh.worker")
 class FlowStats:
     """Counters of one flow on one worker."""
 
-    __slots__ = ("delivered", "dropped", "hops", "latency_ms", "offered", "remote_in",
-                 "remote_out")
+    __slots__ = ("delivered", "dropped", "geometric_ms", "hops", "late_ms", "latency_ms",
+                 "offered", "remote_in", "remote_out", "suppressed")
 
     def __init__(self) -> None:
         self.offered = 0
         self.delivered = 0
         self.dropped: Counter[str] = Counter()
-        self.latency_ms: list[float] = []
+        self.suppressed: Counter[str] = Counter()
+        self.latency_ms = Histogram()
+        self.late_ms = Histogram()
+        self.geometric_ms = Histogram()
         self.hops = 0
         self.remote_out = 0
         self.remote_in = 0
 
     def as_dict(self, samples: bool = True) -> dict[str, Any]:
         """JSON-ready form (``samples=False``: counters only)."""
-        return {"offered": self.offered, "delivered": self.delivered,
-                "dropped": dict(self.dropped),
-                "latency_ms": self.latency_ms if samples else [], "hops": self.hops,
-                "remote_out": self.remote_out, "remote_in": self.remote_in}
+        out: dict[str, Any] = {
+            "offered": self.offered, "delivered": self.delivered, "dropped": dict(self.dropped),
+            "suppressed": dict(self.suppressed), "hops": self.hops,
+            "remote_out": self.remote_out, "remote_in": self.remote_in}
+        if samples:
+            out |= {"latency_ms": self.latency_ms.to_dict(), "late_ms": self.late_ms.to_dict(),
+                    "geometric_ms": self.geometric_ms.to_dict()}
+        return out
 
 
 class Stats:
     """Everything one worker counts."""
 
-    def __init__(self, events: IO[bytes] | None = None) -> None:
+    def __init__(self, events: IO[bytes] | None = None, *, speed: float = 1.0) -> None:
+        self.speed = speed
         self.flows: defaultdict[int, FlowStats] = defaultdict(FlowStats)
-        self.accuracy_ms: list[float] = []
+        self.hop_late_ms = Histogram()
+        """How late each hop was handled, in scenario ms (the emulator's excess)."""
         self.malformed_count = 0
+        self.malformed_by_topic: Counter[str] = Counter()
         self.in_flight = 0
         self.held_on_board = 0
-        self.telemetry_age_ms: list[float] = []
-        self.telecommand_rtt_ms: list[float] = []
+        self.telemetry_age_ms = Histogram()
+        self.telecommand_rtt_ms = Histogram()
         self.telecommands_sent = 0
         self.telecommands_acked = 0
         self.max_backlog = 0
-        self.link_apply_late_ms: list[float] = []
+        self.link_apply_late_ms = Histogram()
+        """How late each link state was applied, in scenario ms."""
+        self.window_late_ms = 0.0
+        """Largest hop lateness since the last heartbeat (scenario ms), for live warnings."""
+        self.start_late_ms = 0.0
+        """How late (scenario ms) this worker learnt the clock after scenario time 0."""
         self.fault_drops: defaultdict[str, Counter[int]] = defaultdict(Counter)
+        self.fault_suppressed: defaultdict[str, Counter[int]] = defaultdict(Counter)
         self._events = events
         self._packer = msgpack.Packer(use_bin_type=True) if events is not None else None
-        self._now = 0.0
+        self.event_wall = 0.0
+        self.now_wall = 0.0
+        """Wall time at which the worker is really handling the current event."""
 
-    def clock(self, now: float) -> None:
-        """Wall time stamped on the events that follow."""
-        self._now = now
+    def clock(self, event_wall: float, now_wall: float | None = None) -> None:
+        """Wall time stamped on the events that follow (and the real time, if it differs)."""
+        self.event_wall = event_wall
+        self.now_wall = event_wall if now_wall is None else now_wall
 
     def _event(self, record: list[Any]) -> None:
         if self._events is not None and self._packer is not None:
@@ -77,18 +118,29 @@ class Stats:
     def offer(self, frame: list[Any]) -> None:
         """A node created ``frame``."""
         self.flows[frame[F_FLOW]].offered += 1
-        self._event(["offer", self._now, frame[F_ID], frame[F_FLOW], frame[F_KIND], frame[F_SRC],
-                     frame[F_DST], frame[F_SIZE]])
+        self._event(["offer", self.event_wall, frame[F_ID], frame[F_FLOW], frame[F_KIND],
+                     frame[F_SRC], frame[F_DST], frame[F_SIZE]])
 
-    def deliver(self, frame: list[Any], now: float, speed: float) -> None:
-        """``frame`` reached its destination."""
+    def suppress(self, flow: int, src: int, fault: str) -> None:
+        """A source could not offer a frame of ``flow`` because ``fault`` had taken it down."""
+        self.flows[flow].suppressed[fault] += 1
+        self.fault_suppressed[fault][flow] += 1
+        self._event(["suppress", self.event_wall, flow, src, fault])
+
+    def deliver(self, frame: list[Any], at_wall: float) -> None:
+        """``frame`` reached its destination at (emulated) wall time ``at_wall``."""
         fs = self.flows[frame[F_FLOW]]
         fs.delivered += 1
-        latency_ms = (now - frame[F_CREATED]) * speed * 1000.0
-        fs.latency_ms.append(latency_ms)
+        scale_ms = self.speed * 1000.0
+        latency_ms = (at_wall - frame[F_CREATED]) * scale_ms
+        late_ms = max(0.0, self.now_wall - at_wall) * scale_ms
+        geometric_ms = frame[F_PROP] * 1000.0
+        fs.latency_ms.add(latency_ms)
+        fs.late_ms.add(late_ms)
+        fs.geometric_ms.add(geometric_ms)
         fs.hops += frame[F_HOPS]
-        self._event(["deliver", now, frame[F_ID], frame[F_FLOW], frame[F_DST], frame[F_HOPS],
-                     latency_ms])
+        self._event(["deliver", at_wall, frame[F_ID], frame[F_FLOW], frame[F_DST], frame[F_HOPS],
+                     latency_ms, late_ms, geometric_ms, frame[F_WAIT] * 1000.0])
 
     def drop(self, frame: list[Any], reason: str, node: int = -1,
              fault: str | None = None) -> None:
@@ -96,12 +148,15 @@ class Stats:
         self.flows[frame[F_FLOW]].dropped[reason] += 1
         if fault is not None:
             self.fault_drops[fault][frame[F_FLOW]] += 1
-        self._event(["drop", self._now, frame[F_ID], frame[F_FLOW], node, reason, fault])
+        self._event(["drop", self.event_wall, frame[F_ID], frame[F_FLOW], node, reason, fault])
 
-    def hop(self, frame: list[Any], u: int, v: int, arrival: float) -> None:
-        """``frame`` crossed link u->v, arriving at wall time ``arrival``."""
+    def hop(self, frame: list[Any], u: int, v: int, arrival_wall: float) -> None:
+        """``frame`` crossed link u->v, arriving at ``arrival_wall``; how late we are counts."""
+        late_ms = (self.now_wall - arrival_wall) * self.speed * 1000.0
+        self.window_late_ms = max(self.window_late_ms, late_ms)
+        self.hop_late_ms.add(late_ms)
         if self._events is not None:
-            self._event(["hop", arrival, frame[F_ID], frame[F_FLOW], u, v, frame[F_SIZE]])
+            self._event(["hop", arrival_wall, frame[F_ID], frame[F_FLOW], u, v, frame[F_SIZE]])
 
     def remote_sent(self, frame: list[Any]) -> None:
         """``frame`` left for another worker."""
@@ -111,32 +166,32 @@ class Stats:
         """``frame`` came from another worker."""
         self.flows[frame[F_FLOW]].remote_in += 1
 
-    def accuracy(self, late_s: float) -> None:
-        """Actual minus intended arrival of one hop."""
-        self.accuracy_ms.append(late_s * 1000.0)
-
-    def malformed(self, why: str) -> None:
-        """A malformed payload was received; counted and logged, never fatal."""
+    def malformed(self, why: str, topic: str = "frames") -> None:
+        """A malformed payload (or one bad frame of a batch); counted and logged, never fatal."""
         self.malformed_count += 1
+        self.malformed_by_topic[topic] += 1
         if self.malformed_count <= 10:
             log.warning("malformed payload ignored (%d so far): %s", self.malformed_count, why)
 
     def as_dict(self, samples: bool = True) -> dict[str, Any]:
         """JSON-ready form of everything counted (``samples=False``: counters only)."""
-        def keep(values: list[float]) -> list[float]:
-            return values if samples else []
-
-        return {
+        out: dict[str, Any] = {
             "flows": {str(k): v.as_dict(samples) for k, v in sorted(self.flows.items())},
-            "accuracy_ms": keep(self.accuracy_ms),
             "malformed": self.malformed_count,
-            "telemetry_age_ms": keep(self.telemetry_age_ms),
-            "telecommand_rtt_ms": keep(self.telecommand_rtt_ms),
+            "malformed_by_topic": dict(self.malformed_by_topic),
             "telecommands_sent": self.telecommands_sent,
             "telecommands_acked": self.telecommands_acked,
             "max_backlog": self.max_backlog,
-            "link_apply_late_ms": keep(self.link_apply_late_ms),
+            "start_late_ms": self.start_late_ms,
             "samples": samples,
             "fault_drops": {f: {str(k): v for k, v in c.items()}
                             for f, c in self.fault_drops.items()},
+            "fault_suppressed": {f: {str(k): v for k, v in c.items()}
+                                 for f, c in self.fault_suppressed.items()},
         }
+        if samples:
+            out |= {"hop_late_ms": self.hop_late_ms.to_dict(),
+                    "telemetry_age_ms": self.telemetry_age_ms.to_dict(),
+                    "telecommand_rtt_ms": self.telecommand_rtt_ms.to_dict(),
+                    "link_apply_late_ms": self.link_apply_late_ms.to_dict()}
+        return out
