@@ -104,7 +104,8 @@ class Roles:
             if spec.rate_hz > 0 and c in self.operating_centre:
                 period = 1.0 / (spec.rate_hz * rt.speed)
                 first = t0 + float(rng.uniform(0, period))
-                self._periodic(s, first, period, functools.partial(self.telemetry, s))
+                self._periodic(s, FLOW_TELEMETRY, first, period,
+                               functools.partial(self.telemetry, s))
         for o_index, o in enumerate(topo.scenario.ops_centres):
             node = topo.n_satellites + topo.n_stations + o_index
             if node in rt.local and o.telecommand_rate_hz > 0:
@@ -115,7 +116,7 @@ class Roles:
                     self._tc_targets[node] = itertools.cycle(sats)
                     period = 1.0 / (o.telecommand_rate_hz * rt.speed)
                     targets = self._tc_targets[node]
-                    self._periodic(node, t0 + period, period, functools.partial(
+                    self._periodic(node, FLOW_TELECOMMAND, t0 + period, period, functools.partial(
                         self._command_next, node, targets, o.telecommand_size_bytes))
         for f_index, flow in enumerate(topo.scenario.traffic):
             src = topo.index.get(flow.source)
@@ -142,22 +143,21 @@ class Roles:
 
     # --- satellites -----------------------------------------------------------------------------
 
-    # Generators schedule from their intended times, not from when they woke up, so a late
-    # wake-up does not lower the rate.
+    # Generators run at their intended times (the runtime hands every callback the time it was
+    # due, not when the worker woke up), so a late wake-up neither lowers the rate nor ages the
+    # frames. A source that a fault has taken down offers nothing; what it would have offered is
+    # counted as suppressed by that fault.
 
-    def _periodic(self, node: int, first: float, period: float,
+    def _periodic(self, node: int, flow: int, first: float, period: float,
                   action: Callable[[float], None]) -> None:
-        """Run ``action(now)`` every ``period`` wall seconds from ``first`` while the node is up."""
-        due = first
+        """Run ``action(at)`` every ``period`` wall seconds from ``first`` while the node is up."""
 
-        def fire(now: float) -> None:
-            nonlocal due
-            if not self._running(now):
+        def fire(at: float) -> None:
+            if not self._running(at):
                 return
-            if node not in self.rt.down_nodes:
-                action(now)
-            due += period
-            self.rt.call_at(due, fire)
+            if not self.rt.suppressed(flow, node):
+                action(at)
+            self.rt.call_at(at + period, fire)
 
         self.rt.call_at(first, fire)
 
@@ -237,11 +237,9 @@ class Roles:
                 self.rt.forward(node, ack, now)
         elif kind == ACK and self.topo.kind[node] == OPS_CENTRE:
             self.rt.stats.telecommands_acked += 1
-            self.rt.stats.telecommand_rtt_ms.append((now - frame[F_REF][1]) * self.rt.speed
-                                                    * 1000.0)
+            self.rt.stats.telecommand_rtt_ms.add((now - frame[F_REF][1]) * self.rt.speed * 1000.0)
         elif kind == TELEMETRY:
-            self.rt.stats.telemetry_age_ms.append((now - frame[F_CREATED]) * self.rt.speed
-                                                  * 1000.0)
+            self.rt.stats.telemetry_age_ms.add((now - frame[F_CREATED]) * self.rt.speed * 1000.0)
 
     # --- flows ----------------------------------------------------------------------------------
 
@@ -254,7 +252,7 @@ class Roles:
             nonlocal due
             if self.stopped or self.rt.scenario_s(now) >= stop_s:
                 return
-            if src not in self.rt.down_nodes:
+            if not self.rt.suppressed(f_index, src):
                 self.offer(f_index, flow, src, dst, _size(flow.size, rng), now)
             due += self._gap(flow, rng)
             self.rt.call_at(due, fire)
@@ -269,7 +267,7 @@ class Roles:
             if self.stopped:
                 return
             t_s, size = frames[position]
-            if src not in self.rt.down_nodes and t_s < self.duration_s:
+            if t_s < self.duration_s and not self.rt.suppressed(f_index, src):
                 self.offer(f_index, flow, src, dst, size, now)
             position += 1
             if position < len(frames):

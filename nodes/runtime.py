@@ -4,13 +4,18 @@ A worker hosts a shard of the scenario's nodes. :class:`NodeRuntime` holds their
 everything that happens to a frame: route lookup, the emulated transmitter of each directed link
 (tail-drop queue, serialisation at the link rate, propagation delay from geometry, seeded loss),
 hand-over to the next hop when the frame would arrive there, delivery and drops (each with a
-reason). It never touches a socket or the event loop: the caller feeds it time (``run_due(now)``),
-received batches and link states, and gives it a ``send(worker, payload)`` callable. Unit tests
-drive it with a fake clock; nodes/worker.py drives it from asyncio and MQTT.
+reason). It never touches a socket or the event loop: the caller feeds it time
+(``run_due(now_wall)``), received batches and link states, and gives it a
+``send(worker, payload)`` callable. Unit tests drive it with a fake clock; nodes/worker.py
+drives it from asyncio and MQTT.
 
-Times: ``now`` is wall-clock seconds (shared by all processes of a run). Scenario seconds are
-``(now - t0_wall) * speed``; an emulated delay of ``d`` scenario seconds lasts ``d / speed`` on the
-wall clock.
+Times: ``*_wall`` are wall-clock seconds, shared by every process of a run; the run clock
+(:class:`orbitmesh.protocol.clock.RunClock`) maps them to scenario seconds. Every event is handled
+*at the time it was due* (``at_wall``), never at the time the worker got round to it
+(``now_wall``): a frame's next hop is scheduled from its due arrival, so a late wake-up is measured
+(``Stats.hop_late_ms``) but never compounds along the path. A frame bound for a node of another
+worker is handed over as soon as it leaves its transmitter, stamped with its due arrival, so the
+broker's transit hides behind the emulated propagation delay instead of adding to it.
 """
 
 from __future__ import annotations
@@ -25,15 +30,19 @@ import numpy as np
 
 from nodes.stats import Stats
 from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL, Topology
-from orbitmesh.protocol.state import FAULT_UNREACHABLE
+from orbitmesh.protocol.clock import RunClock
+from orbitmesh.protocol.state import FAULT_UNREACHABLE, TickSnapshot
 from orbitmesh.protocol.wire import (
     F_DST,
     F_DUE,
+    F_FROM,
     F_HOPS,
     F_POLICY,
+    F_PROP,
     F_ROUTE,
     F_SIZE,
     F_TTL,
+    F_WAIT,
     decode_batch,
     encode_batch,
 )
@@ -53,10 +62,10 @@ class Transmitter:
         self.busy_until = 0.0
         self.finishing: deque[float] = deque()
 
-    def backlog(self, now: float) -> int:
-        """Frames queued or serialising at ``now``."""
+    def backlog(self, at_wall: float) -> int:
+        """Frames queued or serialising at ``at_wall``."""
         finishing = self.finishing
-        while finishing and finishing[0] <= now:
+        while finishing and finishing[0] <= at_wall:
             finishing.popleft()
         return len(finishing)
 
@@ -73,9 +82,12 @@ class NodeRuntime:
         self.local = set(np.flatnonzero(owner == worker).tolist())
         self.send = send
         self.speed = speed
-        self.t0_wall = 0.0
+        self.clock = RunClock(0.0, speed)
+        self.now_wall = 0.0
+        """When the worker is really handling the current events (``run_due``'s argument)."""
         self.rng = random.Random(seed * 1_000_003 + worker)
-        self.stats = stats or Stats()
+        self.stats = stats or Stats(speed=speed)
+        self.n_nodes = len(owner)
         rules = topology.scenario.links
         by_kind = {ISL: rules.isl, GSL: rules.gsl, TERRESTRIAL: rules.terrestrial}
         self.rate_bps = {k: r.rate_bps for k, r in by_kind.items()}
@@ -87,9 +99,11 @@ class NodeRuntime:
         self.state_t_s = -1.0
         self.tx: dict[tuple[int, int], Transmitter] = {}
         self.heap: list[tuple[float, int, int, Any, Any]] = []
+        """(due_wall, seq, ARRIVE, (u, v), frame) or (due_wall, seq, CALL, fn, None)."""
         self._seq = 0
         self.outbox: dict[int, list[tuple[int, Frame]]] = {}
         self.on_deliver: Callable[[int, Frame, float], None] | None = None
+        self.on_suppressed: Callable[[int, str], None] | None = None
         self.on_node_down: Callable[[int, str, float], None] | None = None
         self.connected: Callable[[], bool] = lambda: True
         self.down_nodes: dict[int, str] = {}  # failed node -> fault id
@@ -102,33 +116,47 @@ class NodeRuntime:
 
     # --- time ---------------------------------------------------------------------------------
 
-    def scenario_s(self, now: float) -> float:
-        """Scenario seconds at wall time ``now``."""
-        return (now - self.t0_wall) * self.speed
+    @property
+    def t0_wall(self) -> float:
+        """Wall time of scenario time 0."""
+        return self.clock.t0_wall
+
+    @t0_wall.setter
+    def t0_wall(self, value: float) -> None:
+        self.clock = RunClock(value, self.speed)
+
+    def scenario_s(self, at_wall: float) -> float:
+        """Scenario seconds at wall time ``at_wall``."""
+        return self.clock.scenario_s(at_wall)
 
     def wall_at(self, t_s: float) -> float:
         """Wall time at which scenario time ``t_s`` happens."""
-        return self.t0_wall + t_s / self.speed
+        return self.clock.wall_at(t_s)
 
-    def call_at(self, when: float, fn: Callable[[float], None]) -> None:
-        """Run ``fn(now)`` at wall time ``when`` (from :meth:`run_due`)."""
+    def call_at(self, due_wall: float, fn: Callable[[float], None]) -> None:
+        """Run ``fn(due_wall)`` once wall time ``due_wall`` has come (from :meth:`run_due`)."""
         self._seq += 1
-        heapq.heappush(self.heap, (when, self._seq, CALL, fn, None))
+        heapq.heappush(self.heap, (due_wall, self._seq, CALL, fn, None))
 
     @property
     def next_due(self) -> float | None:
         """Wall time of the earliest pending item."""
         return self.heap[0][0] if self.heap else None
 
-    def run_due(self, now: float) -> None:
-        """Process everything due at or before ``now``, then send what is in the outbox."""
+    def run_due(self, now_wall: float) -> None:
+        """Handle everything due by ``now_wall``, each at its due time; then send the outbox."""
+        self.now_wall = now_wall
+        stats = self.stats
+        stats.now_wall = now_wall
         heap = self.heap
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= now_wall:
             due, _seq, code, a, b = heapq.heappop(heap)
+            stats.event_wall = due
             if code == ARRIVE:
-                self._arrive(a, b, due, now)
+                self._arrive(a, b, due)
             else:
-                a(now)
+                a(due)
+        stats.event_wall = now_wall
         self.flush()
 
     # --- link state ---------------------------------------------------------------------------
@@ -140,7 +168,10 @@ class NodeRuntime:
                     cut: dict[tuple[int, int], str] | None = None,
                     degraded: dict[tuple[int, int], tuple[float, float, float, str]] | None = None,
                     blame: str | None = None) -> None:
-        """Replace the live links, routing tables (rows follow ``destinations``) and faults."""
+        """Replace the live links, routing tables (rows follow ``destinations``) and faults.
+
+        ``now`` is the wall time the state takes effect (its due time).
+        """
         self.links = dict(zip(zip(a.tolist(), b.tolist(), strict=True),
                               zip(delay_s.tolist(), kind.tolist(), strict=True), strict=True))
         self.dest_row = {int(d): i for i, d in enumerate(destinations.tolist())}
@@ -150,18 +181,30 @@ class NodeRuntime:
         self.degraded = degraded or {}
         self.blame = blame
         down = down or {}
+        newly_down = {n: f for n, f in down.items() if n not in self.down_all}
         self.down_all = down
         self.cut_at_node = {}
         for (x, y), fault in self.cut.items():
             self.cut_at_node.setdefault(x, fault)
             self.cut_at_node.setdefault(y, fault)
-        newly_down = {n: f for n, f in down.items() if n in self.local and n not in self.down_nodes}
         self.down_nodes = {n: f for n, f in down.items() if n in self.local}
         if newly_down:
             self._fail_nodes(newly_down, now)
 
-    def _fail_nodes(self, failed: dict[int, str], now: float) -> None:
-        """Failed nodes lose their queues and the frames they are transmitting."""
+    def apply_snapshot(self, state: TickSnapshot, at_wall: float) -> None:
+        """Apply a decoded tick snapshot taking effect at ``at_wall``."""
+        self.apply_state(state.t_s, state.a, state.b, state.kind, state.delay_s,
+                         state.destinations, dict(state.next_hop), now=at_wall,
+                         down=dict(state.down), cut=dict(state.cut),
+                         degraded=dict(state.degraded), blame=state.blame)
+
+    def _fail_nodes(self, failed: dict[int, str], at_wall: float) -> None:
+        """Failed nodes lose their queues and the frames they are transmitting.
+
+        Frames sent by a failed node may be in flight on this worker's heap even when the node
+        lives on another worker (they are handed over ahead of their arrival), so every newly
+        failed node of the run is looked for, not only the local ones.
+        """
         kept = []
         for item in self.heap:
             if item[2] == ARRIVE and item[3][0] in failed:
@@ -177,7 +220,8 @@ class NodeRuntime:
             del self.tx[(u, v)]
         if self.on_node_down is not None:
             for node, fault_id in failed.items():
-                self.on_node_down(node, fault_id, now)
+                if node in self.local:
+                    self.on_node_down(node, fault_id, at_wall)
 
     def link(self, u: int, v: int) -> tuple[float, int] | None:
         """(delay_s, kind) of the live link u-v, or None."""
@@ -217,17 +261,25 @@ class NodeRuntime:
 
     # --- frames -------------------------------------------------------------------------------
 
-    def originate(self, u: int, frame: Frame, now: float) -> None:
+    def originate(self, u: int, frame: Frame, at_wall: float) -> None:
         """A node creates a frame: count the offer and start forwarding it."""
         self.stats.offer(frame)
-        self.forward(u, frame, now)
+        self.forward(u, frame, at_wall)
 
-    def forward(self, u: int, frame: Frame, now: float) -> None:
-        """Frame is at node ``u``: deliver it or put it on the next link's transmitter."""
+    def suppressed(self, flow: int, src: int) -> bool:
+        """True (and counted) when ``src`` cannot offer a frame of ``flow`` because it is down."""
+        fault = self.down_nodes.get(src)
+        if fault is None:
+            return False
+        self.stats.suppress(flow, src, fault)
+        return True
+
+    def forward(self, u: int, frame: Frame, at_wall: float) -> None:
+        """Frame is at node ``u`` at ``at_wall``: deliver it or put it on the next transmitter."""
         if frame[F_DST] == u:
-            self.stats.deliver(frame, now, self.speed)
+            self.stats.deliver(frame, at_wall)
             if self.on_deliver is not None:
-                self.on_deliver(u, frame, now)
+                self.on_deliver(u, frame, at_wall)
             return
         frame[F_TTL] -= 1
         if frame[F_TTL] < 0:
@@ -237,7 +289,7 @@ class NodeRuntime:
         if v < 0:
             self.drop_no_route(u, frame, v)
             return
-        self.transmit(u, v, frame, now)
+        self.transmit(u, v, frame, at_wall)
 
     def drop_no_route(self, u: int, frame: Frame, next_hop: int = -1) -> None:
         """Drop a frame that has no route, blaming the fault that took the route away if any."""
@@ -249,8 +301,8 @@ class NodeRuntime:
         else:
             self.stats.drop(frame, "no_route", u)
 
-    def transmit(self, u: int, v: int, frame: Frame, now: float) -> bool:
-        """Emulate link u->v for ``frame``; False if it was dropped before leaving."""
+    def transmit(self, u: int, v: int, frame: Frame, at_wall: float) -> bool:
+        """Emulate link u->v for ``frame`` entering it at ``at_wall``; False if dropped."""
         live = self.link(u, v)
         if live is None:
             fault = self.cut.get((u, v) if u < v else (v, u))
@@ -273,29 +325,38 @@ class NodeRuntime:
         tx = self.tx.get((u, v))
         if tx is None:
             tx = self.tx[(u, v)] = Transmitter()
-        if tx.backlog(now) >= self.queue_frames[kind]:
+        if tx.backlog(at_wall) >= self.queue_frames[kind]:
             self.stats.drop(frame, "queue", u)
             return False
         if self.loss[kind] and self.rng.random() < self.loss[kind]:
             self.stats.drop(frame, "loss", u)
             return False
-        start = now if tx.busy_until < now else tx.busy_until
-        done = start + frame[F_SIZE] * 8.0 / rate_bps / self.speed
+        speed = self.speed
+        start = at_wall if tx.busy_until < at_wall else tx.busy_until
+        done = start + frame[F_SIZE] * 8.0 / rate_bps / speed
         tx.busy_until = done
         tx.finishing.append(done)
-        due = done + delay_s / self.speed
+        due = done + delay_s / speed
         frame[F_DUE] = due
+        frame[F_WAIT] += (done - at_wall) * speed
+        frame[F_PROP] += delay_s
+        owner = int(self.owner[v])
+        if owner != self.worker:  # handed over now, due there at ``due``
+            frame[F_FROM] = u
+            self.outbox.setdefault(owner, []).append((v, frame))
+            self.stats.remote_sent(frame)
+            return True
         self._seq += 1
         heapq.heappush(self.heap, (due, self._seq, ARRIVE, (u, v), frame))
         self.stats.in_flight += 1
         return True
 
-    def backlog(self, u: int, v: int, now: float) -> int:
+    def backlog(self, u: int, v: int, at_wall: float) -> int:
         """Frames waiting on link u->v."""
         tx = self.tx.get((u, v))
-        return 0 if tx is None else tx.backlog(now)
+        return 0 if tx is None else tx.backlog(at_wall)
 
-    def _arrive(self, hop: tuple[int, int], frame: Frame, due: float, now: float) -> None:
+    def _arrive(self, hop: tuple[int, int], frame: Frame, due: float) -> None:
         u, v = hop
         self.stats.in_flight -= 1
         if self.link(u, v) is None:
@@ -306,44 +367,51 @@ class NodeRuntime:
                 self.stats.drop(frame, "link_lost", u)
             return
         frame[F_HOPS] += 1
+        frame[F_FROM] = -1
         self.stats.hop(frame, u, v, due)
-        owner = int(self.owner[v])
-        if owner == self.worker:
-            self.stats.accuracy(now - due)
-            self.receive(v, frame, now)
-        else:
-            self.outbox.setdefault(owner, []).append((v, frame))
-            self.stats.remote_sent(frame)
+        self.receive(v, frame, due)
 
-    def receive(self, v: int, frame: Frame, now: float) -> None:
-        """A frame reaches node ``v`` (local or from another worker)."""
+    def receive(self, v: int, frame: Frame, at_wall: float) -> None:
+        """A frame reaches node ``v`` at ``at_wall``."""
         fault = self.down_nodes.get(v)
         if fault is not None:
             self.stats.drop(frame, "fault", v, fault)
             return
-        self.forward(v, frame, now)
+        self.forward(v, frame, at_wall)
 
-    def receive_batch(self, payload: bytes, now: float, *, injected: bool = False) -> None:
-        """Frames from another worker, or ``injected`` by a client into a node's inbox (those
-        count as offered there). Malformed input is counted and logged, never fatal."""
+    def receive_batch(self, payload: bytes, now_wall: float, *, injected: bool = False,
+                      topic: str = "frames") -> None:
+        """Frames handed over by another worker (put in flight until they are due here), or
+        ``injected`` by a client into a node's inbox (offered there, now). Malformed input —
+        the whole batch, or one frame of it — is counted and logged, never fatal."""
         try:
-            items = decode_batch(payload)
+            items, refused = decode_batch(payload, self.n_nodes)
         except ValueError as exc:
-            self.stats.malformed(str(exc))
+            self.stats.malformed(str(exc), topic)
             return
+        for why in refused:
+            self.stats.malformed(why, topic)
+        stats = self.stats
         for v, frame in items:
             if v not in self.local:
-                self.stats.malformed(f"frame for node {v}, not hosted here")
+                stats.malformed(f"frame for node {v}, not hosted here", topic)
                 continue
             if injected:
                 frame[F_DUE] = 0.0
-                self.stats.offer(frame)
-            else:
-                self.stats.remote_received(frame)
-            if frame[F_DUE]:
-                self.stats.accuracy(now - frame[F_DUE])
-            self.receive(v, frame, now)
-        self.flush()
+                frame[F_FROM] = -1
+                stats.clock(now_wall)
+                stats.offer(frame)
+                self.receive(v, frame, now_wall)
+                continue
+            u = frame[F_FROM]
+            if u < 0 or frame[F_DUE] <= 0.0:
+                stats.malformed("handed-over frame without its link or due time", topic)
+                continue
+            stats.remote_received(frame)
+            stats.in_flight += 1
+            self._seq += 1
+            heapq.heappush(self.heap, (frame[F_DUE], self._seq, ARRIVE, (u, v), frame))
+        self.run_due(now_wall)
 
     def flush(self) -> None:
         """Send batched frames to the workers that host their next hops."""

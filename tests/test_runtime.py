@@ -34,11 +34,16 @@ from orbitmesh.core.topology import (
 from orbitmesh.protocol.wire import (
     DATA,
     DEFAULT_TTL,
+    F_CREATED,
     F_DST,
+    F_DUE,
+    F_FROM,
     F_HOPS,
     F_ID,
     F_KIND,
+    F_SIZE,
     F_SRC,
+    F_TTL,
     FLOW_TELEMETRY,
     TELEMETRY,
     WIRE_VERSION,
@@ -180,7 +185,10 @@ def test_latency_is_the_sum_of_serialisation_and_propagation(speed: float) -> No
     expected_s = (bits / 1e6 + 0.004) + (bits / 2e6 + 0.013) + (bits / 1e6 + 0.006)
     assert delivered == [pytest.approx(created + expected_s / speed, abs=ONE_MICROSECOND_S)]
     fs = rt.stats.flows[0]
-    assert fs.latency_ms == [pytest.approx(expected_s * 1000.0, abs=ONE_MICROSECOND_MS)]
+    assert fs.latency_ms.samples() == [pytest.approx(expected_s * 1000.0,
+                                                     abs=ONE_MICROSECOND_MS)]
+    assert fs.geometric_ms.samples() == [pytest.approx((0.004 + 0.013 + 0.006) * 1000.0,
+                                                       abs=ONE_MICROSECOND_MS)]
     assert fs.hops == 3
 
 
@@ -307,13 +315,17 @@ def test_frames_for_another_worker_are_batched_and_decode() -> None:
         apply(rt, 0.0, PATH_EDGES, [PATH])
     for i in range(3):
         w0.originate(ALPHA, frame(i, ALPHA, BRAVO, 125, 0.0), 0.0)
-    drain(w0, until=0.015)  # the frames cross alpha-sat0 and start on sat0-sat1
-    w0.run_due(0.05)  # all three reach sat1 (worker 1) within this call: one batch
+    w0.run_due(0.015)  # the frames cross alpha-sat0 and start on sat0-sat1
+    # All three leave sat0 for sat1 (worker 1) in this call: handed over at once, in one batch.
     assert [w for w, _ in sent0.calls] == [1]
-    items = decode_batch(sent0.calls[0][1])
-    assert [(v, f[F_ID], f[F_HOPS]) for v, f in items] == [(SAT1, i, 2) for i in range(3)]
+    items, refused = decode_batch(sent0.calls[0][1])
+    assert refused == []
+    assert [(v, f[F_ID], f[F_HOPS], f[F_FROM]) for v, f in items] == [
+        (SAT1, i, 1, SAT0) for i in range(3)]
+    assert all(f[F_DUE] > 0.015 for _v, f in items)  # they are due at sat1 later than now
     assert w0.stats.flows[0].remote_out == 3
-    w1.receive_batch(sent0.calls[0][1], 1.0)
+    w1.receive_batch(sent0.calls[0][1], 0.015)
+    assert w1.stats.in_flight == 3  # in flight on sat0-sat1 until due
     drain(w1)
     assert sent1.calls == []
     assert totals(w0, w1) == (3, 3, Counter())
@@ -335,7 +347,8 @@ def test_malformed_batch_is_counted_not_raised(payload: bytes) -> None:
     assert rt.stats.malformed_count == 1
     # And the runtime still works afterwards.
     apply(rt, 0.0, [(ALPHA, BRAVO, TERRESTRIAL, 0.001)], [(ALPHA, BRAVO)])
-    rt.receive_batch(encode_batch([(ALPHA, frame(5, ALPHA, BRAVO, 10, 0.0))]), 0.0)
+    rt.receive_batch(encode_batch([(ALPHA, frame(5, ALPHA, BRAVO, 10, 0.0))]), 0.0,
+                     injected=True)
     drain(rt)
     assert rt.stats.flows[0].delivered == 1
 
@@ -438,7 +451,7 @@ def test_telemetry_waits_on_board_until_a_route_appears() -> None:
     assert rt.stats.held_on_board == 0
     in_flight = len(rt.held_frames())
     assert tm.delivered + in_flight == tm.offered and not tm.dropped
-    ages_ms = rt.stats.telemetry_age_ms
+    ages_ms = rt.stats.telemetry_age_ms.samples()
     assert len(ages_ms) == tm.delivered
     # The first frames were made near t=0 and could only leave after the pass began at 2 s.
     assert max(ages_ms) > 1900.0
@@ -494,3 +507,91 @@ def test_telemetry_keeps_its_rate_when_woken_late() -> None:
     _run_late(rt, Roles(rt, duration_s=duration_s), duration_s + 1.0)
     # Four satellites; each may gain or lose one frame at the ends of the run.
     assert abs(rt.stats.flows[FLOW_TELEMETRY].offered - 4 * rate_hz * duration_s) <= 4
+
+
+# --- lateness is measured, never compounded -----------------------------------------------------
+
+@pytest.mark.parametrize("speed", [1.0, 4.0])
+def test_late_wake_ups_do_not_add_up_along_the_path(speed: float) -> None:
+    """Every hop is handled 3 ms (wall) late; the frame still arrives when the links say."""
+    rt = runtime(tiny_topology(), speed=speed)
+    apply(rt, 0.0, PATH_EDGES, [PATH])
+    delivered: list[float] = []
+    rt.on_deliver = lambda node, f, at: delivered.append(at)
+    late_wall = 0.003
+    size = 1250
+    created = 100.0
+    rt.originate(ALPHA, frame(1, ALPHA, BRAVO, size, created), created)
+    while rt.next_due is not None:
+        rt.run_due(rt.next_due + late_wall)
+    bits = size * 8.0
+    expected_s = (bits / 1e6 + 0.004) + (bits / 2e6 + 0.013) + (bits / 1e6 + 0.006)
+    assert delivered == [pytest.approx(created + expected_s / speed, abs=ONE_MICROSECOND_S)]
+    fs = rt.stats.flows[0]
+    assert fs.latency_ms.samples() == [pytest.approx(expected_s * 1000.0, abs=ONE_MICROSECOND_MS)]
+    # ... and the lateness is on the books, in scenario ms: 3 hops, each 3 ms wall late.
+    late_ms = late_wall * speed * 1000.0
+    assert rt.stats.hop_late_ms.samples() == [pytest.approx(late_ms, abs=ONE_MICROSECOND_MS)] * 3
+    assert fs.late_ms.samples() == [pytest.approx(late_ms, abs=ONE_MICROSECOND_MS)]
+
+
+def test_a_frame_handed_over_late_is_still_due_on_time() -> None:
+    """The broker took longer than the propagation delay: lateness, not a later arrival."""
+    topology = tiny_topology()
+    owner = np.array([0, 1, 0, 0, 0, 1, 0], dtype=np.int64)
+    sent0 = Sent()
+    w0 = runtime(topology, worker=0, owner=owner, send=sent0)
+    w1 = runtime(topology, worker=1, owner=owner)
+    for rt in (w0, w1):
+        apply(rt, 0.0, PATH_EDGES, [PATH])
+    arrivals: list[float] = []
+    w1.on_deliver = lambda node, f, at: arrivals.append(at)
+    w0.originate(ALPHA, frame(1, ALPHA, BRAVO, 125, 0.0), 0.0)
+    drain(w0)
+    _worker, payload = sent0.calls[0]
+    (_v, handed), = decode_batch(payload)[0]
+    w1.receive_batch(payload, handed[F_DUE] + 0.010)  # 10 ms after it was due at sat1
+    drain(w1)
+    bits = 125 * 8.0
+    expected_s = (bits / 1e6 + 0.004) + (bits / 2e6 + 0.013) + (bits / 1e6 + 0.006)
+    assert arrivals == [pytest.approx(expected_s, abs=ONE_MICROSECOND_S)]
+    assert max(w1.stats.hop_late_ms.samples()) == pytest.approx(10.0, abs=ONE_MICROSECOND_MS)
+
+
+def test_a_down_source_counts_what_it_could_not_offer() -> None:
+    topology = tiny_topology(traffic="""traffic:
+  - {name: f, source: alpha, destination: bravo, pattern: constant, rate_pps: 10}""")
+    rt = runtime(topology)
+    a, b, kind, delay_s = links([(ALPHA, BRAVO, TERRESTRIAL, 0.001)])
+    destinations, next_hop = routes([(ALPHA, BRAVO)])
+    rt.apply_state(0.0, a, b, kind, delay_s, destinations, next_hop)
+    roles = Roles(rt, duration_s=10.0)
+    roles.start(0.0)
+    drain(rt, until=2.0)
+    rt.apply_state(2.0, a, b, kind, delay_s, destinations, next_hop, now=2.0,
+                   down={ALPHA: "outage1"})
+    drain(rt, until=4.0)
+    rt.apply_state(4.0, a, b, kind, delay_s, destinations, next_hop, now=4.0)
+    drain(rt, until=10.5)
+    fs = rt.stats.flows[0]
+    assert fs.suppressed == {"outage1": 20}
+    assert fs.offered == 80
+    assert rt.stats.fault_suppressed["outage1"][0] == 20
+
+
+@pytest.mark.parametrize("field, value", [
+    (F_SIZE, float("nan")), (F_SIZE, 10**18), (F_SIZE, 0), (F_CREATED, "yesterday"),
+    (F_HOPS, "3"), (F_TTL, 1000), (F_DST, 99), (F_DUE, float("inf")), (F_FROM, 3.5),
+], ids=["size-nan", "size-huge", "size-zero", "created-str", "hops-str", "ttl-big",
+        "dst-unknown", "due-inf", "from-float"])
+def test_one_bad_frame_is_refused_and_its_batch_goes_on(field: int, value: Any) -> None:
+    rt = runtime(tiny_topology())
+    apply(rt, 0.0, [(ALPHA, BRAVO, TERRESTRIAL, 0.001)], [(ALPHA, BRAVO)])
+    bad = frame(2, ALPHA, BRAVO, 10, 0.0)
+    bad[field] = value
+    good = [frame(1, ALPHA, BRAVO, 10, 0.0), frame(3, ALPHA, BRAVO, 10, 0.0)]
+    rt.receive_batch(encode_batch([(ALPHA, good[0]), (ALPHA, bad), (ALPHA, good[1])]), 1.0,
+                     injected=True, topic="inbox")
+    drain(rt)
+    assert rt.stats.malformed_by_topic == {"inbox": 1}
+    assert rt.stats.flows[0].delivered == 2

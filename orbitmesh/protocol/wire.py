@@ -17,17 +17,23 @@ import msgpack
 
 from orbitmesh.errors import RunError
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 
 # Frame kinds
 DATA, TELEMETRY, TELECOMMAND, ACK = 0, 1, 2, 3
 KIND_NAMES = ("data", "telemetry", "telecommand", "ack")
 
-# Frame fields (positions in the frame list)
+# Frame fields (positions in the frame list). Times: F_CREATED and F_DUE are wall seconds (the
+# run clock maps them to scenario time); F_WAIT and F_PROP are scenario seconds.
 F_ID, F_KIND, F_FLOW, F_SRC, F_DST, F_SIZE, F_CREATED, F_HOPS, F_TTL = range(9)
 F_POLICY, F_ROUTE, F_DUE, F_REF, F_PAYLOAD = range(9, 14)
-FRAME_FIELDS = 14
+F_FROM, F_WAIT, F_PROP = range(14, 17)
+"""F_FROM: the node the frame is crossing from while in flight to another worker (-1 otherwise);
+F_WAIT: time spent queueing and serialising so far; F_PROP: propagation delay met so far."""
+FRAME_FIELDS = 17
 DEFAULT_TTL = 64
+MAX_TTL = 255
+MAX_FRAME_BYTES = 65_535
 
 # Flow indices of the built-in traffic classes (user flows are 0..F-1)
 FLOW_TELEMETRY, FLOW_TELECOMMAND, FLOW_ACK = -1, -2, -3
@@ -38,7 +44,7 @@ def new_frame(frame_id: int, kind: int, flow: int, src: int, dst: int, size: int
               ref: Any = None, payload: bytes = b"") -> list[Any]:
     """A frame as the list the runtime passes around (and msgpack sends)."""
     return [frame_id, kind, flow, src, dst, size, created_wall, 0, DEFAULT_TTL, policy, route,
-            0.0, ref, payload]
+            0.0, ref, payload, -1, 0.0, 0.0]
 
 
 def encode_batch(items: list[tuple[int, list[Any]]]) -> bytes:
@@ -46,8 +52,14 @@ def encode_batch(items: list[tuple[int, list[Any]]]) -> bytes:
     return msgpack.packb([WIRE_VERSION, items], use_bin_type=True)
 
 
-def decode_batch(payload: bytes) -> list[list[Any]]:
-    """Unpack a batch into ``[to_node, frame]`` pairs; raises ValueError on anything malformed."""
+def decode_batch(payload: bytes, n_nodes: int | None = None
+                 ) -> tuple[list[list[Any]], list[str]]:
+    """Unpack a batch into ``[to_node, frame]`` pairs and the reasons of the frames refused.
+
+    A batch that is not one at all raises ValueError; a single bad frame in it (wrong types,
+    non-finite times, sizes or TTLs out of range, nodes outside ``0..n_nodes-1``) is left out
+    and its reason returned, so the rest of the batch goes on.
+    """
     try:
         version, items = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception as exc:
@@ -56,11 +68,62 @@ def decode_batch(payload: bytes) -> list[list[Any]]:
         raise ValueError(f"frame batch version {version}, this orbitmesh reads {WIRE_VERSION}")
     if not isinstance(items, list):
         raise ValueError("frame batch: expected a list of [to_node, frame]")
+    good: list[list[Any]] = []
+    bad: list[str] = []
+    limit = n_nodes if n_nodes is not None else 1 << 31
     for item in items:
-        if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], int)
-                or not isinstance(item[1], list) or len(item[1]) != FRAME_FIELDS):
-            raise ValueError("frame batch: malformed entry")
-    return items
+        why = _frame_problem(item, limit)
+        if why is None:
+            good.append(item)
+        else:
+            bad.append(why)
+    return good, bad
+
+
+_INT, _FLOAT = int, float
+_FINITE_WALL = 1e11
+"""Wall times beyond this (year ~5138) are not times of a run."""
+
+
+def _frame_problem(item: Any, n_nodes: int) -> str | None:
+    """Why ``[to_node, frame]`` cannot be a frame of this run, or None when it can."""
+    if type(item) is not list or len(item) != 2:
+        return "entry is not [to_node, frame]"
+    to, f = item
+    if type(to) is not _INT or not 0 <= to < n_nodes:
+        return f"to_node {to!r} is not a node index"
+    if type(f) is not list or len(f) != FRAME_FIELDS:
+        return f"frame is not a list of {FRAME_FIELDS} fields"
+    src, dst, size, hops, ttl = f[F_SRC], f[F_DST], f[F_SIZE], f[F_HOPS], f[F_TTL]
+    if type(f[F_ID]) is not _INT or type(f[F_FLOW]) is not _INT:
+        return "id and flow must be integers"
+    if f[F_KIND] not in (DATA, TELEMETRY, TELECOMMAND, ACK) or type(f[F_KIND]) is not _INT:
+        return f"kind {f[F_KIND]!r} is not 0..3"
+    if type(src) is not _INT or type(dst) is not _INT or not (0 <= src < n_nodes
+                                                                and 0 <= dst < n_nodes):
+        return "src/dst are not node indices"
+    if type(size) is not _INT or not 1 <= size <= MAX_FRAME_BYTES:
+        return f"size {size!r} is not 1..{MAX_FRAME_BYTES}"
+    if type(hops) is not _INT or type(ttl) is not _INT or not (0 <= hops <= MAX_TTL
+                                                                 and -1 <= ttl <= MAX_TTL):
+        return "hops/ttl are not 0..255"
+    for field in (F_CREATED, F_DUE, F_WAIT, F_PROP):
+        value = f[field]
+        if type(value) is not _FLOAT and type(value) is not _INT:
+            return f"field {field} is not a number"
+        if not 0.0 <= value < _FINITE_WALL:  # also false for NaN
+            return f"field {field} is {value!r}, not a finite time"
+    if type(f[F_FROM]) is not _INT or not -1 <= f[F_FROM] < n_nodes:
+        return "from is not a node index or -1"
+    policy, route = f[F_POLICY], f[F_ROUTE]
+    if policy is not None and type(policy) is not str:
+        return "policy is not a name"
+    if route is not None and (type(route) is not list or len(route) > MAX_TTL or any(
+            type(x) is not _INT or not 0 <= x < n_nodes for x in route)):
+        return "route is not a list of node indices"
+    if type(f[F_PAYLOAD]) is not bytes:
+        return "payload is not bytes"
+    return None
 
 
 class Topics:
@@ -76,6 +139,8 @@ class Topics:
         self.links = f"{self.root}/links"
         self.control = f"{self.root}/control"
         self.control_error = f"{self.root}/control/error"
+        self.launcher = f"{self.root}/launcher"
+        """Commands that change the run's course (finish, stop_traffic): the launcher's alone."""
         self.faults = f"{self.root}/faults"
 
     def worker_frames(self, worker: int) -> str:
@@ -90,6 +155,16 @@ class Topics:
     def worker_status_all(self) -> str:
         """Wildcard over every worker's status."""
         return f"{self.root}/worker/+/status"
+
+    def family(self, topic: str) -> str:
+        """The topic family of ``topic`` (``frames``, ``status``, ``inbox``, ``state``, ...), for
+        counting malformed messages per family."""
+        rest = topic.removeprefix(self.root + "/")
+        if rest.startswith("worker/"):
+            return rest.rsplit("/", 1)[-1]
+        if rest.startswith("node/"):
+            return "inbox" if rest.endswith("/in") else "outbox"
+        return rest
 
     def node_inbox(self, node_id: str) -> str:
         """Inbox of one node: any client may inject frame batches here."""
@@ -113,19 +188,6 @@ def space_packet(packet_type: int, apid: int, seq_count: int, data: bytes,
     word1 = (packet_type & 1) << 12 | int(secondary_header) << 11 | apid
     word2 = 0b11 << 14 | (seq_count % SEQ_MODULO)
     return _HEADER.pack(word1, word2, len(data) - 1) + data
-
-
-def parse_space_packet(packet: bytes) -> tuple[int, int, int, bytes]:
-    """Decode ``(packet_type, apid, seq_count, data)``; raises ValueError when malformed."""
-    if len(packet) < 7:
-        raise ValueError(f"space packet of {len(packet)} octets is shorter than 7")
-    word1, word2, length = _HEADER.unpack_from(packet)
-    if word1 >> 13:
-        raise ValueError(f"space packet version {word1 >> 13}, expected 0")
-    data = packet[6:]
-    if len(data) != length + 1:
-        raise ValueError(f"space packet says {length + 1} data octets, has {len(data)}")
-    return (word1 >> 12) & 1, word1 & 0x7FF, word2 & 0x3FFF, data
 
 
 class SequenceCounter:
