@@ -27,6 +27,7 @@ from pydantic.fields import FieldInfo
 from orbitmesh.core.scenario import (
     Constellation,
     FaultSpec,
+    Fidelity,
     Flow,
     GslRules,
     IslRules,
@@ -71,6 +72,7 @@ SECTIONS: dict[type[BaseModel], str] = {
     FaultSpec: "faults",
     RandomFaults: "random_faults",
     MtbfSpec: "random_faults",
+    Fidelity: "fidelity",
 }
 INVALID, SKIP = "# docs-test: invalid", "# docs-test: skip"
 

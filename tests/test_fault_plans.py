@@ -246,7 +246,7 @@ async def test_controller_answers_and_counts_bad_commands(mixed: Topology) -> No
     ])
     assert controller.control_errors == 7
     assert [r["errors_so_far"] for r in replies] == list(range(1, 8))
-    assert [r["error"].split(":")[0] for r in replies] == [
+    assert [r["error"].removeprefix("control: ").split(":")[0] for r in replies] == [
         "not JSON", "invalid fault", "fault id 'w' is already in use", "station_outage",
         "link_down", "plane_outage", "no active fault with id 'nope'; active"]
     assert "matches no node" in replies[3]["error"]

@@ -37,7 +37,7 @@ def _imports(path: Path, name: str, known: set[str]) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _runtime_nodes(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -52,18 +52,34 @@ def _imports(path: Path, name: str, known: set[str]) -> set[str]:
     return found
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node, except what sits under ``if TYPE_CHECKING:`` (never imported at run time)."""
+    out: list[ast.AST] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) \
+                and node.test.id == "TYPE_CHECKING":
+            stack.extend(node.orelse)
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+    return out
+
+
 def _graph() -> dict[str, set[str]]:
     modules = _modules()
     known = set(modules)
     graph = {}
     for name, path in modules.items():
         deps = set()
-        for imported in _imports(path, name, known):
+        for target in _imports(path, name, known):
             # an import of a.b.c depends on the deepest project module it names
-            while imported and imported not in known:
-                imported = imported.rpartition(".")[0]
-            if imported and imported != name and not name.startswith(imported + "."):
-                deps.add(imported)
+            module = target
+            while module and module not in known:
+                module = module.rpartition(".")[0]
+            if module and module != name and not name.startswith(module + "."):
+                deps.add(module)
         graph[name] = deps
     return graph
 
@@ -77,7 +93,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == 1:
-                return stack[stack.index(dep):] + [dep]
+                return [*stack[stack.index(dep):], dep]
             if dep not in state and (found := visit(dep)) is not None:
                 return found
         stack.pop()

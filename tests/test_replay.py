@@ -39,7 +39,8 @@ def test_replay_reproduces_deliveries_and_link_timeline(original: RunResult,
     offered = offered_traffic(original.run_dir)
     assert offered, "the demo offers user traffic"
     replay = _run(tmp_path / "replay", replay=offered, replay_origin=str(original.run_dir))
-    assert replay.ok
+    # Replay, not timing, is under test here (tests/test_fidelity.py holds the budget).
+    assert replay.summary["conservation_ok"]
     before = {f["name"]: f for f in original.summary["flows"]}
     after = {f["name"]: f for f in replay.summary["flows"]}
     assert set(before) == set(after)
@@ -56,7 +57,7 @@ def test_replay_reproduces_deliveries_and_link_timeline(original: RunResult,
 def test_links_from_replays_the_recorded_timeline(original: RunResult, tmp_path: Path) -> None:
     replay = _run(tmp_path / "links", replay=offered_traffic(original.run_dir),
                   links_from=original.run_dir)
-    assert replay.ok
+    assert replay.summary["conservation_ok"]
     assert _timeline(replay.run_dir) == _timeline(original.run_dir)
 
 

@@ -318,6 +318,17 @@ class RandomFaults(_Model):
     ops_centre: MtbfSpec | None = None
 
 
+class Fidelity(_Model):
+    """How far a live run's timing may drift from the modelled network before it fails."""
+
+    budget_ms: float = Field(default=2.0, gt=0.0, le=60_000.0)
+    """Hop excess (how late a hop was handled), p99, in scenario ms."""
+    link_apply_budget_ms: float = Field(default=50.0, gt=0.0, le=600_000.0)
+    """Lateness of applying a tick's links and routes, p99, in scenario ms."""
+    startup_budget_ms: float = Field(default=1000.0, gt=0.0, le=3_600_000.0)
+    """How late a worker may start after scenario time 0, in scenario ms."""
+
+
 class Scenario(_Model):
     """A whole scenario, validated. Paths are absolute (resolved against the scenario file)."""
 
@@ -336,6 +347,7 @@ class Scenario(_Model):
     traffic: tuple[Flow, ...] = ()
     faults: tuple[FaultSpec, ...] = ()
     random_faults: RandomFaults | None = None
+    fidelity: Fidelity = Fidelity()
     source: Path | None = None
 
     @field_validator("epoch")

@@ -9,7 +9,6 @@ still in force. The link timeline (every diff) goes to ``links.msgpack`` in the 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -27,12 +26,21 @@ from orbitmesh.core.faults import (
     Fault,
     active_at,
     fault_from_command,
-    parse_command,
     random_faults,
     scheduled_faults,
 )
 from orbitmesh.core.links import LinkState
 from orbitmesh.core.topology import Topology
+from orbitmesh.protocol.clock import RunClock, WallClock, WallSource
+from orbitmesh.protocol.messages import (
+    RUN_COURSE_VERBS,
+    ClockMessage,
+    ControlCommand,
+    ControlError,
+    FaultInfo,
+    FaultListing,
+    LinksNotice,
+)
 from orbitmesh.protocol.state import encode_state
 from orbitmesh.protocol.transport import Transport
 from orbitmesh.protocol.wire import Topics
@@ -41,6 +49,9 @@ from orbitmesh.run.files import DiskError, close_reporting, is_disk_error
 log = logging.getLogger("orbitmesh.run.controller")
 START_LEAD_S = 0.5
 """Wall seconds between publishing the clock and scenario time 0."""
+CONTROL_RATE_PER_S = 20.0
+CONTROL_BURST = 100
+"""Fault/clear commands the controller takes: a sustained rate, and how many at once."""
 
 
 class Controller:
@@ -48,7 +59,8 @@ class Controller:
 
     def __init__(self, topology: Topology, transport: Transport, topics: Topics, *,
                  duration_s: float, speed: float, out_dir: Path | None,
-                 link_source: LinkSource | None = None) -> None:
+                 link_source: LinkSource | None = None, wall: WallSource | None = None,
+                 workers: int | None = None) -> None:
         self.topology = topology
         self.transport = transport
         self.topics = topics
@@ -58,7 +70,11 @@ class Controller:
         policies = sorted({f.policy for f in scenario.traffic if f.policy})
         self.engine = TickEngine(topology, policies=policies, link_source=link_source)
         self.tick_s = scenario.tick_s
-        self.t0_wall = 0.0
+        self.wall: WallSource = wall or WallClock()
+        self.clock: RunClock | None = None
+        """Set when the run starts (``run``)."""
+        self.workers: int | None = workers
+        self._bucket = _TokenBucket(CONTROL_RATE_PER_S, CONTROL_BURST)
         self.seq = 0
         self.tick_compute_ms: list[float] = []
         self.handovers = 0
@@ -82,42 +98,66 @@ class Controller:
 
     def scenario_s(self) -> float:
         """Current scenario time (0 before the clock starts)."""
-        return max(0.0, (time.time() - self.t0_wall) * self.speed) if self.t0_wall else 0.0
+        if self.clock is None:
+            return 0.0
+        return max(0.0, self.clock.scenario_s(self.wall.now_wall()))
+
+    @property
+    def t0_wall(self) -> float:
+        """Wall time of scenario time 0 (0 before the clock starts)."""
+        return 0.0 if self.clock is None else self.clock.t0_wall
 
     # --- faults -----------------------------------------------------------------------------------
 
     def handle_control(self, payload: bytes) -> None:
-        """A message on the control topic: fault / clear / list; errors are answered and counted."""
+        """A message on the control topic: fault / clear / list; errors are answered and counted.
+
+        Fault and clear commands are rate-limited (:data:`CONTROL_RATE_PER_S`, bursts of
+        :data:`CONTROL_BURST`): a flood is answered on ``control/error``, never applied, so it
+        cannot stretch the run. ``finish`` and ``stop_traffic`` are the launcher's alone (it
+        sends them on the ``launcher`` topic); here they are refused.
+        """
         try:
-            command = parse_command(payload)
+            command = ControlCommand.decode(payload)
+            if command.cmd in RUN_COURSE_VERBS:
+                raise CommandError(f"{command.cmd} is the launcher's command; to end a run, "
+                                   "stop its launcher (Ctrl-C or SIGTERM)")
+            if command.cmd == "list":
+                self.publish_faults()
+                return
+            if not self._bucket.take(self.wall.now_wall()):
+                raise CommandError(f"too many control commands (more than {CONTROL_BURST} "
+                                   f"at once, {CONTROL_RATE_PER_S:g}/s sustained); refused")
             now_s = self.scenario_s()
-            if command["cmd"] == "fault":
+            if command.cmd == "fault":
                 self._live_count += 1
-                fault = fault_from_command(command, self.topology.scenario,
+                fault = fault_from_command(command.fault_body(), self.topology.scenario,
                                            f"live{self._live_count}", now_s)
                 if any(f.id == fault.id for f in self.faults):
                     raise CommandError(f"fault id {fault.id!r} is already in use")
                 self.overlay_check(fault)
                 self.faults.append(fault)
                 log.warning("live fault %s: %s", fault.id, fault.describe())
-            elif command["cmd"] == "clear":
-                self.clear(str(command.get("id", "")), now_s)
-            elif command["cmd"] in ("finish", "stop_traffic"):
-                return
+            elif command.cmd == "clear":
+                self.clear(command.fault_id or "", now_s)
             self.refresh()
         except Exception as exc:  # a bad command must never stop the run
-            if not isinstance(exc, CommandError):
+            if not isinstance(exc, ValueError):  # CommandError and MessageError are answers
                 log.exception("control command failed")
             self.control_errors += 1
-            self.transport.publish(self.topics.control_error, json.dumps({
-                "error": str(exc), "command": payload[:500].decode("utf-8", "replace"),
-                "errors_so_far": self.control_errors}).encode())
+            self.transport.publish(self.topics.control_error, ControlError(
+                str(exc), payload[:500].decode("utf-8", "replace"),
+                self.control_errors).encode())
 
     def overlay_check(self, fault: Fault) -> None:
         """Reject a fault whose target matches nothing (a typo would otherwise do nothing)."""
         spec = fault.spec
         overlay = self.engine.overlay
         if spec.kind in PROCESS_KINDS:
+            worker = spec.worker
+            if worker is not None and self.workers is not None and worker >= self.workers:
+                raise CommandError(f"{spec.kind}: worker {worker} does not exist; this run has "
+                                   f"workers 0..{self.workers - 1}")
             return
         nodes = overlay.nodes_of(fault)
         if nodes is not None and not nodes.any():
@@ -166,11 +206,10 @@ class Controller:
         self.publish_faults()
 
     def publish_faults(self) -> None:
+        """Publish the retained fault listing."""
         now_s = self.scenario_s()
-        self.transport.publish(self.topics.faults, json.dumps({
-            "t_s": round(now_s, 3),
-            "faults": [{**f.describe(), "active": f.active(now_s)} for f in self.faults]}
-        ).encode(), retain=True)
+        self.transport.publish(self.topics.faults, FaultListing(round(now_s, 3), tuple(
+            fault_info(f, f.active(now_s)) for f in self.faults)).encode(), retain=True)
 
     def _start_process_faults(self, t_s: float) -> None:
         for fault in self.faults:
@@ -183,7 +222,8 @@ class Controller:
 
     def wall_at(self, t_s: float) -> float:
         """Wall time of scenario time ``t_s``."""
-        return self.t0_wall + t_s / self.speed
+        assert self.clock is not None, "the clock has not started"
+        return self.clock.wall_at(t_s)
 
     def _compute(self, t_s: float) -> Tick:
         started = time.perf_counter()
@@ -201,10 +241,9 @@ class Controller:
                                retain=True)
         self.published = tick
         d = tick.diff
-        self.transport.publish(self.topics.links, json.dumps({
-            "t_s": tick.t_s, "up": len(d.up), "down": len(d.down_a),
-            "delay_changed": len(d.delay_changed), "handovers": tick.handovers,
-            "route_changes": tick.route_changes}).encode())
+        self.transport.publish(self.topics.links, LinksNotice(
+            tick.t_s, len(d.up), len(d.down_a), len(d.delay_changed), tick.handovers,
+            tick.route_changes).encode())
 
     def _record(self, tick: Tick) -> None:
         if self._timeline is None:
@@ -235,23 +274,27 @@ class Controller:
                          strict=True)],
             "handovers": tick.handovers, "route_changes": tick.route_changes}))
 
+    async def _sleep_until(self, wall: float) -> None:
+        """Sleep until ``wall``; yields to the loop even when already late, so signals and
+        control messages are served however far behind the ticks are."""
+        await asyncio.sleep(max(0.0, wall - self.wall.now_wall()))
+
     async def run(self, on_tick: Callable[[float], None] | None = None,
                   stop: asyncio.Event | None = None) -> None:
         """Start the clock and tick until the duration is over (or ``stop`` is set)."""
         self._publish(self._compute(0.0))
         n_ticks = math.ceil(self.duration_s / self.tick_s)
         self.upcoming = self._compute(self.tick_s) if n_ticks >= 1 else None
-        self.t0_wall = time.time() + START_LEAD_S
-        self.transport.publish(self.topics.clock, json.dumps({
-            "t0_wall": self.t0_wall, "speed": self.speed, "duration_s": self.duration_s,
-            "tick_s": self.tick_s,
-            "epoch": self.topology.scenario.epoch.isoformat()}).encode(), retain=True)
+        self.clock = RunClock(self.wall.now_wall() + START_LEAD_S, self.speed)
+        self.transport.publish(self.topics.clock, ClockMessage(
+            self.t0_wall, self.speed, self.duration_s, self.tick_s,
+            self.topology.scenario.epoch.isoformat()).encode(), retain=True)
         self.publish_faults()
         if self.on_clock is not None:
             self.on_clock(self.t0_wall)
         for k in range(1, n_ticks + 1):
             # Publish tick k while tick k-1 is in force, then compute tick k+1 ahead of time.
-            await _sleep_until(self.wall_at((k - 1) * self.tick_s))
+            await self._sleep_until(self.wall_at((k - 1) * self.tick_s))
             if stop is not None and stop.is_set():
                 break
             assert self.upcoming is not None
@@ -263,7 +306,7 @@ class Controller:
             if self.tick_compute_ms[-1] > self.tick_s / self.speed * 1000.0:
                 log.warning("tick took %.0f ms, longer than a tick at this speed; links will "
                             "be late — lower --speed", self.tick_compute_ms[-1])
-        await _sleep_until(self.wall_at(self.duration_s))
+        await self._sleep_until(self.wall_at(self.duration_s))
 
     def close(self) -> None:
         """Close the timeline file; a full disk is kept in ``write_error``, not raised."""
@@ -273,7 +316,29 @@ class Controller:
             self._timeline = None
 
 
-async def _sleep_until(wall: float) -> None:
-    """Sleep until ``wall``; yields to the loop even when already late, so signals and control
-    messages are served however far behind the ticks are."""
-    await asyncio.sleep(max(0.0, wall - time.time()))
+def fault_info(fault: Fault, active: bool) -> FaultInfo:
+    """A fault as the faults topic lists it."""
+    d = fault.describe()
+    return FaultInfo(fault.id, fault.spec.kind, fault.origin, d["start_s"], d["end_s"], active,
+                     tuple(sorted(d["target"].items())))
+
+
+class _TokenBucket:
+    """``rate_per_s`` tokens a second, at most ``burst`` saved up."""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.tokens = float(burst)
+        self.last_wall: float | None = None
+
+    def take(self, now_wall: float) -> bool:
+        """One token if there is one."""
+        if self.last_wall is not None:
+            self.tokens = min(self.burst, self.tokens + (now_wall - self.last_wall)
+                              * self.rate_per_s)
+        self.last_wall = now_wall
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True

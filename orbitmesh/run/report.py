@@ -15,13 +15,15 @@ from typing import Any
 import numpy as np
 
 from orbitmesh.core.faults import PROCESS_KINDS
+from orbitmesh.core.histogram import Histogram, merged
 from orbitmesh.core.scenario import Scenario
 from orbitmesh.errors import RunError
 from orbitmesh.protocol.wire import FLOW_ACK, FLOW_TELECOMMAND, FLOW_TELEMETRY
+from orbitmesh.run.fidelity import verdict, verdict_line
 from orbitmesh.run.files import atomic_write
 from orbitmesh.run.trace import Damage, iter_events
 
-SUMMARY_VERSION = "1.0"
+SUMMARY_VERSION = "1.1"
 
 
 def percentiles(samples: list[float],
@@ -38,11 +40,16 @@ def load_worker_stats(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(run_dir.glob("stats-w*.json"))]
 
 
+def _histogram(w: dict[str, Any], key: str) -> Histogram:
+    return Histogram.from_dict(w.get(key) or [])
+
+
 def _merge_flow(stats: list[dict[str, Any]], flow: int) -> dict[str, Any]:
     key = str(flow)
     offered = delivered = hops = remote_out = remote_in = in_flight = 0
     dropped: Counter[str] = Counter()
-    latency: list[float] = []
+    suppressed: Counter[str] = Counter()
+    latency, late, geometric = Histogram(), Histogram(), Histogram()
     for w in stats:
         f = w["flows"].get(key)
         in_flight += int(w.get("in_flight", {}).get(key, 0))
@@ -52,16 +59,34 @@ def _merge_flow(stats: list[dict[str, Any]], flow: int) -> dict[str, Any]:
         delivered += f["delivered"]
         hops += f["hops"]
         dropped.update(f["dropped"])
-        latency += f["latency_ms"]
+        suppressed.update(f.get("suppressed", {}))
+        latency.merge(_histogram(f, "latency_ms"))
+        late.merge(_histogram(f, "late_ms"))
+        geometric.merge(_histogram(f, "geometric_ms"))
         remote_out += f["remote_out"]
         remote_in += f["remote_in"]
     lost = offered - delivered - sum(dropped.values()) - in_flight
+    intended = offered + sum(suppressed.values())
     return {"offered": offered, "delivered": delivered, "dropped": dict(sorted(dropped.items())),
             "in_flight": in_flight, "unexplained": lost,
+            "suppressed_by_fault": dict(sorted(suppressed.items())), "intended": intended,
             "delivery_ratio": round(delivered / offered, 6) if offered else None,
-            "latency_ms": percentiles(latency),
+            "delivery_ratio_intended": round(delivered / intended, 6) if intended else None,
+            "latency_ms": _pcts(latency, (50, 95, 99)),
+            "excess_ms": _without_count(late.summary((50, 99))),
+            "geometric_one_way_ms": _without_count(geometric.summary((50, 99))),
             "mean_hops": round(hops / delivered, 3) if delivered else None,
-            "crossed_workers": remote_in, "_latency": latency}
+            "crossed_workers": remote_in}
+
+
+def _pcts(h: Histogram, qs: tuple[int, ...]) -> dict[str, float | None]:
+    return {f"p{q}": None if v is None else round(v, 3)
+            for q, v in zip(qs, h.percentiles(qs), strict=True)}
+
+
+def _without_count(summary: dict[str, Any]) -> dict[str, Any]:
+    """A histogram summary without its sample count (kept for the fidelity block)."""
+    return {k: v for k, v in summary.items() if k != "samples"}
 
 
 def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
@@ -77,19 +102,21 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
     flows = []
     conservation = []
     for i, flow in enumerate(scenario.traffic):
-        merged = _merge_flow(stats, i)
-        merged.pop("_latency")
+        m = _merge_flow(stats, i)
         flows.append({"name": flow.name, "source": flow.source, "destination": flow.destination,
-                      "policy": flow.policy, **merged})
-        conservation.append((flow.name, merged))
+                      "policy": flow.policy, **m})
+        conservation.append((flow.name, m))
     tm = _merge_flow(stats, FLOW_TELEMETRY)
     tc = _merge_flow(stats, FLOW_TELECOMMAND)
     ack = _merge_flow(stats, FLOW_ACK)
     conservation += [("telemetry", tm), ("telecommands", tc), ("acks", ack)]
-    ages = [a for w in stats for a in w["telemetry_age_ms"]]
-    rtts = [r for w in stats for r in w["telecommand_rtt_ms"]]
-    accuracy = [a for w in stats for a in w["accuracy_ms"]]
-    late = [x for w in stats for x in w["link_apply_late_ms"]]
+    ages = merged(_histogram(w, "telemetry_age_ms") for w in stats)
+    rtts = merged(_histogram(w, "telecommand_rtt_ms") for w in stats)
+    hop_late = merged(_histogram(w, "hop_late_ms") for w in stats)
+    apply_late = merged(_histogram(w, "link_apply_late_ms") for w in stats)
+    speed = float(run_meta["speed"])
+    fidelity = verdict(scenario.fidelity, hop_late, apply_late,
+                       [float(w.get("start_late_ms", 0.0)) for w in stats], speed=speed)
     # A killed worker's counts are its last snapshot, and frames inside a killed worker or a
     # stopped broker vanish with it: with such faults the remainder is attributed to them.
     checks = []
@@ -100,23 +127,28 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
                        "lost_to_process_faults": lost, "unexplained": m["unexplained"] - lost,
                        "ok": m["unexplained"] - lost == 0})
     ok = all(c["ok"] for c in checks) and missing == 0
+    malformed_by_topic: Counter[str] = Counter()
+    for w in stats:
+        malformed_by_topic.update(w.get("malformed_by_topic", {}))
     return {
         "version": SUMMARY_VERSION,
         "run": {**run_meta, "workers_reported": len(stats)},
         "flows": flows,
         "telemetry": {"generated": tm["offered"], "delivered": tm["delivered"],
                       "dropped": tm["dropped"], "in_flight": tm["in_flight"],
-                      "age_ms": percentiles(ages, (50, 99)),
+                      "suppressed_by_fault": tm["suppressed_by_fault"],
+                      "age_ms": _pcts(ages, (50, 99)),
                       "max_backlog": max((w["max_backlog"] for w in stats), default=0),
                       "held_on_board_at_end": sum(w.get("held_on_board", 0) for w in stats)},
         "telecommands": {"sent": sum(w["telecommands_sent"] for w in stats),
                          "acked": sum(w["telecommands_acked"] for w in stats),
                          "dropped": tc["dropped"], "ack_dropped": ack["dropped"],
-                         "rtt_ms": percentiles(rtts, (50, 99))},
-        "links": {**links, "apply_late_ms": percentiles(late, (50, 99))},
-        "accuracy_ms": {**percentiles(accuracy, (50, 99)), "samples": len(accuracy),
-                        "max": round(max(accuracy), 3) if accuracy else None},
+                         "suppressed_by_fault": tc["suppressed_by_fault"],
+                         "rtt_ms": _pcts(rtts, (50, 99))},
+        "links": {**links, "apply_late_ms": _pcts(apply_late, (50, 99))},
+        "fidelity": fidelity,
         "malformed": sum(w["malformed"] for w in stats),
+        "malformed_by_topic": dict(sorted(malformed_by_topic.items())),
         "faults": fault_impact(run_dir, scenario, faults, stats, run_meta, checks, damage),
         # Filled by fault_impact above (dict items evaluate in order): where events were damaged.
         "trace_damage": [d.as_dict() for d in damage],
@@ -157,9 +189,12 @@ def fault_impact(run_dir: Path, scenario: Scenario, faults: list[dict[str, Any]]
     out = []
     for fault in faults:
         drops: Counter[str] = Counter()
+        suppressed: Counter[str] = Counter()
         for w in stats:
             for flow, count in w.get("fault_drops", {}).get(fault["id"], {}).items():
                 drops[names.get(flow, flow)] += count
+            for flow, count in w.get("fault_suppressed", {}).get(fault["id"], {}).items():
+                suppressed[names.get(flow, flow)] += count
         start = t0 + fault["start_s"] / speed
         end_s = fault["end_s"] if fault["end_s"] is not None else duration
         end = t0 + min(duration, end_s) / speed
@@ -183,7 +218,9 @@ def fault_impact(run_dir: Path, scenario: Scenario, faults: list[dict[str, Any]]
                        "latency_ms": percentiles([x for x in v if x is not None], (50, 99))}
                 for flow, v in sorted(per_flow.items()) if v}
         entry = {**fault, "dropped": sum(drops.values()), "dropped_by_flow": dict(drops),
-                 "flows_affected": sorted(drops), "telemetry_held_on_board": held, **impact}
+                 "suppressed": sum(suppressed.values()), "suppressed_by_flow": dict(suppressed),
+                 "flows_affected": sorted(set(drops) | set(suppressed)),
+                 "telemetry_held_on_board": held, **impact}
         if fault["kind"] in PROCESS_KINDS:
             entry["lost_in_process"] = sum(c["lost_to_process_faults"] for c in checks)
         out.append(entry)
@@ -232,17 +269,22 @@ def format_summary(summary: dict[str, Any]) -> str:
     tc = summary["telecommands"]
     out.append(f"{'telecommands':<22}{tc['sent']:>9}{tc['acked']:>9}{'':>8}"
                f"{_fmt(tc['rtt_ms']['p50']):>9}{'':>9}{_fmt(tc['rtt_ms']['p99']):>9}  (RTT)")
-    links, acc = summary["links"], summary["accuracy_ms"]
+    links = summary["links"]
     out.append(f"links: {links['handovers']} handovers, {links['route_changes']} route changes, "
                f"{links['ticks']} ticks (compute p50 {_fmt(links['tick_compute_ms']['p50'])} ms); "
                f"applied late p99 {_fmt(links['apply_late_ms']['p99'])} ms")
-    out.append(f"emulation accuracy (actual - intended hop delay): p50 {_fmt(acc['p50'])} ms, "
-               f"p99 {_fmt(acc['p99'])} ms over {acc['samples']} hops")
+    for f in summary["flows"]:
+        if f["suppressed_by_fault"]:
+            by_fault = ", ".join(f"{k} {v}" for k, v in f["suppressed_by_fault"].items())
+            out.append(f"{f['name']}: {sum(f['suppressed_by_fault'].values())} frames not offered "
+                       f"(source down: {by_fault}); delivered "
+                       f"{_fmt(f['delivery_ratio_intended'])} of intended")
     for f in summary.get("faults", []):
         during = ", ".join(f"{k} {v['delivery_ratio']:.0%}" for k, v in f.get("during", {}).items())
         out.append(f"fault {f['id']} {f['kind']} ({f['origin']}) {f['start_s']:g}-"
                    f"{_fmt(f['end_s'])} s: dropped {f['dropped']}"
                    + (f"; delivery during: {during}" if during else "")
+                   + (f"; suppressed {f['suppressed']}" if f.get("suppressed") else "")
                    + (f"; error: {f['error']}" if "error" in f else ""))
     if summary["malformed"]:
         out.append(f"malformed payloads ignored: {summary['malformed']}")
@@ -258,4 +300,5 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{c['flow']} ({c['unexplained']} unexplained)" for c in bad)
             + ("" if run["workers_reported"] == run["workers"] else
                f"; only {run['workers_reported']} of {run['workers']} workers reported"))
+    out.append(verdict_line(summary["fidelity"]))
     return "\n".join(out)

@@ -35,11 +35,13 @@ from orbitmesh.core.engine import LinkSource
 from orbitmesh.core.faults import CONTAINER_KINDS, Fault
 from orbitmesh.core.limits import run_clock
 from orbitmesh.core.placement import place, worker_count
-from orbitmesh.core.scenario import load_scenario
+from orbitmesh.core.scenario import Fidelity, load_scenario
 from orbitmesh.core.topology import Topology, build_topology
-from orbitmesh.errors import RunError
+from orbitmesh.errors import RunError, ScenarioError
+from orbitmesh.protocol.messages import ControlCommand, MessageError, WorkerProgress, WorkerStatus
 from orbitmesh.protocol.wire import Topics
 from orbitmesh.run.controller import Controller
+from orbitmesh.run.fidelity import behind_warning
 from orbitmesh.run.files import DiskError, atomic_write
 from orbitmesh.run.launch.lockdown import start_broker
 from orbitmesh.run.launch.replay import check_nodes, replay_scenario, write_replay
@@ -76,6 +78,8 @@ class RunOptions:
     placement: str = "blocks"
     external_workers: bool = False
     """Do not start workers: wait for workers started elsewhere (containers) to report."""
+    fidelity_budget_ms: float | None = None
+    """Overrides the scenario's ``fidelity.budget_ms``."""
     broker_insecure: bool = False
     """Embedded broker without credentials or ACL (open to every local process)."""
     tls: bool = False
@@ -93,8 +97,8 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        """True when the conservation check held."""
-        return bool(self.summary["conservation_ok"])
+        """True when the conservation check held and the run kept its fidelity budget."""
+        return bool(self.summary["conservation_ok"]) and bool(self.summary["fidelity"]["ok"])
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -102,6 +106,7 @@ def run_cli(args: argparse.Namespace) -> int:
     opts = RunOptions(Path(args.scenario), args.duration, args.speed, args.workers, args.broker,
                       Path(args.out) if args.out else None, args.run_id, not args.quiet,
                       placement=args.placement, external_workers=args.external_workers,
+                      fidelity_budget_ms=args.fidelity_budget,
                       broker_insecure=args.broker_insecure, tls=args.tls,
                       broker_credentials=Path(args.broker_credentials)
                       if args.broker_credentials else None)
@@ -109,7 +114,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def print_result(result: RunResult) -> int:
-    """Print the summary table; the exit code for it (1: conservation broken, 130: interrupted)."""
+    """Print the summary table; its exit code (1: conservation or fidelity broken, 130: Ctrl-C)."""
     print(format_summary(result.summary))
     print(f"results: {result.run_dir}")
     if not result.ok:
@@ -120,6 +125,12 @@ def print_result(result: RunResult) -> int:
 def run(opts: RunOptions) -> RunResult:
     """Run a scenario to the end (or to Ctrl-C) and return its summary."""
     scenario = load_scenario(opts.scenario)
+    if opts.fidelity_budget_ms is not None:
+        if not 0.0 < opts.fidelity_budget_ms <= 60_000.0:
+            raise ScenarioError(f"--fidelity-budget {opts.fidelity_budget_ms:g}: expected a "
+                                "number of scenario ms in (0, 60000]")
+        scenario = scenario.model_copy(update={"fidelity": scenario.fidelity.model_copy(
+            update={"budget_ms": opts.fidelity_budget_ms})})
     # Overrides pass the file's own bounds (--speed 0 or -1 is refused, not ignored).
     duration, speed = run_clock(scenario, opts.duration_s, opts.speed)
     topology = build_topology(scenario)
@@ -181,7 +192,8 @@ class _LocalRun:
         self.speed = speed
         self.broker = broker
         self.topics = Topics(run_id)
-        self.status: dict[int, dict[str, Any]] = {}
+        self.status: dict[int, WorkerStatus] = {}
+        self.malformed_status = 0
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.generation: dict[int, int] = dict.fromkeys(range(workers), 0)
         self.pids: dict[str, int] = {}
@@ -196,6 +208,8 @@ class _LocalRun:
         self.placement_mode = "blocks"
         self.external = False
         self.credentials: RunCredentials | None = None
+        self.broker_stopping = False
+        """True while a broker_outage fault stops the broker: it sends every will then."""
         """Per-role broker users; None: every process uses ``url`` as it is."""
 
     def _nodes_of(self, worker: int) -> list[int]:
@@ -214,7 +228,7 @@ class _LocalRun:
             await transport.subscribe(topics.worker_status_all, topics.control)
             controller = Controller(self.topology, transport, topics, duration_s=self.duration,
                                     speed=self.speed, out_dir=self.run_dir,
-                                    link_source=self.link_source)
+                                    link_source=self.link_source, workers=self.workers)
             self.controller = controller
             controller.on_process_fault = self._process_fault
             self.manifest = manifest_for(self.topology, self.run_id, self.speed, self.duration)
@@ -225,11 +239,12 @@ class _LocalRun:
                 if not self.external:
                     for k in range(self.workers):
                         await self._spawn(k)
-                await _wait_for(lambda: all(self.status.get(k, {}).get("state")
+                await _wait_for(lambda: all(getattr(self.status.get(k), "state", None)
                                             in ("ready", "running") for k in range(self.workers)),
                                 self.procs, READY_TIMEOUT_S * (3 if self.external else 1),
                                 f"all {self.workers} workers to report ready", self.stop)
-                printer = _Progress(self.status, self.workers, self.duration, enabled=progress)
+                printer = _Progress(self.status, self.workers, self.duration, enabled=progress,
+                                    budget=self.topology.scenario.fidelity)
                 ticker = asyncio.create_task(controller.run(printer.update, self.stop),
                                              name="controller")
                 stopper = asyncio.create_task(self.stop.wait(), name="controller.stop")
@@ -241,7 +256,7 @@ class _LocalRun:
                     ticker.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await ticker
-                    transport.publish(topics.control, json.dumps({"cmd": "stop_traffic"}).encode())
+                    transport.publish(topics.launcher, ControlCommand("stop_traffic").encode())
                 await asyncio.sleep(DRAIN_S)  # frames in flight land before the count
                 printer.done()
             finally:
@@ -249,11 +264,11 @@ class _LocalRun:
                     task.cancel()
                 if self.broker is not None and not self.broker.running:
                     self.broker.restart()
-                transport.publish(topics.control, json.dumps({"cmd": "finish"}).encode())
+                transport.publish(topics.launcher, ControlCommand("finish").encode())
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(transport.flush(), 5.0)
                 finishing = range(self.workers) if self.external else list(self.procs)
-                await _wait_for(lambda: all(self.status.get(k, {}).get("state")
+                await _wait_for(lambda: all(getattr(self.status.get(k), "state", None)
                                             in ("done", "lost") for k in finishing),
                                 self.procs, FINISH_TIMEOUT_S, "every worker to finish", None,
                                 quiet=True)
@@ -315,21 +330,30 @@ class _LocalRun:
                 if not message.payload:
                     continue
                 try:
-                    body = json.loads(message.payload)
-                    worker = int(body["worker"])
-                except (ValueError, KeyError, TypeError):
+                    status = WorkerStatus.decode(message.payload)
+                    if message.topic != self.topics.worker_status(status.worker) \
+                            or status.worker >= self.workers:
+                        raise MessageError(f"status of worker {status.worker} on "
+                                           f"{message.topic}")
+                except MessageError as exc:
+                    self.malformed_status += 1
+                    if self.malformed_status <= 10:
+                        print(f"warning: malformed worker status ignored: {exc}",
+                              file=sys.stderr)
                     continue
-                generation = int(body.get("generation", 0))
+                worker, generation = status.worker, status.generation
                 if generation < self.generation.get(worker, 0):
                     continue  # news from a previous incarnation
                 if generation > self.generation.get(worker, 0):
                     self.generation[worker] = generation  # restarted elsewhere (a container)
-                before = self.status.get(worker, {}).get("state")
-                self.status[worker] = body
-                self._transition(worker, before, body["state"])
+                before = self.status[worker].state if worker in self.status else None
+                self.status[worker] = status
+                self._transition(worker, before, status.state)
 
     def _transition(self, worker: int, before: str | None, state: str) -> None:
         assert self.controller is not None
+        if state == "lost" and self.broker_stopping:
+            return  # mosquitto publishes all wills on shutdown: the worker is fine
         if state == "lost" and before not in ("lost", "done"):
             fault = self.kills.get(worker)
             fault_id = fault.id if fault is not None else f"worker{worker}-lost"
@@ -389,9 +413,13 @@ class _LocalRun:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.transport.flush(), 1.0)  # workers learn the fault id
         info["stopped_wall"] = time.time()
-        await asyncio.to_thread(self.broker.stop)
-        await asyncio.sleep(float(fault.spec.for_s or 0.0) / self.speed)
-        await asyncio.to_thread(self.broker.restart)
+        self.broker_stopping = True
+        try:
+            await asyncio.to_thread(self.broker.stop)
+            await asyncio.sleep(float(fault.spec.for_s or 0.0) / self.speed)
+            await asyncio.to_thread(self.broker.restart)
+        finally:
+            self.broker_stopping = False
         info["restarted_wall"] = time.time()
 
     async def _restart(self, worker: int) -> None:
@@ -474,8 +502,10 @@ def _versions() -> dict[str, str]:
 class _Progress:
     """The live progress line (scenario time, frames/s, deliveries, drops)."""
 
-    def __init__(self, status: dict[int, dict[str, Any]], workers: int, duration: float,
-                 enabled: bool) -> None:
+    def __init__(self, status: dict[int, WorkerStatus], workers: int, duration: float,
+                 enabled: bool, budget: Fidelity | None = None) -> None:
+        self.budget = budget or Fidelity()
+        self._warned = -1e9
         self.status = status
         self.workers = workers
         self.duration = duration
@@ -485,22 +515,39 @@ class _Progress:
         self._printed = 0.0
 
     def update(self, t_s: float) -> None:
-        """Print the progress line (at most twice a second; every 10 s when not a terminal)."""
+        """Print the progress line (at most twice a second; every 10 s when not a terminal),
+        and — quiet or not — a warning as soon as a worker falls behind the fidelity budget."""
         now = time.monotonic()
+        self._warn_if_behind(now)
         if not self.enabled or now - self._printed < (0.5 if self.tty else 10.0):
             return
         self._printed = now
-        s = [self.status.get(k, {}) for k in range(self.workers)]
-        hops = sum(x.get("hops", 0) for x in s)
+        s = [x.progress or WorkerProgress() for x in self.status.values()]
+        hops = sum(x.hops for x in s)
         rate = (hops - self._last[1]) / max(1e-6, now - self._last[0])
         self._last = (now, hops)
         line = (f"t={t_s:7.1f}/{self.duration:g} s  {rate:8.0f} frame-hops/s  "
-                f"offered {sum(x.get('offered', 0) for x in s)}  "
-                f"delivered {sum(x.get('delivered', 0) for x in s)}  "
-                f"dropped {sum(x.get('dropped', 0) for x in s)}  "
-                f"on board {sum(x.get('held_on_board', 0) for x in s)}")
+                f"offered {sum(x.offered for x in s)}  "
+                f"delivered {sum(x.delivered for x in s)}  "
+                f"dropped {sum(x.dropped for x in s)}  "
+                f"on board {sum(x.held_on_board for x in s)}")
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr,
               flush=True)
+
+    def _warn_if_behind(self, now: float) -> None:
+        if now - self._warned < 5.0:
+            return
+        progress = [x.progress for x in self.status.values() if x.progress is not None]
+        late = max((x.late_ms for x in progress), default=0.0)
+        apply = max((x.apply_late_ms for x in progress), default=0.0)
+        warning = behind_warning(late, self.budget)
+        if warning is None and apply > self.budget.link_apply_budget_ms:
+            warning = behind_warning(apply, self.budget.model_copy(
+                update={"budget_ms": self.budget.link_apply_budget_ms}))
+        if warning is None:
+            return
+        self._warned = now
+        print(("\r" if self.tty else "") + "WARNING: " + warning, file=sys.stderr, flush=True)
 
     def done(self) -> None:
         """End the progress line."""
