@@ -2,8 +2,8 @@
 
 A locked-down run has one user per role, each named ``<run>-<role>``:
 
-* ``<run>-controller`` publishes the clock, state, links, faults, control and control/error
-  topics and clears the workers' retained status at the end;
+* ``<run>-controller`` publishes the clock, state, links, faults, control, control/error and
+  launcher topics and clears the workers' retained status at the end;
 * ``<run>-worker-K`` (one user per worker) publishes only its own status and the frame topics;
 * ``<run>-operator`` publishes commands on the control topic and frames into node inboxes.
 
@@ -147,7 +147,7 @@ def render_acl(creds: RunCredentials) -> str:
     frames_all = f"{t.root}/worker/+/frames"
     grants: list[tuple[Credential, list[str]]] = [
         (creds.controller, [t.clock, t.state, t.links, t.faults, t.control, t.control_error,
-                            t.worker_status_all]),
+                            t.launcher, t.worker_status_all]),
         (creds.operator, [t.control, t.node_inbox("+")]),
         *((w, [t.worker_status(k), frames_all]) for k, w in enumerate(creds.workers)),
     ]

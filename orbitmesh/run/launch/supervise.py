@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import json
@@ -37,6 +38,7 @@ from typing import Any
 from broker.client import MqttTransport
 from broker.url import parse_broker_url
 from orbitmesh.errors import OrbitmeshError, RunError
+from orbitmesh.protocol.messages import ClockMessage, FaultListing, MessageError, WorkerStatus
 from orbitmesh.protocol.wire import Topics
 from orbitmesh.run.launch.control import RUN_FILE
 from orbitmesh.run.launch.docker import (
@@ -80,6 +82,7 @@ class Supervisor:
         self.first_tick_s: float | None = None
         """Wall seconds from the run's start to scenario time 0."""
         self.status: dict[int, dict[str, Any]] = {}
+        self.malformed = 0
         self.actions: dict[str, dict[str, Any]] = {}
         self._timers: list[tuple[float, int, str, dict[str, Any]]] = []
         self._seq = itertools.count()
@@ -142,16 +145,25 @@ class Supervisor:
             for message in batch:
                 if not message.payload:
                     continue
+                # Checked by the protocol's types where they enter; the plain forms below are
+                # what the supervisor's records hold.
                 try:
-                    body = json.loads(message.payload)
-                except ValueError:
-                    continue
-                if message.topic == self.topics.clock:
-                    self._on_clock(body)
-                elif message.topic == self.topics.faults:
-                    self._plan(body)
-                elif isinstance(body, dict) and "worker" in body:
-                    self._on_status(int(body["worker"]), body)
+                    if message.topic == self.topics.clock:
+                        self._on_clock(dataclasses.asdict(ClockMessage.decode(message.payload)))
+                    elif message.topic == self.topics.faults:
+                        listing = FaultListing.decode(message.payload)
+                        self._plan({"t_s": listing.t_s,
+                                    "faults": [f.as_json() for f in listing.faults]})
+                    else:
+                        status = WorkerStatus.decode(message.payload)
+                        if message.topic != self.topics.worker_status(status.worker):
+                            raise MessageError(f"status of worker {status.worker} on "
+                                               f"{message.topic}")
+                        self._on_status(status.worker, json.loads(status.encode()))
+                except MessageError as exc:
+                    self.malformed += 1
+                    if self.malformed <= 10:
+                        self.say(f"malformed message ignored: {exc}")
 
     def _on_clock(self, clock: dict[str, Any]) -> None:
         if self.clock is None:
