@@ -122,11 +122,6 @@ class LinkTracker:
         return LinkDiff(state.t_s, up.astype(np.int64), prev.a[down], prev.b[down],
                         prev.kind[down], changed.astype(np.int64))
 
-    @property
-    def announced_delay_s(self) -> FloatArray:
-        """The delays receivers currently believe, aligned with the last state."""
-        return self._announced_delay
-
 
 class LinkEngine:
     """Computes the live links of a topology at any scenario time."""

@@ -427,11 +427,6 @@ def finish(client: Any, run: DockerRun, supervisor: Supervisor, code: int, *, ke
     return code
 
 
-def plain_progress(line: str) -> None:
-    """Print a progress line to stderr."""
-    print(line, file=sys.stderr, flush=True)
-
-
 def load_run(run_dir: Path) -> DockerRun:
     """The DockerRun recorded in a run directory."""
     try:
