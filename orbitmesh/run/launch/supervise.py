@@ -30,7 +30,6 @@ import itertools
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
