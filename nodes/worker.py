@@ -26,6 +26,7 @@ from pathlib import Path
 
 from broker.client import MqttTransport
 from broker.url import resolve_broker_url
+from nodes.heartbeat import flow_progress
 from nodes.roles import Roles
 from nodes.runtime import NodeRuntime
 from nodes.stats import Stats
@@ -298,7 +299,8 @@ class Worker:
             dropped=sum(sum(f.dropped.values()) for f in flows), hops=sum(f.hops for f in flows),
             held_on_board=self.stats.held_on_board, malformed=self.stats.malformed_count,
             t_s=round(self.runtime.scenario_s(now), 3) if self.started else None,
-            late_ms=round(late_ms, 3), apply_late_ms=round(apply_late_ms, 3))
+            late_ms=round(late_ms, 3), apply_late_ms=round(apply_late_ms, 3),
+            flows=flow_progress(self.stats.flows))
 
     def _status(self, state: WorkerState, progress: WorkerProgress | None = None,
                 **extra: int) -> None:

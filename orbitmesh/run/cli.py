@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="embedded broker: TLS only, with a CA made for the run")
     r.add_argument("--broker-credentials", metavar="FILE",
                    help="external broker: credentials.json from `orbitmesh broker-config`")
+    _live_arguments(r, control="--web-control")
 
     f = sub.add_parser("fault", help="inject a fault into a running emulation",
                        description="Targets are positional in the kind's order (link_down A B "
@@ -150,6 +151,13 @@ def _parser() -> argparse.ArgumentParser:
                     dest="max_delivery_drop", metavar="PCT")
     cp.add_argument("--format", choices=("table", "json"), default="table")
 
+    w = sub.add_parser("watch", help="the live map of a running run (or --replay a finished "
+                       "one) in the browser")
+    w.add_argument("run", help="run directory (holds run.json; a finished run with --replay)")
+    w.add_argument("--replay", action="store_true",
+                   help="play a finished run back from its trace, with a time slider")
+    _live_arguments(w, control="--control")
+
     fl = sub.add_parser("faults", help="list a running emulation's faults, or clear one")
     fl.add_argument("run", help="run directory (holds run.json) or run id with --broker")
     fl.add_argument("--clear", metavar="ID", help="end this active fault now")
@@ -165,13 +173,48 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _listen(text: str) -> str:
+    from orbitmesh.run.web.server import parse_listen
+
+    try:
+        parse_listen(text)
+    except RunError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _live_arguments(p: argparse.ArgumentParser, control: str) -> None:
+    p.add_argument("--web", nargs="?", const="", metavar="HOST:PORT", type=_listen,
+                   help="serve the live map (default 127.0.0.1 and a free port, printed)")
+    p.add_argument(control, dest="web_control", action="store_true",
+                   help="let the page inject and clear faults (same JSON as the control topic)")
+    p.add_argument("--metrics", nargs="?", const="", metavar="HOST:PORT", type=_listen,
+                   help="serve Prometheus metrics at /metrics (default 127.0.0.1, a free port)")
+
+
+def _watch(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from orbitmesh.run.web.live import LiveOptions, watch
+
+    options = LiveOptions("" if args.web is None else args.web, args.web_control, args.metrics)
+    if args.replay:
+        from orbitmesh.run.web.replay import serve_replay
+
+        asyncio.run(serve_replay(Path(args.run), options))
+    else:
+        asyncio.run(watch(Path(args.run), options))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `orbitmesh` script."""
     args = _parser().parse_args(argv)
     try:
         handlers = {"validate": _validate, "path": _path, "contacts": _contacts, "run": _run,
                     "fault": _fault, "faults": _faults, "replay": _replay, "trace": _trace,
-                    "compare": _compare}
+                    "compare": _compare, "watch": _watch}
         handler = getattr(args, "handler", None) or handlers[args.command]
         return handler(args)
     except ScenarioError as exc:

@@ -47,6 +47,7 @@ from orbitmesh.run.launch.lockdown import start_broker
 from orbitmesh.run.launch.replay import check_nodes, replay_scenario, write_replay
 from orbitmesh.run.report import build_summary, format_summary, percentiles, write_summary
 from orbitmesh.run.trace import LinkTimeline, Offered, manifest_for, write_manifest
+from orbitmesh.run.web.live import LiveOptions, LiveServices
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[3])
 READY_TIMEOUT_S = 60.0
@@ -86,6 +87,8 @@ class RunOptions:
     """Embedded broker: TLS listener with a run CA (clients verify it)."""
     broker_credentials: Path | None = None
     """External broker: per-role credentials from ``orbitmesh broker-config``."""
+    live: LiveOptions = dataclasses.field(default_factory=LiveOptions)
+    """The live map (--web, --web-control) and /metrics (--metrics)."""
 
 
 @dataclass
@@ -110,6 +113,8 @@ def run_cli(args: argparse.Namespace) -> int:
                       broker_insecure=args.broker_insecure, tls=args.tls,
                       broker_credentials=Path(args.broker_credentials)
                       if args.broker_credentials else None)
+    opts.live = LiveOptions(getattr(args, "web", None), bool(getattr(args, "web_control", False)),
+                            getattr(args, "metrics", None))
     return print_result(run(opts))
 
 
@@ -174,6 +179,7 @@ async def _run(topology: Topology, run_dir: Path, run_id: str, url: BrokerURL, b
         run.placement_mode = opts.placement
         run.external = opts.external_workers
         run.placement = place(topology, workers, opts.placement)
+        run.live = opts.live
     return await run.execute(broker_label, progress)
 
 
@@ -207,6 +213,7 @@ class _LocalRun:
         self.link_source: LinkSource | None = None
         self.placement_mode = "blocks"
         self.external = False
+        self.live = LiveOptions()
         self.credentials: RunCredentials | None = None
         self.broker_stopping = False
         """True while a broker_outage fault stops the broker: it sends every will then."""
@@ -234,6 +241,13 @@ class _LocalRun:
             self.manifest = manifest_for(self.topology, self.run_id, self.speed, self.duration)
             write_manifest(self.run_dir, self.manifest)
             controller.on_clock = self._clock_started
+            # The page and /metrics watch the run over MQTT like any operator; closed (and the
+            # last scrape saved) once the workers' final counts are in.
+            live = LiveServices(self.run_dir, self.live,
+                                tick_compute_ms=lambda: controller.tick_compute_ms) \
+                if self.live.wanted else None
+            if live is not None:
+                await live.__aenter__()
             listener = asyncio.create_task(self._listen(), name="controller.listen")
             try:
                 if not self.external:
@@ -281,6 +295,8 @@ class _LocalRun:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(transport.flush(), 5.0)
                 listener.cancel()
+                if live is not None:
+                    await live.__aexit__(None, None, None)
         return self._summarise(broker_label, started)
 
     def _clock_started(self, t0_wall: float) -> None:
