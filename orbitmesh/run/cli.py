@@ -7,12 +7,10 @@ scenario, unreachable broker), 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 
 from orbitmesh import __version__
 from orbitmesh.errors import BrokerError, OrbitmeshError, RunError, ScenarioError
@@ -42,18 +40,22 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     v = sub.add_parser("validate", help="check a scenario and print what it describes")
-    v.add_argument("scenario")
+    v.add_argument("scenario", help="scenario YAML file")
+    v.add_argument("--format", choices=("table", "json"), default="table",
+                   help="table (default): a description for people; json: counts, names and "
+                   "warnings for tools (also on failure, with exit 2)")
 
     pa = sub.add_parser("path", help="the route chosen between two nodes (traceroute-like)")
     pa.add_argument("scenario")
     pa.add_argument("src")
     pa.add_argument("dst")
     pa.add_argument("--at", type=_time, help="one time (default: the scenario epoch)")
-    pa.add_argument("--start", type=_time)
-    pa.add_argument("--end", type=_time)
+    pa.add_argument("--start", type=_time, help="first sample time (default: the epoch)")
+    pa.add_argument("--end", type=_time, help="last sample time (default: start + duration)")
     pa.add_argument("--step", type=float, default=60.0, help="seconds between samples")
     pa.add_argument("--policy", help="routing policy name from the scenario")
-    pa.add_argument("--format", choices=("table", "json"), default="table")
+    pa.add_argument("--format", choices=("table", "json"), default="table",
+                    help="table (default) or json (one object per sample)")
 
     c = sub.add_parser("contacts", help="passes (AOS/TCA/LOS) or DTN contact plans (ION, HDTN)",
                        description="table/json: passes of satellites over stations. ion/hdtn: a "
@@ -65,14 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--station", action="append", help="passes: only this station (repeatable)")
     c.add_argument("--satellite", action="append",
                    help="passes: only this satellite id (repeatable)")
-    c.add_argument("--format", choices=("table", "json", "ion", "hdtn"), default="table")
+    c.add_argument("--format", choices=("table", "json", "ion", "hdtn"), default="table",
+                   help="table/json: passes; ion/hdtn: a DTN contact plan")
     c.add_argument("--step", type=float,
                    help="plans: seconds between link samples (default: the scenario tick)")
     c.add_argument("--from-run", metavar="RUN",
                    help="plans: use this run's recorded link timeline (what really happened)")
     c.add_argument("--node-map", metavar="FILE",
                    help="plans: also write node_id,number,kind (CSV) here")
-    c.add_argument("--out", metavar="FILE", help="write here instead of standard output")
+    c.add_argument("-o", "--out", metavar="FILE", help="write here instead of standard output")
 
     r = sub.add_parser("run", help="run a scenario live over MQTT")
     r.add_argument("scenario")
@@ -81,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
     r.add_argument("--broker", default="embedded",
                    help="'embedded' (default) or mqtt[s]://[user:pass@]host:port")
-    r.add_argument("--out", help="run directory (default: runs/<name>-<UTC timestamp>)")
+    r.add_argument("-o", "--out", help="run directory (default: runs/<name>-<UTC timestamp>)")
     r.add_argument("--run-id", help="run id used in MQTT topics (default: derived from --out)")
     r.add_argument("--quiet", action="store_true", help="no live progress line")
     r.add_argument("--placement", default="blocks",
@@ -119,12 +122,13 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--mapping", help="pcap import: file mapping IP addresses to node ids")
     rp.add_argument("--links-from", help="replay this trace's link timeline instead of geometry")
     rp.add_argument("--faults-from", help="repeat this trace's faults")
-    rp.add_argument("--duration", type=float)
-    rp.add_argument("--speed", type=float)
-    rp.add_argument("--workers", type=int)
-    rp.add_argument("--broker", default="embedded")
-    rp.add_argument("--out")
-    rp.add_argument("--quiet", action="store_true")
+    rp.add_argument("--duration", type=float, help="scenario seconds (default: the scenario's)")
+    rp.add_argument("--speed", type=float, help="scenario seconds per wall second")
+    rp.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
+    rp.add_argument("--broker", default="embedded",
+                    help="'embedded' (default) or mqtt[s]://[user:pass@]host:port")
+    rp.add_argument("-o", "--out", help="run directory (default: runs/<name>-<UTC timestamp>)")
+    rp.add_argument("--quiet", action="store_true", help="no live progress line")
     rp.add_argument("--salvage", action="store_true",
                     help="replay a damaged trace or link timeline: skip (events) or stop at "
                     "(links) the damage, and say how much was lost")
@@ -132,24 +136,54 @@ def _parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("trace", help="inspect or export a run's trace")
     trs = tr.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
     ti = trs.add_parser("info", help="summarise a trace: span, flows, frames, faults")
-    ti.add_argument("run")
-    ti.add_argument("--format", choices=("table", "json"), default="table")
+    ti.add_argument("run", help="run directory, or a run id under runs/")
+    ti.add_argument("--format", choices=("table", "json"), default="table",
+                    help="table (default) or json")
     ti.add_argument("--salvage", action="store_true", help=SALVAGE_HELP)
-    te = trs.add_parser("export", help="frame events as jsonl / csv, or frame hops as pcap")
-    te.add_argument("run")
-    te.add_argument("--format", choices=("jsonl", "csv", "pcap"), required=True)
-    te.add_argument("--out", help="output file (default: standard output)")
+    te = trs.add_parser("export", help="frame events as jsonl / csv, frame hops as pcap, or "
+                        "the link timeline as csv (links-csv)")
+    te.add_argument("run", help="run directory, or a run id under runs/")
+    te.add_argument("--format", choices=("jsonl", "csv", "pcap", "links-csv"), required=True,
+                    help="jsonl/csv: one row per frame event; pcap: one packet per hop; "
+                    "links-csv: one row per link up/down/delay change")
+    te.add_argument("-o", "--out", help="output file (default: standard output)")
     te.add_argument("--node-map", help="also write the node address map (CSV) here")
     te.add_argument("--salvage", action="store_true", help=SALVAGE_HELP)
 
     cp = sub.add_parser("compare", help="compare two runs per flow; a regression gate for CI")
-    cp.add_argument("run_a")
-    cp.add_argument("run_b")
+    cp.add_argument("run_a", help="run A (directory or its summary.json): the baseline")
+    cp.add_argument("run_b", help="run B (directory or its summary.json): the candidate")
     cp.add_argument("--max-latency-increase", "--max-latency-increase-pct", type=float,
-                    dest="max_latency_increase", metavar="PCT")
+                    dest="max_latency_increase", metavar="PCT",
+                    help="fail (exit 1) when B's p50 or p95 latency is more than PCT %% above A's")
     cp.add_argument("--max-delivery-drop", "--max-delivery-drop-pct", type=float,
-                    dest="max_delivery_drop", metavar="PCT")
-    cp.add_argument("--format", choices=("table", "json"), default="table")
+                    dest="max_delivery_drop", metavar="PCT",
+                    help="fail (exit 1) when B's delivery ratio is more than PCT points below A's")
+    cp.add_argument("--format", choices=("table", "json"), default="table",
+                    help="table (default) or json")
+    cp.add_argument("--html", metavar="FILE",
+                    help="also write both runs' report figures side by side to this HTML file")
+
+    rep = sub.add_parser("report", help="a self-contained HTML report of a run, with plots",
+                         description="One HTML file with every figure embedded (no external "
+                         "URL): latency per flow, delivery and drops, links, telemetry, "
+                         "telecommands, emulation excess, a map snapshot.")
+    rep.add_argument("run", help="run directory, or a run id under runs/")
+    rep.add_argument("-o", "--out", metavar="FILE",
+                     help="HTML file to write (default: RUN/report.html)")
+    rep.add_argument("--png", metavar="DIR", help="also write each figure as DIR/<figure>.png")
+    rep.add_argument("--salvage", action="store_true", help=SALVAGE_HELP)
+
+    eg = sub.add_parser("export-geometry", help="satellite tracks, stations and links over a "
+                        "span as CZML (Cesium), GeoJSON (GIS) or CSV")
+    eg.add_argument("scenario", help="scenario YAML file")
+    eg.add_argument("--format", choices=("czml", "geojson", "csv"), required=True,
+                    help="czml: Cesium document; geojson: FeatureCollection; csv: positions")
+    eg.add_argument("--start", type=_time, help="first sample (default: the scenario epoch)")
+    eg.add_argument("--end", type=_time, help="last sample (default: start + scenario duration)")
+    eg.add_argument("--step", type=float, default=60.0,
+                    help="seconds between samples (default 60)")
+    eg.add_argument("-o", "--out", metavar="FILE", help="output file (default: standard output)")
 
     w = sub.add_parser("watch", help="the live map of a running run (or --replay a finished "
                        "one) in the browser")
@@ -159,10 +193,12 @@ def _parser() -> argparse.ArgumentParser:
     _live_arguments(w, control="--control")
 
     fl = sub.add_parser("faults", help="list a running emulation's faults, or clear one")
-    fl.add_argument("run", help="run directory (holds run.json) or run id with --broker")
+    fl.add_argument("run", help="run directory (holds run.json), a run id under runs/, or a "
+                    "run id with --broker")
     fl.add_argument("--clear", metavar="ID", help="end this active fault now")
     fl.add_argument("--broker", help="broker URL (default: the one in run.json)")
-    fl.add_argument("--format", choices=("table", "json"), default="table")
+    fl.add_argument("--format", choices=("table", "json"), default="table",
+                    help="table (default) or json")
 
     from orbitmesh.run.launch.docker_cli import add_parsers
 
@@ -214,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handlers = {"validate": _validate, "path": _path, "contacts": _contacts, "run": _run,
                     "fault": _fault, "faults": _faults, "replay": _replay, "trace": _trace,
-                    "compare": _compare, "watch": _watch}
+                    "compare": _compare, "report": _report,
+                    "export-geometry": _export_geometry, "watch": _watch}
         handler = getattr(args, "handler", None) or handlers[args.command]
         return handler(args)
     except ScenarioError as exc:
@@ -247,6 +284,12 @@ def _load(path: str):  # type: ignore[no-untyped-def]
 def _validate(args: argparse.Namespace) -> int:
     from orbitmesh.core.describe import describe
 
+    if args.format == "json":
+        from orbitmesh.api import validation_report
+
+        report = validation_report(args.scenario)
+        print(json.dumps(report, indent=2))
+        return EXIT_OK if report["ok"] else EXIT_BAD_INPUT
     topology = _load(args.scenario)
     print(describe(topology))
     print("ok")
@@ -254,42 +297,17 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _path(args: argparse.Namespace) -> int:
-    from orbitmesh.core.engine import TickEngine
+    from orbitmesh.api import load
+    from orbitmesh.run.progress import progress
 
-    topology = _load(args.scenario)
-    scenario = topology.scenario
-    src, dst = topology.node(args.src), topology.node(args.dst)
-    if args.policy is not None and args.policy not in scenario.routing.policies:
-        raise ScenarioError(f"unknown policy {args.policy!r}; the scenario defines "
-                            f"{sorted(scenario.routing.policies) or 'none'}")
     if args.at and (args.start or args.end):
         raise ScenarioError("give either --at or --start/--end, not both")
-    if args.start or args.end:
-        start = args.start or scenario.epoch
-        end = args.end or start + timedelta(seconds=scenario.duration_s)
-        if end < start:
-            raise ScenarioError("--end is before --start")
-        count = int((end - start).total_seconds() // args.step) + 1
-        times = [start + timedelta(seconds=i * args.step) for i in range(count)]
-    else:
-        times = [args.at or scenario.epoch]
-    if times[0] < scenario.epoch:
-        raise ScenarioError(f"times must not precede the scenario epoch {iso_z(scenario.epoch)}")
-    # Route from src to dst: trees are rooted at destinations, so root one at dst.
-    engine = TickEngine(topology, destinations=[dst],
-                        policies=[args.policy] if args.policy else [])
-    engine.warm_up((times[0] - scenario.epoch).total_seconds())
-    rows: list[dict[str, Any]] = []
-    for when in times:
-        tick = engine.step((when - scenario.epoch).total_seconds())
-        trees = tick.routes[args.policy]
-        hops = trees.path(src, dst)
-        delays = [tick.state.delay_of(a, b) or 0.0 for a, b in itertools.pairwise(hops)]
-        one_way = sum(delays) * 1000.0 if hops else None
-        rows.append({"time": iso_z(when), "path": [topology.node_ids[i] for i in hops],
-                     "hop_delays_ms": [round(d * 1000.0, 3) for d in delays],
-                     "one_way_ms": None if one_way is None else round(one_way, 3),
-                     "rtt_ms": None if one_way is None else round(2 * one_way, 3)})
+    handle = load(args.scenario)
+    with progress("routing samples", len(handle.times(args.at, args.start, args.end,
+                                                      args.step))) as report:
+        rows = handle.path(args.src, args.dst, args.at, start=args.start, end=args.end,
+                           step_s=args.step, policy=args.policy,
+                           on_sample=lambda done, _total: report(done))
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -389,13 +407,12 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from orbitmesh.run import export
     from orbitmesh.run.files import DiskError, partial_output
+    from orbitmesh.run.run_report import resolve_run
     from orbitmesh.run.trace import Damage
 
-    run = Path(args.run)
+    run = resolve_run(args.run)
     try:
         if args.trace_command == "info":
             info = export.trace_info(run, salvage=args.salvage)
@@ -409,6 +426,16 @@ def _trace(args: argparse.Namespace) -> int:
             with partial_output(args.node_map, "w") as fh:
                 export.export_node_map(run, fh)
         damage: list[Damage] = []
+        if args.format == "links-csv":
+            warnings: list[str] = []
+            if args.out:
+                with partial_output(args.out, "w") as fh:
+                    export.export_links_csv(run, fh, salvage=args.salvage, warnings=warnings)
+            else:
+                export.export_links_csv(run, sys.stdout, salvage=args.salvage, warnings=warnings)
+            for warning in warnings:
+                print(f"warning: salvaged: {warning}", file=sys.stderr)
+            return EXIT_OK
         if args.format == "pcap":
             if args.out is None and sys.stdout.isatty():
                 raise ScenarioError("refusing to write a pcap to a terminal; use --out FILE or "
@@ -446,18 +473,52 @@ def _compare(args: argparse.Namespace) -> int:
 
     from orbitmesh.run.compare import run_compare
 
-    return run_compare(Path(args.run_a), Path(args.run_b),
+    code = run_compare(Path(args.run_a), Path(args.run_b),
                        max_latency_increase_pct=args.max_latency_increase,
                        max_delivery_drop_pct=args.max_delivery_drop,
                        as_json=args.format == "json")
+    if args.html and code != EXIT_BAD_INPUT:
+        from orbitmesh.run.run_report import compare_html_cli
+
+        try:
+            compare_html_cli(Path(args.run_a), Path(args.run_b), Path(args.html))
+        except OrbitmeshError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"side by side: {args.html}", file=sys.stderr)
+    return code
+
+
+def _report(args: argparse.Namespace) -> int:
+    from orbitmesh.run.run_report import report_cli
+
+    return report_cli(args.run, args.out, args.png, args.salvage)
+
+
+def _export_geometry(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
+    from orbitmesh.run.geometry_export import sample_geometry, write_geometry
+    from orbitmesh.run.progress import progress
+
+    topology = _load(args.scenario)
+    with progress("sampling links") as report:
+        geo = sample_geometry(topology, args.start, args.end, args.step,
+                              on_sample=lambda done, _total: report(done))
+    with ExitStack() as stack:
+        out = (stack.enter_context(open(args.out, "w", encoding="utf-8", newline=""))
+               if args.out else sys.stdout)
+        write_geometry(geo, args.format, out)
+    return EXIT_OK
 
 
 def _fault(args: argparse.Namespace) -> int:
     import asyncio
 
     from orbitmesh.run.launch.control import fault_command, locate, send_command
+    from orbitmesh.run.run_report import resolve_run
 
-    run_id, url = locate(args.run, args.broker)
+    run_id, url = locate(str(resolve_run(args.run)), args.broker)
     try:
         command = fault_command(args.kind, args.targets, args.for_s, args.id)
     except RunError as exc:
@@ -475,8 +536,9 @@ def _faults(args: argparse.Namespace) -> int:
     import asyncio
 
     from orbitmesh.run.launch.control import list_faults, locate, send_command
+    from orbitmesh.run.run_report import resolve_run
 
-    run_id, url = locate(args.run, args.broker)
+    run_id, url = locate(str(resolve_run(args.run)), args.broker)
     if args.clear:
         error = asyncio.run(send_command(run_id, url, {"cmd": "clear", "id": args.clear}))
         if error is not None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from orbitmesh.protocol.wire import ACK, DATA, KIND_NAMES, TELECOMMAND, TELEMETRY
-from orbitmesh.run.records import Damage, RecordReader
+from orbitmesh.run.records import Damage, RecordReader, TraceError
 from orbitmesh.run.trace import (
     LINKS_FILE,
     EventStream,
@@ -401,3 +401,48 @@ def damage_status(info: dict[str, Any]) -> str:
             + (f"; {missing} counted event(s) not recovered" if missing else "")
             if info["salvaged"] else "the counts below stop at the damage; --salvage reads past it")
     return f"damaged ({len(damage)} place(s); first: {where}); {tail}"
+
+
+LINK_COLUMNS = ("t_s", "time", "event", "a", "b", "class", "delay_ms")
+_LINK_CLASS_NAMES = ("isl", "gsl", "terrestrial")
+
+
+def link_rows(run_dir: Path, *, salvage: bool = False,
+              warnings: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The link timeline, one row per change (keys ``LINK_COLUMNS``), in file order.
+
+    Read through :func:`read_link_timeline`, so damage raises TraceError (exit 2) and
+    ``salvage`` stops at it; its warnings are appended to ``warnings``.
+    """
+    from orbitmesh.run.trace import read_link_timeline
+
+    records, found = read_link_timeline(Path(run_dir), salvage=salvage)
+    if warnings is not None:
+        warnings.extend(found)
+    try:
+        epoch: datetime | None = datetime.fromisoformat(
+            str(read_manifest(Path(run_dir))["epoch"]).replace("Z", "+00:00"))
+    except (TraceError, KeyError, ValueError):
+        epoch = None  # a bare timeline: scenario seconds only
+    for rec in records:
+        t_s = float(rec["t_s"])
+        when = "" if epoch is None else (epoch + timedelta(seconds=t_s)).astimezone(
+            UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        for event in ("up", "changed", "down"):
+            for row in rec[event]:
+                kind = int(row[2])
+                yield {"t_s": t_s, "time": when, "event": event, "a": row[0], "b": row[1],
+                       "class": _LINK_CLASS_NAMES[kind] if 0 <= kind < 3 else str(kind),
+                       "delay_ms": round(float(row[3]) * 1000.0, 6) if event != "down" else None}
+
+
+def export_links_csv(run_dir: Path, out: IO[str], *, salvage: bool = False,
+                     warnings: list[str] | None = None) -> int:
+    """Write the link timeline as CSV under a ``LINK_COLUMNS`` header; rows written."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(LINK_COLUMNS)
+    n = 0
+    for row in link_rows(run_dir, salvage=salvage, warnings=warnings):
+        writer.writerow(["" if row[c] is None else _cell(row[c]) for c in LINK_COLUMNS])
+        n += 1
+    return n

@@ -1,0 +1,188 @@
+"""What `orbitmesh report` plots, read from a run directory in one streaming pass.
+
+The event streams are read once (:func:`orbitmesh.run.trace.iter_events`); only the few numbers
+each figure needs are kept, in compact ``array`` buffers turned into numpy arrays at the end, so
+a long run never holds per-frame Python objects. Times are scenario seconds after the epoch.
+
+Arrays (all 1-D, one entry per event of that kind): ``deliver_*`` (t_s, flow, latency_ms,
+late_ms), ``offer_*`` (t_s, flow), ``drop_*`` (t_s, flow, reason index into ``reasons``).
+Link timeline arrays are one entry per recorded tick (``tick_t_s``, ``links_up`` per class,
+``handovers``, ``route_changes``).
+"""
+
+from __future__ import annotations
+
+import json
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from orbitmesh.core.topology import LINK_CLASSES
+from orbitmesh.run.records import Damage
+from orbitmesh.run.trace import BUILTIN_FLOWS, iter_events, read_link_timeline, read_manifest
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+TELEMETRY_FLOW, TELECOMMAND_FLOW, ACK_FLOW = -1, -2, -3
+
+
+@dataclass
+class RunData:
+    """The per-event columns and per-tick link counts of one run (see the module docstring)."""
+
+    run_dir: Path
+    manifest: dict[str, Any]
+    summary: dict[str, Any]
+    flows: dict[int, str]
+    reasons: list[str]
+    deliver_t_s: FloatArray
+    deliver_flow: IntArray
+    deliver_latency_ms: FloatArray
+    deliver_late_ms: FloatArray
+    offer_t_s: FloatArray
+    offer_flow: IntArray
+    drop_t_s: FloatArray
+    drop_flow: IntArray
+    drop_reason: IntArray
+    tick_t_s: FloatArray
+    links_up: dict[str, IntArray]
+    handovers: IntArray
+    route_changes: IntArray
+    faults: list[dict[str, Any]]
+    tc_rtt_ms: FloatArray
+    warnings: list[str] = field(default_factory=list)
+    damage: list[Damage] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        """The run's scenario duration (from the manifest)."""
+        return float(self.manifest.get("duration_s") or 0.0)
+
+    @property
+    def user_flows(self) -> list[int]:
+        """Indices of the scenario's traffic flows (not telemetry/telecommands/acks)."""
+        return sorted(i for i in self.flows if i >= 0)
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "summary.json"
+    try:
+        body = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _tc_rtts(run_dir: Path) -> FloatArray:
+    """Telecommand round trips from the workers' final stats (the trace has no per-TC record)."""
+    out: list[float] = []
+    for path in sorted(run_dir.glob("stats-*.json")):
+        try:
+            stats = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        samples = (stats.get("telecommand_rtt_ms") or {}).get("samples") if isinstance(
+            stats, dict) else None
+        if isinstance(samples, list):
+            out.extend(float(x) for x in samples if isinstance(x, int | float))
+    return np.asarray(out, dtype=np.float64)
+
+
+def read_run(run_dir: Path, *, salvage: bool = False,
+             on_progress: Callable[[int], None] | None = None) -> RunData:
+    """Read a run directory into :class:`RunData` (events streamed once; TraceError on damage).
+
+    ``on_progress`` is called with the number of event-stream bytes read so far, now and then.
+    """
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    t0, speed = float(manifest["t0_wall"]), float(manifest["speed"])
+    flows = {int(k): str(v) for k, v in manifest.get("builtin_flows", {}).items()} or dict(
+        BUILTIN_FLOWS)
+    flows |= {int(f["index"]): str(f["name"]) for f in manifest["flows"]}
+    d_t, d_lat, d_late, o_t, x_t = (array("d") for _ in range(5))
+    d_flow, o_flow, x_flow, x_reason = (array("q") for _ in range(4))
+    reasons: dict[str, int] = {}
+    damage: list[Damage] = []
+    for count, r in enumerate(iter_events(run_dir, salvage=salvage, damage=damage), 1):
+        tag = r[0]
+        if tag == "deliver":
+            d_t.append(r[1])
+            d_flow.append(r[3])
+            d_lat.append(r[6])
+            d_late.append(r[7] if len(r) > 7 and isinstance(r[7], int | float) else np.nan)
+        elif tag == "offer":
+            o_t.append(r[1])
+            o_flow.append(r[3])
+        elif tag == "drop":
+            x_t.append(r[1])
+            x_flow.append(r[3])
+            x_reason.append(reasons.setdefault(r[5], len(reasons)))
+        if on_progress is not None and count % 65536 == 0:
+            on_progress(count)
+
+    def times(buf: array[float]) -> FloatArray:
+        return (np.frombuffer(buf, dtype=np.float64) - t0) * speed if len(buf) else np.empty(0)
+
+    def ints(buf: array[int]) -> IntArray:
+        return np.frombuffer(buf, dtype=np.int64).copy() if len(buf) else np.empty(0, np.int64)
+
+    warnings: list[str] = []
+    tick_t, up, handovers, changes = _link_counts(run_dir, salvage, warnings)
+    summary = _read_summary(run_dir)
+    faults = summary.get("faults") or manifest.get("faults") or []
+    return RunData(run_dir, manifest, summary, flows, list(reasons),
+                   times(d_t), ints(d_flow), np.frombuffer(d_lat, dtype=np.float64).copy()
+                   if len(d_lat) else np.empty(0),
+                   np.frombuffer(d_late, dtype=np.float64).copy() if len(d_late) else np.empty(0),
+                   times(o_t), ints(o_flow), times(x_t), ints(x_flow), ints(x_reason),
+                   tick_t, up, handovers, changes,
+                   [f for f in faults if isinstance(f, dict) and "start_s" in f],
+                   _tc_rtts(run_dir), warnings, damage)
+
+
+def _link_counts(run_dir: Path, salvage: bool, warnings: list[str]
+                 ) -> tuple[FloatArray, dict[str, IntArray], IntArray, IntArray]:
+    """Per recorded tick: time, links up per class, handovers, route changes."""
+    try:
+        records, link_warnings = read_link_timeline(run_dir, salvage=salvage)
+    except Exception as exc:  # no or damaged timeline: the link figure says so, others stand
+        from orbitmesh.errors import OrbitmeshError
+
+        if not isinstance(exc, OrbitmeshError):
+            raise
+        warnings.append(f"link timeline: {exc}")
+        empty = np.empty(0, np.int64)
+        return np.empty(0), {c: empty for c in LINK_CLASSES}, empty, empty
+    warnings.extend(f"link timeline: {w}" for w in link_warnings)
+    live = [0] * len(LINK_CLASSES)
+    n = len(records)
+    t = np.empty(n)
+    up = np.empty((len(LINK_CLASSES), n), dtype=np.int64)
+    handovers = np.empty(n, dtype=np.int64)
+    changes = np.empty(n, dtype=np.int64)
+    for i, rec in enumerate(records):
+        for row in rec["up"]:
+            live[row[2]] += 1
+        for row in rec["down"]:
+            live[row[2]] -= 1
+        t[i] = float(rec["t_s"])
+        up[:, i] = live
+        handovers[i] = int(rec.get("handovers") or 0)
+        changes[i] = int(rec.get("route_changes") or 0)
+    return t, {c: up[k] for k, c in enumerate(LINK_CLASSES)}, handovers, changes
+
+
+def time_bins(data: RunData) -> FloatArray:
+    """Bin edges for rates over time: about 120 bins, never finer than a tick."""
+    span = max(data.duration_s, 1e-9)
+    width = max(float(data.manifest.get("tick_s") or 1.0), span / 120.0)
+    return np.arange(0.0, span + width, width)
