@@ -133,7 +133,7 @@ def format_table(passes: Sequence[Pass]) -> str:
               "max el")
     rows = [header] + [
         (p.station, p.satellite, f"{_utc(p.aos):%Y-%m-%d %H:%M:%S}",
-         f"{_utc(p.tca):%H:%M:%S}", f"{_utc(p.los):%H:%M:%S}",
+         f"{_utc(p.tca):%Y-%m-%d %H:%M:%S}", f"{_utc(p.los):%Y-%m-%d %H:%M:%S}",
          f"{int(p.duration_s) // 60:d}m{int(p.duration_s) % 60:02d}s",
          f"{p.max_elevation_deg:6.2f}°") for p in passes]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

@@ -8,6 +8,7 @@ end (on a link or in an on-board store). A frame lost without a reason breaks it
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -243,7 +244,17 @@ def read_summary(path: Path) -> dict[str, Any]:
 
 
 def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+    """A table cell: never scientific notation (``11760``, not ``1.176e+04``)."""
+    if value is None:
+        return "-"
+    if not isinstance(value, float):
+        return str(value)
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    if abs(value) >= 1000:
+        return f"{value:.0f}"
+    # .4g keeps 4 significant digits and stays positional from 0.001 up to 9999.5
+    return f"{value:.4g}" if abs(value) >= 0.001 else f"{value:.6f}"
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -36,17 +36,20 @@ def add_parsers(sub: Any) -> dict[str, Handler]:
     b.add_argument("--cache-dir", help="pip cache for the wheels (default: pip's own)")
     b.add_argument("--keep", type=int, default=2,
                    help="older project images to keep (default 2; the rest are removed)")
-    im_sub.add_parser("list", help="the orbitmesh images on this docker daemon")
+    il = im_sub.add_parser("list", help="the orbitmesh images on this docker daemon")
+    il.add_argument("--format", choices=("table", "json"), default="table",
+                    help="table (default) or json (tags, id, created, size_mb per image)")
 
     u = sub.add_parser("up", help="run a scenario as containers (one per plane or N nodes)")
     u.add_argument("scenario")
-    u.add_argument("--backend", choices=("docker",), default="docker")
+    u.add_argument("--backend", choices=("docker",), default="docker",
+                   help="container backend (docker, the only one so far)")
     u.add_argument("--nodes-per-container", type=int,
                    help="N nodes per worker container (default: one container per plane, plus "
                    "one for the ground)")
     u.add_argument("--duration", type=float, help="scenario seconds (default: the scenario's)")
     u.add_argument("--speed", type=float, help="scenario seconds per wall second")
-    u.add_argument("--out", help="run directory (default: runs/<run id>)")
+    u.add_argument("-o", "--out", help="run directory (default: runs/<run id>)")
     u.add_argument("--run-id", help="run id (default: <scenario>-<UTC timestamp>)")
     u.add_argument("--image", help="image tag (default: this source's build, else latest)")
     u.add_argument("--network", choices=("host", "bridge"), default="host",
@@ -63,20 +66,24 @@ def add_parsers(sub: Any) -> dict[str, Handler]:
     s = sub.add_parser("status", help="containers and workers of a container run")
     s.add_argument("run", help="run directory (holds docker.json) or run id")
     s.add_argument("--broker", help="broker URL with credentials (default: docker.json's)")
-    s.add_argument("--format", choices=("table", "json"), default="table")
+    s.add_argument("--format", choices=("table", "json"), default="table",
+                   help="table (default) or json")
 
     d = sub.add_parser("down", help="remove every container, network and volume of a run")
     d.add_argument("run", help="run directory (holds docker.json) or run id")
 
     c = sub.add_parser("compose", help="write a compose file (docker compose / stack deploy)")
     c.add_argument("scenario")
-    c.add_argument("-o", "--output", required=True, help="compose file to write, e.g. "
+    c.add_argument("-o", "--out", "--output", dest="output", required=True,
+                   help="compose file to write, e.g. "
                    "compose/demo.yml (its configs go to compose/demo/)")
     c.add_argument("--broker", help="external broker URL: no broker service")
-    c.add_argument("--image", default="orbitmesh:latest")
-    c.add_argument("--nodes-per-container", type=int)
-    c.add_argument("--duration", type=float)
-    c.add_argument("--speed", type=float)
+    c.add_argument("--image", default="orbitmesh:latest",
+                   help="image tag of every service (default orbitmesh:latest)")
+    c.add_argument("--nodes-per-container", type=int,
+                   help="N nodes per worker service (default: one per plane, plus the ground)")
+    c.add_argument("--duration", type=float, help="scenario seconds (default: the scenario's)")
+    c.add_argument("--speed", type=float, help="scenario seconds per wall second")
     c.add_argument("--run-id", help="default run id (ORBITMESH_RUN_ID overrides it)")
     c.add_argument("--no-supervisor", action="store_true",
                    help="no supervisor service (it mounts the docker socket to act on faults)")
@@ -88,8 +95,9 @@ def add_parsers(sub: Any) -> dict[str, Handler]:
     sv.add_argument("--run-id", help="without docker.json: the run id")
     sv.add_argument("--run-dir", help="without docker.json: the results directory")
     sv.add_argument("--workers", type=int, default=0, help="without docker.json: worker count")
-    sv.add_argument("--placement", default="planes")
-    sv.add_argument("--quiet", action="store_true")
+    sv.add_argument("--placement", default="planes",
+                    help="without docker.json: node placement (default planes)")
+    sv.add_argument("--quiet", action="store_true", help="no progress lines")
     handlers: dict[str, Handler] = {"image": image_cmd, "up": up_cmd, "status": status_cmd,
                                     "down": down_cmd, "compose": compose_cmd,
                                     "supervise": supervise_cmd}
@@ -108,6 +116,14 @@ def image_cmd(args: argparse.Namespace) -> int:
 
     client = image.docker_client()
     if args.image_command == "list":
+        if args.format == "json":
+            import json
+
+            print(json.dumps([{"tags": list(found.tags), "id": found.short_id,
+                               "created": str(found.attrs.get("Created", "")),
+                               "size_mb": round(float(found.attrs.get("Size", 0)) / 1e6, 1)}
+                              for found in image.project_images(client)], indent=2))
+            return 0
         for found in image.project_images(client):
             print(f"{', '.join(found.tags) or found.short_id:<40} "
                   f"{str(found.attrs.get('Created', ''))[:19]}  "
