@@ -35,6 +35,7 @@ from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import build_topology
 from orbitmesh.protocol.state import decode_state, encode_state
 from orbitmesh.run.launch.control import list_faults, locate
+from orbitmesh.run.web.replay import Replay
 from orbitmesh.run.web.server import WebServer
 from orbitmesh.run.web.view import RunView, static_meta
 from tests.conftest import require_mosquitto
@@ -138,6 +139,7 @@ async def test_live_page_draws_injects_and_stays_offline(tmp_path: Path) -> None
             assert reply["ok"], reply
             run_id, url = locate(str(run_dir), None)
             listing = await list_faults(run_id, url)
+            listing_t_s = float(listing["t_s"])
             assert "from-the-page" in [f["id"] for f in listing["faults"]]
             await page.wait_for_function(
                 "window.orbitmeshState.faults.some(f => f.id === 'from-the-page' && f.active)",
@@ -149,6 +151,8 @@ async def test_live_page_draws_injects_and_stays_offline(tmp_path: Path) -> None
             resources = await page.evaluate(
                 "performance.getEntriesByType('resource').map(e => e.name)")
             live_text = await asyncio.to_thread(_fetch, urls["metrics"])
+            watched = await _watch_frame(run_dir)
+        assert watched["seq"] >= 0 and len(watched["sat_lat_deg"]) == n_sats
         assert requests and resources
         foreign = [u for u in requests + resources if urlsplit(u).netloc != server]
         assert not foreign, f"the page asked other hosts: {foreign}"
@@ -179,6 +183,36 @@ async def test_live_page_draws_injects_and_stays_offline(tmp_path: Path) -> None
         summary["telemetry"]["delivered"]
     assert samples[("orbitmesh_ticks_total", (("run", run_id),))] >= RUN_S  # one per tick
     assert (run_dir / "web-screenshot.png").stat().st_size > 10_000
+    # The same run played back from its trace: one frame per tick, the same totals at the end.
+    replay = Replay(run_dir, quiet=True)
+    assert len(replay.frames) == int(RUN_S / meta["tick_s"]) + 1
+    last = json.loads(replay.frame_at(RUN_S))
+    assert [f["offered"] for f in last["flows"]] == [f["offered"] for f in summary["flows"]]
+    during = json.loads(replay.frame_at(listing_t_s + 1.0))
+    assert any(f["id"] == "from-the-page" and f["active"] for f in during["faults"])
+    assert last["flows"][0]["path"]  # routes recomputed from the recorded links
+
+
+async def _watch_frame(run_dir: Path) -> dict[str, Any]:
+    """`orbitmesh watch RUN` beside the run: its first frame."""
+    watch = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from orbitmesh.run.cli import main; raise SystemExit(main())",
+        "watch", str(run_dir), "--web", stderr=asyncio.subprocess.PIPE, cwd=PROJECT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT)})
+    try:
+        assert watch.stderr is not None
+        line = (await asyncio.wait_for(watch.stderr.readline(), 30.0)).decode()
+        assert line.startswith("web: "), line
+        for _ in range(50):
+            with contextlib.suppress(OSError):
+                frame: dict[str, Any] = json.loads(await asyncio.to_thread(
+                    _fetch, line.split()[1] + "api/frame"))
+                return frame
+            await asyncio.sleep(0.2)
+        raise AssertionError("orbitmesh watch served no frame")
+    finally:
+        watch.terminate()
+        await watch.wait()
 
 
 async def test_shell1_update_renders_within_budget(tmp_path: Path) -> None:
