@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from orbitmesh.run.cli import main
-from orbitmesh.run.report_data import read_run
-from orbitmesh.run.report_figures import FIGURES
+from orbitmesh.run.report_data import delivered_by_offer_time, read_run
+from orbitmesh.run.report_figures import FIGURES, coastline_arcs
 
 ROOT = Path(__file__).resolve().parent.parent
 PASS = ROOT / "tests" / "data" / "live" / "pass.yaml"
@@ -103,6 +103,21 @@ def test_read_run_keeps_the_traces_numbers(tmp_path: Path) -> None:
     assert data.links_up["gsl"].tolist() == [2] * 61
     assert np.flatnonzero(data.route_changes).tolist() == [10, 25]
     assert data.tc_rtt_ms.tolist() == [120.0, 130.0]
+    edges = np.arange(0.0, 61.0, 10.0)
+    offered, delivered = delivered_by_offer_time(data, 0, edges)
+    bins = np.digitize(wrote["offer_s"], edges) - 1
+    assert offered.tolist() == np.bincount(bins, minlength=6)[:6].tolist()
+    assert delivered.tolist() == np.bincount(bins[ok], minlength=6)[:6].tolist()
+
+
+def test_coastlines_are_the_vendored_natural_earth_outline() -> None:
+    arcs = coastline_arcs()
+    points = np.concatenate(arcs)
+    assert points[:, 0].min() >= -180.0 and points[:, 0].max() <= 180.0
+    assert all((np.abs(np.diff(a[:, 0])) <= 180.0).all() for a in arcs)
+    # The Cape of Good Hope (18.47 E, 34.36 S) is on the outline, within half a degree.
+    cape = np.hypot(points[:, 0] - 18.47, points[:, 1] + 34.36).min()
+    assert cape < 0.5
 
 
 def test_report_page_has_every_figure_and_no_url(tmp_path: Path,

@@ -5,7 +5,8 @@ each figure needs are kept, in compact ``array`` buffers turned into numpy array
 a long run never holds per-frame Python objects. Times are scenario seconds after the epoch.
 
 Arrays (all 1-D, one entry per event of that kind): ``deliver_*`` (t_s, flow, latency_ms,
-late_ms), ``offer_*`` (t_s, flow), ``drop_*`` (t_s, flow, reason index into ``reasons``).
+late_ms, frame), ``offer_*`` (t_s, flow, frame), ``drop_*`` (t_s, flow, reason index into
+``reasons``).
 Link timeline arrays are one entry per recorded tick (``tick_t_s``, ``links_up`` per class,
 ``handovers``, ``route_changes``).
 """
@@ -56,6 +57,9 @@ class RunData:
     route_changes: IntArray
     faults: list[dict[str, Any]]
     tc_rtt_ms: FloatArray
+    offer_frame: IntArray = field(default_factory=lambda: np.empty(0, np.int64))
+    deliver_frame: IntArray = field(default_factory=lambda: np.empty(0, np.int64))
+    """Frame ids (run-unique) of offers and deliveries, to tell which offers were delivered."""
     warnings: list[str] = field(default_factory=list)
     damage: list[Damage] = field(default_factory=list)
 
@@ -109,18 +113,20 @@ def read_run(run_dir: Path, *, salvage: bool = False,
         BUILTIN_FLOWS)
     flows |= {int(f["index"]): str(f["name"]) for f in manifest["flows"]}
     d_t, d_lat, d_late, o_t, x_t = (array("d") for _ in range(5))
-    d_flow, o_flow, x_flow, x_reason = (array("q") for _ in range(4))
+    d_flow, o_flow, x_flow, x_reason, d_id, o_id = (array("q") for _ in range(6))
     reasons: dict[str, int] = {}
     damage: list[Damage] = []
     for count, r in enumerate(iter_events(run_dir, salvage=salvage, damage=damage), 1):
         tag = r[0]
         if tag == "deliver":
             d_t.append(r[1])
+            d_id.append(r[2])
             d_flow.append(r[3])
             d_lat.append(r[6])
             d_late.append(r[7] if len(r) > 7 and isinstance(r[7], int | float) else np.nan)
         elif tag == "offer":
             o_t.append(r[1])
+            o_id.append(r[2])
             o_flow.append(r[3])
         elif tag == "drop":
             x_t.append(r[1])
@@ -146,7 +152,7 @@ def read_run(run_dir: Path, *, salvage: bool = False,
                    times(o_t), ints(o_flow), times(x_t), ints(x_flow), ints(x_reason),
                    tick_t, up, handovers, changes,
                    [f for f in faults if isinstance(f, dict) and "start_s" in f],
-                   _tc_rtts(run_dir), warnings, damage)
+                   _tc_rtts(run_dir), ints(o_id), ints(d_id), warnings, damage)
 
 
 def _link_counts(run_dir: Path, salvage: bool, warnings: list[str]
@@ -186,3 +192,16 @@ def time_bins(data: RunData) -> FloatArray:
     span = max(data.duration_s, 1e-9)
     width = max(float(data.manifest.get("tick_s") or 1.0), span / 120.0)
     return np.arange(0.0, span + width, width)
+
+
+def delivered_by_offer_time(data: RunData, flow: int, edges: FloatArray
+                            ) -> tuple[FloatArray, FloatArray]:
+    """Per bin of offer time: frames of ``flow`` offered, and how many of those were delivered.
+
+    Offers and deliveries are matched on the run-unique frame id, so a bin never delivers more
+    than it offered (a frame still in flight at the end counts as not delivered).
+    """
+    mine = data.offer_flow == flow
+    delivered = mine & np.isin(data.offer_frame, data.deliver_frame)
+    return (np.histogram(data.offer_t_s[mine], edges)[0].astype(np.float64),
+            np.histogram(data.offer_t_s[delivered], edges)[0].astype(np.float64))

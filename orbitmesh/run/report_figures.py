@@ -7,8 +7,10 @@ Scatter plots of more than ``MAX_POINTS`` frames are thinned evenly and say so i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -26,6 +28,7 @@ from orbitmesh.run.report_data import (
     TELEMETRY_FLOW,
     FloatArray,
     RunData,
+    delivered_by_offer_time,
     time_bins,
 )
 
@@ -101,20 +104,19 @@ def _rate(t: FloatArray, edges: FloatArray) -> FloatArray:
 
 
 def fig_delivery(data: RunData) -> Figure:
-    """Delivery ratio per bin (deliveries / offers) per flow, and drops by reason."""
+    """Share of the frames offered in each bin that were delivered, per flow; drops by reason."""
     fig, axes = _figure(2)
     edges = time_bins(data)
     mid = (edges[:-1] + edges[1:]) / 2
     shown = [*data.user_flows, TELEMETRY_FLOW] if data.user_flows else [TELEMETRY_FLOW]
     for flow in shown:
-        offered = _rate(data.offer_t_s[data.offer_flow == flow], edges)
-        delivered = _rate(data.deliver_t_s[data.deliver_flow == flow], edges)
+        offered, delivered = delivered_by_offer_time(data, flow, edges)
         if offered.sum() == 0:
             continue
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = np.where(offered > 0, delivered / offered, np.nan)
         axes[0].step(mid, ratio, where="mid", label=data.flows.get(flow, str(flow)))
-    axes[0].set_ylabel("delivered / offered\n(per bin)")
+    axes[0].set_ylabel("delivered / offered\n(by offer time)")
     bottom = np.zeros(len(mid))
     width = float(edges[1] - edges[0]) if len(edges) > 1 else 1.0
     for k, reason in enumerate(data.reasons):
@@ -263,6 +265,7 @@ def fig_map(data: RunData) -> Figure:
     if len(g_lon) > n_st:
         ax.scatter(g_lon[n_st:], g_lat[n_st:], s=40, marker="s", color="tab:purple",
                    label=f"ops centres ({len(g_lon) - n_st})", zorder=4)
+    coast = _coastlines(ax)
     ax.set_xlim(-180, 180)
     ax.set_ylim(-90, 90)
     ax.set_xlabel("longitude (deg)")
@@ -270,9 +273,39 @@ def fig_map(data: RunData) -> Figure:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     when = topology.scenario.epoch + timedelta(seconds=when_s)
-    ax.set_title(f"Network at t={when_s:g} s ({when:%Y-%m-%d %H:%M:%S} UTC); no coastlines")
+    ax.set_title(f"Network at t={when_s:g} s ({when:%Y-%m-%d %H:%M:%S} UTC)"
+                 + ("" if coast else "; no coastline data found"))
     fig.tight_layout()
     return fig
+
+
+COASTLINES = Path(__file__).parent / "web" / "static" / "vendor" / "land-110m.json"
+"""Natural Earth 1:110m land outline (world-atlas, vendored for the live map; ISC / public
+domain): the map snapshot draws it from the package, never from the network."""
+
+
+def coastline_arcs(path: Path = COASTLINES) -> list[FloatArray]:
+    """The outline's arcs as ``(P, 2)`` lon/lat arrays (TopoJSON: quantised, delta-encoded)."""
+    topo = json.loads(path.read_text())
+    scale = np.asarray(topo["transform"]["scale"], dtype=np.float64)
+    shift = np.asarray(topo["transform"]["translate"], dtype=np.float64)
+    out = []
+    for arc in topo["arcs"]:
+        points = np.cumsum(np.asarray(arc, dtype=np.float64), axis=0) * scale + shift
+        # Outlines that wrap round the +-180 meridian would be drawn straight across the map.
+        cuts = np.flatnonzero(np.abs(np.diff(points[:, 0])) > 180.0) + 1
+        out += [part for part in np.split(points, cuts) if len(part) >= 2]
+    return out
+
+
+def _coastlines(ax: Any) -> bool:
+    try:
+        arcs = coastline_arcs()
+    except (OSError, ValueError, KeyError):
+        return False
+    for arc in arcs:
+        ax.plot(arc[:, 0], arc[:, 1], "-", lw=0.5, color="#9a9a9a", zorder=1)
+    return True
 
 
 def _scenario_topology(data: RunData) -> Any:
