@@ -32,6 +32,7 @@ from typing import Literal
 
 from broker.certs import ServerTLS
 from broker.credentials import RunCredentials, render_acl, render_password_file, write_private
+from broker.lifetime import pdeathsig_in_child
 from broker.url import BrokerURL
 from orbitmesh.errors import BrokerError
 
@@ -377,9 +378,12 @@ class EmbeddedBroker:
             log_offset = log_file.tell()
             # Same process group as the owner: a signal to the group (Ctrl-C, `timeout`, a CI
             # job being killed) ends the broker too, even when the owner gets no chance to.
+            # And the kernel ends it if the owner dies without a word (kill -9). The hook is one
+            # prctl call through a preloaded libc: nothing in it can wait on another thread's
+            # lock, which is what makes preexec_fn unsafe in general.
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                env=env,
+                env=env, preexec_fn=pdeathsig_in_child,  # noqa: PLW1509
             )
         (self.workdir / "broker.pid").write_text(f"{self._proc.pid}\n")
         atexit.register(self.stop)

@@ -133,10 +133,14 @@ class NodeRuntime:
         """Wall time at which scenario time ``t_s`` happens."""
         return self.clock.wall_at(t_s)
 
-    def call_at(self, due_wall: float, fn: Callable[[float], None]) -> None:
-        """Run ``fn(due_wall)`` once wall time ``due_wall`` has come (from :meth:`run_due`)."""
+    def call_at(self, due_wall: float, fn: Callable[[float], None], *,
+                first: bool = False) -> None:
+        """Run ``fn(due_wall)`` once wall time ``due_wall`` has come (from :meth:`run_due`);
+        ``first``: before anything else due at the same instant (a link state that takes effect
+        then is in force for every event of that instant)."""
         self._seq += 1
-        heapq.heappush(self.heap, (due_wall, self._seq, CALL, fn, None))
+        order = -self._seq if first else self._seq
+        heapq.heappush(self.heap, (due_wall, order, CALL, fn, None))
 
     @property
     def next_due(self) -> float | None:
@@ -360,7 +364,9 @@ class NodeRuntime:
         u, v = hop
         self.stats.in_flight -= 1
         if self.link(u, v) is None:
-            fault = self.cut.get((u, v) if u < v else (v, u))
+            # Gone while the frame was on it: cut by a fault, with a failed end, or by geometry.
+            fault = (self.cut.get((u, v) if u < v else (v, u)) or self.down_all.get(v)
+                     or self.down_all.get(u))
             if fault is not None:
                 self.stats.drop(frame, "fault", u, fault)
             else:
@@ -380,7 +386,7 @@ class NodeRuntime:
         self.forward(v, frame, at_wall)
 
     def receive_batch(self, payload: bytes, now_wall: float, *, injected: bool = False,
-                      topic: str = "frames") -> None:
+                      topic: str = "frames", run: bool = True) -> None:
         """Frames handed over by another worker (put in flight until they are due here), or
         ``injected`` by a client into a node's inbox (offered there, now). Malformed input —
         the whole batch, or one frame of it — is counted and logged, never fatal."""
@@ -411,7 +417,8 @@ class NodeRuntime:
             stats.in_flight += 1
             self._seq += 1
             heapq.heappush(self.heap, (frame[F_DUE], self._seq, ARRIVE, (u, v), frame))
-        self.run_due(now_wall)
+        if run:
+            self.run_due(now_wall)
 
     def flush(self) -> None:
         """Send batched frames to the workers that host their next hops."""

@@ -92,6 +92,9 @@ class Controller:
         self.on_clock: Callable[[float], None] | None = None
         self.upcoming: Tick | None = None
         self.published: Tick | None = None
+        """The latest tick published: ticks go out one ahead, so it is in force only from its
+        ``t_s`` on; until then ``in_force`` (the one before it) is."""
+        self.in_force: Tick | None = None
         self._live_count = 0
         self._started_process_faults: set[str] = set()
         self._now_s = 0.0
@@ -189,20 +192,33 @@ class Controller:
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-apply the faults to the state in force (republished now) and to the next one."""
-        for attr in ("published", "upcoming"):
-            tick: Tick | None = getattr(self, attr)
-            if tick is None or tick.raw_state is None:
+        """Re-apply the faults to the state in force (republished now) and to the next one.
+
+        The state in force is judged by the faults active *now*, not at its tick's start: a live
+        fault takes effect at once (and a cleared one ends at once), not a tick later.
+        """
+        now_s = self.scenario_s()
+        in_force = self.in_force if self.published is None or self.published.t_s > now_s \
+            else self.published
+        for attr in ("in_force", "published", "upcoming"):
+            tick: Tick | None = in_force if attr == "in_force" else getattr(self, attr)
+            if tick is None or tick.raw_state is None or (attr == "published"
+                                                          and tick is in_force):
                 continue
             started = time.perf_counter()
-            again = self.engine.finish(tick.raw_state, active_at(self.faults, tick.t_s),
+            at_s = max(tick.t_s, now_s) if attr == "in_force" else tick.t_s
+            again = self.engine.finish(tick.raw_state, active_at(self.faults, at_s),
                                        self.extra_down)
             self.tick_compute_ms.append((time.perf_counter() - started) * 1000.0)
             self._record(again)
-            if attr == "published":
-                self._publish(again)
-            else:
+            if attr == "upcoming":
                 self.upcoming = again
+                continue
+            self._publish_state(again)
+            if tick is self.published:
+                self.published = again
+            else:
+                self.in_force = again
         self.publish_faults()
 
     def publish_faults(self) -> None:
@@ -234,12 +250,17 @@ class Controller:
         return tick
 
     def _publish(self, tick: Tick) -> None:
+        """Publish the next tick (the one published before it is in force until it starts)."""
+        self.in_force = self.published
+        self._publish_state(tick)
+        self.published = tick
+
+    def _publish_state(self, tick: Tick) -> None:
         self.seq += 1
         self.transport.publish(self.topics.state,
                                encode_state(self.seq, tick.state, tick.routes, tick.overlay,
                                             tick.blocked, tick.blame),
                                retain=True)
-        self.published = tick
         d = tick.diff
         self.transport.publish(self.topics.links, LinksNotice(
             tick.t_s, len(d.up), len(d.down_a), len(d.delay_changed), tick.handovers,
