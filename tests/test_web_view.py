@@ -176,3 +176,27 @@ async def test_server_serves_its_own_files_and_refuses_what_it_must() -> None:
         assert refused.startswith(b"HTTP/1.1 403") and b"--web-control" in refused
         none_yet = await _get(web.port, b"GET /api/frame HTTP/1.1\r\n\r\n")
         assert none_yet.startswith(b"HTTP/1.1 503")
+
+
+def test_docs_and_dashboard_name_exactly_the_metrics_emitted(demo) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    topology, tick = demo
+    view = RunView(topology, "r")
+    view.handle(_status(0, (FlowProgress(0, 1, 1, (("queue", 1),), 5.0,
+                                         (1,) * len(LATENCY_BOUNDS_MS)),)))
+    view.handle(Message("orbitmesh/r/state", encode_state(0, tick.state, tick.routes)))
+    text = metrics_text(registry_for(view, tick_compute_ms=lambda: [1.0])).decode()
+    emitted = {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+    root = Path(__file__).resolve().parent.parent / "docs"
+    documented = set(re.findall(r"^\| `(orbitmesh_[a-z_]+)`", (root / "observability.md")
+                                .read_text(), re.M))
+    def family(name: str) -> str:
+        return re.sub(r"_(bucket|count|sum)$", "", name)
+
+    assert documented == {family(n) for n in emitted}
+    dashboard = json.loads((root / "grafana-dashboard.json").read_text())
+    used = {m for p in dashboard["panels"] for t in p["targets"]
+            for m in re.findall(r"orbitmesh_[a-z_]+", t["expr"])}
+    assert used <= emitted, used - emitted  # every query names a real series
+    assert {family(n) for n in used} == documented  # and the dashboard shows every family
