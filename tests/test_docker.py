@@ -358,3 +358,19 @@ def test_detached_bridge_run_takes_a_live_worker_kill(docker_run: tuple[Any, str
     assert summary["conservation_ok"]
     assert main(["down", run_id]) == 0
     assert _labelled(client, run_id) == []
+
+
+def test_the_default_placement_fits_the_machine() -> None:
+    from orbitmesh.core.scenario import load_scenario
+    from orbitmesh.core.topology import build_topology
+    from orbitmesh.run.launch.docker import fit_placement
+
+    root = Path(__file__).resolve().parents[1]
+    shell1 = build_topology(load_scenario(root / "scenarios" / "starlink-shell1.yaml"))
+    mode, workers, note = fit_placement(shell1, None, cores=2)
+    assert workers <= 4 and mode.startswith("chunks:")  # not 73 containers on 2 cores
+    assert note is not None and "73 worker containers" in note
+    demo = build_topology(load_scenario(root / "scenarios" / "demo.yaml"))
+    assert fit_placement(demo, None, cores=2) == ("planes", 9, None)
+    mode, workers, note = fit_placement(shell1, 10, cores=2)
+    assert mode == "chunks:10" and note is not None and "--nodes-per-container" in note

@@ -18,6 +18,7 @@ carries out the container faults the controller delegates.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -35,7 +36,7 @@ from broker.url import parse_broker_url
 from orbitmesh.core.limits import run_clock
 from orbitmesh.core.placement import place, worker_count
 from orbitmesh.core.scenario import load_scenario
-from orbitmesh.core.topology import build_topology
+from orbitmesh.core.topology import Topology, build_topology
 from orbitmesh.errors import RunError
 
 LABEL_RUN = "orbitmesh.run"
@@ -124,6 +125,36 @@ def safe_run_id(text: str) -> str:
     return run_id if run_id[0].isalnum() else f"r{run_id}"
 
 
+MAX_CONTAINERS_PER_CORE = 5
+"""More worker containers than this per core and a run of any size falls behind its clock."""
+
+
+def fit_placement(topology: Topology, nodes_per_container: int | None, cores: int
+                  ) -> tuple[str, int, str | None]:
+    """Placement mode, worker containers, and what was decided (or warned) about the machine.
+
+    By default one container per orbital plane (plus one for the ground), unless that would put
+    more than :data:`MAX_CONTAINERS_PER_CORE` containers on each core: then nodes are packed
+    into two containers per core. A placement the user chose is kept, with a warning and a
+    proposal when it oversubscribes the machine.
+    """
+    limit = MAX_CONTAINERS_PER_CORE * cores
+    mode = placement_mode(nodes_per_container)
+    workers = worker_count(topology, mode, 1)
+    fitting = math.ceil(topology.n_nodes / (2 * cores))
+    if workers <= limit:
+        return mode, workers, None
+    if nodes_per_container is None:
+        mode = placement_mode(fitting)
+        packed = worker_count(topology, mode, 1)
+        return mode, packed, (f"one container per plane would start {workers} worker containers "
+                              f"on {cores} cores; placing {fitting} nodes per container "
+                              f"({packed} containers) instead — --nodes-per-container N to "
+                              "choose")
+    return mode, workers, (f"warning: {workers} worker containers on {cores} cores will fall "
+                           f"behind real time; try --nodes-per-container {fitting}")
+
+
 def placement_mode(nodes_per_container: int | None) -> str:
     """``planes`` by default; ``chunks:N`` for N nodes per container."""
     if nodes_per_container is None:
@@ -177,8 +208,9 @@ def start(client: Any, opts: UpOptions, image: str, say: Progress) -> DockerRun:
     scenario = load_scenario(opts.scenario)
     run_clock(scenario, opts.duration_s, opts.speed)  # refuse --speed 0 here, not in a container
     topology = build_topology(scenario)
-    mode = placement_mode(opts.nodes_per_container)
-    workers = worker_count(topology, mode, 1)
+    mode, workers, note = fit_placement(topology, opts.nodes_per_container, os.cpu_count() or 1)
+    if note:
+        say(note)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_id = safe_run_id(opts.run_id or f"{scenario.name}-{stamp}")
     if run_containers(client, run_id):
