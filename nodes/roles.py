@@ -67,6 +67,8 @@ class Roles:
         runtime.on_deliver = self._delivered
         runtime.on_node_down = self._node_down
         self.stopped = False
+        self.endpoint_deliver: Callable[[int, list[Any]], None] | None = None
+        """nodes/endpoints.py: hands delivered frames to the node's TUN, UDP pipe or outbox."""
 
     def _operating_centres(self) -> dict[int, int]:
         """Constellation index -> node index of the first ops centre operating it."""
@@ -226,6 +228,8 @@ class Roles:
         rt.originate(node, frame, now)
 
     def _delivered(self, node: int, frame: list[Any], now: float) -> None:
+        if self.endpoint_deliver is not None:
+            self.endpoint_deliver(node, frame)
         kind = frame[F_KIND]
         if kind == TELECOMMAND:  # execute and acknowledge
             ack = new_frame(self.frame_id(), ACK, FLOW_ACK, node, frame[F_SRC], 16, now,

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from orbitmesh.core.endpoint_spec import Endpoints, IpEndpoint, UdpPipe
 from orbitmesh.core.scenario import (
     Constellation,
     FaultSpec,
@@ -55,6 +56,9 @@ DOC = DOC_PATH.read_text(encoding="utf-8")
 
 SECTIONS: dict[type[BaseModel], str] = {
     Scenario: "Top level",
+    Endpoints: "endpoints",
+    IpEndpoint: "endpoints.ip",
+    UdpPipe: "endpoints.udp",
     Constellation: "Constellations",
     WalkerShell: "walker",
     TelemetrySpec: "telemetry",
@@ -106,7 +110,7 @@ def section_rows(heading: str) -> dict[str, list[str]]:
     rows: dict[str, list[str]] = {}
     for line in match.group(1).splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        key = re.fullmatch(r"`([A-Za-z_]+)`", cells[0]) if line.startswith("|") else None
+        key = re.fullmatch(r"`([A-Za-z_]\w*)`", cells[0]) if line.startswith("|") else None
         if key:
             rows[key.group(1)] = cells
     return rows

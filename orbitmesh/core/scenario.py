@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from orbitmesh.core import limits as L
+from orbitmesh.core.endpoint_spec import Endpoints, endpoint_problems
 from orbitmesh.core.yaml_load import dotted as _dotted
 from orbitmesh.core.yaml_load import line_of as _line_of
 from orbitmesh.core.yaml_load import load_yaml, read_text
@@ -171,6 +172,8 @@ class LinkClass(_Model):
     rate_bps: float = Field(default=100e6, gt=0.0, le=L.MAX_RATE_BPS)
     loss: float = Field(default=0.0, ge=0.0, le=1.0)
     queue_frames: int = Field(default=1000, ge=1, le=L.MAX_QUEUE_FRAMES)
+    mtu_bytes: int = Field(default=1500, ge=68, le=65_535)
+    """Largest IP packet from an endpoint this link class carries (larger: dropped, ``mtu``)."""
 
 
 class IslRules(LinkClass):
@@ -348,6 +351,7 @@ class Scenario(_Model):
     faults: tuple[FaultSpec, ...] = ()
     random_faults: RandomFaults | None = None
     fidelity: Fidelity = Fidelity()
+    endpoints: Endpoints = Endpoints()
     source: Path | None = None
 
     @field_validator("epoch")
@@ -527,6 +531,9 @@ def _cross_check(s: Scenario) -> list[tuple[tuple[str | int, ...], str]]:
                              f"{list(s.operators)}"))
         if fault.at is not None and fault.at < s.epoch:
             problems.append((("faults", i, "at"), "is before the scenario epoch"))
+    known = stations | centres
+    problems += endpoint_problems(s.endpoints,
+                                  lambda n: n in known or _is_satellite_ref(s, n))
     return problems
 
 

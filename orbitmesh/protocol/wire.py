@@ -37,6 +37,8 @@ MAX_FRAME_BYTES = 65_535
 
 # Flow indices of the built-in traffic classes (user flows are 0..F-1)
 FLOW_TELEMETRY, FLOW_TELECOMMAND, FLOW_ACK = -1, -2, -3
+FLOW_ENDPOINT = -4
+"""Packets and datagrams of real software (nodes/endpoints.py); the payload is the packet."""
 
 
 def new_frame(frame_id: int, kind: int, flow: int, src: int, dst: int, size: int,
@@ -169,6 +171,10 @@ class Topics:
     def node_inbox(self, node_id: str) -> str:
         """Inbox of one node: any client may inject frame batches here."""
         return f"{self.root}/node/{node_id}/in"
+
+    def node_outbox(self, node_id: str) -> str:
+        """Outbox of one MQTT endpoint node: frames delivered to it, as batches like ``in``."""
+        return f"{self.root}/node/{node_id}/out"
 
 
 # --- CCSDS space packets (CCSDS 133.0-B-2) ------------------------------------------------------

@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="embedded broker: TLS only, with a CA made for the run")
     r.add_argument("--broker-credentials", metavar="FILE",
                    help="external broker: credentials.json from `orbitmesh broker-config`")
+    r.add_argument("--endpoints", metavar="NODE,NODE",
+                   help="give these nodes IP endpoints (namespaces with a TUN; needs root)")
     _live_arguments(r, control="--web-control")
 
     f = sub.add_parser("fault", help="inject a fault into a running emulation",
@@ -206,6 +208,9 @@ def _parser() -> argparse.ArgumentParser:
     from orbitmesh.run.broker_config import add_parser as add_broker_config
 
     add_broker_config(sub)
+    from orbitmesh.run.endpoints_cli import add_parsers as add_endpoint_parsers
+
+    add_endpoint_parsers(sub)  # exec, endpoints
     return p
 
 

@@ -19,7 +19,8 @@ from orbitmesh.core.faults import PROCESS_KINDS
 from orbitmesh.core.histogram import Histogram, merged
 from orbitmesh.core.scenario import Scenario
 from orbitmesh.errors import RunError
-from orbitmesh.protocol.wire import FLOW_ACK, FLOW_TELECOMMAND, FLOW_TELEMETRY
+from orbitmesh.protocol.wire import FLOW_ACK, FLOW_ENDPOINT, FLOW_TELECOMMAND, FLOW_TELEMETRY
+from orbitmesh.run.endpoint_report import endpoint_lines, endpoint_section
 from orbitmesh.run.fidelity import verdict, verdict_line
 from orbitmesh.run.files import atomic_write
 from orbitmesh.run.trace import Damage, iter_events
@@ -111,6 +112,9 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
     tc = _merge_flow(stats, FLOW_TELECOMMAND)
     ack = _merge_flow(stats, FLOW_ACK)
     conservation += [("telemetry", tm), ("telecommands", tc), ("acks", ack)]
+    endpoints = endpoint_section(stats, ep := _merge_flow(stats, FLOW_ENDPOINT))
+    if endpoints is not None:
+        conservation.append(("endpoints", ep))
     ages = merged(_histogram(w, "telemetry_age_ms") for w in stats)
     rtts = merged(_histogram(w, "telecommand_rtt_ms") for w in stats)
     hop_late = merged(_histogram(w, "hop_late_ms") for w in stats)
@@ -153,6 +157,7 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
         "faults": fault_impact(run_dir, scenario, faults, stats, run_meta, checks, damage),
         # Filled by fault_impact above (dict items evaluate in order): where events were damaged.
         "trace_damage": [d.as_dict() for d in damage],
+        "endpoints": endpoints,
         "conservation": checks,
         "conservation_ok": ok,
     }
@@ -297,6 +302,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                    + (f"; delivery during: {during}" if during else "")
                    + (f"; suppressed {f['suppressed']}" if f.get("suppressed") else "")
                    + (f"; error: {f['error']}" if "error" in f else ""))
+    out += endpoint_lines(summary.get("endpoints"))
     if summary["malformed"]:
         out.append(f"malformed payloads ignored: {summary['malformed']}")
     for d in summary.get("trace_damage", []):

@@ -69,8 +69,9 @@ def add_parsers(sub: Any) -> dict[str, Handler]:
     s.add_argument("--format", choices=("table", "json"), default="table",
                    help="table (default) or json")
 
-    d = sub.add_parser("down", help="remove every container, network and volume of a run")
-    d.add_argument("run", help="run directory (holds docker.json) or run id")
+    d = sub.add_parser("down", help="remove every container, network, volume and endpoint "
+                       "namespace of a run")
+    d.add_argument("run", help="run directory (holds docker.json or endpoints.json) or run id")
 
     c = sub.add_parser("compose", help="write a compose file (docker compose / stack deploy)")
     c.add_argument("scenario")
@@ -226,10 +227,20 @@ async def _worker_status(run_id: str, url_text: str) -> dict[int, dict[str, Any]
 
 
 def down_cmd(args: argparse.Namespace) -> int:
-    """`orbitmesh down RUN`: remove the run's labelled containers, networks and volumes."""
-    from orbitmesh.run.launch.docker import down, resolve, save_logs
+    """`orbitmesh down RUN`: remove the run's labelled containers, networks and volumes, and
+    the network namespaces on a run directory's endpoint record."""
+    from orbitmesh.run.launch.docker import RECORD, down, resolve, save_logs
     from orbitmesh.run.launch.image import docker_client
+    from orbitmesh.run.launch.netns import PLAN_FILE, cleanup_recorded
 
+    if (Path(args.run) / PLAN_FILE).is_file():  # a local run: by its record, never by pattern
+        removed_ns = cleanup_recorded(Path(args.run))
+        for name in removed_ns:
+            print(f"removed namespace {name}")
+        if not (Path(args.run) / RECORD).is_file():
+            if not removed_ns:
+                print(f"run {args.run}: no namespace left to remove")
+            return 0
     client = docker_client()
     run_id, run_dir = resolve(client, args.run)
     if run_dir is not None and not (run_dir / "logs").is_dir():

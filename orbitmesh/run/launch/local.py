@@ -44,6 +44,7 @@ from orbitmesh.run.controller import Controller
 from orbitmesh.run.fidelity import behind_warning
 from orbitmesh.run.files import DiskError, atomic_write
 from orbitmesh.run.launch.lockdown import start_broker
+from orbitmesh.run.launch.netns import cleanup_recorded, with_endpoints, write_plan
 from orbitmesh.run.launch.replay import check_nodes, replay_scenario, write_replay
 from orbitmesh.run.report import build_summary, format_summary, percentiles, write_summary
 from orbitmesh.run.trace import LinkTimeline, Offered, manifest_for, write_manifest
@@ -87,6 +88,8 @@ class RunOptions:
     """Embedded broker: TLS listener with a run CA (clients verify it)."""
     broker_credentials: Path | None = None
     """External broker: per-role credentials from ``orbitmesh broker-config``."""
+    endpoints: list[str] | None = None
+    """Nodes that get an IP endpoint besides the scenario's ``endpoints.ip`` (run --endpoints)."""
     live: LiveOptions = dataclasses.field(default_factory=LiveOptions)
     """The live map (--web, --web-control) and /metrics (--metrics)."""
 
@@ -112,10 +115,15 @@ def run_cli(args: argparse.Namespace) -> int:
                       fidelity_budget_ms=args.fidelity_budget,
                       broker_insecure=args.broker_insecure, tls=args.tls,
                       broker_credentials=Path(args.broker_credentials)
-                      if args.broker_credentials else None)
+                      if args.broker_credentials else None,
+                      endpoints=_node_list(getattr(args, "endpoints", None)))
     opts.live = LiveOptions(getattr(args, "web", None), bool(getattr(args, "web_control", False)),
                             getattr(args, "metrics", None))
     return print_result(run(opts))
+
+
+def _node_list(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
 
 
 def print_result(result: RunResult) -> int:
@@ -145,6 +153,8 @@ def run(opts: RunOptions) -> RunResult:
         scenario = replay_scenario(scenario, opts.replay, duration_s=duration,
                                    faults=opts.replay_faults)
         topology = dataclasses.replace(topology, scenario=scenario)
+    scenario = with_endpoints(topology, opts.endpoints)  # refuses before anything starts
+    topology = dataclasses.replace(topology, scenario=scenario)
     workers = worker_count(topology, opts.placement, opts.workers or os.cpu_count() or 1)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = (opts.out or Path("runs") / f"{scenario.name}-{stamp}").resolve()
@@ -156,6 +166,7 @@ def run(opts: RunOptions) -> RunResult:
     link_source = (LinkTimeline(opts.links_from, topology, salvage=opts.salvage)
                    if opts.links_from else None)
     run_id = opts.run_id or re.sub(r"[^A-Za-z0-9_.-]", "-", run_dir.name)
+    write_plan(run_dir, topology, run_id, place(topology, workers, opts.placement))
     broker, url, credentials, broker_label = start_broker(opts, run_dir, run_id, workers)
     try:
         return asyncio.run(_run(topology, run_dir, run_id, url, broker_label, workers,
@@ -164,6 +175,8 @@ def run(opts: RunOptions) -> RunResult:
     finally:
         if broker is not None:
             broker.stop()
+        for name in cleanup_recorded(run_dir):  # what a worker could not remove (killed)
+            print(f"removed namespace {name} left by a worker", file=sys.stderr)
 
 
 async def _run(topology: Topology, run_dir: Path, run_id: str, url: BrokerURL, broker_label: str,

@@ -1,0 +1,355 @@
+"""Endpoints of the nodes one worker hosts: real packets and datagrams in and out of the network.
+
+* IP endpoints: a TUN device per node inside its own network namespace. Every packet a program
+  sends into it becomes a DATA frame of flow ``FLOW_ENDPOINT`` (size = packet length, payload =
+  the packet) originated at that node for the node owning the destination address; it meets the
+  same queues, serialisation, delays, loss and faults as any frame, and is written into the
+  destination's TUN when it is delivered. A packet for an address of the prefix that no endpoint
+  has is dropped (``no_endpoint``) and answered with ICMP unreachable; one larger than the
+  smallest MTU on its current path is dropped (``mtu``) and answered with ICMP fragmentation
+  needed (IPv4 with DF) / packet too big (IPv6) naming that MTU.
+* UDP pipes: a loopback socket per pipe at its entry node; datagrams become frames for the pipe's
+  far node, which sends them to the pipe's ``deliver`` address from a socket of its own; what
+  comes back to that socket returns along the pipe to the last sender.
+* MQTT outboxes: every frame delivered to such a node is published on ``node/<id>/out``.
+
+Packets and datagrams that cannot become frames at all (not IP, outside the prefix, before the
+run's clock started or after traffic stopped) are counted per node under ``refused``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from nodes import icmp
+from nodes.roles import Roles
+from nodes.tun import open_tun
+from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL
+from orbitmesh.protocol.transport import Transport
+from orbitmesh.protocol.wire import (
+    DATA,
+    F_DST,
+    F_FLOW,
+    F_PAYLOAD,
+    F_REF,
+    FLOW_ENDPOINT,
+    Topics,
+    encode_batch,
+    new_frame,
+)
+from orbitmesh.run.launch import netns
+
+log = logging.getLogger("orbitmesh.endpoints")
+READ_BURST = 256
+"""Packets read per wake-up of one TUN or socket: bounds how long one endpoint holds the loop."""
+MAX_PACKET = 65_535
+UDP_TAG = "udp"
+
+
+class _NodeCounts:
+    __slots__ = ("delivered", "offered", "refused")
+
+    def __init__(self) -> None:
+        self.offered = 0
+        self.delivered = 0
+        self.refused: Counter[str] = Counter()
+
+
+class EndpointHost:
+    """The endpoints of one worker's nodes; :meth:`open` makes them, :meth:`close` removes them."""
+
+    def __init__(self, roles: Roles, plan: dict[str, Any], *, transport: Transport,
+                 topics: Topics, now: Callable[[], float], started: Callable[[], bool],
+                 after_input: Callable[[], None], restarted: bool = False) -> None:
+        self.roles = roles
+        self.rt = roles.rt
+        self.plan = plan
+        self.transport = transport
+        self.topics = topics
+        self.now = now
+        self.started = started
+        self.after_input = after_input
+        self.restarted = restarted
+        topo = self.rt.topology
+        rules = topo.scenario.links
+        self.mtu_by_kind = {ISL: rules.isl.mtu_bytes, GSL: rules.gsl.mtu_bytes,
+                            TERRESTRIAL: rules.terrestrial.mtu_bytes}
+        self.tun_mtu = max(self.mtu_by_kind.values())
+        self.router = (icmp.address_bytes(plan["gateway"][0]),
+                       icmp.address_bytes(plan["gateway"][1]))
+        self.prefixes = (ipaddress.ip_network(plan["ipv4_prefix"]),
+                         ipaddress.ip_network(plan["ipv6_prefix"]))
+        self.by_address: dict[bytes, int] = {}
+        for e in plan["ip"]:
+            self.by_address[icmp.address_bytes(e["ipv4"])] = e["index"]
+            self.by_address[icmp.address_bytes(e["ipv6"])] = e["index"]
+        local = self.rt.local
+        self.ip_entries = [e for e in plan["ip"] if e["index"] in local]
+        index = topo.index
+        self.pipes = [(i, index[p["node"]], index[p["to"]], p) for i, p in enumerate(plan["udp"])]
+        self.mqtt_nodes = {index[n] for n in plan["mqtt"]} & local
+        self.tun_fd: dict[int, int] = {}
+        self.listen: dict[int, socket.socket] = {}
+        self.reply: dict[int, socket.socket] = {}
+        self.last_client: dict[int, Any] = {}
+        self.counts: dict[int, _NodeCounts] = {}
+        self.made: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def _counts(self, node: int) -> _NodeCounts:
+        c = self.counts.get(node)
+        if c is None:
+            c = self.counts[node] = _NodeCounts()
+        return c
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Make this worker's namespaces, TUNs and pipe sockets and start reading them."""
+        self._loop = loop
+        atexit.register(self.close)
+        try:
+            for e in self.ip_entries:
+                fd = open_tun(e["tun"])
+                self.tun_fd[e["index"]] = fd
+                self.made.append(e["namespace"])
+                netns.create(e, self.plan, self.tun_mtu, replace=self.restarted)
+                loop.add_reader(fd, self._read_tun, e["index"], fd)
+            for i, src, dst, p in self.pipes:
+                if src in self.rt.local:
+                    sock = _udp_socket(p["listen"])
+                    self.listen[i] = sock
+                    loop.add_reader(sock.fileno(), self._read_pipe, i, src, dst, sock, 0)
+                if dst in self.rt.local:
+                    sock = _udp_socket(p["deliver"], ephemeral=True)
+                    self.reply[i] = sock
+                    loop.add_reader(sock.fileno(), self._read_pipe, i, dst, src, sock, 1)
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop reading, close every TUN (which removes it) and delete the namespaces."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = self._loop
+        for fd in self.tun_fd.values():
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for sock in [*self.listen.values(), *self.reply.values()]:
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(sock.fileno())
+            sock.close()
+        for ns in self.made:
+            try:
+                netns.remove(ns)
+            except Exception as exc:  # a failed removal is reported, the others still go
+                log.error("could not remove namespace %s: %s", ns, exc)
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.close)
+
+    def record(self) -> dict[str, Any]:
+        """What this worker made, for ``endpoints-w<K>.json``."""
+        return {"pid": os.getpid(), "namespaces": list(self.made),
+                "udp_listen": [self.plan["udp"][i]["listen"] for i in self.listen],
+                "mqtt": [self.rt.topology.node_ids[n] for n in sorted(self.mqtt_nodes)]}
+
+    def as_dict(self) -> dict[str, Any]:
+        """Per node: packets offered, delivered, refused before becoming frames (by reason)."""
+        ids = self.rt.topology.node_ids
+        return {ids[n]: {"offered": c.offered, "delivered": c.delivered,
+                         "refused": dict(sorted(c.refused.items()))}
+                for n, c in sorted(self.counts.items())}
+
+    # --- into the network -----------------------------------------------------------------------
+
+    def _read_tun(self, node: int, fd: int) -> None:
+        for _ in range(READ_BURST):
+            try:
+                packet = os.read(fd, MAX_PACKET)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.error("reading the TUN of node %d: %s", node, exc)
+                break
+            self.packet_in(node, packet, self.now())
+        self.after_input()
+
+    def packet_in(self, u: int, packet: bytes, at_wall: float) -> None:
+        """An IP packet leaves a program at node ``u``: carry it, or drop it with its reason."""
+        counts = self._counts(u)
+        where = icmp.destination(packet)
+        if where is None:
+            counts.refused["not_ip"] += 1
+            return
+        version, dst_bytes = where
+        v = self.by_address.get(dst_bytes)
+        if v is None and ipaddress.ip_address(dst_bytes) not in self.prefixes[version == 6]:
+            counts.refused["outside_prefix"] += 1  # multicast, link-local: no router forwards
+            return
+        if not self._accepting(u, counts):
+            return
+        if self.rt.suppressed(FLOW_ENDPOINT, u):
+            return
+        counts.offered += 1
+        frame = self._frame(u, v if v is not None else u, packet, None, at_wall)
+        if v is None:
+            self.rt.stats.offer(frame)
+            self.rt.stats.drop(frame, "no_endpoint", u)
+            self._to_tun(u, icmp.unreachable(packet, self.router))
+            return
+        mtu = self.path_mtu(u, frame)
+        if len(packet) > mtu:
+            self.rt.stats.offer(frame)
+            self.rt.stats.drop(frame, "mtu", u)
+            if icmp.dont_fragment(packet):
+                self._to_tun(u, icmp.too_big(packet, mtu, self.router))
+            return
+        self.rt.originate(u, frame, at_wall)
+
+    def _accepting(self, u: int, counts: _NodeCounts) -> bool:
+        if not self.started():
+            counts.refused["before_start"] += 1
+            return False
+        if self.roles.stopped:
+            counts.refused["after_stop"] += 1
+            return False
+        return True
+
+    def _frame(self, u: int, v: int, payload: bytes, ref: Any, at_wall: float) -> list[Any]:
+        rt = self.rt
+        route = None
+        if v < rt.topology.n_satellites and v not in rt.dest_row:  # satellites: source-routed
+            route = rt.source_route(u, v, None)
+        return new_frame(self.roles.frame_id(), DATA, FLOW_ENDPOINT, u, v, len(payload),
+                         at_wall, route=route, ref=ref, payload=payload)
+
+    def path_mtu(self, u: int, frame: list[Any]) -> int:
+        """Smallest link MTU on the frame's current path from ``u`` (as far as it is routed)."""
+        rt = self.rt
+        mtu = self.tun_mtu
+        node = u
+        for _ in range(rt.n_nodes):
+            if node == frame[F_DST]:
+                break
+            nxt = rt.route_next(node, frame)
+            live = rt.link(node, nxt) if nxt >= 0 else None
+            if live is None:
+                break  # the runtime drops it with the reason (no_route, link_down, fault)
+            mtu = min(mtu, self.mtu_by_kind[live[1]])
+            node = nxt
+        return mtu
+
+    def _read_pipe(self, pipe: int, u: int, v: int, sock: socket.socket, direction: int) -> None:
+        for _ in range(READ_BURST):
+            try:
+                data, peer = sock.recvfrom(MAX_PACKET)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ICMP port unreachable from a previous sendto
+                self._counts(u).refused[f"socket_error:{exc.errno}"] += 1
+                continue
+            if direction == 0:
+                self.last_client[pipe] = peer
+            self.datagram_in(pipe, u, v, data, direction, self.now())
+        self.after_input()
+
+    def datagram_in(self, pipe: int, u: int, v: int, data: bytes, direction: int,
+                    at_wall: float) -> None:
+        """A datagram enters pipe ``pipe`` at node ``u`` for node ``v``."""
+        counts = self._counts(u)
+        if not data:
+            counts.refused["empty_datagram"] += 1
+            return
+        if not self._accepting(u, counts) or self.rt.suppressed(FLOW_ENDPOINT, u):
+            return
+        counts.offered += 1
+        self.rt.originate(u, self._frame(u, v, data, [UDP_TAG, pipe, direction], at_wall),
+                          at_wall)
+
+    # --- out of the network ---------------------------------------------------------------------
+
+    def deliver(self, node: int, frame: list[Any]) -> None:
+        """A frame was delivered to ``node``: hand it to the node's endpoint(s)."""
+        if node in self.mqtt_nodes:
+            self.transport.publish(self.topics.node_outbox(self.rt.topology.node_ids[node]),
+                                   encode_batch([(node, frame)]))
+        if frame[F_FLOW] != FLOW_ENDPOINT:
+            return
+        counts = self._counts(node)
+        ref = frame[F_REF]
+        if ref is None:
+            if node in self.tun_fd:
+                counts.delivered += 1
+                self._to_tun(node, frame[F_PAYLOAD])
+            elif node not in self.mqtt_nodes:
+                counts.refused["no_tun_here"] += 1
+            return
+        self._pipe_out(node, ref, frame[F_PAYLOAD], counts)
+
+    def _pipe_out(self, node: int, ref: Any, data: bytes, counts: _NodeCounts) -> None:
+        if not (isinstance(ref, list) and len(ref) == 3 and ref[0] == UDP_TAG
+                and isinstance(ref[1], int) and 0 <= ref[1] < len(self.pipes)):
+            counts.refused["unknown_pipe"] += 1
+            return
+        pipe, direction = ref[1], ref[2]
+        peer: Any
+        if direction == 0:
+            sock, peer = self.reply.get(pipe), _address(self.plan["udp"][pipe]["deliver"])
+        else:
+            sock, peer = self.listen.get(pipe), self.last_client.get(pipe)
+        if sock is None or peer is None:
+            counts.refused["pipe_not_here"] += 1
+            return
+        try:
+            sock.sendto(data, peer)
+        except OSError as exc:
+            counts.refused[f"send_failed:{exc.errno}"] += 1
+            return
+        counts.delivered += 1
+
+    def _to_tun(self, node: int, packet: bytes) -> None:
+        fd = self.tun_fd.get(node)
+        if fd is None:
+            return
+        try:
+            os.write(fd, packet)
+        except OSError as exc:  # the kernel's TUN queue is full, or the device went away
+            self._counts(node).refused[f"tun_write_failed:{exc.errno}"] += 1
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _udp_socket(text: str, *, ephemeral: bool = False) -> socket.socket:
+    """A non-blocking UDP socket bound to ``text`` (or, ``ephemeral``, to any port of its host)."""
+    host, port = _address(text)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    try:
+        sock.bind((host, 0 if ephemeral else port))
+    except OSError as exc:
+        sock.close()
+        from orbitmesh.errors import RunError
+
+        raise RunError(f"UDP pipe cannot listen on {text}: {exc.strerror}") from exc
+    return sock
