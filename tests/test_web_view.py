@@ -200,3 +200,10 @@ def test_docs_and_dashboard_name_exactly_the_metrics_emitted(demo) -> None:  # t
             for m in re.findall(r"orbitmesh_[a-z_]+", t["expr"])}
     assert used <= emitted, used - emitted  # every query names a real series
     assert {family(n) for n in used} == documented  # and the dashboard shows every family
+
+
+def test_a_satellite_sgp4_could_not_place_is_null_not_nan() -> None:
+    from orbitmesh.run.web.view import _finite_list
+
+    assert _finite_list(np.array([1.234, np.nan, -0.006])) == [1.23, None, -0.01]
+    assert json.dumps(_finite_list(np.array([np.inf])), allow_nan=False) == "[null]"

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,7 +62,8 @@ class LiveServices:
 
     def __init__(self, run_dir: Path, options: LiveOptions, *,
                  tick_compute_ms: Callable[[], Sequence[float]] | None = None,
-                 transport: Transport | None = None, quiet: bool = False) -> None:
+                 transport: Transport | None = None, quiet: bool = False,
+                 record: bool = True) -> None:
         self.run_dir = run_dir
         self.options = options
         self.run_id, self.url = locate(str(run_dir), None)
@@ -69,9 +71,14 @@ class LiveServices:
         self._tick_compute_ms = tick_compute_ms
         self._transport = transport
         self._quiet = quiet
+        self._record = record
+        """Write web.json and metrics.prom into the run directory (the run's own server only:
+        a watcher must not overwrite the run's files)."""
         self.web: WebServer | None = None
         self.metrics: WebServer | None = None
         self.control_errors: list[str] = []
+        self.ended = asyncio.Event()
+        """Set when the run has finished (its clock was cleared)."""
         self._stack = contextlib.AsyncExitStack()
         self._group: asyncio.TaskGroup | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -107,7 +114,8 @@ class LiveServices:
         except BaseException:
             await stack.aclose()
             raise
-        atomic_write(self.run_dir / WEB_FILE, json.dumps(urls, indent=2), durable=False)
+        if self._record:
+            atomic_write(self.run_dir / WEB_FILE, json.dumps(urls, indent=2), durable=False)
         if not self._quiet:
             for what, url in urls.items():
                 print(f"{what}: {url}", file=sys.stderr, flush=True)
@@ -120,8 +128,9 @@ class LiveServices:
             self._pump.cancel()
         try:
             with contextlib.suppress(OSError):
-                atomic_write(self.run_dir / METRICS_FILE,
-                             metrics_text(self._registry).decode(), durable=False)
+                if self._record:
+                    atomic_write(self.run_dir / METRICS_FILE,
+                                 metrics_text(self._registry).decode(), durable=False)
         finally:
             await self._stack.aclose()
 
@@ -151,6 +160,8 @@ class LiveServices:
                         self.control_errors.append(ControlError.decode(message.payload).error)
                     continue
                 tick |= self.view.handle(message)
+            if self.view.ended:
+                self.ended.set()
             if tick and self.web is not None:
                 self.web.hub.publish(self.view.frame_json())
 
@@ -178,12 +189,19 @@ async def watch(run_dir: Path, options: LiveOptions) -> None:
     if not (run_dir / RUN_FILE).is_file():
         raise RunError(f"{run_dir}: no {RUN_FILE}; give the directory of a running run "
                        "(or a finished one with --replay)")
-    async with LiveServices(run_dir, options) as live:
+    async with LiveServices(run_dir, options, record=False) as live:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        import signal
-
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        del live
+        waits = {asyncio.create_task(stop.wait(), name="watch.stop"),
+                 asyncio.create_task(live.ended.wait(), name="watch.ended")}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        if live.ended.is_set():
+            print(f"run {live.run_id} has finished; its last figures are in "
+                  f"{run_dir / METRICS_FILE}", file=sys.stderr, flush=True)

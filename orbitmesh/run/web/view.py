@@ -13,7 +13,6 @@ Arrays in a frame: ``sat_lat_deg``/``sat_lon_deg`` ``(S,)`` in node order; ``lin
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -133,6 +132,8 @@ class RunView:
         self.route_changes = 0
         self.ticks = 0
         self.malformed = 0
+        self.ended = False
+        """True once the run cleared its retained clock (it has finished)."""
         self.history: dict[int, deque[tuple[float, float | None, float | None]]] = {}
         self._last_totals: dict[int, FlowTotals] = {}
         self._wall = clock_wall
@@ -162,7 +163,10 @@ class RunView:
                 self._sample_history()
                 return True
             if not message.payload:
-                return False  # a retained topic cleared at the end: keep the last figures
+                # A retained topic cleared at the end: keep the last figures; a cleared clock
+                # after one was seen means the run is over.
+                self.ended |= message.topic == t.clock and self.clock is not None
+                return False
             if message.topic == t.clock:
                 self.clock_message = ClockMessage.decode(message.payload)
                 self.clock = RunClock(self.clock_message.t0_wall, self.clock_message.speed)
@@ -263,7 +267,7 @@ class RunView:
         return {
             "t_s": t_s, "seq": snap.seq if snap is not None else -1,
             "duration_s": self.clock_message.duration_s if self.clock_message else None,
-            "sat_lat_deg": np.round(lat, 2).tolist(), "sat_lon_deg": np.round(lon, 2).tolist(),
+            "sat_lat_deg": _finite_list(lat), "sat_lon_deg": _finite_list(lon),
             "links": links, "links_up": self.links_up(),
             "down": {str(k): v for k, v in (snap.down.items() if snap else ())},
             "cut": [[a, b, f] for (a, b), f in (snap.cut.items() if snap else ())],
@@ -276,15 +280,17 @@ class RunView:
         }
 
     def frame_json(self) -> bytes:
-        """:meth:`frame` as compact JSON (non-finite numbers become null)."""
-        return json.dumps(_finite(self.frame()), separators=(",", ":")).encode()
+        """:meth:`frame` as compact JSON."""
+        return json.dumps(self.frame(), separators=(",", ":"), allow_nan=False).encode()
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value
+def _finite_list(values: NDArray[np.float64]) -> list[float | None]:
+    """Rounded to 0.01 deg; a satellite SGP4 could not propagate (NaN) becomes null."""
+    rounded = np.round(values, 2)
+    bad = ~np.isfinite(rounded)
+    if not bad.any():
+        return rounded.tolist()
+    out: list[float | None] = rounded.tolist()
+    for i in np.flatnonzero(bad).tolist():
+        out[i] = None
+    return out
