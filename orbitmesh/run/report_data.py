@@ -118,7 +118,9 @@ def read_run(run_dir: Path, *, salvage: bool = False,
     damage: list[Damage] = []
     for count, r in enumerate(iter_events(run_dir, salvage=salvage, damage=damage), 1):
         tag = r[0]
-        if tag == "deliver":
+        if tag == "hop":  # most records; no figure needs them
+            pass
+        elif tag == "deliver":
             d_t.append(r[1])
             d_id.append(r[2])
             d_flow.append(r[3])
