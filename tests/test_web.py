@@ -144,6 +144,10 @@ async def test_live_page_draws_injects_and_stays_offline(tmp_path: Path) -> None
             await page.wait_for_function(
                 "window.orbitmeshState.faults.some(f => f.id === 'from-the-page' && f.active)",
                 timeout=10_000)
+            # ... and marks the failed station (the snapshot's fault effects).
+            await page.wait_for_function(
+                f"{ids.index('svalbard')} in window.orbitmeshState.down", timeout=10_000)
+            await page.screenshot(path=str(run_dir / "web-screenshot-fault.png"))
             bad = await page.evaluate(
                 "orbitmeshInject(JSON.stringify({cmd: 'fault', kind: 'node_down', "
                 "node: 'atlantis'}))")
@@ -191,6 +195,26 @@ async def test_live_page_draws_injects_and_stays_offline(tmp_path: Path) -> None
     during = json.loads(replay.frame_at(listing_t_s + 1.0))
     assert any(f["id"] == "from-the-page" and f["active"] for f in during["faults"])
     assert last["flows"][0]["path"]  # routes recomputed from the recorded links
+    await _drive_replay(replay, tmp_path / "replay-profile", run_dir / "replay-screenshot.png")
+
+
+async def _drive_replay(replay: Replay, profile: Path, screenshot: Path) -> None:
+    """The replay page: the slider moves the map to the frame of its time."""
+    def frame(query: dict[str, list[str]]) -> bytes:
+        return replay.frame_at(float(query.get("t", ["0"])[0]))
+
+    async with WebServer("127.0.0.1", 0, meta=replay.meta, frame=frame) as web, \
+            _browser(profile) as context:
+        page = await context.new_page()
+        await page.goto(web.url)
+        await page.wait_for_function("window.orbitmeshState.updates >= 1", timeout=20_000)
+        assert await page.is_visible("#slider")
+        target_s = replay.times_s[len(replay.times_s) // 2]
+        await page.eval_on_selector("#slider", f"s => {{ s.value = {target_s}; "
+                                    "s.dispatchEvent(new Event('input')); }")
+        await page.wait_for_function(f"window.orbitmeshState.t_s === {target_s}",
+                                     timeout=10_000)
+        await page.screenshot(path=str(screenshot))
 
 
 async def _watch_frame(run_dir: Path) -> dict[str, Any]:

@@ -207,3 +207,18 @@ def test_a_satellite_sgp4_could_not_place_is_null_not_nan() -> None:
 
     assert _finite_list(np.array([1.234, np.nan, -0.006])) == [1.23, None, -0.01]
     assert json.dumps(_finite_list(np.array([np.inf])), allow_nan=False) == "[null]"
+
+
+def test_sparkline_points_are_ratios_and_means_over_recent_ticks(demo) -> None:  # type: ignore[no-untyped-def]
+    topology, tick = demo
+    view = RunView(topology, "r")
+    state = encode_state(0, tick.state, tick.routes)
+    for k in range(1, 8):  # 10 offered per tick; all delivered (50 ms each) until tick 3, then none
+        good = min(k, 3)
+        view.handle(_status(0, (FlowProgress(0, 10 * k, 10 * good, (), 500.0 * good, ()),)))
+        view.handle(Message("orbitmesh/r/state", state))
+    points = list(view.history[0])
+    assert len(points) == 7
+    assert points[2][1:] == (1.0, 50.0)
+    # The last point covers ticks 3..7 (WINDOW_TICKS = 5): 10 of 50 delivered, not 30 of 70.
+    assert points[-1][1] == pytest.approx(10 / 50) and points[-1][2] == pytest.approx(50.0)

@@ -41,6 +41,8 @@ from orbitmesh.protocol.wire import FLOW_ACK, FLOW_TELECOMMAND, FLOW_TELEMETRY, 
 
 HISTORY = 120
 """Sparkline points kept per flow (one per tick)."""
+WINDOW_TICKS = 5
+"""Ticks over which a sparkline point's delivery ratio and latency are taken."""
 BUILTIN_FLOWS = {FLOW_TELEMETRY: "telemetry", FLOW_TELECOMMAND: "telecommand", FLOW_ACK: "ack"}
 
 
@@ -135,7 +137,7 @@ class RunView:
         self.ended = False
         """True once the run cleared its retained clock (it has finished)."""
         self.history: dict[int, deque[tuple[float, float | None, float | None]]] = {}
-        self._last_totals: dict[int, FlowTotals] = {}
+        self._past_totals: deque[dict[int, FlowTotals]] = deque(maxlen=WINDOW_TICKS)
         self._wall = clock_wall
         self._index = topology.index
         self._flows = [(self._index[f.source], self._index[f.destination], f.policy)
@@ -210,11 +212,13 @@ class RunView:
         return traffic[flow].name if 0 <= flow < len(traffic) else f"flow{flow}"
 
     def _sample_history(self) -> None:
-        """One sparkline point per flow: delivery ratio and mean latency since the last tick."""
+        """One sparkline point per flow and tick: delivery ratio and mean latency over the last
+        :data:`WINDOW_TICKS` ticks (heartbeats come every 0.5 s wall, not once per tick)."""
         assert self.snapshot is not None
         totals = self.flow_totals()
+        past = self._past_totals[0] if self._past_totals else {}
         for flow in range(len(self._flows)):
-            now, before = totals.get(flow, FlowTotals()), self._last_totals.get(flow, FlowTotals())
+            now, before = totals.get(flow, FlowTotals()), past.get(flow, FlowTotals())
             offered = now.offered - before.offered
             delivered = now.delivered - before.delivered
             ratio = None if offered <= 0 else min(1.0, max(0.0, delivered / offered))
@@ -222,7 +226,7 @@ class RunView:
                        (now.latency_sum_ms - before.latency_sum_ms) / delivered)
             self.history.setdefault(flow, deque(maxlen=HISTORY)).append(
                 (self.snapshot.t_s, ratio, None if latency is None else round(latency, 3)))
-        self._last_totals = totals
+        self._past_totals.append(totals)
 
     def links_up(self) -> dict[str, int]:
         """Live links per class in the snapshot in force."""

@@ -134,7 +134,9 @@
       const d = document.createElement("div"); d.className = "flow";
       const drops = Object.values(f.dropped).reduce((a, b) => a + b, 0);
       const last = f.history.length ? f.history[f.history.length - 1] : [0, null, null];
-      d.textContent = `${f.name}: ${f.delivered}/${f.offered} delivered, ${drops} dropped` +
+      // Offered and delivered come from different workers' heartbeats (0.5 s apart at most):
+      // shown side by side, not as a ratio that could pass 100 %.
+      d.textContent = `${f.name}: offered ${f.offered} · delivered ${f.delivered} · dropped ${drops}` +
         (last[2] !== null ? `, ${last[2].toFixed(1)} ms` : "") + (f.path.length ? "" : " — no route");
       d.style.color = FLOW_STYLE[i % FLOW_STYLE.length];
       d.append(spark(f.history.map((h) => h[1]), "#7bd88f", 1), spark(f.history.map((h) => h[2]), "#ffd54f"));
