@@ -232,6 +232,11 @@ class EmbeddedBroker:
         return self._proc is not None and self._proc.poll() is None
 
     @property
+    def returncode(self) -> int | None:
+        """Exit status of a broker process that has ended (negative: the signal); else None."""
+        return None if self._proc is None else self._proc.poll()
+
+    @property
     def workdir(self) -> Path:
         """Directory holding the generated config and the broker log."""
         if self._workdir is None:

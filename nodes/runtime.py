@@ -48,8 +48,9 @@ from orbitmesh.protocol.wire import (
 )
 
 ARRIVE, CALL = 0, 1
-BROKER_FAULT = "broker_outage"
-"""Fault id of frames a worker could not hand over because its broker connection was down."""
+BROKER_FAULT = "unplanned_broker_outage"
+"""Fault id of frames a worker could not hand over because its broker connection was down and
+no broker_outage fault was in force (the launcher names that event when its broker dies)."""
 Frame = list[Any]
 
 
@@ -112,6 +113,7 @@ class NodeRuntime:
         self.down_all: dict[int, str] = {}  # every failed node of the run -> fault id
         self.cut_at_node: dict[int, str] = {}  # node with a fault-cut link -> fault id
         self.broker_fault_id = BROKER_FAULT
+        self._broker_down = False
         self.blame: str | None = None
 
     # --- time ---------------------------------------------------------------------------------
@@ -429,7 +431,11 @@ class NodeRuntime:
             for items in outbox.values():
                 for _v, frame in items:
                     self.stats.drop(frame, "fault", -1, self.broker_fault_id)
+            self._broker_down = True
             return
+        if self._broker_down:  # back: the next outage is nobody's until a fault says so
+            self._broker_down = False
+            self.broker_fault_id = BROKER_FAULT
         for worker, items in outbox.items():
             self.send(worker, encode_batch(items))
 

@@ -37,7 +37,7 @@ from orbitmesh.core.limits import run_clock
 from orbitmesh.core.placement import place, worker_count
 from orbitmesh.core.scenario import Fidelity, load_scenario
 from orbitmesh.core.topology import Topology, build_topology
-from orbitmesh.errors import RunError, ScenarioError
+from orbitmesh.errors import BrokerError, RunError, ScenarioError
 from orbitmesh.protocol.messages import ControlCommand, MessageError, WorkerProgress, WorkerStatus
 from orbitmesh.protocol.wire import Topics
 from orbitmesh.run.controller import Controller
@@ -55,6 +55,10 @@ READY_TIMEOUT_S = 60.0
 DRAIN_S = 1.5
 """Wall seconds after the last scenario second for frames in flight to land."""
 FINISH_TIMEOUT_S = 20.0
+BROKER_POLL_S = 0.2
+"""How often the launcher checks that the embedded broker it started is still alive."""
+UNPLANNED_BROKER_ID = "unplanned_broker_outage"
+"""The event a broker death nobody asked for is charged to (workers drop with this id)."""
 
 
 @dataclass
@@ -228,6 +232,7 @@ class _LocalRun:
         self.external = False
         self.live = LiveOptions()
         self.credentials: RunCredentials | None = None
+        self.broker_lost: dict[str, Any] | None = None
         self.broker_stopping = False
         """True while a broker_outage fault stops the broker: it sends every will then."""
         """Per-role broker users; None: every process uses ``url`` as it is."""
@@ -262,6 +267,8 @@ class _LocalRun:
             if live is not None:
                 await live.__aenter__()
             listener = asyncio.create_task(self._listen(), name="controller.listen")
+            if self.broker is not None:
+                self._background(self._watch_broker(), "broker.watchdog")
             try:
                 if not self.external:
                     for k in range(self.workers):
@@ -333,6 +340,7 @@ class _LocalRun:
                 "versions": _versions()}
         faults = [{**f.describe(), **self.process_faults.get(f.id, {})}
                   for f in controller.faults]
+        faults += [self.broker_lost] if self.broker_lost is not None else []
         summary = build_summary(self.run_dir, scenario, meta, links, self.workers, faults)
         # A full disk ends the run with one line (and exit 1), after saving what still fits.
         errors = [e for e in (controller.write_error,) if e is not None]
@@ -450,6 +458,48 @@ class _LocalRun:
         finally:
             self.broker_stopping = False
         info["restarted_wall"] = time.time()
+
+    async def _watch_broker(self) -> None:
+        """Restart an embedded broker that died unasked and charge the gap to an unplanned
+        event (not to a broker_outage fault nobody injected)."""
+        assert self.broker is not None and self.controller is not None
+        pid = self.broker.pid
+        while True:
+            await asyncio.sleep(BROKER_POLL_S)
+            if self.broker_stopping or self.broker.running:
+                pid = self.broker.pid or pid
+                continue
+            code = self.broker.returncode
+            how = ("exit status unknown" if code is None else f"signal {-code}" if code < 0
+                   else f"exit code {code}")
+            start_s, died = round(self.controller.scenario_s(), 3), time.time()
+            event = self.broker_lost = self.broker_lost or {
+                "id": UNPLANNED_BROKER_ID, "kind": "broker_lost", "origin": "unplanned",
+                "start_s": start_s, "end_s": None, "target": {}, "outages": []}
+            print(f"error: the embedded broker (pid {pid}) died at t={start_s:g} s ({how}); "
+                  "restarting it", file=sys.stderr)
+            self.broker_stopping = True  # no will from before the restart marks a worker lost
+            try:
+                await asyncio.to_thread(self.broker.restart)
+            except BrokerError as exc:
+                event["describe"] = (f"embedded broker (pid {pid}) died at t={start_s:g} s "
+                                     f"({how}) and could not be restarted: {exc}")
+                print(f"error: {event['describe']}; stopping the run", file=sys.stderr)
+                self.stop.set()
+                return
+            finally:
+                self.broker_stopping = False
+            event["end_s"] = round(self.controller.scenario_s(), 3)
+            event["outages"].append({"pid": pid, "exit": how, "start_s": start_s,
+                                     "end_s": event["end_s"],
+                                     "restart_wall_s": round(time.time() - died, 3)})
+            event["describe"] = "; ".join(
+                f"embedded broker (pid {o['pid']}) died at t={o['start_s']:g} s ({o['exit']}), "
+                f"restarted after {o['restart_wall_s']:g} s wall" for o in event["outages"])
+            pid = self.broker.pid
+            if pid is not None:
+                self.pids["broker"] = pid
+                atomic_write(self.run_dir / "pids.json", json.dumps(self.pids), durable=False)
 
     async def _restart(self, worker: int) -> None:
         proc = self.procs[worker]
