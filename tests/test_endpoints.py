@@ -8,6 +8,7 @@ IP endpoints in network namespaces with `ping` and `iperf3` through `orbitmesh e
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -499,7 +500,7 @@ def test_ctrl_c_and_a_killed_launcher_leave_no_namespace(tmp_path: Path) -> None
         if how == "sigint":
             os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
             proc.communicate(timeout=60)
-        else:  # the launcher dies; its workers get SIGTERM from whoever cleans up the group
+        else:  # the launcher dies, its workers live on: `orbitmesh down` goes by the record
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             down = subprocess.run([sys.executable, "-m", "orbitmesh", "down", str(run_dir)],
@@ -507,5 +508,7 @@ def test_ctrl_c_and_a_killed_launcher_leave_no_namespace(tmp_path: Path) -> None
                                   timeout=60)
             assert down.returncode == 0, down.stderr
             assert not [n for n in names if netns.exists(n)], down.stdout
-            os.killpg(proc.pid, signal.SIGTERM)  # the orphaned workers, by their group
+            _stop(proc, run_dir)
+            with contextlib.suppress(ProcessLookupError):  # the orphans, by their group
+                os.killpg(proc.pid, signal.SIGKILL)
         assert not [n for n in names if netns.exists(n)], how
