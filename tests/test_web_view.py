@@ -222,3 +222,15 @@ def test_sparkline_points_are_ratios_and_means_over_recent_ticks(demo) -> None: 
     assert points[2][1:] == (1.0, 50.0)
     # The last point covers ticks 3..7 (WINDOW_TICKS = 5): 10 of 50 delivered, not 30 of 70.
     assert points[-1][1] == pytest.approx(10 / 50) and points[-1][2] == pytest.approx(50.0)
+
+
+def test_cli_refuses_bad_listen_addresses_and_run_directories(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from orbitmesh.run.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(DEMO), "--web", "localhost:http"])
+    assert exc.value.code == 2 and "HOST:PORT" in capsys.readouterr().err
+    assert main(["watch", str(tmp_path)]) == 2
+    assert "no run.json" in capsys.readouterr().err
+    assert main(["watch", str(tmp_path), "--replay"]) == 2
+    assert "no links.msgpack" in capsys.readouterr().err

@@ -240,6 +240,12 @@ def _watch(args: argparse.Namespace) -> int:
     from orbitmesh.run.web.live import LiveOptions, watch
 
     options = LiveOptions("" if args.web is None else args.web, args.web_control, args.metrics)
+    need = "links.msgpack" if args.replay else "run.json"
+    if not (Path(args.run) / need).is_file():
+        print(f"error: {args.run}: no {need} there; expected the directory of a "
+              f"{'finished' if args.replay else 'running'} run (orbitmesh run --out DIR)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.replay:
         from orbitmesh.run.web.replay import serve_replay
 
