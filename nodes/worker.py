@@ -27,7 +27,6 @@ from pathlib import Path
 from broker.client import MqttTransport
 from broker.url import resolve_broker_url
 from nodes.endpoints import EndpointHost
-from nodes.endpoints import EndpointHost
 from nodes.heartbeat import flow_progress
 from nodes.roles import Roles
 from nodes.runtime import NodeRuntime
@@ -49,7 +48,6 @@ from orbitmesh.protocol.state import TickSnapshot, decode_state
 from orbitmesh.protocol.transport import Message, Transport
 from orbitmesh.protocol.wire import F_FLOW, WIRE_VERSION, Topics, decode_batch
 from orbitmesh.run.files import DiskError, atomic_write
-from orbitmesh.run.launch.netns import read_plan
 from orbitmesh.run.launch.netns import read_plan
 from orbitmesh.run.trace import read_replay
 
@@ -100,7 +98,6 @@ class Worker:
         self._last_counts = (0, 0.0)
         self._window_apply_late_ms = 0.0
         self.endpoints: EndpointHost | None = None
-        self.endpoints: EndpointHost | None = None
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -143,27 +140,6 @@ class Worker:
         self.runtime.flush()
         self._arm()
 
-    def _open_endpoints(self) -> EndpointHost | None:
-        """Make the endpoints of the hosted nodes from the run's record (endpoints.json)."""
-        plan = read_plan(self.out_dir) if self.out_dir is not None else None
-        if plan is None:
-            return None
-        host = EndpointHost(self.roles, plan, transport=self.transport, topics=self.topics,
-                            now=self.now, started=lambda: self.started,
-                            after_input=self._after_input, restarted=self.generation > 0)
-        assert self._loop is not None
-        host.open(self._loop)
-        self.roles.endpoint_deliver = host.deliver
-        assert self.out_dir is not None
-        atomic_write(self.out_dir / f"endpoints-{self.tag}.json", json.dumps(host.record()),
-                     durable=False)
-        return host
-
-    def _after_input(self) -> None:
-        """Endpoint packets were originated: send what they handed over, wake at their hops."""
-        self.runtime.flush()
-        self._arm()
-
     def _service(self) -> None:
         self._timer, self._timer_due = None, float("inf")
         self.runtime.run_due(self.now())
@@ -179,7 +155,6 @@ class Worker:
         inboxes = [t.node_inbox(self.topology.node_ids[i]) for i in sorted(self.runtime.local)]
         await self.transport.subscribe(t.worker_frames(self.index), t.clock, t.state, t.launcher,
                                        t.faults, *inboxes)
-        self.endpoints = self._open_endpoints()  # before "ready": exec may use them at once
         self.endpoints = self._open_endpoints()  # before "ready": exec may use them at once
         self._write_stats(final=False)  # claims this generation's file name at once
         self._status("ready", nodes=len(self.runtime.local), pid=os.getpid())
@@ -365,8 +340,6 @@ class Worker:
             self._events.close()
         if self.endpoints is not None:
             self.endpoints.close()
-        if self.endpoints is not None:
-            self.endpoints.close()
         self._write_stats(final=True)
         self._status("done", self._progress())
 
@@ -388,8 +361,6 @@ class Worker:
         result["generation"] = self.generation
         result["final"] = final
         result["dropped_publishes"] = getattr(self.transport, "dropped_publishes", 0)
-        if self.endpoints is not None:
-            result["endpoints"] = self.endpoints.as_dict()
         if self.endpoints is not None:
             result["endpoints"] = self.endpoints.as_dict()
         if self.out_dir is not None:
