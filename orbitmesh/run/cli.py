@@ -166,26 +166,9 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--html", metavar="FILE",
                     help="also write both runs' report figures side by side to this HTML file")
 
-    rep = sub.add_parser("report", help="a self-contained HTML report of a run, with plots",
-                         description="One HTML file with every figure embedded (no external "
-                         "URL): latency per flow, delivery and drops, links, telemetry, "
-                         "telecommands, emulation excess, a map snapshot.")
-    rep.add_argument("run", help="run directory, or a run id under runs/")
-    rep.add_argument("-o", "--out", metavar="FILE",
-                     help="HTML file to write (default: RUN/report.html)")
-    rep.add_argument("--png", metavar="DIR", help="also write each figure as DIR/<figure>.png")
-    rep.add_argument("--salvage", action="store_true", help=SALVAGE_HELP)
+    from orbitmesh.run.see_cli import add_parsers as add_see_parsers
 
-    eg = sub.add_parser("export-geometry", help="satellite tracks, stations and links over a "
-                        "span as CZML (Cesium), GeoJSON (GIS) or CSV")
-    eg.add_argument("scenario", help="scenario YAML file")
-    eg.add_argument("--format", choices=("czml", "geojson", "csv"), required=True,
-                    help="czml: Cesium document; geojson: FeatureCollection; csv: positions")
-    eg.add_argument("--start", type=_time, help="first sample (default: the scenario epoch)")
-    eg.add_argument("--end", type=_time, help="last sample (default: start + scenario duration)")
-    eg.add_argument("--step", type=float, default=60.0,
-                    help="seconds between samples (default 60)")
-    eg.add_argument("-o", "--out", metavar="FILE", help="output file (default: standard output)")
+    add_see_parsers(sub, _time, SALVAGE_HELP)  # report, export-geometry
 
     w = sub.add_parser("watch", help="the live map of a running run (or --replay a finished "
                        "one) in the browser")
@@ -261,8 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handlers = {"validate": _validate, "path": _path, "contacts": _contacts, "run": _run,
                     "fault": _fault, "faults": _faults, "replay": _replay, "trace": _trace,
-                    "compare": _compare, "report": _report,
-                    "export-geometry": _export_geometry, "watch": _watch}
+                    "compare": _compare, "watch": _watch}
         handler = getattr(args, "handler", None) or handlers[args.command]
         return handler(args)
     except ScenarioError as exc:
@@ -498,29 +480,6 @@ def _compare(args: argparse.Namespace) -> int:
             return EXIT_BAD_INPUT
         print(f"side by side: {args.html}", file=sys.stderr)
     return code
-
-
-def _report(args: argparse.Namespace) -> int:
-    from orbitmesh.run.run_report import report_cli
-
-    return report_cli(args.run, args.out, args.png, args.salvage)
-
-
-def _export_geometry(args: argparse.Namespace) -> int:
-    from contextlib import ExitStack
-
-    from orbitmesh.run.geometry_export import sample_geometry, write_geometry
-    from orbitmesh.run.progress import progress
-
-    topology = _load(args.scenario)
-    with progress("sampling links") as report:
-        geo = sample_geometry(topology, args.start, args.end, args.step,
-                              on_sample=lambda done, _total: report(done))
-    with ExitStack() as stack:
-        out = (stack.enter_context(open(args.out, "w", encoding="utf-8", newline=""))
-               if args.out else sys.stdout)
-        write_geometry(geo, args.format, out)
-    return EXIT_OK
 
 
 def _fault(args: argparse.Namespace) -> int:
