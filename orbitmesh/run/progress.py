@@ -25,9 +25,10 @@ def progress(label: str, total: int | None = None) -> Iterator[Callable[[int], N
         TimeElapsedColumn,
     )
 
-    columns: list[str | ProgressColumn] = ["[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn()] if total is not None else [
-        "[progress.description]{task.description}", "{task.completed:,}", TimeElapsedColumn()]
+    label_column = "[progress.description]{task.description}"
+    columns: list[str | ProgressColumn] = (
+        [label_column, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        if total is not None else [label_column, "{task.completed:,}", TimeElapsedColumn()])
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(label, total=total)
         yield lambda done: bar.update(task, completed=done)
