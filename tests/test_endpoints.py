@@ -512,3 +512,27 @@ def test_ctrl_c_and_a_killed_launcher_leave_no_namespace(tmp_path: Path) -> None
             with contextlib.suppress(ProcessLookupError):  # the orphans, by their group
                 os.killpg(proc.pid, signal.SIGKILL)
         assert not [n for n in names if netns.exists(n)], how
+
+
+def test_endpoints_lists_the_record_and_exec_refuses_what_it_cannot_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from orbitmesh.run.cli import main
+
+    topology = tiny("  udp: [{node: alpha, listen: '127.0.0.1:9000', to: bravo, "
+                    "deliver: '127.0.0.1:9001'}]\n  mqtt: [bravo]\n")
+    netns.write_plan(tmp_path, topology, "listing", [0] * 7)
+    assert main(["endpoints", str(tmp_path), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["node"], r["kind"]) for r in rows] == [("alpha", "ip"), ("bravo", "ip"),
+                                                      ("alpha", "udp"), ("bravo", "mqtt")]
+    assert rows[0]["namespace"] == "om-listing-alpha" and rows[0]["state"] == "absent"
+    assert rows[3]["topic"] == "orbitmesh/listing/node/bravo/out"
+    assert main(["endpoints", str(tmp_path)]) == 0
+    assert "10.77.0.6 fd77::6" in capsys.readouterr().out
+    assert main(["exec", str(tmp_path), "ops", "--", "true"]) == 2
+    assert "ops is not an IP endpoint of this run (IP endpoints: alpha, bravo)" in \
+        capsys.readouterr().err
+    assert main(["exec", str(tmp_path), "alpha", "--", "true"]) == 1
+    assert "namespace om-listing-alpha of alpha does not exist" in capsys.readouterr().err
+    assert main(["exec", str(tmp_path), "alpha"]) == 2
+    assert main(["endpoints", str(tmp_path / "nowhere")]) == 2
