@@ -22,8 +22,9 @@ fault_id_or_None]``, ``["hop", arrival_wall, id, flow, from_node, to_node, size]
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from typing import IO, Any
 
 import msgpack
@@ -43,6 +44,8 @@ from orbitmesh.protocol.wire import (
 )
 
 log = logging.getLogger("orbitmesh.worker")
+MARK_EVERY_B = 65_536
+"""A record start is remembered every this many bytes of event log: where a cut looks from."""
 
 
 class FlowStats:
@@ -102,6 +105,10 @@ class Stats:
         self.fault_suppressed: defaultdict[str, Counter[int]] = defaultdict(Counter)
         self._events = events
         self._packer = msgpack.Packer(use_bin_type=True) if events is not None else None
+        self.events_truncated_at: dict[str, Any] | None = None
+        """Where the event log stopped because it could not be written (a full disk)."""
+        self._written_b = 0
+        self._marks: deque[int] = deque([0], maxlen=64)
         self.event_wall = 0.0
         self.now_wall = 0.0
         """Wall time at which the worker is really handling the current event."""
@@ -113,7 +120,37 @@ class Stats:
 
     def _event(self, record: list[Any]) -> None:
         if self._events is not None and self._packer is not None:
-            self._events.write(self._packer.pack(record))
+            data = self._packer.pack(record)
+            if self._written_b - self._marks[-1] >= MARK_EVERY_B:
+                self._marks.append(self._written_b)
+            try:
+                self._events.write(data)
+            except OSError as exc:
+                self._events_failed(exc)
+                return
+            self._written_b += len(data)
+
+    def close_events(self) -> None:
+        """Flush and close the event log (a write error here is a truncation, not a crash)."""
+        if self._events is not None:
+            try:
+                self._events.close()
+            except OSError as exc:
+                self._events_failed(exc)
+
+    def _events_failed(self, exc: OSError) -> None:
+        """Stop the event log at its last whole record on disk; counting goes on."""
+        events, self._events, self._packer = self._events, None, None
+        name = getattr(events, "name", None)
+        with contextlib.suppress(OSError):
+            if events is not None:
+                events.close()  # its buffer cannot be written either: that tail is lost
+        kept_b = _cut_at_record(name, self._marks) if isinstance(name, str) else None
+        self.events_truncated_at = {"bytes": kept_b, "wall": self.event_wall,
+                                    "error": exc.strerror or str(exc)}
+        log.error("event log %s: %s; no more events are written (kept %s bytes of whole "
+                  "records); counting goes on and the trace will say it was cut short",
+                  name, exc.strerror or exc, kept_b)
 
     def offer(self, frame: list[Any]) -> None:
         """A node created ``frame``."""
@@ -189,9 +226,33 @@ class Stats:
             "fault_suppressed": {f: {str(k): v for k, v in c.items()}
                                  for f, c in self.fault_suppressed.items()},
         }
+        if self.events_truncated_at is not None:
+            out["events_truncated_at"] = self.events_truncated_at
         if samples:
             out |= {"hop_late_ms": self.hop_late_ms.to_dict(),
                     "telemetry_age_ms": self.telemetry_age_ms.to_dict(),
                     "telecommand_rtt_ms": self.telecommand_rtt_ms.to_dict(),
                     "link_apply_late_ms": self.link_apply_late_ms.to_dict()}
         return out
+
+
+def _cut_at_record(path: str, marks: deque[int]) -> int | None:
+    """Truncate a msgpack stream to its last whole record; its new length (None: not possible).
+
+    Parsing starts at the latest remembered record start that is on disk, so a cut costs at most
+    a few hundred kB of reading however long the log.
+    """
+    try:
+        with open(path, "r+b") as f:
+            size = f.seek(0, 2)
+            start = max((m for m in marks if m <= size), default=0)
+            f.seek(start)
+            unpacker = msgpack.Unpacker(f, raw=False)
+            end = start
+            with contextlib.suppress(ValueError, msgpack.UnpackException):
+                for _record in unpacker:
+                    end = start + unpacker.tell()
+            f.truncate(end)
+            return end
+    except OSError:
+        return None

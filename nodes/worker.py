@@ -336,8 +336,7 @@ class Worker:
 
     def _finish(self) -> None:
         """Count what is still held and write the final stats file."""
-        if self._events is not None:
-            self._events.close()
+        self.stats.close_events()  # a full disk truncates the log there, never raises
         if self.endpoints is not None:
             self.endpoints.close()
         self._write_stats(final=True)

@@ -26,6 +26,7 @@ from typing import IO, Any
 from orbitmesh.protocol.wire import ACK, DATA, KIND_NAMES, TELECOMMAND, TELEMETRY
 from orbitmesh.run.records import Damage, RecordReader, TraceError
 from orbitmesh.run.trace import (
+    FULL_DISK,
     LINKS_FILE,
     EventStream,
     check_link_record,
@@ -400,7 +401,8 @@ def damage_status(info: dict[str, Any]) -> str:
             + (f", stopped at {stopped}" if stopped else "")
             + (f"; {missing} counted event(s) not recovered" if missing else "")
             if info["salvaged"] else "the counts below stop at the damage; --salvage reads past it")
-    return f"damaged ({len(damage)} place(s); first: {where}); {tail}"
+    what = FULL_DISK if any(d["problem"].startswith(FULL_DISK) for d in damage) else "damaged"
+    return f"{what} ({len(damage)} place(s); first: {where}); {tail}"
 
 
 LINK_COLUMNS = ("t_s", "time", "event", "a", "b", "class", "delay_ms")

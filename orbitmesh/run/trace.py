@@ -65,6 +65,9 @@ FIELD_NAMES = {"offer": ("wall", "frame", "flow", "kind", "source", "destination
 EVENT_SIGNATURES = (b"\x98\xa5offer", b"\x97\xa3hop", b"\x97\xa7deliver", b"\x9a\xa7deliver",
                     b"\x97\xa4drop", b"\x96\xa4drop", b"\x95\xa8suppress")
 COUNTED_EVENTS = ("offer", "deliver", "drop", "suppress")
+FULL_DISK = "truncated by a full disk"
+"""How the damage of an event log its worker stopped writing (stats: events_truncated_at)
+begins: readers say so instead of calling the trace merely short."""
 """Events a worker's stats also count (hops are not counted one by one)."""
 
 
@@ -216,7 +219,8 @@ class EventStream:
         self.path = Path(path)
         self.stats = _final_stats(self.path)
         self.reader = RecordReader(self.path, check_event, mode=mode,
-                                   tail_ok=self.stats is None, signatures=EVENT_SIGNATURES)
+                                   tail_ok=self.stats is None or _cut(self.stats) is not None,
+                                   signatures=EVENT_SIGNATURES)
         self.missing_events: int | None = None
         """Counted by the worker but not found in the stream (None: no final stats)."""
 
@@ -237,13 +241,23 @@ class EventStream:
         self.missing_events = counted - found
         if counted != found and not self.damage:
             reader = self.reader
-            damage = Damage(str(self.path), reader.end_offset, reader.records,
-                            f"the stream holds {found} offer/deliver/drop/suppress records but "
-                            f"its worker counted {counted} (stats-*.json): the file was cut "
-                            "short at a record boundary, or records were lost", None)
+            cut = _cut(self.stats)
+            problem = (f"the stream holds {found} offer/deliver/drop/suppress records but "
+                       f"its worker counted {counted} (stats-*.json): the file was cut "
+                       "short at a record boundary, or records were lost") if cut is None else (
+                f"{FULL_DISK} ({cut.get('error')}): its worker stopped writing events at byte "
+                f"{cut.get('bytes')} and counted {counted - found} more offer/deliver/drop/"
+                "suppress events than the stream holds (stats-*.json has them all)")
+            damage = Damage(str(self.path), reader.end_offset, reader.records, problem, None)
             reader.damage.append(damage)
             if reader.mode == "raise":
                 raise TraceError(salvage_hint(damage))
+
+
+def _cut(stats: dict[str, Any]) -> dict[str, Any] | None:
+    """Where the worker stopped writing its event log (a full disk), or None."""
+    cut = stats.get("events_truncated_at")
+    return cut if isinstance(cut, dict) else None
 
 
 def event_streams(run_dir: Path) -> list[Path]:
