@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from orbitmesh.run.cli import main
-from orbitmesh.run.report_data import delivered_by_offer_time, read_run
+from orbitmesh.run.report_data import delivered_by_offer_time, read_run, tc_round_trips
 from orbitmesh.run.report_figures import FIGURES, coastline_arcs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +108,31 @@ def test_read_run_keeps_the_traces_numbers(tmp_path: Path) -> None:
     bins = np.digitize(wrote["offer_s"], edges) - 1
     assert offered.tolist() == np.bincount(bins, minlength=6)[:6].tolist()
     assert delivered.tolist() == np.bincount(bins[ok], minlength=6)[:6].tolist()
+
+
+def test_telecommand_round_trips_pair_each_ack_with_its_telecommand(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    hand_trace(run)
+    rng = np.random.default_rng(3)
+    sent_s = np.sort(rng.uniform(0, 50, 12))
+    rtt_ms = rng.uniform(100, 300, 12)
+    extra: list[list[Any]] = []
+    for i, (t, rtt) in enumerate(zip(sent_s, rtt_ms, strict=True)):
+        tc, ack, wall = 10_000 + i, 20_000 + i, T0_WALL + t / SPEED
+        extra += [["offer", wall, tc, -2, 1, 0, 1, 64],
+                  ["deliver", wall + rtt / 2000 / SPEED, tc, -2, 1, 1, rtt / 2, 0.0, 1.0, 0.0],
+                  ["offer", wall + rtt / 2000 / SPEED, ack, -3, 2, 1, 0, 16, tc],
+                  ["deliver", wall + rtt / 1000 / SPEED, ack, -3, 0, 1, rtt / 2, 0.0, 1.0, 0.0]]
+    stream = run / "events-w0.msgpack"
+    stream.write_bytes(stream.read_bytes() + b"".join(msgpack.packb(r) for r in extra))
+    stats = json.loads((run / "stats-w0.json").read_text())
+    for flow in ("-2", "-3"):
+        stats["flows"][flow] = {"offered": 12, "delivered": 12, "dropped": {}, "suppressed": {}}
+    (run / "stats-w0.json").write_text(json.dumps(stats))
+    got_sent, got_rtt = tc_round_trips(read_run(run))
+    one_microsecond_ms = 1e-3
+    assert np.allclose(got_sent, sent_s, atol=1e-6)
+    assert np.allclose(got_rtt, rtt_ms, atol=one_microsecond_ms)
 
 
 def test_coastlines_are_the_vendored_natural_earth_outline() -> None:

@@ -60,6 +60,9 @@ class RunData:
     offer_frame: IntArray = field(default_factory=lambda: np.empty(0, np.int64))
     deliver_frame: IntArray = field(default_factory=lambda: np.empty(0, np.int64))
     """Frame ids (run-unique) of offers and deliveries, to tell which offers were delivered."""
+    ack_frame: IntArray = field(default_factory=lambda: np.empty(0, np.int64))
+    ack_of: IntArray = field(default_factory=lambda: np.empty(0, np.int64))
+    """Acknowledgement frame ids and the telecommand frame each answers (when the trace says)."""
     warnings: list[str] = field(default_factory=list)
     damage: list[Damage] = field(default_factory=list)
 
@@ -113,7 +116,7 @@ def read_run(run_dir: Path, *, salvage: bool = False,
         BUILTIN_FLOWS)
     flows |= {int(f["index"]): str(f["name"]) for f in manifest["flows"]}
     d_t, d_lat, d_late, o_t, x_t = (array("d") for _ in range(5))
-    d_flow, o_flow, x_flow, x_reason, d_id, o_id = (array("q") for _ in range(6))
+    d_flow, o_flow, x_flow, x_reason, d_id, o_id, a_id, a_tc = (array("q") for _ in range(8))
     reasons: dict[str, int] = {}
     damage: list[Damage] = []
     for count, r in enumerate(iter_events(run_dir, salvage=salvage, damage=damage), 1):
@@ -130,6 +133,10 @@ def read_run(run_dir: Path, *, salvage: bool = False,
             o_t.append(r[1])
             o_id.append(r[2])
             o_flow.append(r[3])
+            # An acknowledgement may name the telecommand it answers (a later trace field).
+            if r[3] == ACK_FLOW and len(r) > 8 and type(r[8]) is int:
+                a_id.append(r[2])
+                a_tc.append(r[8])
         elif tag == "drop":
             x_t.append(r[1])
             x_flow.append(r[3])
@@ -154,7 +161,8 @@ def read_run(run_dir: Path, *, salvage: bool = False,
                    times(o_t), ints(o_flow), times(x_t), ints(x_flow), ints(x_reason),
                    tick_t, up, handovers, changes,
                    [f for f in faults if isinstance(f, dict) and "start_s" in f],
-                   _tc_rtts(run_dir), ints(o_id), ints(d_id), warnings, damage)
+                   _tc_rtts(run_dir), ints(o_id), ints(d_id), ints(a_id), ints(a_tc),
+                   warnings, damage)
 
 
 def _link_counts(run_dir: Path, salvage: bool, warnings: list[str]
@@ -207,3 +215,32 @@ def delivered_by_offer_time(data: RunData, flow: int, edges: FloatArray
     delivered = mine & np.isin(data.offer_frame, data.deliver_frame)
     return (np.histogram(data.offer_t_s[mine], edges)[0].astype(np.float64),
             np.histogram(data.offer_t_s[delivered], edges)[0].astype(np.float64))
+
+
+def tc_round_trips(data: RunData) -> tuple[FloatArray, FloatArray]:
+    """Per telecommand whose acknowledgement came back: (sent t_s, round trip in scenario ms).
+
+    Needs acknowledgements that name their telecommand in the trace; empty otherwise.
+    """
+    empty = (np.empty(0), np.empty(0))
+    if not len(data.ack_frame):
+        return empty
+    acks = data.deliver_flow == ACK_FLOW
+    ack_ids, ack_back_s = data.deliver_frame[acks], data.deliver_t_s[acks]
+    tcs = data.offer_flow == TELECOMMAND_FLOW
+    tc_ids, tc_sent_s = data.offer_frame[tcs], data.offer_t_s[tcs]
+    sent_s, back_s = _lookup(data.ack_of, tc_ids, tc_sent_s), _lookup(data.ack_frame, ack_ids,
+                                                                       ack_back_s)
+    ok = ~(np.isnan(sent_s) | np.isnan(back_s))
+    order = np.argsort(sent_s[ok])
+    return sent_s[ok][order], (back_s[ok] - sent_s[ok])[order] * 1000.0
+
+
+def _lookup(keys: IntArray, ids: IntArray, values: FloatArray) -> FloatArray:
+    """``values`` at ``ids == key`` for each key (NaN where absent), by sorted search."""
+    if not len(ids):
+        return np.full(len(keys), np.nan)
+    order = np.argsort(ids)
+    at = np.clip(np.searchsorted(ids[order], keys), 0, len(ids) - 1)
+    found = ids[order][at] == keys
+    return np.where(found, values[order][at], np.nan)

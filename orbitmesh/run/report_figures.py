@@ -29,6 +29,7 @@ from orbitmesh.run.report_data import (
     FloatArray,
     RunData,
     delivered_by_offer_time,
+    tc_round_trips,
     time_bins,
 )
 
@@ -186,7 +187,13 @@ def fig_telecommands(data: RunData) -> Figure:
     _faults(left, data)
     left.set_xlabel("scenario time (s)")
     left.set_ylabel("one-way latency (ms)")
-    if len(data.tc_rtt_ms):
+    sent_s, rtt_ms = tc_round_trips(data)
+    if len(rtt_ms):  # per telecommand, matched to its acknowledgement in the trace
+        right.plot(sent_s, rtt_ms, ".", markersize=3, color="tab:blue")
+        _faults(right, data, label=False)
+        right.set_xlabel("scenario time the telecommand was sent (s)")
+        right.set_ylabel("round trip, TC to ack (ms)")
+    elif len(data.tc_rtt_ms):  # an older trace: the workers' samples, without their times
         right.hist(data.tc_rtt_ms, bins=min(50, max(5, len(data.tc_rtt_ms) // 4)),
                    color="tab:blue")
         right.set_xlabel("round trip, TC sent to ack received (ms)")
