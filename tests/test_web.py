@@ -195,6 +195,8 @@ async def test_live_page_draws_injects_and_stays_offline(tmp_path: Path) -> None
     during = json.loads(replay.frame_at(listing_t_s + 1.0))
     assert any(f["id"] == "from-the-page" and f["active"] for f in during["faults"])
     assert last["flows"][0]["path"]  # routes recomputed from the recorded links
+    assert last["fidelity"]["ok"] == summary["fidelity"]["ok"]
+    assert last["fidelity"]["text"].startswith("run verdict: fidelity:")
     await _drive_replay(replay, tmp_path / "replay-profile", run_dir / "replay-screenshot.png")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 import math
 import signal
 import sys
@@ -30,6 +31,7 @@ from orbitmesh.protocol.messages import (
     WorkerStatus,
 )
 from orbitmesh.protocol.state import decode_state, encode_state
+from orbitmesh.run.fidelity import verdict_line
 from orbitmesh.run.trace import LinkTimeline, iter_events, read_manifest
 from orbitmesh.run.web.live import LiveOptions, scenario_of
 from orbitmesh.run.web.server import WebServer, parse_listen
@@ -49,6 +51,15 @@ def _fault_listing(faults: list[dict[str, Any]], t_s: float) -> FaultListing:
     return FaultListing(t_s, tuple(infos))
 
 
+def _run_verdict(run_dir: Path) -> dict[str, Any] | None:
+    """The finished run's own fidelity verdict (summary.json), shown instead of live lateness."""
+    try:
+        fidelity = json.loads((run_dir / "summary.json").read_text())["fidelity"]
+        return {"ok": bool(fidelity["ok"]), "text": "run verdict: " + verdict_line(fidelity)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # an interrupted run without a summary: the page says nothing about it
+
+
 class Replay:
     """Every tick's frame of a finished run, computed once (see the module docstring)."""
 
@@ -64,6 +75,7 @@ class Replay:
         timeline = LinkTimeline(run_dir, topology)
         engine = TickEngine(topology, link_source=timeline)
         faults = list(manifest.get("faults") or [])
+        verdict = _run_verdict(run_dir)
         self.frames: list[bytes] = []
         cumulative = np.zeros((counts.shape[0], 3), dtype=np.int64)
         latency = np.zeros(counts.shape[0], dtype=np.float64)
@@ -82,7 +94,11 @@ class Replay:
             self.view.workers = {0: WorkerStatus(0, "running", progress=WorkerProgress(
                 flows=flows))}
             self.view._sample_history()
-            self.frames.append(self.view.frame_json())
+            frame = self.view.frame()
+            if verdict is not None:
+                frame["fidelity"] = verdict
+            self.frames.append(json.dumps(frame, separators=(",", ":"),
+                                          allow_nan=False).encode())
         if not quiet:
             print(f"replay: {len(self.frames)} ticks of {manifest['run_id']} "
                   f"(0..{self.times_s[-1]:g} s)", file=sys.stderr, flush=True)

@@ -154,7 +154,10 @@
     document.getElementById("replay").hidden = false;
     const slider = document.getElementById("slider");
     slider.max = meta.end_s; slider.step = meta.tick_s;
-    const go = () => fetch(`/api/frame?t=${slider.value}`).then((r) => r.json()).then(render);
+    const label = document.getElementById("slider-t");
+    const go = () => fetch(`/api/frame?t=${slider.value}`).then((r) => r.json()).then((frame) => {
+      render(frame); label.textContent = `t = ${frame.t_s} s of ${meta.end_s} s`;
+    });
     slider.addEventListener("input", go); go();
   }
 
