@@ -311,7 +311,7 @@ def _coastlines(ax: Any) -> bool:
     except (OSError, ValueError, KeyError):
         return False
     for arc in arcs:
-        ax.plot(arc[:, 0], arc[:, 1], "-", lw=0.5, color="#9a9a9a", zorder=1)
+        ax.plot(arc[:, 0], arc[:, 1], "-", lw=0.6, color="#555555", zorder=2.5)  # over links
     return True
 
 
