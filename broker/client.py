@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -30,15 +31,27 @@ _FLUSH_FILTER = "$orbitmesh/flush"
 """Never subscribed: UNSUBSCRIBE from it is a harmless round trip that orders after publishes."""
 _OUT_BUFFER_BYTES = 256 * 1024
 """Coalesced QoS 0 bytes that are written at once, without waiting for the end of the turn."""
+_CLIENT_ID_UNSAFE = re.compile(r"[.*> ]")
+"""Characters NATS' MQTT gateway refuses in a client id (CONNACK 2): it builds subjects of it."""
+
+
+def wire_client_id(client_id: str) -> str:
+    """The client id as sent in CONNECT: ``.``, ``*``, ``>`` and spaces become ``_`` (NATS)."""
+    return _CLIENT_ID_UNSAFE.sub("_", client_id)
 
 
 class MqttTransport:
     """Transport over one MQTT 3.1.1 connection, optionally reconnecting.
 
-    ``client_id`` must be unique on the broker (a second connection with the same id takes the
-    first one over). Entering fails at once with a one-line BrokerError if the broker cannot be
-    reached, even with ``reconnect=True``: that flag only covers losses after the first
-    connect. While reconnecting, QoS 0 publications are dropped and counted in
+    ``url`` is one broker, or the members of a clustered broker (several URLs, tried in the
+    order given): entering connects to the first that answers, and a lost connection is
+    re-established with the next member first, round the list, backing off only after a full
+    round failed (``failovers`` counts reconnections that landed on another member; ``url`` is
+    the member in use). ``client_id`` must be unique on the broker (a second connection with
+    the same id takes the first one over); it is sent as :func:`wire_client_id` makes it.
+    Entering fails at once with a one-line BrokerError if no broker can be reached, even with
+    ``reconnect=True``: that flag only covers losses after the first connect.
+    While reconnecting, QoS 0 publications are dropped and counted in
     ``dropped_publishes``; subscriptions are restored before ``connected`` is set again and
     ``on_reconnect`` runs. Without ``reconnect``, a lost connection ends ``batches()`` and
     later calls with a BrokerError. ``inbox_high_water`` received messages that nobody has
@@ -48,7 +61,7 @@ class MqttTransport:
 
     def __init__(
         self,
-        url: BrokerURL,
+        url: BrokerURL | Sequence[BrokerURL],
         *,
         client_id: str,
         will: Will | None = None,
@@ -60,7 +73,10 @@ class MqttTransport:
         timeout_s: float = 5.0,
         inbox_high_water: int = 200_000,
     ) -> None:
-        self.url = url
+        self.urls: tuple[BrokerURL, ...] = (url,) if isinstance(url, BrokerURL) else tuple(url)
+        if not self.urls:
+            raise BrokerError(f"transport {client_id!r}: no broker URL given")
+        self._member = 0
         self.client_id = client_id
         self._will = will
         self._clean_session = clean_session
@@ -76,6 +92,8 @@ class MqttTransport:
         """Set while the connection is down: before connecting, after a loss, after close."""
         self.disconnected.set()
         self.reconnects = 0
+        self.failovers = 0
+        """Reconnections that landed on another member of a clustered broker."""
         self.published = 0
         self.received = 0
         self.dropped_publishes = 0
@@ -94,12 +112,17 @@ class MqttTransport:
         self._supervisor: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def url(self) -> BrokerURL:
+        """The broker (the cluster member) this transport is connected or connecting to."""
+        return self.urls[self._member]
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
         self._closing, self._error = False, None
-        await self._connect()
+        await self._connect_round(self._member)
         self._supervisor = asyncio.create_task(self._supervise(),
                                                name=f"mqtt-supervisor-{self.client_id}")
         return self
@@ -141,11 +164,26 @@ class MqttTransport:
         self.disconnected.set()
         self._wake.set()
 
-    async def _connect(self) -> None:
-        """One connection attempt: CONNECT, re-subscribe; BrokerError on failure."""
-        conn = make_client(self.url, client_id=self.client_id, timeout_s=self._timeout_s,
-                           keepalive_s=self._keepalive_s, will=self._will,
-                           clean_session=self._clean_session, message=Message)
+    async def _connect_round(self, first: int) -> None:
+        """Try every member once, from ``first`` on; BrokerError if none answers."""
+        errors: list[BrokerError] = []
+        for step in range(len(self.urls)):
+            try:
+                await self._connect((first + step) % len(self.urls))
+                return
+            except BrokerError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise BrokerError(f"none of the {len(self.urls)} broker members answered: "
+                          + "; ".join(str(e) for e in errors))
+
+    async def _connect(self, member: int) -> None:
+        """One connection attempt to one member: CONNECT, re-subscribe; BrokerError on failure."""
+        self._member = member
+        conn = make_client(self.url, client_id=wire_client_id(self.client_id),
+                           timeout_s=self._timeout_s, keepalive_s=self._keepalive_s,
+                           will=self._will, clean_session=self._clean_session, message=Message)
         conn.sink = self._inbox  # before CONNACK: a kept session may deliver at once
         conn.on_messages = self._on_messages
         conn.on_lost = lambda exc: self._connection_lost(conn, exc)
@@ -195,9 +233,13 @@ class MqttTransport:
 
     async def _reconnect_with_backoff(self) -> None:
         delay_s = self._delay_min_s
+        lost = self._member
+        # The member that dropped us is tried last: a killed member refuses, a restarted one
+        # may still be electing its JetStream leaders.
+        first = (lost + 1) % len(self.urls)
         while True:
             try:
-                await self._connect()
+                await self._connect_round(first)
                 break
             except BrokerError as exc:
                 log.info("%s: reconnect failed (%s); retrying in %.2f s", self.client_id, exc,
@@ -205,6 +247,8 @@ class MqttTransport:
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, self._delay_max_s)
         self.reconnects += 1
+        if self._member != lost:
+            self.failovers += 1
         log.info("%s: reconnected to %s (reconnect #%d)", self.client_id, self.url.address,
                  self.reconnects)
         if self._on_reconnect is not None:

@@ -9,8 +9,9 @@
 * ``insecure=1``: skip the server host name check (self-signed test brokers only).
 
 A URL with a password is a secret: it never goes on a command line. Processes receive it in a
-file of mode 0600 (``--broker-file PATH``) or in the environment variable ``ORBITMESH_BROKER_URL``;
-:func:`resolve_broker_url` reads whichever was given.
+file of mode 0600 (``--broker-file PATH``; one URL per line for the members of a clustered
+broker) or in the environment variable ``ORBITMESH_BROKER_URL``; :func:`resolve_broker_url` and
+:func:`resolve_broker_urls` read whichever was given.
 """
 
 from __future__ import annotations
@@ -149,29 +150,51 @@ def parse_broker_url(text: str) -> BrokerURL:
 
 def resolve_broker_url(text: str | None = None, file: str | Path | None = None,
                        environ: Mapping[str, str] | None = None) -> BrokerURL:
-    """The broker URL from ``--broker-file`` (first), ``--broker`` or ``ORBITMESH_BROKER_URL``."""
+    """The broker URL from ``--broker-file`` (first), ``--broker`` or ``ORBITMESH_BROKER_URL``.
+
+    A file listing a cluster's members gives its first one: see :func:`resolve_broker_urls`.
+    """
+    return resolve_broker_urls(text, file, environ)[0]
+
+
+def resolve_broker_urls(text: str | None = None, file: str | Path | None = None,
+                        environ: Mapping[str, str] | None = None) -> list[BrokerURL]:
+    """Every broker URL from ``--broker-file`` (one per line: a clustered broker's members, the
+    one to use first on line 1), else ``--broker`` or ``ORBITMESH_BROKER_URL`` (one URL)."""
     if file is not None:
         path = Path(file)
         try:
-            content = path.read_text().strip()
+            content = path.read_text()
         except OSError as exc:
             raise BrokerError(f"--broker-file {path}: cannot read it: {exc.strerror}") from exc
-        if not content:
-            raise BrokerError(f"--broker-file {path}: the file is empty; expected a broker URL")
-        try:
-            return parse_broker_url(content)
-        except BrokerError as exc:
-            raise BrokerError(f"--broker-file {path}, line 1: {exc}") from exc
+        return parse_broker_urls(content, f"--broker-file {path}")
     if text is not None:
-        return parse_broker_url(text)
+        return [parse_broker_url(text)]
     env = os.environ if environ is None else environ
     if env.get(BROKER_URL_ENV):
         try:
-            return parse_broker_url(env[BROKER_URL_ENV])
+            return [parse_broker_url(env[BROKER_URL_ENV])]
         except BrokerError as exc:
             raise BrokerError(f"environment {BROKER_URL_ENV}: {exc}") from exc
     raise BrokerError(f"no broker given: pass --broker-file PATH (a file holding the URL) or set "
                       f"{BROKER_URL_ENV}")
+
+
+def parse_broker_urls(content: str, where: str) -> list[BrokerURL]:
+    """URLs one per line (blank lines and ``#`` comments skipped); errors name ``where``, line."""
+    urls = []
+    for number, raw in enumerate(content.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            urls.append(parse_broker_url(line))
+        except BrokerError as exc:
+            raise BrokerError(f"{where}, line {number}: {exc}") from exc
+    if not urls:
+        raise BrokerError(f"{where}: the file is empty; expected a broker URL (one per line for "
+                          "the members of a cluster)")
+    return urls
 
 
 def _hide_password(text: str) -> str:

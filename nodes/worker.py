@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from broker.client import MqttTransport
-from broker.url import resolve_broker_url
+from broker.url import resolve_broker_urls
 from nodes.endpoints import EndpointHost
 from nodes.heartbeat import flow_progress
 from nodes.roles import Roles
@@ -387,7 +387,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--broker", help="broker URL without a password (a password belongs in "
                    "--broker-file or ORBITMESH_BROKER_URL, not on the command line)")
     p.add_argument("--broker-file", help="file (mode 0600) holding the broker URL with this "
-                   "worker's credentials")
+                   "worker's credentials (one per line: a cluster's members, its own first)")
     p.add_argument("--worker", type=int, required=True)
     p.add_argument("--workers", type=int, required=True)
     p.add_argument("--out", required=True)
@@ -418,7 +418,8 @@ async def amain(args: argparse.Namespace) -> int:
     speed = args.speed or scenario.speed
     topics = Topics(args.run_id)
     will_body = WorkerStatus(args.worker, "lost", args.generation).encode()
-    transport = MqttTransport(resolve_broker_url(args.broker, args.broker_file),
+    # A --broker-file may list a cluster's members, this worker's own first: it fails over.
+    transport = MqttTransport(resolve_broker_urls(args.broker, args.broker_file),
                               client_id=f"orbitmesh-{args.run_id}-w{args.worker}-g{args.generation}",
                               will=(topics.worker_status(args.worker), will_body, True),
                               reconnect=True)

@@ -82,8 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--duration", type=float, help="scenario seconds (default: the scenario's)")
     r.add_argument("--speed", type=float, help="scenario seconds per wall second")
     r.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
-    r.add_argument("--broker", default="embedded",
-                   help="'embedded' (default) or mqtt[s]://[user:pass@]host:port")
+    r.add_argument("--broker", action="append", metavar="URL",
+                   help="'embedded' (default) or mqtt[s]://[user:pass@]host:port; repeat it "
+                   "for the members of a clustered broker (worker k uses member k mod M)")
     r.add_argument("-o", "--out", help="run directory (default: runs/<name>-<UTC timestamp>)")
     r.add_argument("--run-id", help="run id used in MQTT topics (default: derived from --out)")
     r.add_argument("--quiet", action="store_true", help="no live progress line")
@@ -191,6 +192,9 @@ def _parser() -> argparse.ArgumentParser:
     from orbitmesh.run.broker_config import add_parser as add_broker_config
 
     add_broker_config(sub)
+    from orbitmesh.run.cluster_cli import add_parser as add_cluster
+
+    add_cluster(sub)  # broker cluster up|down
     from orbitmesh.run.endpoints_cli import add_parsers as add_endpoint_parsers
 
     add_endpoint_parsers(sub)  # exec, endpoints

