@@ -94,15 +94,17 @@ def input_environment(files: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def compose_document(opts: ComposeOptions, files: dict[str, str]) -> dict[str, Any]:
-    """The compose file as a dict (``files``: staged input files by name, scenario.yaml first)."""
+def compose_document(opts: ComposeOptions, files: dict[str, str],
+                     run_root: str = RUN_ROOT) -> dict[str, Any]:
+    """The compose file as a dict (``files``: staged input files by name, scenario.yaml first;
+    results under ``run_root``, where the volume ``run`` is mounted)."""
     scenario = load_scenario(opts.scenario)
     run_clock(scenario, opts.duration_s, opts.speed)  # refuse --speed 0 here, not in a container
     topology = build_topology(scenario)
     mode = placement_mode(opts.nodes_per_container)
     workers = worker_count(topology, mode, 1)
     run_id_var = f"${{ORBITMESH_RUN_ID:-{safe_run_id(opts.run_id or scenario.name)}}}"
-    run_dir = f"{RUN_ROOT}/{run_id_var}"
+    run_dir = f"{run_root}/{run_id_var}"
     broker = opts.broker or f"mqtt://broker:{BROKER_PORT}"
     parse_broker_url(broker)  # fail here, not inside every container
     scenario_in = f"{INPUT_DIR}/scenario.yaml"
@@ -120,7 +122,7 @@ def compose_document(opts: ComposeOptions, files: dict[str, str]) -> dict[str, A
             [*PRELUDE, "/usr/sbin/mosquitto", "-c", f"{INPUT_DIR}/mosquitto.conf"],
             "unless-stopped", "any", environment=input_environment({"mosquitto.conf": conf}))
         depends = {"depends_on": ["broker"]}
-    mounts = {"volumes": [f"run:{RUN_ROOT}"], "environment": environment}
+    mounts = {"volumes": [f"run:{run_root}"], "environment": environment}
     services["controller"] = _service(
         opts.image, "controller", run_id_var,
         [*PRELUDE, "orbitmesh", "run", scenario_in, "--external-workers", "--out", run_dir,
@@ -136,7 +138,7 @@ def compose_document(opts: ComposeOptions, files: dict[str, str]) -> dict[str, A
             opts.image, "supervisor", run_id_var,
             [*SUPERVISE, "--run-id", run_id_var, "--run-dir", run_dir, "--broker", broker,
              "--workers", str(workers), "--placement", mode],
-            "no", "none", volumes=[f"run:{RUN_ROOT}", f"{DOCKER_SOCKET}:{DOCKER_SOCKET}"],
+            "no", "none", volumes=[f"run:{run_root}", f"{DOCKER_SOCKET}:{DOCKER_SOCKET}"],
             depends_on=["controller"])
         services["supervisor"]["deploy"]["placement"] = {"constraints": ["node.role == manager"]}
     labels = {"labels": {LABEL_RUN: run_id_var}}
@@ -169,8 +171,8 @@ HEADER = """\
 """
 
 
-def render_compose(opts: ComposeOptions) -> str:
-    """The compose file's text."""
+def staged_document(opts: ComposeOptions, run_root: str = RUN_ROOT) -> dict[str, Any]:
+    """The compose document of ``opts`` with the scenario and its files staged inside it."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="orbitmesh-compose-") as tmp:
@@ -179,14 +181,23 @@ def render_compose(opts: ComposeOptions) -> str:
         for path in sorted(Path(tmp).iterdir()):
             if path.name != "scenario.yaml":
                 files[path.name] = path.read_text()
-        document = compose_document(
+        return compose_document(
             ComposeOptions(staged, opts.out, opts.image, opts.broker, opts.nodes_per_container,
                            opts.duration_s, opts.speed,
                            opts.run_id or load_scenario(opts.scenario).name, opts.supervisor),
-            files)
+            files, run_root)
+
+
+def dump_document(document: dict[str, Any]) -> str:
+    """YAML of a compose document: no anchors, multi-line strings as blocks."""
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
+
+
+def render_compose(opts: ComposeOptions) -> str:
+    """The compose file's text."""
+    document = staged_document(opts)
     text = HEADER.format(scenario=opts.scenario, name=opts.out.name, run_root=RUN_ROOT)
-    return text + yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100,
-                            allow_unicode=True)
+    return text + dump_document(document)
 
 
 def write_compose(opts: ComposeOptions) -> Path:

@@ -1,0 +1,155 @@
+"""Docker Swarm: `orbitmesh compose --swarm` run end to end by `docker stack deploy`.
+
+The unit test checks the stack file's shape. The ``docker`` test needs a docker daemon and the
+orbitmesh image (as tests/test_docker.py; skipped without them unless ORBITMESH_REQUIRE_DOCKER=1).
+It makes a one-node swarm on 127.0.0.1 when the daemon is in none (and leaves it afterwards),
+deploys the demo, injects a live fault through the stack's attachable network, waits for the
+controller, checks the summary on the bind-mounted results directory, removes the stack with
+`docker stack rm` and then finds nothing left with the run's label.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from orbitmesh.run.launch.compose import ComposeOptions
+from orbitmesh.run.launch.docker import LABEL_ROLE, LABEL_RUN
+from orbitmesh.run.launch.stack import render_stack, write_stack
+from tests.test_docker import _docker_or_skip
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "scenarios" / "demo.yaml"
+RUN_WAIT_S = 240.0
+GONE_WAIT_S = 90.0
+"""`docker stack rm` returns before Swarm has removed the tasks' containers and the network."""
+
+
+def test_stack_file_is_swarm_shaped(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    text = render_stack(ComposeOptions(DEMO, tmp_path / "stack.yml", nodes_per_container=35),
+                        results)
+    doc = yaml.safe_load(text)
+    services = doc["services"]
+    assert set(services) == {"broker", "controller", "supervisor", "worker-0", "worker-1"}
+    for name, service in services.items():
+        assert "restart" not in service and "depends_on" not in service, name
+        assert service["deploy"]["labels"][LABEL_RUN] == "${ORBITMESH_RUN_ID:-demo}", name
+        assert service["labels"][LABEL_RUN] == service["deploy"]["labels"][LABEL_RUN]
+    conditions = {n: s["deploy"]["restart_policy"]["condition"] for n, s in services.items()}
+    assert conditions == {"broker": "any", "controller": "none", "supervisor": "none",
+                          "worker-0": "none", "worker-1": "none"}
+    root = str(results.resolve())
+    assert services["worker-1"]["volumes"] == [f"{root}:{root}"]
+    command = services["controller"]["command"]
+    assert command[command.index("--out") + 1] == f"{root}/${{ORBITMESH_RUN_ID:-demo}}"
+    assert services["controller"]["deploy"]["placement"]["constraints"] == ["node.role == manager"]
+    assert services["supervisor"]["environment"]["ORBITMESH_WAIT_BROKER"] == "mqtt://broker:1883"
+    assert doc["networks"]["default"]["driver"] == "overlay"
+    assert doc["networks"]["default"]["attachable"] is True
+    assert "volumes" not in doc  # results are a bind mount: nothing for `stack rm` to leave
+
+
+def test_stack_with_an_external_broker_has_no_broker_service(tmp_path: Path) -> None:
+    doc = yaml.safe_load(render_stack(ComposeOptions(
+        DEMO, tmp_path / "s.yml", broker="mqtt://mq.example.invalid:1883", supervisor=False),
+        tmp_path / "r"))
+    assert "broker" not in doc["services"] and "supervisor" not in doc["services"]
+    assert all(s["deploy"]["restart_policy"]["condition"] == "none"
+               for s in doc["services"].values())
+
+
+@pytest.fixture
+def swarm() -> Iterator[tuple[Any, str]]:
+    """A docker client on a swarm manager and the image tag; a swarm made here is left after."""
+    client, tag = _docker_or_skip()
+    state = client.info().get("Swarm", {}).get("LocalNodeState")
+    created = False
+    if state == "inactive":
+        client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+        created = True
+    elif state != "active":
+        pytest.fail(f"the docker daemon's swarm state is {state!r}; expected inactive or active")
+    yield client, tag
+    if created:
+        client.swarm.leave(force=True)
+    client.close()
+
+
+def _labelled(client: Any, run_id: str) -> list[str]:
+    label = {"label": f"{LABEL_RUN}={run_id}"}
+    return ([f"service {s.name}" for s in client.services.list(filters=label)]
+            + [f"container {c.name}" for c in client.containers.list(all=True, filters=label)]
+            + [f"network {n.name}" for n in client.networks.list(filters=label)]
+            + [f"volume {v.name}" for v in client.volumes.list(filters=label)])
+
+
+def _controller(client: Any, run_id: str) -> Any | None:
+    found = client.containers.list(all=True, filters={"label": [f"{LABEL_RUN}={run_id}",
+                                                                f"{LABEL_ROLE}=controller"]})
+    return found[0] if found else None
+
+
+def _stack_rm(name: str) -> None:
+    subprocess.run(["docker", "stack", "rm", name], capture_output=True, check=False)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_stack_deploy_runs_the_demo_takes_a_fault_and_leaves_nothing(
+        swarm: tuple[Any, str], tmp_path: Path) -> None:
+    client, tag = swarm
+    run_id = f"swarm-{uuid.uuid4().hex[:8]}"
+    results = tmp_path / "results"
+    stack = write_stack(ComposeOptions(DEMO, tmp_path / "stack.yml", image=tag,
+                                       nodes_per_container=35, duration_s=24, speed=1,
+                                       run_id=run_id), results)
+    run_dir = results / run_id
+    try:
+        deploy = subprocess.run(
+            ["docker", "stack", "deploy", "--resolve-image", "never", "-c", str(stack), run_id],
+            capture_output=True, text=True, check=False,
+            env={**os.environ, "ORBITMESH_RUN_ID": run_id})
+        assert deploy.returncode == 0, deploy.stderr
+        assert "registry" not in deploy.stderr, deploy.stderr  # nothing was looked up or pulled
+        deadline = time.monotonic() + RUN_WAIT_S
+        record = run_dir / "supervisor.json"
+        while not record.is_file() or json.loads(record.read_text())["first_tick_s"] is None:
+            assert time.monotonic() < deadline, f"the stack never started its clock: " \
+                f"{subprocess.run(['docker', 'stack', 'ps', run_id], capture_output=True, text=True, check=False).stdout}"  # noqa: E501
+            time.sleep(0.5)
+        # A one-off container on the stack's attachable network: `orbitmesh fault RUN_DIR`
+        # as an operator would type it, reaching broker:1883 by the service's name.
+        reply = client.containers.run(
+            tag, ["orbitmesh", "fault", str(run_dir), "link_down", "tokyo", "--id",
+                  "swarm-fault", "--for", "6"],
+            network=f"{run_id}_default", labels={LABEL_RUN: run_id, LABEL_ROLE: "operator"},
+            volumes={str(results.resolve()): {"bind": str(results.resolve()), "mode": "rw"}},
+            remove=True, stdout=True, stderr=True)
+        assert b"swarm-fault" in reply or reply == b"", reply
+        controller = _controller(client, run_id)
+        assert controller is not None
+        code = int(controller.wait(timeout=RUN_WAIT_S)["StatusCode"])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["conservation_ok"]
+        # Exit 1 only for a fidelity budget the shared 2-core machine could not keep.
+        assert code == 0 or (code == 1 and not summary["fidelity"]["ok"]), code
+        fault = next(f for f in summary["faults"] if f["id"] == "swarm-fault")
+        assert fault["origin"] == "live" and fault["kind"] == "link_down"
+        flow = next(f for f in summary["flows"] if f["name"] == "tokyo-brussels")
+        assert flow["offered"] > 0 and flow["delivered"] > 0
+    finally:
+        _stack_rm(run_id)
+    deadline = time.monotonic() + GONE_WAIT_S
+    while (left := _labelled(client, run_id)) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    assert left == []
