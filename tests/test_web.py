@@ -131,6 +131,7 @@ async def test_live_page_draws_injects_and_stays_offline(tmp_path: Path) -> None
             ids = meta["node_ids"]
             assert [ids[path[0]], ids[path[-1]]] == [flow["source"], flow["destination"]]
             assert state["paths_drawn"] >= 1
+            assert state["fidelity"]["budget_ms"] == 1000.0  # the budget in force, not 2 ms
             await page.screenshot(path=str(run_dir / "web-screenshot.png"))
             # A fault from the page, through the control topic: the run lists it.
             reply = await page.evaluate(

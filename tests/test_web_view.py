@@ -234,3 +234,20 @@ def test_cli_refuses_bad_listen_addresses_and_run_directories(tmp_path: Path, ca
     assert "no run.json" in capsys.readouterr().err
     assert main(["watch", str(tmp_path), "--replay"]) == 2
     assert "no links.msgpack" in capsys.readouterr().err
+
+
+def test_the_budget_in_force_comes_from_the_run_not_only_the_scenario(demo, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from orbitmesh.core.scenario import Fidelity
+    from orbitmesh.run.web.live import _recorded_budget
+
+    view = RunView(demo[0], "r")
+    view.handle(Message("orbitmesh/r/worker/0/status", WorkerStatus(
+        0, "running", progress=WorkerProgress(late_ms=30.0)).encode()))
+    assert not view.fidelity()["ok"]  # the scenario's 2 ms
+    (tmp_path / "web.json").write_text(json.dumps({"fidelity": Fidelity(
+        budget_ms=1000.0).model_dump()}))
+    budget = _recorded_budget(tmp_path)
+    assert budget is not None and budget.budget_ms == 1000.0
+    view.budget = budget
+    assert view.fidelity()["ok"]
+    assert _recorded_budget(tmp_path / "nowhere") is None

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.client import MqttTransport
+from orbitmesh.core.scenario import Fidelity
 from orbitmesh.errors import RunError
 from orbitmesh.protocol.messages import ControlCommand, ControlError, MessageError
 from orbitmesh.protocol.transport import Transport
@@ -48,6 +49,14 @@ class LiveOptions:
         return self.web is not None or self.metrics is not None
 
 
+def _recorded_budget(run_dir: Path) -> Fidelity | None:
+    """The budget the run recorded in web.json (a --fidelity-budget override), if any."""
+    try:
+        return Fidelity.model_validate(json.loads((run_dir / WEB_FILE).read_text())["fidelity"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def scenario_of(run_dir: Path) -> Path:
     """The scenario a run directory runs (its own copy, else what run.json names)."""
     copy = run_dir / "scenario.yaml"
@@ -63,11 +72,12 @@ class LiveServices:
     def __init__(self, run_dir: Path, options: LiveOptions, *,
                  tick_compute_ms: Callable[[], Sequence[float]] | None = None,
                  transport: Transport | None = None, quiet: bool = False,
-                 record: bool = True) -> None:
+                 record: bool = True, fidelity: Fidelity | None = None) -> None:
         self.run_dir = run_dir
         self.options = options
         self.run_id, self.url = locate(str(run_dir), None)
         self.view = RunView.from_scenario(scenario_of(run_dir), self.run_id)
+        self.view.budget = fidelity or _recorded_budget(run_dir) or self.view.budget
         self._tick_compute_ms = tick_compute_ms
         self._transport = transport
         self._quiet = quiet
@@ -94,7 +104,7 @@ class LiveServices:
             await self.transport.subscribe(*self.view.subscriptions(),
                                            self.view.topics.control_error)
             registry = registry_for(self.view, tick_compute_ms=self._tick_compute_ms)
-            urls: dict[str, str] = {}
+            urls: dict[str, Any] = {}
             if self.options.web is not None:
                 host, port = parse_listen(self.options.web)
                 control = self._send if self.options.web_control else None
@@ -114,8 +124,9 @@ class LiveServices:
         except BaseException:
             await stack.aclose()
             raise
-        if self._record:
-            atomic_write(self.run_dir / WEB_FILE, json.dumps(urls, indent=2), durable=False)
+        if self._record:  # the budget in force too, for `orbitmesh watch` (run.json lacks it)
+            atomic_write(self.run_dir / WEB_FILE, json.dumps(
+                {**urls, "fidelity": self.view.budget.model_dump()}, indent=2), durable=False)
         if not self._quiet:
             for what, url in urls.items():
                 print(f"{what}: {url}", file=sys.stderr, flush=True)

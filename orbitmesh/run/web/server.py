@@ -90,6 +90,7 @@ class WebServer:
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[Any]] = set()
         self.requests: list[str] = []
+        self._closing = False
 
     @property
     def url(self) -> str:
@@ -108,6 +109,7 @@ class WebServer:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
+        self._closing = True
         self._server.close()
         for task in list(self._clients):
             task.cancel()
@@ -124,7 +126,10 @@ class WebServer:
         try:
             await self._one(reader, writer)
         except asyncio.CancelledError:
-            raise
+            if not self._closing:
+                raise
+            # Our own __aexit__ cancelled it: end quietly, since asyncio.streams reports a
+            # handler task that ends cancelled as an unhandled error.
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass  # the browser went away
         finally:

@@ -134,6 +134,8 @@ class RunView:
         self.route_changes = 0
         self.ticks = 0
         self.malformed = 0
+        self.budget = topology.scenario.fidelity
+        """The fidelity budget in force (``--fidelity-budget`` may override the scenario's)."""
         self.ended = False
         """True once the run cleared its retained clock (it has finished)."""
         self.history: dict[int, deque[tuple[float, float | None, float | None]]] = {}
@@ -237,7 +239,7 @@ class RunView:
 
     def fidelity(self) -> dict[str, Any]:
         """Live verdict: the largest lateness the workers report against the budget."""
-        budget = self.topology.scenario.fidelity
+        budget = self.budget
         progress = [w.progress for w in self.workers.values() if w.progress is not None]
         late = max((p.late_ms for p in progress), default=0.0)
         apply = max((p.apply_late_ms for p in progress), default=0.0)
