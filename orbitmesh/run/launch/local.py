@@ -29,7 +29,7 @@ import numpy as np
 from broker.client import MqttTransport
 from broker.credentials import RunCredentials, write_private
 from broker.embedded import EmbeddedBroker
-from broker.url import BrokerURL
+from broker.url import BrokerURL, parse_broker_url
 from orbitmesh import __version__
 from orbitmesh.core.engine import LinkSource
 from orbitmesh.core.faults import CONTAINER_KINDS, Fault
@@ -43,6 +43,7 @@ from orbitmesh.protocol.wire import Topics
 from orbitmesh.run.controller import Controller
 from orbitmesh.run.fidelity import behind_warning
 from orbitmesh.run.files import DiskError, atomic_write
+from orbitmesh.run.launch.cluster_watch import MemberWatch, member_urls_for
 from orbitmesh.run.launch.lockdown import start_broker
 from orbitmesh.run.launch.netns import cleanup_recorded, with_endpoints, write_plan
 from orbitmesh.run.launch.replay import check_nodes, replay_scenario, write_replay
@@ -94,6 +95,9 @@ class RunOptions:
     """External broker: per-role credentials from ``orbitmesh broker-config``."""
     endpoints: list[str] | None = None
     """Nodes that get an IP endpoint besides the scenario's ``endpoints.ip`` (run --endpoints)."""
+    broker_members: tuple[str, ...] = ()
+    """Every --broker when several were given: a clustered broker's members (worker k uses
+    member k mod M first, the controller member 0; all fail over)."""
     live: LiveOptions = dataclasses.field(default_factory=LiveOptions)
     """The live map (--web, --web-control) and /metrics (--metrics)."""
 
@@ -113,14 +117,16 @@ class RunResult:
 
 def run_cli(args: argparse.Namespace) -> int:
     """`orbitmesh run`: run, print the summary table, exit non-zero if conservation broke."""
-    opts = RunOptions(Path(args.scenario), args.duration, args.speed, args.workers, args.broker,
+    brokers = list(args.broker or ["embedded"])  # --broker is repeatable: a cluster's members
+    opts = RunOptions(Path(args.scenario), args.duration, args.speed, args.workers, brokers[0],
                       Path(args.out) if args.out else None, args.run_id, not args.quiet,
                       placement=args.placement, external_workers=args.external_workers,
                       fidelity_budget_ms=args.fidelity_budget,
                       broker_insecure=args.broker_insecure, tls=args.tls,
                       broker_credentials=Path(args.broker_credentials)
                       if args.broker_credentials else None,
-                      endpoints=_node_list(getattr(args, "endpoints", None)))
+                      endpoints=_node_list(getattr(args, "endpoints", None)),
+                      broker_members=tuple(brokers) if len(brokers) > 1 else ())
     opts.live = LiveOptions(getattr(args, "web", None), bool(getattr(args, "web_control", False)),
                             getattr(args, "metrics", None))
     return print_result(run(opts))
@@ -193,6 +199,7 @@ async def _run(topology: Topology, run_dir: Path, run_id: str, url: BrokerURL, b
     run.link_source = link_source
     run.credentials = credentials
     if opts is not None:
+        run.members = [parse_broker_url(u) for u in opts.broker_members] or [url]
         run.placement_mode = opts.placement
         run.external = opts.external_workers
         run.placement = place(topology, workers, opts.placement)
@@ -233,6 +240,8 @@ class _LocalRun:
         self.live = LiveOptions()
         self.credentials: RunCredentials | None = None
         self.broker_lost: dict[str, Any] | None = None
+        self.members: list[BrokerURL] = [url]
+        """A clustered broker's members (member 0 first); one entry for a single broker."""
         self.broker_stopping = False
         """True while a broker_outage fault stops the broker: it sends every will then."""
         """Per-role broker users; None: every process uses ``url`` as it is."""
@@ -247,7 +256,7 @@ class _LocalRun:
             loop.add_signal_handler(sig, self.stop.set)
         started = datetime.now(UTC)
         topics = self.topics
-        async with MqttTransport(self.url, client_id=f"orbitmesh-{self.run_id}-controller",
+        async with MqttTransport(self.members, client_id=f"orbitmesh-{self.run_id}-controller",
                                  reconnect=True) as transport:
             self.transport = transport
             await transport.subscribe(topics.worker_status_all, topics.control)
@@ -270,6 +279,8 @@ class _LocalRun:
             listener = asyncio.create_task(self._listen(), name="controller.listen")
             if self.broker is not None:
                 self._background(self._watch_broker(), "broker.watchdog")
+            if len(self.members) > 1:
+                self._background(self._watch_members(), "broker.members")
             try:
                 if not self.external:
                     for k in range(self.workers):
@@ -502,6 +513,13 @@ class _LocalRun:
                 self.pids["broker"] = pid
                 atomic_write(self.run_dir / "pids.json", json.dumps(self.pids), durable=False)
 
+    async def _watch_members(self) -> None:
+        """Name a cluster member's loss (the run goes on over the others)."""
+        assert self.controller is not None
+        watch = MemberWatch(self.members, UNPLANNED_BROKER_ID, self.controller.scenario_s,
+                            on_event=lambda event: setattr(self, "broker_lost", event))
+        await watch.run(self.stop.is_set)
+
     async def _restart(self, worker: int) -> None:
         proc = self.procs[worker]
         with contextlib.suppress(TimeoutError):
@@ -519,8 +537,9 @@ class _LocalRun:
         # The URL carries this worker's password: a 0600 file, never argv (ps shows argv).
         url = self.url if self.credentials is None else self.credentials.worker(worker).on(
             self.url)
-        broker_file = write_private(self.run_dir / "broker" / f"worker-{worker}.url",
-                                    url.to_text(show_password=True) + "\n")
+        urls = [url] if len(self.members) == 1 else member_urls_for(self.members, worker)
+        broker_file = write_private(self.run_dir / "broker" / f"worker-{worker}.url", "".join(
+            u.to_text(show_password=True) + "\n" for u in urls))
         self.procs[worker] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "nodes.worker", "--scenario",
             str(self.run_dir / "scenario.yaml"), "--run-id", self.run_id, "--broker-file",
