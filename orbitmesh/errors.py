@@ -6,6 +6,7 @@
      +-- RoutingError      a route was asked for that the graph cannot give
      +-- BrokerError       the MQTT broker cannot be started, reached or used
      +-- RunError          a live run failed (worker died, conservation broken, ...)
+     +-- InputError        a command-line argument names nothing that exists (run id, image)
 
 Messages say what failed and what to do next. Foreign errors are translated where they enter,
 with ``raise ... from exc``.
@@ -40,3 +41,7 @@ class BrokerError(OrbitmeshError):
 
 class RunError(OrbitmeshError):
     """A live emulation run failed."""
+
+
+class InputError(OrbitmeshError):
+    """A command-line argument names something that does not exist (a run id, an image)."""

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from orbitmesh import __version__
-from orbitmesh.errors import BrokerError, OrbitmeshError, RunError, ScenarioError
+from orbitmesh.errors import BrokerError, InputError, OrbitmeshError, RunError, ScenarioError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 SALVAGE_HELP = "read past damaged (corrupt or truncated) records and say what was skipped"
@@ -189,6 +189,9 @@ def _parser() -> argparse.ArgumentParser:
     from orbitmesh.run.launch.docker_cli import add_parsers
 
     add_parsers(sub)  # image, up, status, down, compose, supervise (the docker backend)
+    from orbitmesh.run.launch.lifecycle import add_parsers as add_lifecycle_parsers
+
+    add_lifecycle_parsers(sub)  # stop, fetch (every backend)
     from orbitmesh.run.broker_config import add_parser as add_broker_config
 
     add_broker_config(sub)
@@ -254,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except BrokerError as exc:
+    except (BrokerError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RunError as exc:

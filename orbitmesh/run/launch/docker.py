@@ -17,6 +17,7 @@ carries out the container faults the controller delegates.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,7 +38,7 @@ from orbitmesh.core.limits import run_clock
 from orbitmesh.core.placement import place, worker_count
 from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import Topology, build_topology
-from orbitmesh.errors import RunError
+from orbitmesh.errors import InputError, RunError
 
 LABEL_RUN = "orbitmesh.run"
 LABEL_ROLE = "orbitmesh.role"
@@ -205,8 +206,11 @@ def role_container(client: Any, run_id: str, role: str) -> Any | None:
 
 def start(client: Any, opts: UpOptions, image: str, say: Progress) -> DockerRun:
     """Create the run directory and start the broker, controller and worker containers."""
+    from orbitmesh.run.launch.image import require_image
+
     scenario = load_scenario(opts.scenario)
     run_clock(scenario, opts.duration_s, opts.speed)  # refuse --speed 0 here, not in a container
+    require_image(client, image)  # else the daemon would try to pull it from a public registry
     topology = build_topology(scenario)
     mode, workers, note = fit_placement(topology, opts.nodes_per_container, os.cpu_count() or 1)
     if note:
@@ -345,12 +349,18 @@ def save_logs(client: Any, run_id: str, run_dir: Path) -> list[Path]:
     return written
 
 
-def down(client: Any, run_id: str) -> dict[str, list[str]]:
-    """Remove every container, network and volume labelled with the run id; their names."""
+def down(client: Any, run_id: str, *, volumes: bool = False) -> dict[str, list[str]]:
+    """Remove every service, container and network labelled with the run id, and its volumes
+    when ``volumes`` (else they are listed under ``kept``); their names."""
     from docker.errors import APIError, NotFound
 
     label = {"label": f"{LABEL_RUN}={run_id}"}
-    removed: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
+    removed: dict[str, list[str]] = {"services": [], "containers": [], "networks": [],
+                                     "volumes": [], "kept": []}
+    for service in _run_services(client, label):  # first: else Swarm replaces their containers
+        with contextlib.suppress(NotFound):
+            service.remove()
+            removed["services"].append(service.name)
     for container in run_containers(client, run_id):
         try:
             container.remove(force=True, v=True)
@@ -366,12 +376,25 @@ def down(client: Any, run_id: str) -> dict[str, list[str]]:
         except NotFound:
             continue
     for volume in client.volumes.list(filters=label):
+        if not volumes:
+            removed["kept"].append(volume.name)
+            continue
         try:
             volume.remove(force=True)
             removed["volumes"].append(volume.name)
         except NotFound:
             continue
     return removed
+
+
+def _run_services(client: Any, label: dict[str, str]) -> list[Any]:
+    """Swarm services of a run (none when this daemon is not a swarm manager)."""
+    from docker.errors import APIError
+
+    try:
+        return list(client.services.list(filters=label))
+    except APIError:  # "This node is not a swarm manager"
+        return []
 
 
 def resolve(client: Any, run: str) -> tuple[str, Path | None]:
@@ -383,11 +406,13 @@ def resolve(client: Any, run: str) -> tuple[str, Path | None]:
     for container in run_containers(client, run):
         run_dir = container.labels.get(LABEL_RUN_DIR)
         return run, Path(run_dir) if run_dir else None
-    if any(client.networks.list(filters={"label": f"{LABEL_RUN}={run}"})) or any(
-            client.volumes.list(filters={"label": f"{LABEL_RUN}={run}"})):
+    label = {"label": f"{LABEL_RUN}={run}"}
+    if any(client.networks.list(filters=label)) or any(client.volumes.list(filters=label)) or (
+            _run_services(client, label)):
         return run, None
-    raise RunError(f"{run}: neither a run directory with {RECORD} nor the id of a run with "
-                   "containers on this docker daemon")
+    raise InputError(f"{run}: neither a run directory (with {RECORD}, launcher.json or "
+                     "run.json) nor the id of a run on this docker daemon; `docker ps -a "
+                     f"--filter label={LABEL_RUN}` lists the container runs there are")
 
 
 def container_rows(client: Any, run_id: str) -> list[dict[str, Any]]:

@@ -72,6 +72,11 @@ def add_parsers(sub: Any) -> dict[str, Handler]:
     d = sub.add_parser("down", help="remove every container, network, volume and endpoint "
                        "namespace of a run")
     d.add_argument("run", help="run directory (holds docker.json or endpoints.json) or run id")
+    d.add_argument("--kill", action="store_true",
+                   help="do not stop a run still going gracefully first (no summary)")
+    d.add_argument("--volumes", action="store_true",
+                   help="also remove the run's volumes (a compose run's results: "
+                   "`orbitmesh fetch` them first)")
 
     c = sub.add_parser("compose", help="write a compose file (docker compose / stack deploy)")
     c.add_argument("scenario")
@@ -88,6 +93,12 @@ def add_parsers(sub: Any) -> dict[str, Handler]:
     c.add_argument("--run-id", help="default run id (ORBITMESH_RUN_ID overrides it)")
     c.add_argument("--no-supervisor", action="store_true",
                    help="no supervisor service (it mounts the docker socket to act on faults)")
+    c.add_argument("--swarm", action="store_true",
+                   help="a stack file for `docker stack deploy` (overlay network, deploy "
+                   "sections, results bind-mounted from --results)")
+    c.add_argument("--results", default="runs",
+                   help="--swarm: host directory for the run directories (default ./runs; "
+                   "shared storage at the same path on every node for several nodes)")
 
     sv = sub.add_parser("supervise", help="carry out the container faults of a running run "
                         "(started by `up --detach` and by compose files)")
@@ -164,12 +175,15 @@ def up_cmd(args: argparse.Namespace) -> int:
 
 def status_cmd(args: argparse.Namespace) -> int:
     """`orbitmesh status RUN`: containers by label, workers from their retained status."""
-    from orbitmesh.run.launch.docker import RECORD, container_rows, nodes_per_worker, resolve
+    from orbitmesh.run.launch.docker import RECORD, container_rows, nodes_per_worker
     from orbitmesh.run.launch.image import docker_client
+    from orbitmesh.run.launch.lifecycle import client_or_none, find_run
     from orbitmesh.run.launch.supervise import load_run
 
-    client = docker_client()
-    run_id, run_dir = resolve(client, args.run)
+    client = client_or_none()
+    ref = find_run(args.run, client)  # an unknown run is bad input (exit 2), daemon or not
+    client = client or docker_client()
+    run_id, run_dir = ref.run_id, ref.run_dir
     rows = container_rows(client, run_id)
     workers: dict[int, dict[str, Any]] = {}
     nodes: dict[int, int] = {}
@@ -229,10 +243,18 @@ async def _worker_status(run_id: str, url_text: str) -> dict[int, dict[str, Any]
 def down_cmd(args: argparse.Namespace) -> int:
     """`orbitmesh down RUN`: remove the run's labelled containers, networks and volumes, and
     the network namespaces on a run directory's endpoint record."""
-    from orbitmesh.run.launch.docker import RECORD, down, resolve, save_logs
+    from orbitmesh.run.launch.docker import RECORD, down, save_logs
     from orbitmesh.run.launch.image import docker_client
+    from orbitmesh.run.launch.lifecycle import client_or_none, find_run, graceful_first, is_local
     from orbitmesh.run.launch.netns import PLAN_FILE, cleanup_recorded
 
+    if is_local(args.run):  # a local run still going ends with its summary, then its cleanup
+        local = find_run(args.run)
+        if not args.kill:
+            graceful_first(local, None, _say)
+        if not (Path(args.run) / PLAN_FILE).is_file():
+            print(f"run {local.run_id}: a local run; nothing to remove")
+            return 0
     if (Path(args.run) / PLAN_FILE).is_file():  # a local run: by its record, never by pattern
         removed_ns = cleanup_recorded(Path(args.run))
         for name in removed_ns:
@@ -241,14 +263,21 @@ def down_cmd(args: argparse.Namespace) -> int:
             if not removed_ns:
                 print(f"run {args.run}: no namespace left to remove")
             return 0
-    client = docker_client()
-    run_id, run_dir = resolve(client, args.run)
+    client = client_or_none()
+    ref = find_run(args.run, client)  # an unknown run is bad input (exit 2), daemon or not
+    client = client or docker_client()  # its error says what to do about the daemon
+    if not args.kill:
+        graceful_first(ref, client, _say)  # a run still going ends with its summary
+    run_id, run_dir = ref.run_id, ref.run_dir
     if run_dir is not None and not (run_dir / "logs").is_dir():
         with contextlib.suppress(OSError):
             save_logs(client, run_id, run_dir)
-    removed = down(client, run_id)
-    total = sum(len(v) for v in removed.values())
-    if not total:
+    removed = down(client, run_id, volumes=args.volumes)
+    kept = removed.pop("kept")
+    for name in kept:
+        print(f"kept volume {name} (it holds the results: `orbitmesh fetch {run_id}` copies "
+              "them out, `orbitmesh down --volumes` removes it)")
+    if not sum(len(v) for v in removed.values()):
         print(f"run {run_id}: nothing to remove")
         return 0
     for kind, names in removed.items():
@@ -263,11 +292,38 @@ def compose_cmd(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    path = write_compose(ComposeOptions(Path(args.scenario), out, args.image, args.broker,
-                                        args.nodes_per_container, args.duration, args.speed,
-                                        args.run_id, not args.no_supervisor))
-    print(f"wrote {path}; run it with: docker compose -f {path} up -d  (see its header)")
+    opts = ComposeOptions(Path(args.scenario), out, args.image, args.broker,
+                          args.nodes_per_container, args.duration, args.speed, args.run_id,
+                          not args.no_supervisor)
+    _warn_missing_image(args.image)
+    if args.swarm:
+        from orbitmesh.run.launch.stack import write_stack
+
+        path = write_stack(opts, Path(args.results))
+        print(f"wrote {path}; deploy it with: docker stack deploy --resolve-image never -c "
+              f"{path} NAME  (see its header)")
+        return 0
+    path = write_compose(opts)
+    print(f"wrote {path}; run it with: docker-compose -f {path} up --exit-code-from controller"
+          "  (see its header)")
     return 0
+
+
+def _warn_missing_image(tag: str) -> None:
+    """A compose file may be meant for other hosts: a missing image here is a warning only."""
+    from orbitmesh.errors import InputError
+    from orbitmesh.run.launch.image import docker_client, require_image
+
+    try:
+        client = docker_client()
+    except RunError:
+        return
+    try:
+        require_image(client, tag)
+    except InputError as exc:
+        _say(f"warning: {exc}")
+    finally:
+        client.close()
 
 
 def supervise_cmd(args: argparse.Namespace) -> int:
@@ -289,7 +345,7 @@ def supervise_cmd(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m orbitmesh.run.launch.docker_cli COMMAND ...``: these commands on their own."""
-    from orbitmesh.errors import OrbitmeshError, ScenarioError
+    from orbitmesh.errors import InputError, OrbitmeshError, ScenarioError
 
     parser = argparse.ArgumentParser(prog="python -m orbitmesh.run.launch.docker_cli")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -297,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return handlers[args.command](args)
-    except (ScenarioError, BrokerError) as exc:
+    except (ScenarioError, BrokerError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OrbitmeshError as exc:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orbitmesh.errors import RunError
+from orbitmesh.errors import InputError, RunError
 
 BASE_REPOSITORY = "orbitmesh-base"
 REPOSITORY = "orbitmesh"
@@ -203,6 +203,20 @@ def image_exists(client: Any, tag: str) -> bool:
     except ImageNotFound:
         return False
     return True
+
+
+def require_image(client: Any, tag: str) -> None:
+    """Refuse (exit 2) an image this daemon does not hold: orbitmesh never pulls one."""
+    from docker.errors import APIError, ImageNotFound
+
+    advice = ("orbitmesh never pulls images: build it with `orbitmesh image build --offline`, "
+              "bring it with `docker save | docker load`, or pick one from `orbitmesh image list`")
+    try:
+        client.images.get(tag)
+    except ImageNotFound:
+        raise InputError(f"image {tag!r} is not on this docker daemon; {advice}") from None
+    except APIError as exc:  # an invalid reference ("Bad:Name!") is refused by the daemon
+        raise InputError(f"image {tag!r}: {exc.explanation or exc}; {advice}") from None
 
 
 def default_image(client: Any) -> str:

@@ -44,6 +44,7 @@ from orbitmesh.run.controller import Controller
 from orbitmesh.run.fidelity import behind_warning
 from orbitmesh.run.files import DiskError, atomic_write
 from orbitmesh.run.launch.cluster_watch import MemberWatch, member_urls_for
+from orbitmesh.run.launch.lifecycle import record_launcher
 from orbitmesh.run.launch.lockdown import start_broker
 from orbitmesh.run.launch.netns import cleanup_recorded, with_endpoints, write_plan
 from orbitmesh.run.launch.replay import check_nodes, replay_scenario, write_replay
@@ -254,6 +255,7 @@ class _LocalRun:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop.set)
+        record_launcher(self.run_dir)  # `orbitmesh stop RUN` signals this process, by PID
         started = datetime.now(UTC)
         topics = self.topics
         async with MqttTransport(self.members, client_id=f"orbitmesh-{self.run_id}-controller",
