@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from nodes.mcs_packets import ack_packet
 from nodes.runtime import NodeRuntime
+from orbitmesh.core.mcs_spec import ACK_APID
 from orbitmesh.core.scenario import Flow, SizeSpec
 from orbitmesh.core.topology import OPS_CENTRE
 from orbitmesh.protocol.wire import (
@@ -30,6 +32,7 @@ from orbitmesh.protocol.wire import (
     F_CREATED,
     F_ID,
     F_KIND,
+    F_PAYLOAD,
     F_REF,
     F_SRC,
     FLOW_ACK,
@@ -69,6 +72,8 @@ class Roles:
         self.stopped = False
         self.endpoint_deliver: Callable[[int, list[Any]], None] | None = None
         """nodes/endpoints.py: hands delivered frames to the node's TUN, UDP pipe or outbox."""
+        self.mcs_deliver: Callable[[int, bytes, float], None] | None = None
+        """nodes/mcs_bridge.py: TM packets (telemetry, TC acks) that reached an ops centre."""
 
     def _operating_centres(self) -> dict[int, int]:
         """Constellation index -> node index of the first ops centre operating it."""
@@ -212,11 +217,13 @@ class Roles:
     def _command_next(self, node: int, targets: Iterator[int], size: int, now: float) -> None:
         self.telecommand(node, next(targets), size, now)
 
-    def telecommand(self, node: int, sat: int, size: int, now: float) -> None:
-        """Operations centre ``node`` commands satellite ``sat``."""
+    def telecommand(self, node: int, sat: int, size: int, now: float,
+                    packet: bytes | None = None) -> list[Any]:
+        """Operations centre ``node`` commands satellite ``sat`` (with ``packet``, an MCS's)."""
         rt = self.rt
-        counter = self.counters.setdefault(node, SequenceCounter())
-        packet = space_packet(TC, 0x7F, counter.next(0x7F), b"\x01" * max(1, size - 6))
+        if packet is None:
+            counter = self.counters.setdefault(node, SequenceCounter())
+            packet = space_packet(TC, 0x7F, counter.next(0x7F), b"\x01" * max(1, size - 6))
         route = rt.source_route(node, sat, None)
         frame = new_frame(self.frame_id(), TELECOMMAND, FLOW_TELECOMMAND, node, sat, len(packet),
                           now, route=route, payload=packet)
@@ -224,16 +231,19 @@ class Roles:
         if route is None:
             rt.stats.offer(frame)
             rt.drop_no_route(node, frame)
-            return
+            return frame
         rt.originate(node, frame, now)
+        return frame
 
     def _delivered(self, node: int, frame: list[Any], now: float) -> None:
         if self.endpoint_deliver is not None:
             self.endpoint_deliver(node, frame)
         kind = frame[F_KIND]
-        if kind == TELECOMMAND:  # execute and acknowledge
-            ack = new_frame(self.frame_id(), ACK, FLOW_ACK, node, frame[F_SRC], 16, now,
-                            ref=[frame[F_ID], frame[F_CREATED]])
+        if kind == TELECOMMAND:  # execute and acknowledge, with a TM ack packet (docs/mcs.md)
+            counter = self.counters.setdefault(node, SequenceCounter())
+            packet = ack_packet(node, frame[F_PAYLOAD], counter.next(ACK_APID))
+            ack = new_frame(self.frame_id(), ACK, FLOW_ACK, node, frame[F_SRC], len(packet), now,
+                            ref=[frame[F_ID], frame[F_CREATED]], payload=packet)
             self.rt.stats.offer(ack)
             if node in self.store:
                 self._send_or_store(node, ack, now)
@@ -242,8 +252,12 @@ class Roles:
         elif kind == ACK and self.topo.kind[node] == OPS_CENTRE:
             self.rt.stats.telecommands_acked += 1
             self.rt.stats.telecommand_rtt_ms.add((now - frame[F_REF][1]) * self.rt.speed * 1000.0)
+            if self.mcs_deliver is not None and frame[F_PAYLOAD]:
+                self.mcs_deliver(node, frame[F_PAYLOAD], now)
         elif kind == TELEMETRY:
             self.rt.stats.telemetry_age_ms.add((now - frame[F_CREATED]) * self.rt.speed * 1000.0)
+            if self.mcs_deliver is not None and self.topo.kind[node] == OPS_CENTRE:
+                self.mcs_deliver(node, frame[F_PAYLOAD], now)
 
     # --- flows ----------------------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ due time), not when the worker got round to them; how late the worker was is mea
 scenario ms (``late_ms``, the emulator's own excess over the modelled network).
 
 Event log records (msgpack arrays, one per event, appended to ``events-w<k>.msgpack``):
-``["offer", wall, id, flow, kind, src, dst, size]``, ``["deliver", wall, id, flow, node, hops,
+``["offer", wall, id, flow, kind, src, dst, size]`` (an acknowledgement's ends with the id of
+the telecommand it acknowledges), ``["deliver", wall, id, flow, node, hops,
 latency_ms, late_ms, propagation_ms, waited_ms]``, ``["drop", wall, id, flow, node_or_-1, reason,
 fault_id_or_None]``, ``["hop", arrival_wall, id, flow, from_node, to_node, size]``,
 ``["suppress", wall, flow, src, fault_id]``. docs/traces.md has the format.
@@ -31,6 +32,7 @@ import msgpack
 
 from orbitmesh.core.histogram import Histogram
 from orbitmesh.protocol.wire import (
+    ACK,
     F_CREATED,
     F_DST,
     F_FLOW,
@@ -38,6 +40,7 @@ from orbitmesh.protocol.wire import (
     F_ID,
     F_KIND,
     F_PROP,
+    F_REF,
     F_SIZE,
     F_SRC,
     F_WAIT,
@@ -155,8 +158,11 @@ class Stats:
     def offer(self, frame: list[Any]) -> None:
         """A node created ``frame``."""
         self.flows[frame[F_FLOW]].offered += 1
-        self._event(["offer", self.event_wall, frame[F_ID], frame[F_FLOW], frame[F_KIND],
-                     frame[F_SRC], frame[F_DST], frame[F_SIZE]])
+        record = ["offer", self.event_wall, frame[F_ID], frame[F_FLOW], frame[F_KIND],
+                  frame[F_SRC], frame[F_DST], frame[F_SIZE]]
+        if frame[F_KIND] == ACK and frame[F_REF]:  # the telecommand it acknowledges: pairs them
+            record.append(frame[F_REF][0])
+        self._event(record)
 
     def suppress(self, flow: int, src: int, fault: str) -> None:
         """A source could not offer a frame of ``flow`` because ``fault`` had taken it down."""

@@ -28,6 +28,7 @@ from broker.client import MqttTransport
 from broker.url import resolve_broker_urls
 from nodes.endpoints import EndpointHost
 from nodes.heartbeat import flow_progress
+from nodes.mcs_bridge import McsBridges
 from nodes.roles import Roles
 from nodes.runtime import NodeRuntime
 from nodes.stats import Stats
@@ -98,6 +99,7 @@ class Worker:
         self._last_counts = (0, 0.0)
         self._window_apply_late_ms = 0.0
         self.endpoints: EndpointHost | None = None
+        self.mcs: McsBridges | None = None
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -156,14 +158,20 @@ class Worker:
         await self.transport.subscribe(t.worker_frames(self.index), t.clock, t.state, t.launcher,
                                        t.faults, *inboxes)
         self.endpoints = self._open_endpoints()  # before "ready": exec may use them at once
+        self.mcs = McsBridges.open(self.roles, now=self.now, started=lambda: self.started,
+                                   after_input=self._after_input)  # listening before "ready"
         self._write_stats(final=False)  # claims this generation's file name at once
         self._status("ready", nodes=len(self.runtime.local), pid=os.getpid())
         async with asyncio.TaskGroup() as tg:
             receiver = tg.create_task(self._receive(), name=f"worker{self.index}.receive")
             beat = tg.create_task(self._heartbeat(), name=f"worker{self.index}.heartbeat")
+            mcs = (tg.create_task(self.mcs.serve(), name=f"worker{self.index}.mcs")
+                   if self.mcs is not None else None)
             await self.finished.wait()
             receiver.cancel()
             beat.cancel()
+            if mcs is not None:
+                mcs.cancel()
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_due = None, float("-inf")  # never re-armed
@@ -339,6 +347,8 @@ class Worker:
         self.stats.close_events()  # a full disk truncates the log there, never raises
         if self.endpoints is not None:
             self.endpoints.close()
+        if self.mcs is not None:
+            self.mcs.close()
         self._write_stats(final=True)
         self._status("done", self._progress())
 
@@ -362,6 +372,8 @@ class Worker:
         result["dropped_publishes"] = getattr(self.transport, "dropped_publishes", 0)
         if self.endpoints is not None:
             result["endpoints"] = self.endpoints.as_dict()
+        if self.mcs is not None:
+            result["mcs"] = self.mcs.as_dict()
         if self.out_dir is not None:
             try:
                 atomic_write(self.out_dir / f"stats-{self.tag}.json", json.dumps(result),

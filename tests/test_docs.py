@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from orbitmesh.core.endpoint_spec import Endpoints, IpEndpoint, UdpPipe
+from orbitmesh.core.mcs_spec import McsSpec
 from orbitmesh.core.scenario import (
     Constellation,
     FaultSpec,
@@ -57,6 +58,7 @@ DOC = DOC_PATH.read_text(encoding="utf-8")
 SECTIONS: dict[type[BaseModel], str] = {
     Scenario: "Top level",
     Endpoints: "endpoints",
+    McsSpec: "ops_centres.mcs",
     IpEndpoint: "endpoints.ip",
     UdpPipe: "endpoints.udp",
     Constellation: "Constellations",

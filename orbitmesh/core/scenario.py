@@ -25,6 +25,7 @@ from pydantic import (
 
 from orbitmesh.core import limits as L
 from orbitmesh.core.endpoint_spec import Endpoints, endpoint_problems
+from orbitmesh.core.mcs_spec import McsSpec, mcs_problems
 from orbitmesh.core.yaml_load import dotted as _dotted
 from orbitmesh.core.yaml_load import line_of as _line_of
 from orbitmesh.core.yaml_load import load_yaml, read_text
@@ -164,6 +165,8 @@ class OpsCentre(_Model):
     telecommand_rate_hz: float = Field(default=0.0, ge=0.0)
     telecommand_size_bytes: int = Field(default=64, ge=8, le=65_536)
     transit: bool = True
+    mcs: McsSpec | None = None
+    """Bridge to a real mission control system (CCSDS over UDP/TCP, docs/mcs.md)."""
 
 
 class LinkClass(_Model):
@@ -495,6 +498,11 @@ def _cross_check(s: Scenario) -> list[tuple[tuple[str | int, ...], str]]:
             if p not in centres or p == o.name:
                 problems.append((("ops_centres", i, "peers"),
                                  f"unknown peer {p!r}; expected another operations centre"))
+        if o.mcs is not None:
+            walkers = [c.walker for c in s.constellations if c.name in o.constellations]
+            n_sats = (sum(w.satellites for w in walkers if w is not None)
+                      if all(w is not None for w in walkers) else None)
+            problems += mcs_problems(o.mcs, ("ops_centres", i, "mcs"), o.constellations, n_sats)
     for i, f in enumerate(s.traffic):
         for key in ("source", "destination"):
             node = getattr(f, key)

@@ -38,7 +38,7 @@ REORDER_WINDOW_WALL_S = 5.0
 """How far (wall seconds) a record may trail a later-stamped one in its own stream."""
 EVENT_TYPES = ("offer", "hop", "deliver", "drop")
 EVENT_COLUMNS = ("t_s", "event", "frame", "flow", "kind", "source", "destination", "from", "to",
-                 "node", "size", "hops", "latency_ms", "reason", "fault")
+                 "node", "size", "hops", "latency_ms", "reason", "fault", "acknowledges")
 _BUILTIN_KIND = {-1: TELEMETRY, -2: TELECOMMAND, -3: ACK}
 
 # pcap export (docs/traces.md, "pcap")
@@ -127,6 +127,8 @@ def _row(trace: _Trace, r: list[Any]) -> dict[str, Any]:
         kind = int(r[4])
         row |= {"kind": KIND_NAMES[kind] if 0 <= kind < len(KIND_NAMES) else str(kind),
                 "source": trace.node(r[5]), "destination": trace.node(r[6]), "size": r[7]}
+        if len(r) > 8 and kind == ACK:  # the telecommand this acknowledgement answers
+            row["acknowledges"] = r[8]
     elif event == "hop":
         row |= {"kind": KIND_NAMES[_kind_of(flow)], "from": trace.node(r[4]),
                 "to": trace.node(r[5]), "size": r[6]}

@@ -63,7 +63,7 @@ FIELD_NAMES = {"offer": ("wall", "frame", "flow", "kind", "source", "destination
                "suppress": ("wall", "flow", "source", "fault")}
 # How event records begin on disk (fixarray header + fixstr tag): where salvage resynchronises.
 EVENT_SIGNATURES = (b"\x98\xa5offer", b"\x97\xa3hop", b"\x97\xa7deliver", b"\x9a\xa7deliver",
-                    b"\x97\xa4drop", b"\x96\xa4drop", b"\x95\xa8suppress")
+                    b"\x99\xa5offer", b"\x97\xa4drop", b"\x96\xa4drop", b"\x95\xa8suppress")
 COUNTED_EVENTS = ("offer", "deliver", "drop", "suppress")
 FULL_DISK = "truncated by a full disk"
 """How the damage of an event log its worker stopped writing (stats: events_truncated_at)

@@ -1,0 +1,72 @@
+"""The MCS bridge's figures on the demo: delivery to a UDP listener, order, added delay, TC RTT.
+
+    .venv/bin/python bench/mcs.py [--duration 30] [--speed 2] [--tcs 10]
+
+Runs scenarios/demo.yaml with darmstadt's ``mcs`` set (embedded mosquitto, two worker
+processes, ``--fidelity-budget 1000``) while this process plays the mission control system
+(tests/mcs_live.py): a UDP listener and a TCP reader for TM, telecommands sent over UDP and TCP.
+Prints one JSON line:
+
+* ``udp_ratio`` — TM datagrams received / TM packets that reached darmstadt (the bridge's count,
+  checked against the trace's deliveries there); target ≥ 0.999;
+* ``out_of_order`` — packets whose per-(APID, satellite) sequence count did not go up; target 0;
+* ``added_wall_ms`` — a housekeeping packet's receipt at the listener minus its (emulated)
+  delivery at darmstadt in the trace, wall ms (``added_scenario_ms_p99``: times the speed);
+  target p99 ≤ 1 ms;
+* ``tc_rtt_mcs_minus_trace_ms`` — per acknowledged telecommand, the round trip the MCS measured
+  (send to ack receipt, scenario ms) minus the trace's pairing of the same command (the summary's
+  TC RTT sample); target |max| ≤ 1 ms.
+
+Run it alone on the machine (it measures sub-millisecond delays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import PROJECT_ROOT, emit
+
+sys.path.insert(0, str(PROJECT_ROOT))
+from tests.mcs_live import analyse, mcs_session
+
+
+def main() -> int:
+    """Run once and print the figures."""
+    p = argparse.ArgumentParser(prog="bench/mcs.py")
+    p.add_argument("--duration", type=float, default=30.0, help="scenario seconds")
+    p.add_argument("--speed", type=float, default=2.0)
+    p.add_argument("--tcs", type=int, default=10, help="telecommands per link (UDP and TCP)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="orbitmesh-bench-mcs-") as tmp:
+        record = mcs_session(Path(tmp) / "run", duration_s=args.duration, speed=args.speed,
+                             tcs_per_link=args.tcs)
+        figures = analyse(record, Path(tmp) / "run")
+        summary = record.summary
+    added = figures["added_wall_ms"]
+    rtt = figures["tc_rtt_mcs_minus_trace_ms"]
+    figures |= {
+        "bench": "mcs", "duration_s": args.duration, "run_exit": record.returncode,
+        "summary_tc_rtt_ms": summary.get("telecommands", {}).get("rtt_ms"),
+        "conservation_ok": summary.get("conservation_ok"),
+        "fidelity": {k: summary.get("fidelity", {}).get(k) for k in ("ok", "problems")},
+        "load_average_1min": os.getloadavg()[0],
+        "added_scenario_ms_p99": None if added["p99"] is None else added["p99"] * args.speed,
+        "targets": {
+            "udp_ratio_ge_0.999": (figures["udp_ratio"] or 0.0) >= 0.999,
+            "in_order": figures["out_of_order"] == 0,
+            "added_wall_ms_p99_le_1": added["p99"] is not None and added["p99"] <= 1.0,
+            "tc_rtt_p99_within_1ms": rtt["p99_abs"] is not None and rtt["p99_abs"] <= 1.0,
+        },
+    }
+    emit(figures)
+    return 0 if all(figures["targets"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
