@@ -38,7 +38,9 @@ from orbitmesh.errors import InputError, RunError
 BASE_REPOSITORY = "orbitmesh-base"
 REPOSITORY = "orbitmesh"
 LATEST = f"{REPOSITORY}:latest"
-BASE_PACKAGES = ("python3", "python3-venv", "mosquitto", "ca-certificates")
+BASE_PACKAGES = ("python3", "python3-venv", "mosquitto", "ca-certificates",
+                 # what a container endpoint's test network needs (docs/endpoints.md)
+                 "iputils-ping", "iperf3", "netcat-openbsd")
 RECIPE_VERSION = "1"
 """Bump when the build recipe changes in a way the hashed inputs do not show."""
 IMAGE_LABEL = "orbitmesh.image"
