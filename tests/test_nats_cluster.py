@@ -68,7 +68,7 @@ def test_a_member_config_routes_to_its_peers_and_replicates_mqtt_state(tmp_path:
     assert "cluster {" not in render_member_config(me, [], "c", tmp_path)
 
 
-async def test_failover_goes_round_the_members_and_counts_it() -> None:
+async def test_no_member_answering_is_one_error_naming_them() -> None:
     dead = [BrokerURL("127.0.0.1", 9), BrokerURL("127.0.0.1", 10)]  # discard/nothing: refused
     with pytest.raises(BrokerError, match="none of the 2 broker members answered"):
         async with MqttTransport(dead, client_id="x", timeout_s=1.0):
@@ -177,3 +177,20 @@ def test_a_run_survives_a_member_killed_mid_run(tmp_path: Path) -> None:
     print(f"member 1 (pid {victim}) killed; {event['describe']}; charged to it: dropped "
           f"{impact['dropped']}, lost in the member {impact['lost_in_process']} ({lost} frames);"
           f" delivery ratio {after}")
+
+
+@needs_nats
+def test_the_installed_server_maps_dots() -> None:
+    from broker.nats_cluster import MIN_VERSION, server_version
+
+    binary = find_nats_server()
+    assert binary is not None
+    assert server_version(binary) >= MIN_VERSION
+
+
+def test_an_old_server_is_refused_with_the_reason(tmp_path: Path) -> None:
+    fake = tmp_path / "nats-server"
+    fake.write_text("#!/bin/sh\necho 'nats-server: v2.9.10'\n")
+    fake.chmod(0o755)
+    with pytest.raises(BrokerError, match=r"2\.9\.10; orbitmesh needs 2\.10\.0 .*'\.'"):
+        NatsCluster(tmp_path / "c", 3, binary=str(fake)).start()
