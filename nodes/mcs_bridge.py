@@ -136,7 +136,7 @@ class McsBridge:
         for client in self._clients:
             if client.closed:
                 continue
-            if len(client.buffer) + len(packet) > limit:
+            if client.buffer and len(client.buffer) + len(packet) > limit:  # one always fits
                 self._drop_client(client, "fell behind")
                 continue
             client.buffer += packet
@@ -150,6 +150,8 @@ class McsBridge:
             self.clients_dropped += 1
             client.closed = True
             client.ready.set()
+            with contextlib.suppress(OSError):  # wakes its reader: the connection ends now
+                client.sock.shutdown(socket.SHUT_RDWR)
 
     # --- TC in ----------------------------------------------------------------------------------
 

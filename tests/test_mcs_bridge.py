@@ -255,3 +255,38 @@ def test_live_bridge_streams_decodable_tm_in_order_and_acks_tcs_over_udp_and_tcp
     # The trace pairs every acknowledged command: its RTTs are the stats' samples.
     assert figures["trace_rtts_equal_stats"] and figures["tc_rtts"] >= 2
     assert figures["tc_rtt_mcs_minus_trace_ms"]["n"] == sum(figures["tc_acked_via"].values())
+
+
+async def test_a_tm_client_that_stops_reading_is_disconnected_and_counted() -> None:
+    port = free_loopback_port()
+    topology = tiny_with_mcs(f"{{tm_tcp: '127.0.0.1:{port}', tcp_buffer_bytes: 4096}}")
+    roles, _events = roles_with_events(topology)
+    bridges = McsBridges.open(roles, now=lambda: 1.0, started=lambda: True,
+                              after_input=lambda: None)
+    assert bridges is not None
+    bridge = bridges.bridges[OPS]
+    serving = asyncio.create_task(bridges.serve())
+    stuck = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        stuck.connect(("127.0.0.1", port))  # and never reads
+        await asyncio.wait_for(bridge.until(lambda: bridge.tm_clients == 1), 2.0)
+        packet = tc(TC_BASE, 0, b"\x00" * 60_000)
+        for _ in range(2000):  # the kernel's buffers fill first, then the bridge's 4 KiB
+            bridge.deliver(packet, 1.0)
+            await asyncio.sleep(0)
+            if bridge.clients_dropped:
+                break
+        await asyncio.wait_for(bridge.until(lambda: bridge.tm_clients == 0), 2.0)
+        stuck.setblocking(False)  # the bridge ended the connection: what was sent, then EOF
+        async with asyncio.timeout(5.0):
+            while await asyncio.get_running_loop().sock_recv(stuck, 1 << 20):
+                pass
+    finally:
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        bridges.close()
+        stuck.close()
+    assert bridge.clients_dropped == 1
+    assert bridge.tm_in > bridge.tm_tcp_sent > 0  # counted up to the cut, nothing after it
