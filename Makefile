@@ -29,9 +29,11 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/orbitmesh run scenarios/demo.yaml
 
-# The scenario fuzzer at depth (CI runs 300 cases); ORBITMESH_FUZZ_SEED=N picks another seed.
+# The fuzzers at depth (CI runs 300 cases each): scenarios, and every MQTT topic family (decoders,
+# a run on the memory broker, a live flood of mosquitto); ORBITMESH_FUZZ_SEED=N picks another seed.
 fuzz: $(STAMP)
-	ORBITMESH_FUZZ_CASES=$${ORBITMESH_FUZZ_CASES:-5000} $(BIN)/pytest -q tests/test_scenario_fuzz.py
+	ORBITMESH_FUZZ_CASES=$${ORBITMESH_FUZZ_CASES:-5000} $(BIN)/pytest -q tests/test_scenario_fuzz.py \
+		tests/test_mqtt_fuzz.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/geometry.py

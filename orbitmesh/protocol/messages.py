@@ -37,7 +37,7 @@ def _object(payload: bytes, what: str) -> dict[str, Any]:
         raise MessageError(f"{what}: {len(payload)} bytes, more than {MAX_CONTROL_BYTES}")
     try:
         body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # "[" * 1000 is deep enough
         raise MessageError(f"{what}: not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise MessageError(f"{what}: expected a JSON object, got {type(body).__name__}")

@@ -356,6 +356,9 @@ class _LocalRun:
                   for f in controller.faults]
         faults += [self.broker_lost] if self.broker_lost is not None else []
         summary = build_summary(self.run_dir, scenario, meta, links, self.workers, faults)
+        if self.malformed_status:  # the launcher's own count: statuses it refused
+            summary["malformed_by_topic"]["status"] = self.malformed_status
+            summary["malformed"] += self.malformed_status
         # A full disk ends the run with one line (and exit 1), after saving what still fits.
         errors = [e for e in (controller.write_error,) if e is not None]
         summary["run"]["write_errors"] = [str(e) for e in errors]
