@@ -264,7 +264,7 @@ def docker_run() -> Iterator[tuple[Any, str, str]]:
     client, tag = _docker_or_skip()
     run_id = f"test-{uuid.uuid4().hex[:8]}"
     yield client, tag, run_id
-    from orbitmesh.run.launch.docker import down
+    from orbitmesh.run.launch.labelled import down
 
     down(client, run_id)
     client.close()

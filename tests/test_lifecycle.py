@@ -191,3 +191,34 @@ def test_down_keeps_a_results_volume_and_fetch_copies_it_out(
         with pytest.raises(Exception):  # noqa: B017 - NotFound once down removed it
             volume.remove(force=True)
         client.close()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_stop_ends_a_detached_container_run_with_its_summary(tmp_path: Path) -> None:
+    from orbitmesh.run.launch.labelled import down
+    from tests.test_docker import _docker_or_skip
+
+    client, tag = _docker_or_skip()
+    run_id = f"stop-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "run"
+    try:
+        assert main(["up", str(PROJECT / "scenarios" / "demo.yaml"), "--duration", f"{LONG_S:g}",
+                     "--speed", "1", "--nodes-per-container", "35", "--out", str(out),
+                     "--run-id", run_id, "--image", tag, "--detach", "--quiet"]) == 0
+        deadline = time.monotonic() + 120
+        record = out / "supervisor.json"
+        while not record.is_file() or json.loads(record.read_text())["first_tick_s"] is None:
+            assert time.monotonic() < deadline, "the detached run never started its clock"
+            time.sleep(0.2)
+        time.sleep(3.0)
+        assert main(["stop", run_id]) == 0  # by id: found by its containers' labels
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["run"]["interrupted"] is True and summary["conservation_ok"]
+        assert sum(f["delivered"] for f in summary["flows"]) > 0
+        assert json.loads((out / "supervisor.json").read_text())["first_tick_s"] is not None
+        assert main(["down", str(out)]) == 0
+        assert client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"}) == []
+    finally:
+        down(client, run_id, volumes=True)
+        client.close()

@@ -175,8 +175,9 @@ def up_cmd(args: argparse.Namespace) -> int:
 
 def status_cmd(args: argparse.Namespace) -> int:
     """`orbitmesh status RUN`: containers by label, workers from their retained status."""
-    from orbitmesh.run.launch.docker import RECORD, container_rows, nodes_per_worker
+    from orbitmesh.run.launch.docker import RECORD, nodes_per_worker
     from orbitmesh.run.launch.image import docker_client
+    from orbitmesh.run.launch.labelled import container_rows
     from orbitmesh.run.launch.lifecycle import client_or_none, find_run
     from orbitmesh.run.launch.supervise import load_run
 
@@ -243,8 +244,9 @@ async def _worker_status(run_id: str, url_text: str) -> dict[int, dict[str, Any]
 def down_cmd(args: argparse.Namespace) -> int:
     """`orbitmesh down RUN`: remove the run's labelled containers, networks and volumes, and
     the network namespaces on a run directory's endpoint record."""
-    from orbitmesh.run.launch.docker import RECORD, down, save_logs
+    from orbitmesh.run.launch.docker import RECORD
     from orbitmesh.run.launch.image import docker_client
+    from orbitmesh.run.launch.labelled import down, save_logs
     from orbitmesh.run.launch.lifecycle import client_or_none, find_run, graceful_first, is_local
     from orbitmesh.run.launch.netns import PLAN_FILE, cleanup_recorded
 

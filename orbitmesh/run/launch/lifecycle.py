@@ -112,7 +112,8 @@ def live_launcher(run_dir: Path) -> int | None:
 def find_run(run: str, client: Any | None = None) -> RunRef:
     """A run directory, ``runs/<id>``, or a labelled run id; InputError (exit 2) otherwise."""
     from orbitmesh.run.launch.control import RUN_FILE
-    from orbitmesh.run.launch.docker import RECORD, resolve
+    from orbitmesh.run.launch.docker import RECORD
+    from orbitmesh.run.launch.labelled import resolve
 
     for path in (Path(run), Path("runs") / run):
         if (path / RECORD).is_file():

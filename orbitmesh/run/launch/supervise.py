@@ -45,14 +45,13 @@ from orbitmesh.run.launch.docker import (
     DockerRun,
     Progress,
     UpOptions,
-    down,
     role_container,
     run_containers,
-    save_logs,
     start,
     start_supervisor,
     worker_container,
 )
+from orbitmesh.run.launch.labelled import down, save_logs
 from orbitmesh.run.report import format_summary, read_summary, write_summary
 
 DELEGATED = ("worker_kill", "container_kill", "container_pause", "container_unpause",
