@@ -106,6 +106,7 @@ class McsBridge:
         self.telecommands: list[list[Any]] = []
         self._clients: list[_Client] = []
         self.changed = asyncio.Event()
+        self._warned: set[str] = set()
         """Set whenever a TM client connects or a TC packet arrives (what tests wait on)."""
         self._tm_udp = _socket(socket.SOCK_DGRAM, spec.tm_udp, "tm_udp") if spec.tm_udp else None
         self._listeners: dict[str, socket.socket] = {}
@@ -155,10 +156,24 @@ class McsBridge:
 
     # --- TC in ----------------------------------------------------------------------------------
 
+    def _say_refused(self) -> None:
+        """Log each reason for refusing TC packets once (all are counted in the stats file)."""
+        for why in self.router.refused.keys() - self._warned:
+            self._warned.add(why)
+            log.warning("mcs at %s: refused a TC packet (%s); every refusal is counted under "
+                        "mcs.tc_refused in the worker's stats file",
+                        self.rt.topology.node_ids[self.node], why)
+
     def telecommand_in(self, packet: bytes, via: str) -> None:
         """A TC packet from the MCS: route it to its satellite, or count why not."""
         self.tc_in[via] += 1
         self.changed.set()
+        try:
+            self._route(packet)
+        finally:
+            self._say_refused()
+
+    def _route(self, packet: bytes) -> None:
         if not self.started():
             self.router.refused["before_start"] += 1
             return
@@ -243,6 +258,7 @@ class McsBridge:
         finally:
             if splitter.pending_bytes:
                 self.router.refused["truncated"] += 1
+                self._say_refused()
             sock.close()
 
     async def _tc_datagrams(self, sock: socket.socket) -> None:
@@ -258,6 +274,7 @@ class McsBridge:
                 self.tc_in["udp"] += 1
                 self.changed.set()
                 self.router.refused[why or "bad"] += 1
+                self._say_refused()
                 continue
             self.telecommand_in(packet, "udp")
 

@@ -33,7 +33,7 @@ from nodes.stats import Stats
 from orbitmesh.core.mcs_spec import ACK_APID, ACK_EXECUTED, ACK_NOT_A_PACKET
 from orbitmesh.core.scenario import parse_scenario
 from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL, build_topology
-from orbitmesh.errors import ScenarioError
+from orbitmesh.errors import RunError, ScenarioError
 from tests.conftest import require_mosquitto
 from tests.mcs_live import analyse, mcs_session
 from tests.test_runtime import ALPHA, N_NODES, OPS, SAT0, SAT1, SAT2, SAT3, TINY, apply, drain
@@ -290,3 +290,39 @@ async def test_a_tm_client_that_stops_reading_is_disconnected_and_counted() -> N
         stuck.close()
     assert bridge.clients_dropped == 1
     assert bridge.tm_in > bridge.tm_tcp_sent > 0  # counted up to the cut, nothing after it
+
+
+def test_a_port_in_use_stops_the_bridge_with_the_setting_to_change() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        topology = tiny_with_mcs(f"{{tm_udp: '127.0.0.1:9', tc_tcp: '127.0.0.1:{port}'}}")
+        roles, _events = roles_with_events(topology)
+        with pytest.raises(RunError, match=rf"mcs.tc_tcp: cannot use 127.0.0.1:{port}: .*"
+                                           r"choose a free port"):
+            McsBridges.open(roles, now=lambda: 1.0, started=lambda: True,
+                            after_input=lambda: None)
+    assert roles.mcs_deliver is None
+
+
+def test_refused_telecommands_are_logged_once_per_reason(caplog: pytest.LogCaptureFixture) -> None:
+    topology = tiny_with_mcs(f"{{tc_udp: '127.0.0.1:{free_loopback_port()}'}}")
+    roles, _events = roles_with_events(topology)
+    started = False
+    bridges = McsBridges.open(roles, now=lambda: 1.0, started=lambda: started,
+                              after_input=lambda: None)
+    assert bridges is not None
+    bridge = bridges.bridges[OPS]
+    try:
+        with caplog.at_level("WARNING", logger="orbitmesh.mcs"):
+            bridge.telecommand_in(tc(TC_BASE, 0), "udp")
+            started = True
+            for seq in range(3):
+                bridge.telecommand_in(tc(TC_BASE + 99, seq), "udp")
+    finally:
+        bridges.close()
+    assert dict(bridge.router.refused) == {"before_start": 1, "unknown_apid": 3}
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and "ops" in said[0] and "(before_start)" in said[0]
+    assert "(unknown_apid)" in said[1]
