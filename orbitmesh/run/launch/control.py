@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,13 @@ POSITIONAL: dict[str, tuple[str, ...]] = {
 
 
 def write_run_file(run_dir: Path, run_id: str, url: BrokerURL, scenario: str,
-                   operator_file: str | None = None) -> None:
-    """Record how to reach a run: never a password, but where the operator credential is."""
-    body = {"run_id": run_id, "broker": url.to_text(show_password=False), "scenario": scenario}
+                   operator_file: str | None = None, members: Sequence[BrokerURL] = ()) -> None:
+    """Record how to reach a run: never a password, but where the operator credential is
+    (and, on a clustered broker, every member, for the tools to fail over)."""
+    body: dict[str, Any] = {"run_id": run_id, "broker": url.to_text(show_password=False),
+                            "scenario": scenario}
+    if members:
+        body["broker_members"] = [m.to_text(show_password=False) for m in members]
     if operator_file is not None:
         body["operator_credentials"] = operator_file  # relative to the run directory
     atomic_write(run_dir / RUN_FILE, json.dumps(body, indent=2))
@@ -106,7 +111,20 @@ def _value(text: str) -> Any:
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
-async def send_command(run_id: str, url: BrokerURL, command: dict[str, Any]) -> str | None:
+def locate_members(run: str, broker: str | None) -> tuple[str, list[BrokerURL]]:
+    """Like :func:`locate`, with every member of a clustered broker (run.json's
+    ``broker_members``), the recorded one first; one URL otherwise."""
+    run_id, url = locate(run, broker)
+    path = Path(run) / RUN_FILE
+    if broker is None and path.is_file():
+        members = json.loads(path.read_text()).get("broker_members") or []
+        if members:
+            return run_id, [parse_broker_url(str(m)) for m in members]
+    return run_id, [url]
+
+
+async def send_command(run_id: str, url: BrokerURL | Sequence[BrokerURL],
+                       command: dict[str, Any]) -> str | None:
     """Publish a control command; return the run's error reply, if one comes within a moment."""
     topics = Topics(run_id)
     async with MqttTransport(url, client_id=f"orbitmesh-cli-{os.getpid()}") as transport:
@@ -125,7 +143,7 @@ async def send_command(run_id: str, url: BrokerURL, command: dict[str, Any]) -> 
     return None
 
 
-async def list_faults(run_id: str, url: BrokerURL) -> dict[str, Any]:
+async def list_faults(run_id: str, url: BrokerURL | Sequence[BrokerURL]) -> dict[str, Any]:
     """The run's retained fault list."""
     topics = Topics(run_id)
     async with MqttTransport(url, client_id=f"orbitmesh-cli-{os.getpid()}") as transport:
@@ -139,4 +157,5 @@ async def list_faults(run_id: str, url: BrokerURL) -> dict[str, Any]:
                             return listing
         except TimeoutError:
             pass
-    raise RunError(f"run {run_id!r} published no fault list on {url.address}; is it running?")
+    where = url.address if isinstance(url, BrokerURL) else ", ".join(u.address for u in url)
+    raise RunError(f"run {run_id!r} published no fault list on {where}; is it running?")

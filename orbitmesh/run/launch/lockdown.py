@@ -88,7 +88,8 @@ def _cluster(opts: BrokerOptions, run_dir: Path, run_id: str
     label = f"cluster of {len(members)} members ({', '.join(m.address for m in members)})"
     print(f"broker: {label}: OPEN (no per-run users or ACL on a cluster yet); worker k uses "
           "member k mod M first, every client fails over", file=sys.stderr, flush=True)
-    write_run_file(run_dir, run_id, _bare(members[0]), str(opts.scenario), None)
+    write_run_file(run_dir, run_id, _bare(members[0]), str(opts.scenario), None,
+                   [_bare(m) for m in members])
     return None, members[0], None, label
 
 
