@@ -46,7 +46,9 @@ def _stopped_run_checks(proc: subprocess.Popen[bytes], run_dir: Path, stopped_at
     wall_s = (datetime.fromisoformat(summary["run"]["ended"])
               - datetime.fromisoformat(summary["run"]["started"])).total_seconds()
     assert wall_s < LONG_S / 10
-    assert proc.returncode == 130, err.decode(errors="replace")  # as for Ctrl-C
+    # 130 as for Ctrl-C; 1 only for a fidelity budget a loaded machine missed.
+    assert proc.returncode == 130 or (proc.returncode == 1 and not summary["fidelity"]["ok"]), (
+        err.decode(errors="replace"))
     offered = sum(f["offered"] for f in summary["flows"])
     assert offered > 0
     pids = json.loads((run_dir / "pids.json").read_text())
