@@ -159,12 +159,16 @@ class Roles:
                   action: Callable[[float], None]) -> None:
         """Run ``action(at)`` every ``period`` wall seconds from ``first`` while the node is up."""
 
+        count = 0
+
         def fire(at: float) -> None:
+            nonlocal count
             if not self._running(at):
                 return
             if not self.rt.suppressed(flow, node):
                 action(at)
-            self.rt.call_at(at + period, fire)
+            count += 1
+            self.rt.call_at(first + count * period, fire)  # no float drift over a long run
 
         self.rt.call_at(first, fire)
 
@@ -264,15 +268,19 @@ class Roles:
     def _flow_fn(self, f_index: int, flow: Flow, src: int, dst: int,  # type: ignore[no-untyped-def]
                  rng: np.random.Generator, first: float):
         stop_s = min(flow.stop_s or self.duration_s, self.duration_s)
-        due = first
+        due, count = first, 0
 
         def fire(now: float) -> None:
-            nonlocal due
+            nonlocal due, count
             if self.stopped or self.rt.scenario_s(now) >= stop_s:
                 return
             if not self.rt.suppressed(f_index, src):
                 self.offer(f_index, flow, src, dst, _size(flow.size, rng), now)
-            due += self._gap(flow, rng)
+            count += 1
+            if flow.pattern == "constant":  # on a grid: no float drift over a long run
+                due = first + count * self._gap(flow, rng)
+            else:
+                due += self._gap(flow, rng)
             self.rt.call_at(due, fire)
         return fire
 

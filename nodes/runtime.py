@@ -91,9 +91,13 @@ class NodeRuntime:
         self.n_nodes = len(owner)
         rules = topology.scenario.links
         by_kind = {ISL: rules.isl, GSL: rules.gsl, TERRESTRIAL: rules.terrestrial}
-        self.rate_bps = {k: r.rate_bps for k, r in by_kind.items()}
-        self.loss = {k: r.loss for k, r in by_kind.items()}
-        self.queue_frames = {k: r.queue_frames for k, r in by_kind.items()}
+        # Indexed by link kind (ISL, GSL, TERRESTRIAL = 0, 1, 2): a tuple index is the cheapest
+        # lookup on the per-hop path.
+        self.rate_bps = tuple(by_kind[k].rate_bps for k in (ISL, GSL, TERRESTRIAL))
+        self.loss = tuple(by_kind[k].loss for k in (ISL, GSL, TERRESTRIAL))
+        self.queue_frames = tuple(by_kind[k].queue_frames for k in (ISL, GSL, TERRESTRIAL))
+        self.owner_of: list[int] = owner.tolist()
+        """``owner`` as a list: Python ints, no numpy scalar per hop."""
         self.links: dict[tuple[int, int], tuple[float, int]] = {}
         self.next_hop: dict[str | None, np.ndarray] = {}
         self.dest_row: dict[int, int] = {}
@@ -245,7 +249,7 @@ class NodeRuntime:
         row = self.dest_row.get(frame[F_DST])
         if table is None or row is None:
             return -1
-        return int(table[row, u])
+        return table.item(row, u)
 
     def source_route(self, root: int, target: int, policy: str | None) -> list[int] | None:
         """Path root -> target read from the tree rooted at ``root`` (for satellite targets)."""
@@ -309,9 +313,10 @@ class NodeRuntime:
 
     def transmit(self, u: int, v: int, frame: Frame, at_wall: float) -> bool:
         """Emulate link u->v for ``frame`` entering it at ``at_wall``; False if dropped."""
-        live = self.link(u, v)
+        key = (u, v) if u < v else (v, u)
+        live = self.links.get(key)
         if live is None:
-            fault = self.cut.get((u, v) if u < v else (v, u))
+            fault = self.cut.get(key)
             if fault is not None:
                 self.stats.drop(frame, "fault", u, fault)
             else:
@@ -320,7 +325,7 @@ class NodeRuntime:
         delay_s, kind = live
         rate_bps = self.rate_bps[kind]
         if self.degraded:
-            degraded = self.degraded.get((u, v) if u < v else (v, u))
+            degraded = self.degraded.get(key)
             if degraded is not None:
                 extra_loss, _extra_delay, cap, fault = degraded
                 if extra_loss and self.rng.random() < extra_loss:
@@ -331,22 +336,27 @@ class NodeRuntime:
         tx = self.tx.get((u, v))
         if tx is None:
             tx = self.tx[(u, v)] = Transmitter()
-        if tx.backlog(at_wall) >= self.queue_frames[kind]:
+        finishing = tx.finishing
+        while finishing and finishing[0] <= at_wall:  # Transmitter.backlog, inlined
+            finishing.popleft()
+        if len(finishing) >= self.queue_frames[kind]:
             self.stats.drop(frame, "queue", u)
             return False
-        if self.loss[kind] and self.rng.random() < self.loss[kind]:
+        loss = self.loss[kind]
+        if loss and self.rng.random() < loss:
             self.stats.drop(frame, "loss", u)
             return False
         speed = self.speed
-        start = at_wall if tx.busy_until < at_wall else tx.busy_until
-        done = start + frame[F_SIZE] * 8.0 / rate_bps / speed
+        busy = tx.busy_until
+        start = at_wall if busy < at_wall else busy
+        done = start + frame[F_SIZE] * 8.0 / (rate_bps * speed)
         tx.busy_until = done
-        tx.finishing.append(done)
+        finishing.append(done)
         due = done + delay_s / speed
         frame[F_DUE] = due
         frame[F_WAIT] += (done - at_wall) * speed
         frame[F_PROP] += delay_s
-        owner = int(self.owner[v])
+        owner = self.owner_of[v]
         if owner != self.worker:  # handed over now, due there at ``due``
             frame[F_FROM] = u
             self.outbox.setdefault(owner, []).append((v, frame))
@@ -365,7 +375,7 @@ class NodeRuntime:
     def _arrive(self, hop: tuple[int, int], frame: Frame, due: float) -> None:
         u, v = hop
         self.stats.in_flight -= 1
-        if self.link(u, v) is None:
+        if (u, v) not in self.links and (v, u) not in self.links:
             # Gone while the frame was on it: cut by a fault, with a failed end, or by geometry.
             fault = (self.cut.get((u, v) if u < v else (v, u)) or self.down_all.get(v)
                      or self.down_all.get(u))

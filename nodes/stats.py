@@ -91,6 +91,8 @@ class Stats:
         """How late each hop was handled, in scenario ms (the emulator's excess)."""
         self.malformed_count = 0
         self.malformed_by_topic: Counter[str] = Counter()
+        self.internal_errors = 0
+        """Exceptions of our own code that the worker survived (logged with their traceback)."""
         self.in_flight = 0
         self.held_on_board = 0
         self.telemetry_age_ms = Histogram()
@@ -222,6 +224,7 @@ class Stats:
             "flows": {str(k): v.as_dict(samples) for k, v in sorted(self.flows.items())},
             "malformed": self.malformed_count,
             "malformed_by_topic": dict(self.malformed_by_topic),
+            "internal_errors": self.internal_errors,
             "telecommands_sent": self.telecommands_sent,
             "telecommands_acked": self.telecommands_acked,
             "max_backlog": self.max_backlog,

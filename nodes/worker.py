@@ -20,11 +20,11 @@ import os
 import selectors
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from broker.client import MqttTransport
+from broker.lifetime import die_with_parent, exit_if_orphaned
 from broker.url import resolve_broker_urls
 from nodes.endpoints import EndpointHost
 from nodes.heartbeat import flow_progress
@@ -36,6 +36,7 @@ from orbitmesh.core.placement import place
 from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import Topology, build_topology
 from orbitmesh.errors import OrbitmeshError
+from orbitmesh.protocol.clock import WallClock, WallSource
 from orbitmesh.protocol.messages import (
     ClockMessage,
     ControlCommand,
@@ -65,7 +66,9 @@ class Worker:
 
     def __init__(self, topology: Topology, *, worker: int, workers: int, run_id: str,
                  transport: Transport, out_dir: Path | None, duration_s: float,
-                 speed: float, generation: int = 0, placement: str = "blocks") -> None:
+                 speed: float, generation: int = 0, placement: str = "blocks",
+                 wall: WallSource | None = None) -> None:
+        self.wall: WallSource = wall or WallClock()
         self.topology = topology
         self.index = worker
         self.generation = generation
@@ -98,6 +101,8 @@ class Worker:
         self._pending_state: list[TickSnapshot] = []
         self._last_counts = (0, 0.0)
         self._window_apply_late_ms = 0.0
+        self._early: list[tuple[bytes, bool]] = []
+        """Frame batches received before the first link state (a restarted worker's)."""
         self.endpoints: EndpointHost | None = None
         self.mcs: McsBridges | None = None
 
@@ -108,7 +113,7 @@ class Worker:
 
     def now(self) -> float:
         """Wall-clock seconds (the clock every process of a run shares)."""
-        return time.time()
+        return self.wall.now_wall()
 
     def _arm(self) -> None:
         """Make sure the runtime is serviced at its next due time."""
@@ -144,15 +149,20 @@ class Worker:
 
     def _service(self) -> None:
         self._timer, self._timer_due = None, float("inf")
-        self.runtime.run_due(self.now())
-        self._arm()
+        try:
+            self.runtime.run_due(self.now())
+        except Exception:  # a bug of ours: shown, counted, and the timer still re-armed
+            log.exception("servicing due frames and timers failed")
+            self.stats.internal_errors += 1
+        finally:
+            self._arm()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve until finished."""
         self._loop = asyncio.get_running_loop()
-        self._wall_offset = time.time() - self._loop.time()
+        self._wall_offset = self.wall.now_wall() - self._loop.time()
         t = self.topics
         inboxes = [t.node_inbox(self.topology.node_ids[i]) for i in sorted(self.runtime.local)]
         await self.transport.subscribe(t.worker_frames(self.index), t.clock, t.state, t.launcher,
@@ -162,18 +172,24 @@ class Worker:
                                    after_input=self._after_input)  # listening before "ready"
         self._write_stats(final=False)  # claims this generation's file name at once
         self._status("ready", nodes=len(self.runtime.local), pid=os.getpid())
-        async with asyncio.TaskGroup() as tg:
-            receiver = tg.create_task(self._receive(), name=f"worker{self.index}.receive")
-            beat = tg.create_task(self._heartbeat(), name=f"worker{self.index}.heartbeat")
-            mcs = (tg.create_task(self.mcs.serve(), name=f"worker{self.index}.mcs")
-                   if self.mcs is not None else None)
-            await self.finished.wait()
-            receiver.cancel()
-            beat.cancel()
-            if mcs is not None:
-                mcs.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                receiver = tg.create_task(self._receive(), name=f"worker{self.index}.receive")
+                beat = tg.create_task(self._heartbeat(), name=f"worker{self.index}.heartbeat")
+                mcs = (tg.create_task(self.mcs.serve(), name=f"worker{self.index}.mcs")
+                       if self.mcs is not None else None)
+                await self.finished.wait()
+                receiver.cancel()
+                beat.cancel()
+                if mcs is not None:
+                    mcs.cancel()
+        except asyncio.CancelledError:
+            if self._events is not None:  # cancelled: nothing more is written
+                self._events.close()
+            raise
+        finally:  # cancelled or finished, the runtime's timer goes with the tasks
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer, self._timer_due = None, float("-inf")  # never re-armed
         await self._drain()
         self._finish()
@@ -240,10 +256,12 @@ class Worker:
                 end = EndMarker.sniff(message.payload, WIRE_VERSION)
                 if end is not None:  # that worker stopped before we did
                     self._ends_seen.add(end.sender)
+                elif self.runtime.state_t_s < 0:  # no links yet (a restart): hold them
+                    self._early.append((message.payload, False))
                 else:
                     self.runtime.receive_batch(message.payload, now)
             elif topic == t.state:
-                self._on_state(decode_state(message.payload, self.runtime.n_nodes))
+                self._on_state(decode_state(message.payload, self.runtime.n_nodes), now)
             elif topic == t.clock:
                 if message.payload:
                     self._on_clock(ClockMessage.decode(message.payload), now)
@@ -253,6 +271,8 @@ class Worker:
                 self._on_faults(FaultListing.decode(message.payload))
             elif topic == t.control:
                 pass  # operators' commands are the controller's business
+            elif self.runtime.state_t_s < 0:
+                self._early.append((message.payload, True))
             else:  # a node inbox: frames injected by any MQTT client
                 self.runtime.receive_batch(message.payload, now, injected=True, topic="inbox")
         except ValueError as exc:  # MessageError and the codecs' errors
@@ -269,28 +289,36 @@ class Worker:
         self.started = True
         self.roles.start(max(now, self.runtime.t0_wall))
         for state in self._pending_state:
-            self._schedule_state(state)
+            self._schedule_state(state, now)
         self._pending_state.clear()
 
-    def _on_state(self, state: TickSnapshot) -> None:
+    def _on_state(self, state: TickSnapshot, now: float) -> None:
         if not self.started:
             self._pending_state = [state]  # only the latest matters
             return
-        self._schedule_state(state)
+        self._schedule_state(state, now)
 
-    def _schedule_state(self, state: TickSnapshot) -> None:
+    def _schedule_state(self, state: TickSnapshot, received_wall: float) -> None:
         rt = self.runtime
         due = rt.wall_at(state.t_s)
+        if state.t_s <= rt.state_t_s:
+            # The tick in force, re-published because a live fault changed it: it takes effect
+            # when it arrives (judging it from its tick's start would call it a tick late).
+            due = max(due, received_wall)
 
         def apply(at: float) -> None:
             if state.t_s < rt.state_t_s:
                 return  # an older state arrived late; a newer one is already in force
             rt.apply_snapshot(state, at)
+            early, self._early = self._early, []
+            for payload, injected in early:  # frames that came before any links did
+                rt.receive_batch(payload, rt.now_wall, injected=injected,
+                                 topic="inbox" if injected else "frames", run=False)
             late_ms = rt.clock.scenario_delay(max(0.0, rt.now_wall - due)) * 1000.0
             self.stats.link_apply_late_ms.add(late_ms)
             self._window_apply_late_ms = max(self._window_apply_late_ms, late_ms)
 
-        rt.call_at(due, apply)
+        rt.call_at(due, apply, first=True)
 
     def _on_faults(self, listing: FaultListing) -> None:
         """Learn the id of an active broker outage, to label what it makes us drop."""
@@ -453,6 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(levelname)s "
                         "%(message)s")
     args = _parse(argv)
+    parent = os.getppid()
+    if die_with_parent():  # a launcher killed with -9 takes its workers with it
+        exit_if_orphaned(parent)
     try:
         with asyncio.Runner(loop_factory=precise_loop) as runner:
             return runner.run(amain(args))

@@ -429,8 +429,12 @@ def test_worker_kill_is_detected_routed_around_and_restarted(tmp_path: Path) -> 
     stats = json.loads((run_dir / "stats-w1-g1.json").read_text())
     assert (stats["worker"], stats["generation"], stats["final"]) == (1, 1, True)
     assert ev.nodes_hopped(restarted_s + 1.0, 16.0) == {"tokyo", "singapore", "perth"}
+    # Every frame offered once it is back is delivered (25 frames/s; how long the restart took
+    # depends on the machine, so the window's length is read, not assumed).
     after = ev.offered(0, restarted_s + 1.0, 15.5)
-    assert len(after) >= 100 and all(i in ev.delivered for i in after)
+    assert restarted_s + 1.0 < 14.5, "the restarted worker came back too late to check it"
+    assert len(after) >= int((15.5 - restarted_s - 1.0) * 25) - 2
+    assert all(i in ev.delivered for i in after)
     # Frames inside the dead worker are accounted for as lost to the fault.
     lost = sum(c["lost_to_process_faults"] for c in result.summary["conservation"])
     assert kill["lost_in_process"] == lost > 0
@@ -568,7 +572,7 @@ def test_live_faults_from_the_cli_and_mosquitto_pub(tmp_path: Path) -> None:
         topic, payload = second.strip().split(" ", 1)
         assert topic == f"{control}/error"
         reply = json.loads(payload)
-        assert reply["error"].startswith("not JSON")
+        assert reply["error"].startswith("control: not JSON")
         assert reply["command"] == "link_down tokyo please"
         assert reply["errors_so_far"] == 2  # the refused station_outage, then this one
         # 5. The CLI lists the live faults too.

@@ -87,8 +87,36 @@ _FINITE_WALL = 1e11
 """Wall times beyond this (year ~5138) are not times of a run."""
 
 
+_USUAL_TYPES = (int, int, int, int, int, int, float, int, int)
+"""Types of fields 0..8 of every frame this project builds (bool is not int here)."""
+_KINDS = frozenset((DATA, TELEMETRY, TELECOMMAND, ACK))
+
+
 def _frame_problem(item: Any, n_nodes: int) -> str | None:
-    """Why ``[to_node, frame]`` cannot be a frame of this run, or None when it can."""
+    """Why ``[to_node, frame]`` cannot be a frame of this run, or None when it can.
+
+    The common shape (no policy, no source route) is accepted by one expression; anything else
+    takes the field-by-field path, which also says what is wrong.
+    """
+    if type(item) is list and len(item) == 2:
+        to, f = item
+        if (type(to) is _INT and type(f) is list and len(f) == FRAME_FIELDS
+                and tuple(map(type, f[:9])) == _USUAL_TYPES and f[F_POLICY] is None
+                and f[F_ROUTE] is None and type(f[F_PAYLOAD]) is bytes
+                and type(f[F_FROM]) is _INT and type(f[F_DUE]) is _FLOAT
+                and type(f[F_WAIT]) is _FLOAT and type(f[F_PROP]) is _FLOAT
+                and 0 <= to < n_nodes and 0 <= f[F_SRC] < n_nodes and 0 <= f[F_DST] < n_nodes
+                and f[F_KIND] in _KINDS and 1 <= f[F_SIZE] <= MAX_FRAME_BYTES
+                and 0 <= f[F_HOPS] <= MAX_TTL and -1 <= f[F_TTL] <= MAX_TTL
+                and -1 <= f[F_FROM] < n_nodes and 0.0 <= f[F_CREATED] < _FINITE_WALL
+                and 0.0 <= f[F_DUE] < _FINITE_WALL and 0.0 <= f[F_WAIT] < _FINITE_WALL
+                and 0.0 <= f[F_PROP] < _FINITE_WALL):
+            return None
+    return _frame_problem_slowly(item, n_nodes)
+
+
+def _frame_problem_slowly(item: Any, n_nodes: int) -> str | None:
+    """Field by field: what is wrong with ``item``, or None."""
     if type(item) is not list or len(item) != 2:
         return "entry is not [to_node, frame]"
     to, f = item
