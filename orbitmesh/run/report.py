@@ -26,6 +26,7 @@ from orbitmesh.run.files import atomic_write
 from orbitmesh.run.trace import Damage, iter_events
 
 SUMMARY_VERSION = "1.1"
+EDGE_WALL_S = 1e-6
 
 
 def percentiles(samples: list[float],
@@ -100,7 +101,9 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
     damage: list[Damage] = []
     final_workers = {w["worker"] for w in stats if w.get("final", True)}
     missing = workers_expected - len(final_workers)
-    process_faults = [f for f in faults if f["kind"] in PROCESS_KINDS and "error" not in f]
+    process_faults = [f for f in faults if (f["kind"] in PROCESS_KINDS or f.get("origin")
+                                            == "unplanned") and "error" not in f]
+    unplanned = [f for f in faults if f.get("origin") == "unplanned"]
     flows = []
     conservation = []
     for i, flow in enumerate(scenario.traffic):
@@ -131,7 +134,9 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
                        "dropped": sum(m["dropped"].values()), "in_flight": m["in_flight"],
                        "lost_to_process_faults": lost, "unexplained": m["unexplained"] - lost,
                        "ok": m["unexplained"] - lost == 0})
-    ok = all(c["ok"] for c in checks) and missing == 0
+    # A worker lost to a process fault (planned or not) writes no final stats: its last snapshot
+    # stands, and the frames it held are charged to that fault above.
+    ok = all(c["ok"] for c in checks) and (missing == 0 or bool(process_faults))
     malformed_by_topic: Counter[str] = Counter()
     for w in stats:
         malformed_by_topic.update(w.get("malformed_by_topic", {}))
@@ -155,12 +160,14 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
         "malformed": sum(w["malformed"] for w in stats),
         "malformed_by_topic": dict(sorted(malformed_by_topic.items())),
         "faults": fault_impact(run_dir, scenario, faults, stats, run_meta, checks, damage),
+        "internal_errors": sum(w.get("internal_errors", 0) for w in stats),
         # Filled by fault_impact above (dict items evaluate in order): where events were damaged.
         "trace_damage": [d.as_dict() for d in damage],
         "endpoints": endpoints,
         "conservation": checks,
         "conservation_ok": ok,
     }
+        "unplanned": unplanned,
 
 
 def _read_events(run_dir: Path, damage: list[Damage] | None = None
@@ -209,7 +216,9 @@ def fault_impact(run_dir: Path, scenario: Scenario, faults: list[dict[str, Any]]
         for frame_id, (wall, flow) in offers.items():
             if flow < 0 and flow != FLOW_TELEMETRY:
                 continue
-            key = "during" if start <= wall < end else "outside"
+            # Compared with a microsecond's slack: a frame offered at the very instant a fault
+            # starts is offered during it, whatever the float rounding of wall times did.
+            key = "during" if start - EDGE_WALL_S <= wall < end - EDGE_WALL_S else "outside"
             outcome = delivered.get(frame_id)
             windows[key].setdefault(names.get(str(flow), str(flow)), []).append(
                 None if outcome is None else outcome[1])
@@ -227,7 +236,7 @@ def fault_impact(run_dir: Path, scenario: Scenario, faults: list[dict[str, Any]]
                  "suppressed": sum(suppressed.values()), "suppressed_by_flow": dict(suppressed),
                  "flows_affected": sorted(set(drops) | set(suppressed)),
                  "telemetry_held_on_board": held, **impact}
-        if fault["kind"] in PROCESS_KINDS:
+        if fault["kind"] in PROCESS_KINDS or fault.get("origin") == "unplanned":
             entry["lost_in_process"] = sum(c["lost_to_process_faults"] for c in checks)
         out.append(entry)
     return out
@@ -318,4 +327,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             + ("" if run["workers_reported"] == run["workers"] else
                f"; only {run['workers_reported']} of {run['workers']} workers reported"))
     out.append(verdict_line(summary["fidelity"]))
+    if summary.get("internal_errors"):
+        out.append(f"INTERNAL ERRORS: {summary['internal_errors']} (survived; tracebacks in the "
+                   "worker logs) — please report them")
+    for event in summary.get("unplanned", []):
+        out.append(f"UNPLANNED: {event.get('describe') or event['id']} — its nodes were routed "
+                   "around; what it held is counted as lost to it")
     return "\n".join(out)

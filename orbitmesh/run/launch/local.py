@@ -112,8 +112,10 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        """True when the conservation check held and the run kept its fidelity budget."""
-        return bool(self.summary["conservation_ok"]) and bool(self.summary["fidelity"]["ok"])
+        """True when the conservation check held, the run kept its fidelity budget and lost no
+        process it did not mean to."""
+        return (bool(self.summary["conservation_ok"]) and bool(self.summary["fidelity"]["ok"])
+                and not self.summary.get("unplanned") and not self.summary.get("internal_errors"))
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -362,6 +364,16 @@ class _LocalRun:
         # A full disk ends the run with one line (and exit 1), after saving what still fits.
         errors = [e for e in (controller.write_error,) if e is not None]
         summary["run"]["write_errors"] = [str(e) for e in errors]
+        for info in self.process_faults.values():
+            if info.get("origin") == "unplanned":
+                proc = self.procs.get(int(info["target"]["worker"]))
+                code = None if proc is None else proc.returncode
+                info["exit"] = (None if code is None else f"signal {-code}" if code < 0
+                                else f"exit code {code}")
+                how = info["exit"] or "still running: its broker connection dropped"
+                info["describe"] = (f"worker {info['target']['worker']} (pid {info['pid']}) "
+                                    f"lost at t={info['start_s']:g} s ({how})")
+                faults.append(info)
         for write in (lambda: write_summary(self.run_dir, summary), lambda: write_manifest(
                 self.run_dir, {**self.manifest, "faults": faults, "complete": not errors,
                                "interrupted": self.stop.is_set()})):
@@ -420,6 +432,13 @@ class _LocalRun:
                     and not self.external):  # with containers the supervisor restarts it
                 self._background(self._restart(worker), f"restart-w{worker}")
         elif state == "ready" and before == "lost":
+            if fault is None and not self.stop.is_set():  # nobody asked for this
+                proc = self.procs.get(worker)
+                info.update(id=fault_id, kind="worker_lost", origin="unplanned",
+                            start_s=round(self.controller.scenario_s(), 3), end_s=None,
+                            target={"worker": worker}, pid=None if proc is None else proc.pid)
+                print(f"error: worker {worker} (pid {info['pid']}) was lost at "
+                      f"t={info['start_s']:g} s; routing around its nodes", file=sys.stderr)
             self.controller.worker_back(self._nodes_of(worker))
             fault = self.kills.get(worker)
             if fault is not None:
