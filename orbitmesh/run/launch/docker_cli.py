@@ -69,8 +69,9 @@ def add_parsers(sub: Any) -> dict[str, Handler]:
     s.add_argument("--format", choices=("table", "json"), default="table",
                    help="table (default) or json")
 
-    d = sub.add_parser("down", help="remove every container, network, volume and endpoint "
-                       "namespace of a run")
+    d = sub.add_parser("down", help="stop a run still going gracefully, then remove its "
+                       "services, containers, networks and endpoint namespaces (volumes with "
+                       "--volumes)")
     d.add_argument("run", help="run directory (holds docker.json or endpoints.json) or run id")
     d.add_argument("--kill", action="store_true",
                    help="do not stop a run still going gracefully first (no summary)")
