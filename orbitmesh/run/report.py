@@ -159,15 +159,15 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
         "fidelity": fidelity,
         "malformed": sum(w["malformed"] for w in stats),
         "malformed_by_topic": dict(sorted(malformed_by_topic.items())),
-        "faults": fault_impact(run_dir, scenario, faults, stats, run_meta, checks, damage),
         "internal_errors": sum(w.get("internal_errors", 0) for w in stats),
+        "faults": fault_impact(run_dir, scenario, faults, stats, run_meta, checks, damage),
         # Filled by fault_impact above (dict items evaluate in order): where events were damaged.
         "trace_damage": [d.as_dict() for d in damage],
         "endpoints": endpoints,
         "conservation": checks,
         "conservation_ok": ok,
-    }
         "unplanned": unplanned,
+    }
 
 
 def _read_events(run_dir: Path, damage: list[Damage] | None = None
@@ -326,11 +326,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{c['flow']} ({c['unexplained']} unexplained)" for c in bad)
             + ("" if run["workers_reported"] == run["workers"] else
                f"; only {run['workers_reported']} of {run['workers']} workers reported"))
-    out.append(verdict_line(summary["fidelity"]))
     if summary.get("internal_errors"):
         out.append(f"INTERNAL ERRORS: {summary['internal_errors']} (survived; tracebacks in the "
                    "worker logs) — please report them")
     for event in summary.get("unplanned", []):
         out.append(f"UNPLANNED: {event.get('describe') or event['id']} — its nodes were routed "
                    "around; what it held is counted as lost to it")
+    out.append(verdict_line(summary["fidelity"]))
     return "\n".join(out)
