@@ -224,3 +224,41 @@ def test_stop_ends_a_detached_container_run_with_its_summary(tmp_path: Path) -> 
     finally:
         down(client, run_id, volumes=True)
         client.close()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_foreground_compose_returns_at_the_end_and_fetch_gets_the_summary(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from tests.test_docker import _docker_or_skip
+
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+    client, tag = _docker_or_skip()
+    run_id = f"fg-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "demo.yml"
+    assert main(["compose", str(PROJECT / "scenarios" / "demo.yaml"), "-o", str(path),
+                 "--image", tag, "--nodes-per-container", "35", "--duration", "10",
+                 "--speed", "1", "--run-id", run_id]) == 0
+    try:
+        proc = subprocess.run([tool, "-p", run_id, "-f", str(path), "up",
+                               "--exit-code-from", "controller"], capture_output=True,
+                              text=True, check=False, timeout=240,
+                              env={**os.environ, "ORBITMESH_RUN_ID": run_id})
+        out = tmp_path / "fetched"
+        assert main(["fetch", run_id, "-o", str(out)]) == 0, proc.stderr[-2000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["conservation_ok"] and summary["run"]["interrupted"] is False
+        assert proc.returncode == (0 if summary["fidelity"]["ok"] else 1), proc.stdout[-2000:]
+        capsys.readouterr()
+        assert main(["down", run_id]) == 0
+        assert f"kept volume {run_id}_run" in capsys.readouterr().out
+    finally:
+        main(["down", run_id, "--volumes", "--kill"])
+    label = {"label": f"{LABEL_RUN}={run_id}"}
+    assert (client.containers.list(all=True, filters=label), client.volumes.list(filters=label),
+            client.networks.list(filters=label)) == ([], [], [])
+    client.close()

@@ -71,6 +71,21 @@ def test_stack_with_an_external_broker_has_no_broker_service(tmp_path: Path) -> 
                for s in doc["services"].values())
 
 
+def test_compose_swarm_from_the_cli_makes_the_results_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")  # no image check here
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "results"
+    assert main(["compose", str(DEMO), "--swarm", "-o", str(tmp_path / "s.yml"), "--results",
+                 str(results), "--run-id", "cli"]) == 0
+    assert results.is_dir()  # Swarm refuses a bind mount whose source is missing
+    doc = yaml.safe_load((tmp_path / "s.yml").read_text())
+    assert doc["services"]["controller"]["labels"][LABEL_RUN] == "${ORBITMESH_RUN_ID:-cli}"
+    assert main(["compose", str(DEMO), "--swarm", "-o", str(tmp_path / "t.yml"),
+                 "--speed", "0"]) == 2  # refused here, not inside every container
+    assert not (tmp_path / "runs").exists()  # and nothing made for it
+
+
 @pytest.fixture
 def swarm() -> Iterator[tuple[Any, str]]:
     """A docker client on a swarm manager and the image tag; a swarm made here is left after."""

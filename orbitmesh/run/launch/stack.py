@@ -98,6 +98,7 @@ def render_stack(opts: ComposeOptions, results: Path) -> str:
 
 def write_stack(opts: ComposeOptions, results: Path) -> Path:
     """Write the stack file and make the results directory; the file's path."""
+    text = render_stack(opts, results)  # bad input fails before anything is made
     results.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(render_stack(opts, results))
+    opts.out.write_text(text)
     return opts.out
