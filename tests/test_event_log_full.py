@@ -109,3 +109,35 @@ def test_a_log_that_fits_says_nothing_of_a_full_disk(tmp_path: Path) -> None:
     unpacker = msgpack.Unpacker(raw=False)
     unpacker.feed(path.read_bytes())
     assert len(list(unpacker)) == 2 * FRAMES
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_a_live_worker_on_a_full_disk_goes_on_and_the_run_says_so(tmp_path: Path) -> None:
+    """Worker 0's event log on a tiny tmpfs (a symlink from the run directory); the rest on a
+    disk with room, so the run can finish and say what happened."""
+    from tests.conftest import require_mosquitto
+
+    require_mosquitto()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    demo = Path(__file__).resolve().parent.parent / "scenarios" / "demo.yaml"
+    with tiny_disk(tmp_path / "disk", "32k") as disk:  # a few seconds of worker 0's events
+        (run_dir / "events-w0.msgpack").symlink_to(disk / "events-w0.msgpack")
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(["run", str(demo), "--duration", "20", "--speed", "4", "--workers", "2",
+                         "--out", str(run_dir), "--quiet", "--fidelity-budget", "60000"])
+        kept_b = (disk / "events-w0.msgpack").stat().st_size
+        summary = json.loads((run_dir / "summary.json").read_text())
+        stats = json.loads((run_dir / "stats-w0.json").read_text())
+        info = trace_info(run_dir)
+    assert code == 0, err.getvalue()
+    assert summary["conservation_ok"], summary["conservation"]
+    assert stats["events_truncated_at"]["bytes"] == kept_b > 0
+    (note,) = summary["run"]["write_errors"]
+    assert note.startswith(f"worker 0: event log cut at byte {kept_b}: No space left")
+    log = (run_dir / "worker-w0.log").read_text()
+    assert log.count("No space left on device") == 1 and "Traceback" not in log
+    assert [d["problem"].startswith(FULL_DISK) for d in info["damage"]] == [True]
+    print(f"worker 0 kept {kept_b} bytes of events; {info['damage'][0]['problem']}")

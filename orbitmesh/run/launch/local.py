@@ -48,7 +48,13 @@ from orbitmesh.run.launch.lifecycle import record_launcher
 from orbitmesh.run.launch.lockdown import start_broker
 from orbitmesh.run.launch.netns import cleanup_recorded, with_endpoints, write_plan
 from orbitmesh.run.launch.replay import check_nodes, replay_scenario, write_replay
-from orbitmesh.run.report import build_summary, format_summary, percentiles, write_summary
+from orbitmesh.run.report import (
+    build_summary,
+    format_summary,
+    load_worker_stats,
+    percentiles,
+    write_summary,
+)
 from orbitmesh.run.trace import LinkTimeline, Offered, manifest_for, write_manifest
 from orbitmesh.run.web.live import LiveOptions, LiveServices
 
@@ -364,6 +370,10 @@ class _LocalRun:
         # A full disk ends the run with one line (and exit 1), after saving what still fits.
         errors = [e for e in (controller.write_error,) if e is not None]
         summary["run"]["write_errors"] = [str(e) for e in errors]
+        summary["run"]["write_errors"] += [  # a worker's event log cut by a full disk
+            f"worker {w.get('worker')}: event log cut at byte {cut.get('bytes')}: "
+            f"{cut.get('error')}" for w in load_worker_stats(self.run_dir)
+            if isinstance(cut := w.get("events_truncated_at"), dict)]
         for info in self.process_faults.values():
             if info.get("origin") == "unplanned":
                 proc = self.procs.get(int(info["target"]["worker"]))
