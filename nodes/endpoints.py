@@ -34,6 +34,7 @@ from nodes import icmp
 from nodes.roles import Roles
 from nodes.tun import open_tun
 from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL
+from orbitmesh.errors import RunError
 from orbitmesh.protocol.transport import Transport
 from orbitmesh.protocol.wire import (
     DATA,
@@ -122,8 +123,12 @@ class EndpointHost:
             for e in self.ip_entries:
                 fd = open_tun(e["tun"])
                 self.tun_fd[e["index"]] = fd
-                self.made.append(e["namespace"])
-                netns.create(e, self.plan, self.tun_mtu, replace=self.restarted)
+                if "container" in e:
+                    if not self._into_container(e, fd):
+                        continue
+                else:
+                    self.made.append(e["namespace"])
+                    netns.create(e, self.plan, self.tun_mtu, replace=self.restarted)
                 loop.add_reader(fd, self._read_tun, e["index"], fd)
             for i, src, dst, p in self.pipes:
                 if src in self.rt.local:
@@ -137,6 +142,22 @@ class EndpointHost:
         except Exception:
             self.close()
             raise
+
+    def _into_container(self, e: dict[str, Any], fd: int) -> bool:
+        """Move the TUN into the node's container; False (said, and counted) when it is gone.
+
+        A container that failed to start or already exited is the launcher's to report (with
+        its logs); here its node simply has no program: frames for it count as ``no_tun_here``.
+        """
+        try:
+            netns.attach_container(e, self.plan, self.tun_mtu)
+        except RunError as exc:
+            log.error("endpoint %s: %s", e["node"], exc)
+            del self.tun_fd[e["index"]]
+            os.close(fd)
+            self._counts(e["index"]).refused["container_attach_failed"] += 1
+            return False
+        return True
 
     def close(self) -> None:
         """Stop reading, close every TUN (which removes it) and delete the namespaces."""
@@ -184,11 +205,23 @@ class EndpointHost:
                 packet = os.read(fd, MAX_PACKET)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:
-                log.error("reading the TUN of node %d: %s", node, exc)
+            except OSError as exc:  # the device went away (its container exited): stop reading
+                log.error("reading the TUN of node %d: %s; no longer reading it (frames for the "
+                          "node now count as no_tun_here)", node, exc)
+                self._drop_tun(node, fd)
+                self._counts(node).refused[f"tun_gone:{exc.errno}"] += 1
                 break
             self.packet_in(node, packet, self.now())
         self.after_input()
+
+    def _drop_tun(self, node: int, fd: int) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(fd)
+        if self.tun_fd.get(node) == fd:
+            del self.tun_fd[node]
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
     def packet_in(self, u: int, packet: bytes, at_wall: float) -> None:
         """An IP packet leaves a program at node ``u``: carry it, or drop it with its reason."""
@@ -349,7 +382,5 @@ def _udp_socket(text: str, *, ephemeral: bool = False) -> socket.socket:
         sock.bind((host, 0 if ephemeral else port))
     except OSError as exc:
         sock.close()
-        from orbitmesh.errors import RunError
-
         raise RunError(f"UDP pipe cannot listen on {text}: {exc.strerror}") from exc
     return sock

@@ -7,6 +7,10 @@
   from ``deliver`` return along the pipe to the last sender.
 * ``mqtt``: nodes that publish every frame delivered to them on ``orbitmesh/<run>/node/<id>/out``.
 
+An IP endpoint may name a ``container`` (image, command, environment, volumes with their compose
+meanings, and ``on_exit``): orbitmesh starts it without a network of its own and puts the node's
+TUN into the container's network namespace instead of a namespace of its own.
+
 Pure data: the address plan (:func:`address_plan`) is computed here, the namespaces are made by
 nodes/endpoints.py.
 """
@@ -14,8 +18,9 @@ nodes/endpoints.py.
 from __future__ import annotations
 
 import ipaddress
+import shlex
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -46,12 +51,73 @@ def _loopback_port(value: Any) -> str:
     return value
 
 
+class EndpointContainer(_Spec):
+    """A user's container at an IP endpoint node (docs/endpoints.md, "Your containers")."""
+
+    image: str = Field(min_length=1)
+    command: tuple[str, ...] | None = None
+    """Compose meaning: a string is split like a shell would; a list is taken as it is."""
+    environment: tuple[str, ...] = ()
+    """``KEY=VALUE`` items; a mapping (compose's other form) is turned into them."""
+    volumes: tuple[str, ...] = ()
+    """Bind mounts ``HOST:CONTAINER[:ro|rw]``; a relative HOST is relative to the scenario file."""
+    on_exit: Literal["ignore", "stop"] = "ignore"
+    """What the run does when the container exits or fails to start (reported either way)."""
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _command(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = shlex.split(value)
+            except ValueError as exc:
+                raise ValueError(f"cannot split {value!r} like a shell: {exc}") from None
+            if not value:
+                raise ValueError("an empty command: leave it out for the image's own")
+        return value
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _environment(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, (dict, list)):
+                    raise ValueError(f"{key}: expected a string, number or boolean, got {item!r}")
+            return tuple(f"{k}={'' if v is None else str(v).lower() if isinstance(v, bool) else v}"
+                         for k, v in value.items())
+        return value
+
+    @field_validator("environment")
+    @classmethod
+    def _pairs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if "=" not in item or item.startswith("="):
+                raise ValueError(f"{item!r}: expected KEY=VALUE")
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _binds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            parts = item.split(":")
+            if len(parts) not in (2, 3) or not all(parts[:2]) or (
+                    len(parts) == 3 and parts[2] not in ("ro", "rw")):
+                raise ValueError(f"{item!r}: expected HOST_PATH:CONTAINER_PATH[:ro|rw]")
+            if not parts[0].startswith(("/", ".")):
+                raise ValueError(f"{item!r}: named volumes are not supported (they would "
+                                 "outlive the run); give a host path (/abs or ./relative)")
+            if not parts[1].startswith("/"):
+                raise ValueError(f"{item!r}: the container path must be absolute")
+        return value
+
+
 class IpEndpoint(_Spec):
-    """A node with a network namespace and a TUN interface."""
+    """A node with a network namespace (or a container of its own) and a TUN interface."""
 
     node: str
     ipv4: str | None = None
     ipv6: str | None = None
+    container: EndpointContainer | None = None
 
 
 class UdpPipe(_Spec):

@@ -3,13 +3,19 @@
 Frames of ``FLOW_ENDPOINT`` are counted like any flow (offered = delivered + dropped by reason +
 in flight, in the conservation checks); per node, the workers' endpoint counters add how many
 packets or datagrams each endpoint offered and was handed, and those refused before they became
-frames (not IP, outside the prefix, before the clock started ...) with their reasons.
+frames (not IP, outside the prefix, before the clock started ...) with their reasons. Endpoint
+containers (``endpoint-containers.json``, written by the launcher) add each one's state, and for
+one that exited or failed to start, its exit code, time and logs' last lines.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
+
+CONTAINERS_FILE = "endpoint-containers.json"
 
 
 def endpoint_nodes(stats: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -25,14 +31,31 @@ def endpoint_nodes(stats: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             for n, e in sorted(nodes.items())}
 
 
-def endpoint_section(stats: list[dict[str, Any]], frames: dict[str, Any]) -> dict[str, Any] | None:
+def container_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's endpoint containers as the launcher last recorded them (empty: none)."""
+    path = run_dir / CONTAINERS_FILE
+    if not path.is_file():
+        return []
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # said in the summary rather than dropped
+        return [{"node": "?", "container": "?", "state": "unreadable", "error": str(exc)}]
+    return list(records) if isinstance(records, list) else []
+
+
+def endpoint_section(stats: list[dict[str, Any]], frames: dict[str, Any],
+                     containers: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """The summary's ``endpoints`` block (None for a run without endpoints)."""
     nodes = endpoint_nodes(stats)
-    if not nodes and not frames["offered"]:
+    if not nodes and not frames["offered"] and not containers:
         return None
-    return {"frames": {k: frames[k] for k in ("offered", "delivered", "dropped", "in_flight",
-                                               "suppressed_by_fault", "latency_ms")},
-            "nodes": nodes}
+    section: dict[str, Any] = {
+        "frames": {k: frames[k] for k in ("offered", "delivered", "dropped", "in_flight",
+                                          "suppressed_by_fault", "latency_ms")},
+        "nodes": nodes}
+    if containers:
+        section["containers"] = containers
+    return section
 
 
 def endpoint_lines(section: dict[str, Any] | None) -> list[str]:
@@ -47,4 +70,14 @@ def endpoint_lines(section: dict[str, Any] | None) -> list[str]:
         refused = ", ".join(f"{k} {v}" for k, v in n["refused"].items())
         lines.append(f"  {node}: offered {n['offered']}, handed to the program "
                      f"{n['delivered']}" + (f"; refused {refused}" if refused else ""))
+    for c in section.get("containers", []):
+        if c["state"] == "running":
+            lines.append(f"  container {c['container']} at {c['node']}: ran to the end")
+            continue
+        how = (f"failed to start: {c.get('error')}" if c["state"] == "failed"
+               else f"{c['state']}, exit code {c.get('exit_code')}"
+               + (f" at t={c['at_s']:g} s" if c.get("at_s") is not None else ""))
+        lines.append(f"  CONTAINER {c['container']} at {c['node']} {how} "
+                     f"(on_exit: {c.get('on_exit')})")
+        lines += [f"    | {line}" for line in c.get("logs_tail", [])]
     return lines

@@ -105,6 +105,12 @@ def exec_cmd(args: argparse.Namespace) -> int:
         known = ", ".join(e["node"] for e in plan["ip"]) or "none"
         raise ScenarioError(f"{args.node} is not an IP endpoint of this run (IP endpoints: "
                             f"{known})")
+    if "container" in entry:  # a user's container: its own file system, its own tools
+        name = entry["container"]["name"]
+        try:
+            return subprocess.call(["docker", "exec", name, *cmd])
+        except OSError as exc:
+            raise RunError(f"docker exec {name}: {exc}") from exc
     if not netns.exists(entry["namespace"]):
         raise RunError(f"namespace {entry['namespace']} of {args.node} does not exist: the run "
                        "has not started its workers yet, or has ended")

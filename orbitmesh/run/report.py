@@ -20,7 +20,7 @@ from orbitmesh.core.histogram import Histogram, merged
 from orbitmesh.core.scenario import Scenario
 from orbitmesh.errors import RunError
 from orbitmesh.protocol.wire import FLOW_ACK, FLOW_ENDPOINT, FLOW_TELECOMMAND, FLOW_TELEMETRY
-from orbitmesh.run.endpoint_report import endpoint_lines, endpoint_section
+from orbitmesh.run.endpoint_report import container_records, endpoint_lines, endpoint_section
 from orbitmesh.run.fidelity import verdict, verdict_line
 from orbitmesh.run.files import atomic_write
 from orbitmesh.run.trace import Damage, iter_events
@@ -115,7 +115,8 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
     tc = _merge_flow(stats, FLOW_TELECOMMAND)
     ack = _merge_flow(stats, FLOW_ACK)
     conservation += [("telemetry", tm), ("telecommands", tc), ("acks", ack)]
-    endpoints = endpoint_section(stats, ep := _merge_flow(stats, FLOW_ENDPOINT))
+    endpoints = endpoint_section(stats, ep := _merge_flow(stats, FLOW_ENDPOINT),
+                                 container_records(run_dir))
     if endpoints is not None:
         conservation.append(("endpoints", ep))
     ages = merged(_histogram(w, "telemetry_age_ms") for w in stats)

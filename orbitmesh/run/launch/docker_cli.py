@@ -262,6 +262,11 @@ def down_cmd(args: argparse.Namespace) -> int:
         removed_ns = cleanup_recorded(Path(args.run))
         for name in removed_ns:
             print(f"removed namespace {name}")
+        from orbitmesh.run.launch.endpoint_containers import remove_recorded
+
+        for name in (gone := remove_recorded(Path(args.run))):  # by the run's label
+            print(f"removed container {name}")
+        removed_ns += gone
         if not (Path(args.run) / RECORD).is_file():
             if not removed_ns:
                 print(f"run {args.run}: no namespace left to remove")

@@ -44,6 +44,7 @@ from orbitmesh.run.controller import Controller
 from orbitmesh.run.fidelity import behind_warning
 from orbitmesh.run.files import DiskError, atomic_write
 from orbitmesh.run.launch.cluster_watch import MemberWatch, member_urls_for
+from orbitmesh.run.launch.endpoint_containers import EndpointContainers, remove_recorded
 from orbitmesh.run.launch.lifecycle import record_launcher
 from orbitmesh.run.launch.lockdown import start_broker
 from orbitmesh.run.launch.netns import cleanup_recorded, with_endpoints, write_plan
@@ -196,6 +197,7 @@ def run(opts: RunOptions) -> RunResult:
             broker.stop()
         for name in cleanup_recorded(run_dir):  # what a worker could not remove (killed)
             print(f"removed namespace {name} left by a worker", file=sys.stderr)
+        remove_recorded(run_dir)  # endpoint containers, by the run's label
 
 
 async def _run(topology: Topology, run_dir: Path, run_id: str, url: BrokerURL, broker_label: str,
@@ -292,6 +294,11 @@ class _LocalRun:
             if len(self.members) > 1:
                 self._background(self._watch_members(), "broker.members")
             try:
+                # Users' containers first: the workers move their nodes' TUNs into them.
+                containers = await asyncio.to_thread(EndpointContainers.start, self.run_dir)
+                if containers is not None:
+                    self._background(containers.watch(self.stop, controller.scenario_s),
+                                     "endpoint.containers")
                 if not self.external:
                     for k in range(self.workers):
                         await self._spawn(k)

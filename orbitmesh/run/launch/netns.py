@@ -57,7 +57,7 @@ def write_plan(run_dir: Path, topology: Topology, run_id: str, owner: Any) -> No
     if not (spec.ip or spec.udp or spec.mqtt):
         return
     plan = make_plan(topology, spec, run_id, owner)
-    taken = [e["namespace"] for e in plan["ip"] if exists(e["namespace"])]
+    taken = [e["namespace"] for e in plan["ip"] if "container" not in e and exists(e["namespace"])]
     if taken:
         raise EndpointSetupError(f"network namespace(s) {', '.join(taken)} already exist: another "
                                  f"run with run id {run_id!r} is running, or one was killed; "
@@ -104,15 +104,32 @@ def make_plan(topology: Topology, spec: Endpoints, run_id: str, owner: Any) -> d
     index = topology.index
     addresses = address_plan(spec, index)
     ip = []
+    base = Path(topology.scenario.source).resolve().parent if topology.scenario.source else None
     for e in spec.ip:
         v4, v6 = addresses[e.node]
-        ip.append({"node": e.node, "index": index[e.node], "namespace":
-                   namespace_name(run_id, e.node), "tun": tun_name(run_id, index[e.node]),
-                   "ipv4": v4, "ipv6": v6, "worker": int(owner[index[e.node]])})
+        entry = {"node": e.node, "index": index[e.node], "namespace":
+                 namespace_name(run_id, e.node), "tun": tun_name(run_id, index[e.node]),
+                 "ipv4": v4, "ipv6": v6, "worker": int(owner[index[e.node]])}
+        if e.container is not None:
+            c = e.container
+            entry["container"] = {
+                "name": namespace_name(run_id, e.node), "image": c.image,
+                "command": list(c.command) if c.command is not None else None,
+                "environment": list(c.environment), "on_exit": c.on_exit,
+                "volumes": [_resolve_bind(v, base) for v in c.volumes], "pid": None}
+        ip.append(entry)
     gw4, gw6 = gateway(spec)
     return {"version": PLAN_VERSION, "run_id": run_id, "ipv4_prefix": spec.ipv4_prefix,
             "ipv6_prefix": spec.ipv6_prefix, "gateway": [gw4, gw6], "ip": ip,
             "udp": [p.model_dump() for p in spec.udp], "mqtt": list(spec.mqtt)}
+
+
+def _resolve_bind(volume: str, base: Path | None) -> str:
+    """A bind mount with its host path made absolute (relative to the scenario file)."""
+    host, _, rest = volume.partition(":")
+    if not host.startswith("/"):
+        host = str(((base or Path.cwd()) / host).resolve())
+    return f"{host}:{rest}"
 
 
 def read_plan(run_dir: Path) -> dict[str, Any] | None:
@@ -179,6 +196,47 @@ def create(entry: dict[str, Any], plan: dict[str, Any], mtu_bytes: int, *,
     (etc / "hosts").write_text(hosts_text(plan))
 
 
+def attach_container(entry: dict[str, Any], plan: dict[str, Any], mtu_bytes: int) -> None:
+    """Move ``entry``'s open TUN into its container's network namespace and configure it there.
+
+    Docker cannot join a named namespace, so the TUN goes to the container's own (by its PID,
+    checked to still be that container's process and not in this process's namespace: a reused
+    PID must never receive the device).
+    """
+    container = entry["container"]
+    pid, cid, dev = container.get("pid"), container.get("id"), entry["tun"]
+    if not pid or not cid:
+        raise RunError(f"container {container['name']} of {entry['node']} is not running "
+                       "(it failed to start)")
+    try:
+        cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+        theirs = os.readlink(f"/proc/{pid}/ns/net")
+    except OSError as exc:
+        raise RunError(f"container {container['name']} (pid {pid}) is gone: {exc.strerror}"
+                       ) from exc
+    if cid not in cgroup or theirs == os.readlink("/proc/self/ns/net"):
+        raise RunError(f"pid {pid} is no longer container {container['name']}: it exited")
+    _ip("link", "set", dev, "netns", str(pid))
+    len4 = plan["ipv4_prefix"].split("/")[1]
+    len6 = plan["ipv6_prefix"].split("/")[1]
+    enter = ("nsenter", "-t", str(pid), "-n", "ip")
+    for args in (("link", "set", "lo", "up"),
+                 ("addr", "add", f"{entry['ipv4']}/{len4}", "dev", dev),
+                 ("-6", "addr", "add", f"{entry['ipv6']}/{len6}", "dev", dev, "nodad"),
+                 ("link", "set", dev, "mtu", str(mtu_bytes), "up")):
+        _run([*enter, *args])
+
+
+def _run(command: list[str]) -> None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=IP_TIMEOUT_S,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RunError(f"{' '.join(command)}: {exc}") from exc
+    if done.returncode != 0:
+        raise RunError(f"{' '.join(command)}: {done.stderr.strip() or done.returncode}")
+
+
 def remove(namespace: str) -> bool:
     """Delete a namespace and its /etc/netns folder; True if there was something to remove."""
     found = False
@@ -199,6 +257,6 @@ def cleanup_recorded(run_dir: Path) -> list[str]:
         return []
     removed = []
     for entry in plan["ip"]:
-        if remove(entry["namespace"]):
+        if "container" not in entry and remove(entry["namespace"]):
             removed.append(entry["namespace"])
     return removed
