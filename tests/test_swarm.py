@@ -176,3 +176,35 @@ def test_stack_deploy_runs_the_demo_takes_a_fault_and_leaves_nothing(
     while (left := _labelled(client, run_id)) and time.monotonic() < deadline:
         time.sleep(1.0)
     assert left == []
+
+
+@pytest.mark.docker
+def test_down_removes_a_stack_by_its_label(swarm: tuple[Any, str], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`orbitmesh down RUN` on a stack: services first (else Swarm replaces their containers)."""
+    client, tag = swarm
+    run_id = f"swarm-down-{uuid.uuid4().hex[:8]}"
+    labels = {LABEL_RUN: run_id, LABEL_ROLE: "broker"}
+    stack = tmp_path / "tiny.yml"
+    stack.write_text(yaml.safe_dump({
+        "version": "3.8",
+        "services": {"broker": {"image": tag, "command": ["sleep", "600"], "labels": labels,
+                                "deploy": {"labels": labels,
+                                           "restart_policy": {"condition": "any"}}}},
+        "networks": {"default": {"driver": "overlay", "labels": {LABEL_RUN: run_id}}}}))
+    try:
+        subprocess.run(["docker", "stack", "deploy", "--resolve-image", "never", "-c",
+                        str(stack), run_id], capture_output=True, check=True)
+        deadline = time.monotonic() + 60
+        while not client.containers.list(filters={"label": f"{LABEL_RUN}={run_id}"}):
+            assert time.monotonic() < deadline, "the tiny stack never started"
+            time.sleep(0.5)
+        assert main(["down", run_id]) == 0
+        out = capsys.readouterr().out
+        assert f"removed service {run_id}_broker" in out
+        deadline = time.monotonic() + GONE_WAIT_S
+        while (left := _labelled(client, run_id)) and time.monotonic() < deadline:
+            time.sleep(1.0)
+        assert left == []  # the restart policy "any" did not bring the broker back
+    finally:
+        _stack_rm(run_id)
