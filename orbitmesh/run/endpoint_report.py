@@ -76,7 +76,8 @@ def endpoint_lines(section: dict[str, Any] | None) -> list[str]:
             continue
         how = (f"failed to start: {c.get('error')}" if c["state"] == "failed"
                else f"{c['state']}, exit code {c.get('exit_code')}"
-               + (f" at t={c['at_s']:g} s" if c.get("at_s") is not None else ""))
+               + (f" at t={c['at_s']:g} s" if c.get("at_s") is not None
+                  else " before the clock started"))
         lines.append(f"  CONTAINER {c['container']} at {c['node']} {how} "
                      f"(on_exit: {c.get('on_exit')})")
         lines += [f"    | {line}" for line in c.get("logs_tail", [])]

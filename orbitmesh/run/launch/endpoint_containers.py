@@ -46,7 +46,7 @@ class EndpointContainers:
         self.entries = [e for e in plan["ip"] if "container" in e]
         self.containers: dict[str, Any] = {}
         self.report: dict[str, dict[str, Any]] = {}
-        self.scenario_s: Callable[[], float] | None = None
+        self.scenario_s: Callable[[], float | None] | None = None
 
     @classmethod
     def start(cls, run_dir: Path) -> EndpointContainers | None:
@@ -126,7 +126,8 @@ class EndpointContainers:
                  "at_s": at_s, "error": error, "logs_tail": logs or []}
         self.report[e["node"]] = entry
         how = (f"failed to start: {error}" if state == "failed" else
-               f"exited with code {exit_code}" + (f" at t={at_s:g} s" if at_s is not None else ""))
+               f"exited with code {exit_code} " + (f"at t={at_s:g} s" if at_s is not None
+                                                   else "before the run's clock started"))
         then = "the run stops (on_exit: stop)" if spec["on_exit"] == "stop" else \
             "the run goes on without it (on_exit: ignore)"
         print(f"error: endpoint container {spec['name']} at {e['node']} {how}; {then}"
@@ -155,14 +156,17 @@ class EndpointContainers:
                 status, code = "removed", None
             if status in ("running", "created", "restarting"):
                 continue
-            at_s = round(self.scenario_s(), 3) if self.scenario_s is not None else None
+            at_s = self.scenario_s() if self.scenario_s is not None else None
             self._exited(e, state="exited", exit_code=code,
                          logs=self._logs(e["container"]["name"]), at_s=at_s)
             actions.append(e["container"]["on_exit"])
         return actions
 
-    async def watch(self, stop: asyncio.Event, scenario_s: Callable[[], float]) -> None:
-        """Until cancelled: report containers that exit; set ``stop`` for ``on_exit: stop``."""
+    async def watch(self, stop: asyncio.Event, scenario_s: Callable[[], float | None]) -> None:
+        """Until cancelled: report containers that exit; set ``stop`` for ``on_exit: stop``.
+
+        ``scenario_s``: the run's scenario time, None before its clock starts.
+        """
         self.scenario_s = scenario_s
         while True:
             actions = await asyncio.to_thread(self.poll)

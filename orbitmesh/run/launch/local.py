@@ -297,8 +297,9 @@ class _LocalRun:
                 # Users' containers first: the workers move their nodes' TUNs into them.
                 containers = await asyncio.to_thread(EndpointContainers.start, self.run_dir)
                 if containers is not None:
-                    self._background(containers.watch(self.stop, controller.scenario_s),
-                                     "endpoint.containers")
+                    self._background(containers.watch(self.stop, lambda: round(
+                        controller.scenario_s(), 3) if controller.t0_wall else None),
+                        "endpoint.containers")
                 if not self.external:
                     for k in range(self.workers):
                         await self._spawn(k)
