@@ -43,6 +43,7 @@ from orbitmesh.protocol.wire import (
     F_SIZE,
     F_TTL,
     F_WAIT,
+    MAX_BATCH_FRAMES,
     decode_batch,
     encode_batch,
 )
@@ -447,7 +448,8 @@ class NodeRuntime:
             self._broker_down = False
             self.broker_fault_id = BROKER_FAULT
         for worker, items in outbox.items():
-            self.send(worker, encode_batch(items))
+            for at in range(0, len(items), MAX_BATCH_FRAMES):  # receivers refuse longer ones
+                self.send(worker, encode_batch(items[at:at + MAX_BATCH_FRAMES]))
 
     def held_frames(self) -> list[Frame]:
         """Frames in flight on this worker's links (for the conservation check)."""

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from nodes.worker import Worker
@@ -35,11 +36,18 @@ from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import Topology, build_topology
 from orbitmesh.protocol.messages import ControlCommand, EndMarker, WorkerStatus
 from orbitmesh.protocol.transport import MemoryBroker, MemoryTransport
-from orbitmesh.protocol.wire import WIRE_VERSION, Topics
+from orbitmesh.protocol.wire import (
+    MAX_BATCH_FRAMES,
+    WIRE_VERSION,
+    Topics,
+    decode_batch,
+    new_frame,
+)
 from orbitmesh.run.controller import Controller
 from orbitmesh.run.launch.local import _LocalRun
 from orbitmesh.run.report import build_summary
 from tests.fuzz_payloads import (
+    BLOB_B,
     CASES,
     FAMILIES,
     SEED,
@@ -116,6 +124,41 @@ def test_one_bad_frame_leaves_the_rest_of_its_batch() -> None:
         payload = msgpack.packb([WIRE_VERSION, [bad, *items]])
         kept, why = decode(payload)  # type: ignore[misc]
         assert (len(kept), len(why)) == (len(items), 1), (field, value, why)
+
+
+def test_a_huge_batch_of_tiny_frames_is_refused_whole_and_at_once() -> None:
+    """A 10 MB batch of 20-byte bad frames once cost a worker 5.6 s and 180 MB to check."""
+    import msgpack
+
+    n = _topology().n_nodes
+    frame = new_frame(1, 0, 0, 0, n - 1, 100, 1.8e9)
+    kept, refused = decode_batch(msgpack.packb([WIRE_VERSION, [[n - 1, frame]]
+                                                * MAX_BATCH_FRAMES]), n)
+    assert (len(kept), refused) == (MAX_BATCH_FRAMES, [])
+    blob = msgpack.packb([WIRE_VERSION, [[0, [0] * 17]] * (BLOB_B // 20)])
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="not a frame batch"):
+        decode_batch(blob, n)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_a_long_outbox_leaves_in_batches_a_receiver_takes() -> None:
+    from nodes.runtime import NodeRuntime
+    from orbitmesh.core.placement import place
+
+    topology = _topology()
+    owner = place(topology, WORKERS)
+    sent: list[tuple[int, bytes]] = []
+    rt = NodeRuntime(topology, 0, owner, send=lambda k, p: sent.append((k, p)), speed=1.0,
+                     seed=0)
+    there = int(np.flatnonzero(owner == 1)[0])
+    count = 2 * MAX_BATCH_FRAMES + 5
+    rt.outbox[1] = [(there, new_frame(i, 0, 0, 0, there, 100, 1.8e9)) for i in range(count)]
+    rt.flush()
+    assert len(sent) == 3 and {k for k, _p in sent} == {1}
+    decoded = [decode_batch(p, topology.n_nodes) for _k, p in sent]
+    assert sum(len(kept) for kept, _bad in decoded) == count
+    assert all(bad == [] for _kept, bad in decoded)
 
 
 # --- 2. a run on the memory broker -------------------------------------------------------------
