@@ -103,11 +103,11 @@ def _wait_for_clock(run_dir: Path, proc: subprocess.Popen[bytes], timeout_s: flo
 
 
 def ping_part(run_dir: Path, t0_wall: float, model: Model, scenario: Any,
-              count: int) -> dict[str, Any]:
-    """ping RTTs against the model."""
+              count: int, via: list[str] | None = None, part: str = "ping") -> dict[str, Any]:
+    """ping RTTs against the model; ``via``: how to run a command at Tokyo (orbitmesh exec)."""
     started_s = time.time() - t0_wall
-    done = subprocess.run([sys.executable, "-m", "orbitmesh", "exec", str(run_dir), "tokyo", "--",
-                           "ping", "-4", "-c", str(count), "-i", "0.2", "brussels"],
+    via = via or [sys.executable, "-m", "orbitmesh", "exec", str(run_dir), "tokyo", "--"]
+    done = subprocess.run([*via, "ping", "-4", "-c", str(count), "-i", "0.2", "brussels"],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
                           check=False)
     excess, rtts = [], []
@@ -121,7 +121,7 @@ def ping_part(run_dir: Path, t0_wall: float, model: Model, scenario: Any,
         serial_ms = 2 * 84 * 8 * 1000 * (2 / gsl + max(0, hops - 2) / isl)
         rtts.append(rtt)
         excess.append(rtt - (2 * one_way_s * 1000 + serial_ms))
-    return {"bench": "endpoints", "part": "ping", "sent": count, "received": len(rtts),
+    return {"bench": "endpoints", "part": part, "sent": count, "received": len(rtts),
             "rtt_ms": _pcts(rtts), "excess_ms": _pcts(excess),
             "abs_excess_ms": _pcts([abs(x) for x in excess]),
             "note": "ping prints whole ms above 100 ms", "exit_code": done.returncode}
