@@ -18,7 +18,9 @@ Event log records (msgpack arrays, one per event, appended to ``events-w<k>.msgp
 the telecommand it acknowledges), ``["deliver", wall, id, flow, node, hops,
 latency_ms, late_ms, propagation_ms, waited_ms]``, ``["drop", wall, id, flow, node_or_-1, reason,
 fault_id_or_None]``, ``["hop", arrival_wall, id, flow, from_node, to_node, size]``,
-``["suppress", wall, flow, src, fault_id]``. docs/traces.md has the format.
+``["suppress", wall, flow, src, fault_id]``, ``["packet", wall, id, bytes]`` (after the offer of
+a frame from an IP endpoint: the packet itself, up to ``capture_bytes``). docs/traces.md has
+the format.
 """
 
 from __future__ import annotations
@@ -39,14 +41,19 @@ from orbitmesh.protocol.wire import (
     F_HOPS,
     F_ID,
     F_KIND,
+    F_PAYLOAD,
     F_PROP,
     F_REF,
     F_SIZE,
     F_SRC,
     F_WAIT,
+    FLOW_ENDPOINT,
 )
 
 log = logging.getLogger("orbitmesh.worker")
+CAPTURE_BYTES = 256
+"""Bytes of each endpoint packet kept in the trace by default (IP, ICMP/TCP/UDP headers and
+the start of the data; a run's scenario may ask for more, up to 65,535)."""
 MARK_EVERY_B = 65_536
 """A record start is remembered every this many bytes of event log: where a cut looks from."""
 
@@ -91,6 +98,8 @@ class Stats:
         """How late each hop was handled, in scenario ms (the emulator's excess)."""
         self.malformed_count = 0
         self.malformed_by_topic: Counter[str] = Counter()
+        self.capture_bytes = CAPTURE_BYTES
+        """How much of an endpoint packet the event log keeps (0: none)."""
         self.internal_errors = 0
         """Exceptions of our own code that the worker survived (logged with their traceback)."""
         self.in_flight = 0
@@ -165,6 +174,10 @@ class Stats:
         if frame[F_KIND] == ACK and frame[F_REF]:  # the telecommand it acknowledges: pairs them
             record.append(frame[F_REF][0])
         self._event(record)
+        if frame[F_FLOW] == FLOW_ENDPOINT and frame[F_PAYLOAD] and self.capture_bytes:
+            # A real program's packet: kept (up to capture_bytes) so exports show it as it was.
+            self._event(["packet", self.event_wall, frame[F_ID],
+                         frame[F_PAYLOAD][:self.capture_bytes]])
 
     def suppress(self, flow: int, src: int, fault: str) -> None:
         """A source could not offer a frame of ``flow`` because ``fault`` had taken it down."""

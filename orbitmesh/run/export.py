@@ -36,7 +36,7 @@ from orbitmesh.run.trace import (
 
 REORDER_WINDOW_WALL_S = 5.0
 """How far (wall seconds) a record may trail a later-stamped one in its own stream."""
-EVENT_TYPES = ("offer", "hop", "deliver", "drop")
+EVENT_TYPES = ("offer", "hop", "deliver", "drop", "packet")
 EVENT_COLUMNS = ("t_s", "event", "frame", "flow", "kind", "source", "destination", "from", "to",
                  "node", "size", "hops", "latency_ms", "reason", "fault", "acknowledges")
 _BUILTIN_KIND = {-1: TELEMETRY, -2: TELECOMMAND, -3: ACK}
@@ -120,6 +120,11 @@ def iter_sorted_events(run_dir: Path, *, salvage: bool = False,
 
 def _row(trace: _Trace, r: list[Any]) -> dict[str, Any]:
     """One event record as a row: the fields it carries, the others absent."""
+    if r[0] == "suppress":  # ["suppress", wall, flow, source, fault]: no frame was made
+        return {"t_s": trace.t_s(r[1]), "event": "suppress", "flow": trace.flow(int(r[2])),
+                "source": trace.node(r[3]), "fault": r[4]}
+    if r[0] == "packet":  # ["packet", wall, frame, bytes]: the pcap export carries the bytes
+        return {"t_s": trace.t_s(r[1]), "event": "packet", "frame": r[2], "size": len(r[3])}
     event, flow = r[0], int(r[3])
     row: dict[str, Any] = {"t_s": trace.t_s(r[1]), "event": event, "frame": r[2],
                            "flow": trace.flow(flow)}
@@ -226,22 +231,33 @@ def _epoch_us(manifest: dict[str, Any]) -> int:
 
 def export_pcap(run_dir: Path, out: IO[bytes], *, salvage: bool = False,
                 damage: list[Damage] | None = None) -> int:
-    """Write a libpcap file (raw IPv4, µs stamps = epoch + scenario time): a UDP packet per hop."""
+    """Write a libpcap file (raw IP, µs stamps = epoch + scenario time), a packet per hop: the
+    real packet for frames from IP endpoints (as captured, see ``packet`` events), else a UDP
+    packet standing for the frame."""
     trace = _Trace(run_dir)
     epoch_us = _epoch_us(trace.manifest)
-    out.write(struct.pack("<IHHiIII", PCAP_MAGIC_US, 2, 4, 0, 0, PCAP_SNAPLEN, LINKTYPE_RAW))
+    # The file's snaplen allows whole captured endpoint packets; stand-in packets stop at 96 B.
+    out.write(struct.pack("<IHHiIII", PCAP_MAGIC_US, 2, 4, 0, 0, 0xFFFF, LINKTYPE_RAW))
     hops: Counter[int] = Counter()
+    packets: dict[int, bytes] = {}
     n = 0
     for r in iter_sorted_events(run_dir, salvage=salvage, damage=damage):
         if r[0] == "hop":
             frame, flow = int(r[2]), int(r[3])
             hops[frame] += 1
-            data, orig = _packet(frame, flow, hops[frame], int(r[4]), int(r[5]), int(r[6]))
+            real = packets.get(frame)
+            if real is not None:  # what the program sent, on every hop it crossed
+                data, orig = real, max(int(r[6]), len(real))
+            else:
+                data, orig = _packet(frame, flow, hops[frame], int(r[4]), int(r[5]), int(r[6]))
             sec, usec = divmod(epoch_us + round(trace.t_s(r[1]) * 1e6), 1_000_000)
             out.write(struct.pack("<IIII", sec, usec, len(data), orig) + data)
             n += 1
+        elif r[0] == "packet":
+            packets[int(r[2])] = bytes(r[3])
         elif r[0] in ("deliver", "drop"):
             hops.pop(int(r[2]), None)
+            packets.pop(int(r[2]), None)
     return n
 
 
@@ -334,7 +350,7 @@ def trace_info(run_dir: Path, *, salvage: bool = False) -> dict[str, Any]:
                  "last_s": None if last is None else trace.t_s(last),
                  "first_utc": utc(first), "last_utc": utc(last)},
         "nodes": {"count": len(trace.node_ids), "ids": trace.node_ids},
-        "events": {e: events[e] for e in EVENT_TYPES},
+        "events": {e: events[e] for e in EVENT_TYPES if e != "packet" or events[e]},
         "streams": streams,
         "flows": flows,
         "links": {"records": link_records, "last_s": link_last_s},
@@ -366,7 +382,7 @@ def format_info(info: dict[str, Any]) -> str:
            f"span: {_num(span['first_s'])} .. {_num(span['last_s'])} s scenario time "
            f"({span['first_utc'] or '-'} .. {span['last_utc'] or '-'})",
            f"nodes: {nodes['count']} ({shown})",
-           "events: " + ", ".join(f"{ev[e]} {e}" for e in EVENT_TYPES)
+           "events: " + ", ".join(f"{ev[e]} {e}" for e in EVENT_TYPES if e in ev)
            + f" in {len(info['streams'])} stream(s)",
            f"links: {info['links']['records']} timeline record(s), last at "
            f"{_num(info['links']['last_s'], 'g')} s",

@@ -55,15 +55,18 @@ EVENT_FIELDS: dict[str, tuple[tuple[type, ...], ...]] = {
     "deliver": (_NUM, (int,), (int,), (int,), (int,), _NUM),
     "drop": (_NUM, (int,), (int,), (int,), (str,)),
     "suppress": (_NUM, (int,), (int,), (str,)),
+    "packet": (_NUM, (int,), (bytes,)),
 }
 FIELD_NAMES = {"offer": ("wall", "frame", "flow", "kind", "source", "destination", "size"),
                "hop": ("wall", "frame", "flow", "from", "to", "size"),
                "deliver": ("wall", "frame", "flow", "node", "hops", "latency_ms"),
                "drop": ("wall", "frame", "flow", "node", "reason"),
-               "suppress": ("wall", "flow", "source", "fault")}
+               "suppress": ("wall", "flow", "source", "fault"),
+               "packet": ("wall", "frame", "bytes")}
 # How event records begin on disk (fixarray header + fixstr tag): where salvage resynchronises.
 EVENT_SIGNATURES = (b"\x98\xa5offer", b"\x97\xa3hop", b"\x97\xa7deliver", b"\x9a\xa7deliver",
-                    b"\x99\xa5offer", b"\x97\xa4drop", b"\x96\xa4drop", b"\x95\xa8suppress")
+                    b"\x99\xa5offer", b"\x97\xa4drop", b"\x96\xa4drop", b"\x95\xa8suppress",
+                    b"\x94\xa6packet")
 COUNTED_EVENTS = ("offer", "deliver", "drop", "suppress")
 FULL_DISK = "truncated by a full disk"
 """How the damage of an event log its worker stopped writing (stats: events_truncated_at)
