@@ -288,3 +288,30 @@ def test_a_satellite_container_is_reached_only_while_the_geometry_links_it(
     assert summary["conservation_ok"]
     assert proc.returncode == 0, err.decode()
     assert _labelled(client, info["run_id"]) == []
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_container_with_on_exit_stop_ends_the_run(tmp_path: Path) -> None:
+    client, tag = _live_or_skip()
+    scenario = _scenario_with(tmp_path, _section({
+        "tokyo": {"image": tag, "command": "sleep infinity"},
+        "brussels": {"image": tag, "on_exit": "stop", "command": [
+            "sh", "-c", "sleep 8; echo lost my config >&2; exit 3"]}}), duration_s=40)
+    run_dir = tmp_path / "run"
+    proc, info = _start(scenario, run_dir)
+    try:
+        _out, err = proc.communicate(timeout=90)
+    finally:
+        _stop(proc, run_dir)
+    ended_s = time.time() - info["t0_wall"]
+    text = err.decode()
+    assert proc.returncode == 1, text
+    assert ended_s < 30, ended_s  # the scenario asked for 40 s
+    summary = json.loads((run_dir / "summary.json").read_text())
+    gone = {c["node"]: c for c in summary["endpoints"]["containers"]}["brussels"]
+    assert gone["state"] == "exited" and gone["exit_code"] == 3, gone
+    assert gone["logs_tail"] == ["lost my config"]
+    assert summary["run"]["interrupted"] and summary["conservation_ok"]
+    assert "the run stops (on_exit: stop)" in text and "lost my config" in text
+    assert _labelled(client, info["run_id"]) == []

@@ -122,7 +122,14 @@ class RunResult:
         """True when the conservation check held, the run kept its fidelity budget and lost no
         process it did not mean to."""
         return (bool(self.summary["conservation_ok"]) and bool(self.summary["fidelity"]["ok"])
-                and not self.summary.get("unplanned") and not self.summary.get("internal_errors"))
+                and not self.summary.get("unplanned") and not self.summary.get("internal_errors")
+                and not _stopped_by_container(self.summary))
+
+
+def _stopped_by_container(summary: dict[str, Any]) -> bool:
+    """True when an endpoint container with ``on_exit: stop`` exited (the run ended for it)."""
+    containers = (summary.get("endpoints") or {}).get("containers", [])
+    return any(c.get("on_exit") == "stop" and c.get("state") != "running" for c in containers)
 
 
 def run_cli(args: argparse.Namespace) -> int:
