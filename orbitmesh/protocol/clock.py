@@ -12,8 +12,15 @@ The clock's source is injected: :class:`WallClock` reads ``time.time()``; tests 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+Wall = TypeVar("Wall", float, NDArray[np.float64])
+"""A wall time, or an array of them: the clock converts both alike."""
 
 
 class WallSource(Protocol):
@@ -54,8 +61,8 @@ class RunClock:
     t0_wall: float
     speed: float
 
-    def scenario_s(self, wall: float) -> float:
-        """Scenario seconds at wall time ``wall``."""
+    def scenario_s(self, wall: Wall) -> Wall:
+        """Scenario seconds at wall time ``wall`` (or at each of an array of them)."""
         return (wall - self.t0_wall) * self.speed
 
     def wall_at(self, t_s: float) -> float:
@@ -69,3 +76,8 @@ class RunClock:
     def scenario_delay(self, wall_s: float) -> float:
         """Scenario seconds that ``wall_s`` wall seconds amount to."""
         return wall_s * self.speed
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> RunClock:
+        """The clock a run recorded (its manifest, summary ``run`` block or clock message)."""
+        return cls(float(record.get("t0_wall") or 0.0), float(record["speed"]))

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from orbitmesh.protocol.clock import RunClock
 from orbitmesh.protocol.wire import ACK, DATA, KIND_NAMES, TELECOMMAND, TELEMETRY
 from orbitmesh.run.records import Damage, RecordReader, TraceError
 from orbitmesh.run.trace import (
@@ -64,13 +65,14 @@ class _Trace:
         self.manifest = read_manifest(self.run_dir)
         self.t0_wall = float(self.manifest["t0_wall"])
         self.speed = float(self.manifest["speed"])
+        self.clock = RunClock.of(self.manifest)
         self.node_ids: list[str] = list(self.manifest["node_ids"])
         self.flows: dict[int, str] = {int(k): str(v) for k, v in
                                       self.manifest.get("builtin_flows", {}).items()}
         self.flows |= {int(f["index"]): str(f["name"]) for f in self.manifest["flows"]}
 
     def t_s(self, wall: float) -> float:
-        return (wall - self.t0_wall) * self.speed
+        return self.clock.scenario_s(wall)
 
     def node(self, index: int) -> str:
         return self.node_ids[index] if 0 <= index < len(self.node_ids) else str(index)

@@ -19,6 +19,7 @@ from orbitmesh.core.faults import PROCESS_KINDS
 from orbitmesh.core.histogram import Histogram, merged
 from orbitmesh.core.scenario import Scenario
 from orbitmesh.errors import RunError
+from orbitmesh.protocol.clock import RunClock
 from orbitmesh.protocol.wire import FLOW_ACK, FLOW_ENDPOINT, FLOW_TELECOMMAND, FLOW_TELEMETRY
 from orbitmesh.run.endpoint_report import container_records, endpoint_lines, endpoint_section
 from orbitmesh.run.fidelity import verdict, verdict_line
@@ -198,7 +199,7 @@ def fault_impact(run_dir: Path, scenario: Scenario, faults: list[dict[str, Any]]
     names |= {str(FLOW_TELEMETRY): "telemetry", str(FLOW_TELECOMMAND): "telecommands",
               str(FLOW_ACK): "acks"}
     offers, delivered = _read_events(run_dir, damage)
-    t0, speed = float(run_meta.get("t0_wall") or 0.0), float(run_meta["speed"])
+    clock = RunClock.of(run_meta)
     duration = float(run_meta["duration_s"])
     out = []
     for fault in faults:
@@ -209,9 +210,9 @@ def fault_impact(run_dir: Path, scenario: Scenario, faults: list[dict[str, Any]]
                 drops[names.get(flow, flow)] += count
             for flow, count in w.get("fault_suppressed", {}).get(fault["id"], {}).items():
                 suppressed[names.get(flow, flow)] += count
-        start = t0 + fault["start_s"] / speed
+        start = clock.wall_at(fault["start_s"])
         end_s = fault["end_s"] if fault["end_s"] is not None else duration
-        end = t0 + min(duration, end_s) / speed
+        end = clock.wall_at(min(duration, end_s))
         windows: dict[str, dict[str, list[Any]]] = {"during": {}, "outside": {}}
         held = 0
         for frame_id, (wall, flow) in offers.items():

@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from orbitmesh.core.topology import LINK_CLASSES
+from orbitmesh.protocol.clock import RunClock
 from orbitmesh.run.records import Damage
 from orbitmesh.run.trace import BUILTIN_FLOWS, iter_events, read_link_timeline, read_manifest
 
@@ -111,7 +112,7 @@ def read_run(run_dir: Path, *, salvage: bool = False,
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
-    t0, speed = float(manifest["t0_wall"]), float(manifest["speed"])
+    clock = RunClock.of(manifest)
     flows = {int(k): str(v) for k, v in manifest.get("builtin_flows", {}).items()} or dict(
         BUILTIN_FLOWS)
     flows |= {int(f["index"]): str(f["name"]) for f in manifest["flows"]}
@@ -145,7 +146,8 @@ def read_run(run_dir: Path, *, salvage: bool = False,
             on_progress(count)
 
     def times(buf: array[float]) -> FloatArray:
-        return (np.frombuffer(buf, dtype=np.float64) - t0) * speed if len(buf) else np.empty(0)
+        return clock.scenario_s(np.frombuffer(buf, dtype=np.float64)) if len(buf) \
+            else np.empty(0)
 
     def ints(buf: array[int]) -> IntArray:
         return np.frombuffer(buf, dtype=np.int64).copy() if len(buf) else np.empty(0, np.int64)

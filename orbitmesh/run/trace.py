@@ -33,6 +33,7 @@ import numpy as np
 
 from orbitmesh.core.links import LinkState, make_state
 from orbitmesh.core.topology import Topology
+from orbitmesh.protocol.clock import RunClock
 from orbitmesh.run.files import atomic_write
 from orbitmesh.run.records import Damage, Mode, RecordReader, TraceError, salvage_hint
 
@@ -302,7 +303,7 @@ def offered_traffic(run_dir: Path, *, salvage: bool = False,
                     damage: list[Damage] | None = None) -> list[Offered]:
     """The user traffic a run offered, sorted by scenario time."""
     manifest = read_manifest(run_dir)
-    t0, speed = float(manifest["t0_wall"]), float(manifest["speed"])
+    clock = RunClock.of(manifest)
     ids = manifest["node_ids"]
     flows = {f["index"]: f["name"] for f in manifest["flows"]}
     out = []
@@ -312,7 +313,8 @@ def offered_traffic(run_dir: Path, *, salvage: bool = False,
         if not (0 <= r[5] < len(ids) and 0 <= r[6] < len(ids)):
             raise TraceError(f"{run_dir}: offer of frame {r[2]} names node {r[5]} -> {r[6]}, "
                              f"but the manifest has {len(ids)} nodes: the trace is damaged")
-        out.append(Offered((r[1] - t0) * speed, flows[r[3]], ids[r[5]], ids[r[6]], int(r[7])))
+        out.append(Offered(clock.scenario_s(r[1]), flows[r[3]], ids[r[5]], ids[r[6]],
+                           int(r[7])))
     out.sort(key=lambda o: o.t_s)
     return out
 

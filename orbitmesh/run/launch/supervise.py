@@ -37,6 +37,7 @@ from typing import Any
 from broker.client import MqttTransport
 from broker.url import parse_broker_url
 from orbitmesh.errors import OrbitmeshError, RunError
+from orbitmesh.protocol.clock import RunClock
 from orbitmesh.protocol.messages import ClockMessage, FaultListing, MessageError, WorkerStatus
 from orbitmesh.protocol.wire import Topics
 from orbitmesh.run.launch.control import RUN_FILE
@@ -184,7 +185,7 @@ class Supervisor:
     def wall_at(self, t_s: float) -> float:
         """Wall time of scenario time ``t_s`` (needs the clock)."""
         assert self.clock is not None
-        return float(self.clock["t0_wall"]) + t_s / float(self.clock["speed"])
+        return RunClock.of(self.clock).wall_at(t_s)
 
     def _plan(self, listing: dict[str, Any]) -> None:
         if self.clock is None:
@@ -291,7 +292,7 @@ class Supervisor:
     def _progress_line(self) -> str:
         assert self.clock is not None
         s = list(self.status.values())
-        t_s = (time.time() - float(self.clock["t0_wall"])) * float(self.clock["speed"])
+        t_s = RunClock.of(self.clock).scenario_s(time.time())
         running = sum(x.get("state") in ("ready", "running") for x in s)
         return (f"t={min(t_s, float(self.clock['duration_s'])):7.1f}/"
                 f"{float(self.clock['duration_s']):g} s  workers up {running}/{self.run.workers}"

@@ -23,6 +23,7 @@ import numpy as np
 
 from orbitmesh.core.engine import TickEngine
 from orbitmesh.errors import RunError
+from orbitmesh.protocol.clock import RunClock
 from orbitmesh.protocol.messages import (
     FaultInfo,
     FaultListing,
@@ -68,10 +69,10 @@ class Replay:
         manifest = read_manifest(run_dir)
         self.view = RunView.from_scenario(scenario_of(run_dir), str(manifest["run_id"]))
         topology = self.view.topology
-        t0_wall, speed = float(manifest["t0_wall"]), float(manifest["speed"])
+        clock = RunClock.of(manifest)
         duration_s, tick_s = float(manifest["duration_s"]), float(manifest["tick_s"])
         self.times_s = [k * tick_s for k in range(math.floor(duration_s / tick_s) + 1)]
-        counts, latency_ms = self._bin_events(run_dir, t0_wall, speed, tick_s, len(self.times_s))
+        counts, latency_ms = self._bin_events(run_dir, clock, tick_s, len(self.times_s))
         timeline = LinkTimeline(run_dir, topology)
         engine = TickEngine(topology, link_source=timeline)
         faults = list(manifest.get("faults") or [])
@@ -103,7 +104,7 @@ class Replay:
             print(f"replay: {len(self.frames)} ticks of {manifest['run_id']} "
                   f"(0..{self.times_s[-1]:g} s)", file=sys.stderr, flush=True)
 
-    def _bin_events(self, run_dir: Path, t0_wall: float, speed: float, tick_s: float,
+    def _bin_events(self, run_dir: Path, clock: RunClock, tick_s: float,
                     ticks: int) -> tuple[np.ndarray, np.ndarray]:
         """Per user flow and tick: offered, delivered, dropped counts; latency sums (ms)."""
         flows = len(self.view.topology.scenario.traffic)
@@ -117,7 +118,7 @@ class Replay:
             flow = int(record[3])
             if not 0 <= flow < flows:
                 continue  # telemetry and telecommands have no sparkline
-            k = min(ticks - 1, max(0, int((float(record[1]) - t0_wall) * speed / tick_s)))
+            k = min(ticks - 1, max(0, int(clock.scenario_s(float(record[1])) / tick_s)))
             counts[flow, k, column[what]] += 1
             if what == "deliver":
                 latency[flow, k] += float(record[6])
