@@ -235,7 +235,7 @@ class EndpointHost:
         if v is None and ipaddress.ip_address(dst_bytes) not in self.prefixes[version == 6]:
             counts.refused["outside_prefix"] += 1  # multicast, link-local: no router forwards
             return
-        if not self._accepting(u, counts):
+        if not self._accepting(u, counts, at_wall):
             return
         if self.rt.suppressed(FLOW_ENDPOINT, u):
             return
@@ -255,8 +255,10 @@ class EndpointHost:
             return
         self.rt.originate(u, frame, at_wall)
 
-    def _accepting(self, u: int, counts: _NodeCounts) -> bool:
-        if not self.started():
+    def _accepting(self, u: int, counts: _NodeCounts, at_wall: float) -> bool:
+        # The clock message arrives ahead of scenario time 0; before 0 there are no routes yet,
+        # so a packet then is refused as early rather than dropped as no_route.
+        if not self.started() or self.rt.scenario_s(at_wall) < 0:
             counts.refused["before_start"] += 1
             return False
         if self.roles.stopped:
@@ -309,7 +311,7 @@ class EndpointHost:
         if not data:
             counts.refused["empty_datagram"] += 1
             return
-        if not self._accepting(u, counts) or self.rt.suppressed(FLOW_ENDPOINT, u):
+        if not self._accepting(u, counts, at_wall) or self.rt.suppressed(FLOW_ENDPOINT, u):
             return
         counts.offered += 1
         self.rt.originate(u, self._frame(u, v, data, [UDP_TAG, pipe, direction], at_wall),

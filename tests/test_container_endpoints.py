@@ -315,3 +315,18 @@ def test_a_container_with_on_exit_stop_ends_the_run(tmp_path: Path) -> None:
     assert summary["run"]["interrupted"] and summary["conservation_ok"]
     assert "the run stops (on_exit: stop)" in text and "lost my config" in text
     assert _labelled(client, info["run_id"]) == []
+
+
+def test_a_packet_before_scenario_time_zero_is_refused_as_early_not_dropped() -> None:
+    # The clock message arrives ahead of t = 0; packets then met no routes (no_route) before.
+    from orbitmesh.protocol.wire import FLOW_ENDPOINT
+    from tests.test_endpoints import ALPHA, echo4, host_on_pipes, tiny
+
+    host, _, _ = host_on_pipes(tiny())
+    a4, b4 = (e["ipv4"] for e in host.plan["ip"])
+    t0_wall = host.rt.wall_at(0.0)
+    host.packet_in(ALPHA, echo4(a4, b4, 60), t0_wall - 0.5)
+    assert host.as_dict()["alpha"]["refused"] == {"before_start": 1}
+    host.packet_in(ALPHA, echo4(a4, b4, 60), t0_wall + 0.5)
+    assert host.as_dict()["alpha"]["refused"] == {"before_start": 1}
+    assert host.rt.stats.flows[FLOW_ENDPOINT].offered == 1

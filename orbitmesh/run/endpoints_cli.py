@@ -59,6 +59,14 @@ def rows(run_dir: Path) -> list[dict[str, Any]]:
             pids[ns] = int(body.get("pid", 0))
     out = []
     for e in plan["ip"]:
+        if "container" in e:  # a user's container holds the TUN, not a namespace of ours
+            from orbitmesh.run.launch.endpoint_containers import container_state
+
+            name = e["container"]["name"]
+            out.append({"node": e["node"], "kind": "ip", "ipv4": e["ipv4"], "ipv6": e["ipv6"],
+                        "namespace": f"container {name}", "tun": e["tun"], "worker": e["worker"],
+                        "pid": e["container"].get("pid"), "state": container_state(name)})
+            continue
         out.append({"node": e["node"], "kind": "ip", "ipv4": e["ipv4"], "ipv6": e["ipv6"],
                     "namespace": e["namespace"], "tun": e["tun"], "worker": e["worker"],
                     "pid": pids.get(e["namespace"]),

@@ -206,5 +206,15 @@ def remove_recorded(run_dir: Path) -> list[str]:
     return remove_labelled(docker_client(), plan["run_id"])
 
 
+def container_state(name: str) -> str:
+    """A container's state as docker says it (``running``, ``exited``, ...), or ``absent``."""
+    try:
+        from orbitmesh.run.launch.image import docker_client
+
+        return str(docker_client().containers.get(name).status)
+    except Exception:  # no daemon, no container: both mean nothing is running there
+        return "absent"
+
+
 def _indent(lines: list[str]) -> str:
     return "".join(f"\n  | {line}" for line in lines)
