@@ -102,9 +102,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="embedded broker: TLS only, with a CA made for the run")
     r.add_argument("--broker-credentials", metavar="FILE",
                    help="external broker: credentials.json from `orbitmesh broker-config`")
+    _live_arguments(r, control="--web-control")
     r.add_argument("--endpoints", metavar="NODE,NODE",
                    help="give these nodes IP endpoints (namespaces with a TUN; needs root)")
-    _live_arguments(r, control="--web-control")
 
     f = sub.add_parser("fault", help="inject a fault into a running emulation",
                        description="Targets are positional in the kind's order (link_down A B "

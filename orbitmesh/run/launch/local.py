@@ -101,13 +101,13 @@ class RunOptions:
     """Embedded broker: TLS listener with a run CA (clients verify it)."""
     broker_credentials: Path | None = None
     """External broker: per-role credentials from ``orbitmesh broker-config``."""
+    live: LiveOptions = dataclasses.field(default_factory=LiveOptions)
+    """The live map (--web, --web-control) and /metrics (--metrics)."""
     endpoints: list[str] | None = None
     """Nodes that get an IP endpoint besides the scenario's ``endpoints.ip`` (run --endpoints)."""
     broker_members: tuple[str, ...] = ()
     """Every --broker when several were given: a clustered broker's members (worker k uses
     member k mod M first, the controller member 0; all fail over)."""
-    live: LiveOptions = dataclasses.field(default_factory=LiveOptions)
-    """The live map (--web, --web-control) and /metrics (--metrics)."""
 
 
 @dataclass
@@ -378,6 +378,16 @@ class _LocalRun:
         faults = [{**f.describe(), **self.process_faults.get(f.id, {})}
                   for f in controller.faults]
         faults += [self.broker_lost] if self.broker_lost is not None else []
+        for info in self.process_faults.values():
+            if info.get("origin") == "unplanned":
+                proc = self.procs.get(int(info["target"]["worker"]))
+                code = None if proc is None else proc.returncode
+                info["exit"] = (None if code is None else f"signal {-code}" if code < 0
+                                else f"exit code {code}")
+                how = info["exit"] or "still running: its broker connection dropped"
+                info["describe"] = (f"worker {info['target']['worker']} (pid {info['pid']}) "
+                                    f"lost at t={info['start_s']:g} s ({how})")
+                faults.append(info)
         summary = build_summary(self.run_dir, scenario, meta, links, self.workers, faults)
         if self.malformed_status:  # the launcher's own count: statuses it refused
             summary["malformed_by_topic"]["status"] = self.malformed_status
@@ -389,16 +399,6 @@ class _LocalRun:
             f"worker {w.get('worker')}: event log cut at byte {cut.get('bytes')}: "
             f"{cut.get('error')}" for w in load_worker_stats(self.run_dir)
             if isinstance(cut := w.get("events_truncated_at"), dict)]
-        for info in self.process_faults.values():
-            if info.get("origin") == "unplanned":
-                proc = self.procs.get(int(info["target"]["worker"]))
-                code = None if proc is None else proc.returncode
-                info["exit"] = (None if code is None else f"signal {-code}" if code < 0
-                                else f"exit code {code}")
-                how = info["exit"] or "still running: its broker connection dropped"
-                info["describe"] = (f"worker {info['target']['worker']} (pid {info['pid']}) "
-                                    f"lost at t={info['start_s']:g} s ({how})")
-                faults.append(info)
         for write in (lambda: write_summary(self.run_dir, summary), lambda: write_manifest(
                 self.run_dir, {**self.manifest, "faults": faults, "complete": not errors,
                                "interrupted": self.stop.is_set()})):
@@ -450,13 +450,6 @@ class _LocalRun:
             fault_id = fault.id if fault is not None else f"worker{worker}-lost"
             detected = time.time()
             info = self.process_faults.setdefault(fault_id, {})
-            if "killed_wall" in info:
-                info["detected_after_s"] = round(detected - info["killed_wall"], 3)
-            self.controller.worker_lost(self._nodes_of(worker), fault_id)
-            if (fault is not None and fault.spec.restart and not self.stop.is_set()
-                    and not self.external):  # with containers the supervisor restarts it
-                self._background(self._restart(worker), f"restart-w{worker}")
-        elif state == "ready" and before == "lost":
             if fault is None and not self.stop.is_set():  # nobody asked for this
                 proc = self.procs.get(worker)
                 info.update(id=fault_id, kind="worker_lost", origin="unplanned",
@@ -464,6 +457,13 @@ class _LocalRun:
                             target={"worker": worker}, pid=None if proc is None else proc.pid)
                 print(f"error: worker {worker} (pid {info['pid']}) was lost at "
                       f"t={info['start_s']:g} s; routing around its nodes", file=sys.stderr)
+            if "killed_wall" in info:
+                info["detected_after_s"] = round(detected - info["killed_wall"], 3)
+            self.controller.worker_lost(self._nodes_of(worker), fault_id)
+            if (fault is not None and fault.spec.restart and not self.stop.is_set()
+                    and not self.external):  # with containers the supervisor restarts it
+                self._background(self._restart(worker), f"restart-w{worker}")
+        elif state == "ready" and before == "lost":
             self.controller.worker_back(self._nodes_of(worker))
             fault = self.kills.get(worker)
             if fault is not None:
