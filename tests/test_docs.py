@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from orbitmesh.core.endpoint_spec import Endpoints, IpEndpoint, UdpPipe
+from orbitmesh.core.endpoint_spec import EndpointContainer, Endpoints, IpEndpoint, UdpPipe
 from orbitmesh.core.mcs_spec import McsSpec
 from orbitmesh.core.scenario import (
     Constellation,
@@ -60,6 +60,7 @@ SECTIONS: dict[type[BaseModel], str] = {
     Endpoints: "endpoints",
     McsSpec: "ops_centres.mcs",
     IpEndpoint: "endpoints.ip",
+    EndpointContainer: "endpoints.ip[].container",
     UdpPipe: "endpoints.udp",
     Constellation: "Constellations",
     WalkerShell: "walker",
