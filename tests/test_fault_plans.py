@@ -210,7 +210,7 @@ def test_fault_from_command_starts_now_or_at_at_s(mixed: Topology) -> None:
 
 # --- the controller's control topic (in-memory transport) --------------------------------------
 
-async def control_replies(topology: Topology, payloads: list[bytes]
+async def control_replies(topology: Topology, payloads: list[bytes], wall: Any = None
                           ) -> tuple[Controller, list[dict[str, Any]]]:
     """Feed payloads to a controller's control handler; collect what it answers on control/error."""
     bus = MemoryBroker()
@@ -219,7 +219,7 @@ async def control_replies(topology: Topology, payloads: list[bytes]
             MemoryTransport(bus, "client") as client:
         await client.subscribe(topics.control_error)
         controller = Controller(topology, transport, topics, duration_s=60.0, speed=1.0,
-                                out_dir=None)
+                                out_dir=None, wall=wall)
         for payload in payloads:
             controller.handle_control(payload)
         replies: list[dict[str, Any]] = []
@@ -261,3 +261,30 @@ async def test_controller_answers_a_withdrawal_of_an_unknown_operator(mixed: Top
     assert controller.control_errors == 1
     assert "nobody" in replies[0]["error"]
 
+
+
+async def test_a_flood_of_fault_commands_is_refused_past_the_rate_limit(mixed: Topology) -> None:
+    """7,700 link_degrade commands once stretched a 30 s run to 6.5 minutes: now a burst past
+    the limit is answered on control/error and never applied."""
+    from orbitmesh.protocol.clock import FakeWallClock
+    from orbitmesh.run.controller import CONTROL_BURST
+
+    flood = [json.dumps({"cmd": "fault", "kind": "node_down", "node": "west", "for_s": 1,
+                         "id": f"f{i}"}).encode() for i in range(CONTROL_BURST + 50)]
+    controller, replies = await control_replies(mixed, flood, wall=FakeWallClock())
+    applied = [f for f in controller.faults if f.origin == "live"]
+    # The clock does not move in this test: the burst is all it gets.
+    assert len(applied) == CONTROL_BURST
+    assert controller.control_errors == 50
+    assert all("too many control commands" in r["error"] for r in replies)
+
+
+async def test_workers_that_do_not_exist_are_refused(mixed: Topology) -> None:
+    bus = MemoryBroker()
+    async with MemoryTransport(bus, "controller") as transport:
+        controller = Controller(mixed, transport, Topics("unit"), duration_s=60.0, speed=1.0,
+                                out_dir=None, workers=2)
+        controller.handle_control(b'{"cmd": "fault", "kind": "container_kill", "worker": 99}')
+        controller.handle_control(b'{"cmd": "fault", "kind": "worker_kill", "worker": 1}')
+    assert controller.control_errors == 1
+    assert [f.spec.worker for f in controller.faults if f.origin == "live"] == [1]
