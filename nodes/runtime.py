@@ -185,6 +185,7 @@ class NodeRuntime:
         """
         self.links = dict(zip(zip(a.tolist(), b.tolist(), strict=True),
                               zip(delay_s.tolist(), kind.tolist(), strict=True), strict=True))
+        self._forget_idle_transmitters(now)
         self.dest_row = {int(d): i for i, d in enumerate(destinations.tolist())}
         self.next_hop = next_hop
         self.state_t_s = t_s
@@ -201,6 +202,15 @@ class NodeRuntime:
         self.down_nodes = {n: f for n, f in down.items() if n in self.local}
         if newly_down:
             self._fail_nodes(newly_down, now)
+
+    def _forget_idle_transmitters(self, at_wall: float) -> None:
+        """Drop the transmitters of links gone from the state and idle since: over a long run the
+        GSLs ever used would otherwise pile up (memory that grows with the run)."""
+        links = self.links
+        gone = [k for k, tx in self.tx.items()
+                if (k if k[0] < k[1] else (k[1], k[0])) not in links and tx.busy_until <= at_wall]
+        for k in gone:
+            del self.tx[k]
 
     def apply_snapshot(self, state: TickSnapshot, at_wall: float) -> None:
         """Apply a decoded tick snapshot taking effect at ``at_wall``."""
