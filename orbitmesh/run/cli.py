@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="start no workers; wait for workers started elsewhere (containers)")
     r.add_argument("--fidelity-budget", type=float, metavar="MS",
                    help="hop excess p99 allowed, scenario ms (default: the scenario's "
-                   "fidelity.budget_ms, 2); past it the run fails with exit 1")
+                   "fidelity.budget_ms, 10); past it the run fails with exit 1")
     r.add_argument("--broker-insecure", action="store_true",
                    help="embedded broker without per-run users and ACL (open to every local "
                    "process)")
