@@ -20,6 +20,7 @@ import os
 import selectors
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,6 +58,8 @@ log = logging.getLogger("orbitmesh.worker")
 HEARTBEAT_S = 0.5
 DRAIN_TIMEOUT_S = 3.0
 FLUSH_TIMEOUT_S = 3.0
+EXIT_GRACE_S = 5.0
+"""Wall seconds a finished worker waits for its broker connection to close before it leaves."""
 SNAPSHOT_EVERY = 2
 """Heartbeats between stats snapshots: what survives if this process is killed."""
 
@@ -486,7 +489,20 @@ async def amain(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         loop.add_signal_handler(signal.SIGTERM, worker.finish)
         await worker.run()
+        # The stats are written and the final status sent: closing the connection is all that is
+        # left. If the broker died with the launcher, that close has been seen to hang; a worker
+        # must not outlive its run for it.
+        leave = threading.Timer(EXIT_GRACE_S, _leave_now)
+        leave.daemon = True
+        leave.start()
     return 0
+
+
+def _leave_now() -> None:
+    log.warning("the broker connection did not close within %.0f s of the end; leaving",
+                EXIT_GRACE_S)
+    logging.shutdown()
+    os._exit(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -527,7 +527,9 @@ class _LocalRun:
         pid = self.broker.pid
         while True:
             await asyncio.sleep(BROKER_POLL_S)
-            if self.broker_stopping or self.broker.running:
+            if self.broker_stopping or self.broker.running or self.stop.is_set():
+                # After Ctrl-C (a terminal signals the whole process group, the broker too)
+                # nothing is unplanned: the run's end restarts a broker it still needs.
                 pid = self.broker.pid or pid
                 continue
             code = self.broker.returncode
