@@ -32,7 +32,7 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-def _loopback_port(value: Any) -> str:
+def loopback_port(value: Any, who: str = "pipes listen and deliver") -> str:
     """``HOST:PORT`` with a loopback host (127.0.0.0/8 or [::1]) and a port 1..65535."""
     if not isinstance(value, str) or ":" not in value:
         raise ValueError(f"expected 127.0.0.1:PORT (a loopback address and a port), got {value!r}")
@@ -44,8 +44,7 @@ def _loopback_port(value: Any) -> str:
     except ValueError:
         raise ValueError(f"expected 127.0.0.1:PORT, got {value!r}") from None
     if not addr.is_loopback:
-        raise ValueError(f"{host} is not a loopback address: pipes listen and deliver on "
-                         "127.0.0.0/8 or ::1 only")
+        raise ValueError(f"{host} is not a loopback address: {who} on 127.0.0.0/8 or ::1 only")
     if not 1 <= number <= 65535:
         raise ValueError(f"port {number} is not 1..65535")
     return value
@@ -131,7 +130,7 @@ class UdpPipe(_Spec):
     @field_validator("listen", "deliver")
     @classmethod
     def _loopback(cls, value: Any) -> str:
-        return _loopback_port(value)
+        return loopback_port(value)
 
 
 class Endpoints(_Spec):

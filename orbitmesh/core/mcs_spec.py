@@ -8,10 +8,11 @@ docs/mcs.md has the wire details. Pure data: nodes/mcs_bridge.py does the I/O.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from orbitmesh.core.endpoint_spec import loopback_port
 
 ACK_APID = 2040
 """APID of the TM acknowledgement packet a satellite emits for every telecommand it executes.
@@ -24,20 +25,7 @@ MAX_APID = 2046
 
 def _loopback(value: Any) -> str:
     """``HOST:PORT`` with a loopback host and a port 1..65535 (traffic stays on this machine)."""
-    if not isinstance(value, str) or ":" not in value:
-        raise ValueError(f"expected 127.0.0.1:PORT (a loopback address and a port), got {value!r}")
-    host, _, port = value.rpartition(":")
-    try:
-        addr = ipaddress.ip_address(host.strip("[]"))
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"expected 127.0.0.1:PORT, got {value!r}") from None
-    if not addr.is_loopback:
-        raise ValueError(f"{host} is not a loopback address: the bridge talks to 127.0.0.0/8 "
-                         "or [::1] only")
-    if not 1 <= number <= 65535:
-        raise ValueError(f"port {number} is not 1..65535")
-    return value
+    return loopback_port(value, "the bridge talks")
 
 
 def split_address(value: str) -> tuple[str, int]:
