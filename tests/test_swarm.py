@@ -105,8 +105,11 @@ def swarm() -> Iterator[tuple[Any, str]]:
 
 def _labelled(client: Any, run_id: str) -> list[str]:
     label = {"label": f"{LABEL_RUN}={run_id}"}
+    # sparse: names from the list itself; inspecting each one races `docker stack rm`, which
+    # may remove a listed container before it is looked at (404 from the daemon).
+    containers = client.containers.list(all=True, filters=label, sparse=True)
     return ([f"service {s.name}" for s in client.services.list(filters=label)]
-            + [f"container {c.name}" for c in client.containers.list(all=True, filters=label)]
+            + [f"container {','.join(c.attrs.get('Names') or [c.id])}" for c in containers]
             + [f"network {n.name}" for n in client.networks.list(filters=label)]
             + [f"volume {v.name}" for v in client.volumes.list(filters=label)])
 
