@@ -7,7 +7,7 @@ Runs ``orbitmesh run`` as its own process, as a user would, once plain and once 
 every second (Prometheus' usual interval is 15 s: this is the harsher case). CPU is the user +
 system time of the run's whole process tree (launcher, workers, embedded mosquitto), read from
 ``getrusage(RUSAGE_CHILDREN)`` around each run. No browser is started: rendering costs the
-viewer's machine, not the run (tests/test_web.py measures the render time). Run it alone on the
+viewer's machine, not the run (bench/map_render.py measures the render time). Run it alone on the
 machine: other load shows up as noise in both figures.
 """
 
