@@ -1,6 +1,7 @@
-"""Starlink shell 1 live at speed 1: start-up time, link-apply lateness and memory.
+"""Starlink shell 1 (or Gen1) live: start-up time, link-apply lateness, fidelity and memory.
 
-    .venv/bin/python bench/scale.py [--duration 120] [--workers 2] [--scenario PATH] [--keep DIR]
+    .venv/bin/python bench/scale.py [--duration 120] [--speed 1] [--workers 2] [--scenario PATH]
+                                    [--keep DIR]
 
 Runs ``orbitmesh run`` as its own process (embedded mosquitto, controller, worker processes),
 exactly as a user would, on ``scenarios/starlink-shell1.yaml`` (72 x 22 = 1,584 satellites; when
@@ -154,12 +155,13 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
-def run_scale(scenario: Path, duration_s: float, workers: int, out: Path) -> dict[str, Any]:
+def run_scale(scenario: Path, duration_s: float, workers: int, out: Path,
+              speed: float = 1.0) -> dict[str, Any]:
     """One live run of ``scenario``; returns the figures."""
     run_dir = out / "run"
     log_path = out / "orbitmesh-run.log"
     cmd = [sys.executable, "-m", "orbitmesh", "run", str(scenario), "--duration", str(duration_s),
-           "--speed", "1", "--workers", str(workers), "--out", str(run_dir),
+           "--speed", str(speed), "--workers", str(workers), "--out", str(run_dir),
            "--run-id", f"bench-scale-{os.getpid()}", "--quiet"]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(x for x in (str(PROJECT_ROOT), env.get("PYTHONPATH"))
@@ -173,7 +175,7 @@ def run_scale(scenario: Path, duration_s: float, workers: int, out: Path) -> dic
     leftovers: list[int] = []
     with ProcSampler(pids) as procs:
         try:
-            proc.wait(timeout=duration_s + SETUP_ALLOWANCE_S)
+            proc.wait(timeout=duration_s / speed + SETUP_ALLOWANCE_S)
         except subprocess.TimeoutExpired:
             interrupted = True
             proc.send_signal(signal.SIGINT)  # the run stops its clock and still summarises
@@ -201,10 +203,10 @@ def run_scale(scenario: Path, duration_s: float, workers: int, out: Path) -> dic
     links = summary["links"]
     flows = summary["flows"]
     return {
-        "case": "starlink-shell1", "scenario": str(scenario), "nodes": topo.n_nodes,
+        "case": scenario.stem, "scenario": str(scenario), "nodes": topo.n_nodes,
         "satellites": topo.n_satellites, "stations": topo.n_stations,
         "ops_centres": topo.n_nodes - topo.n_satellites - topo.n_stations,
-        "workers": workers, "speed": 1.0, "duration_s": duration_s,
+        "workers": workers, "speed": speed, "duration_s": duration_s,
         "first_tick_s": round(t0_wall - started_wall, 3) if t0_wall else None,
         "first_tick_note": None if t0_wall else "summary.json has no run.t0_wall: not recorded",
         "t0_after_run_started_s": round(t0_wall - run_started, 3) if t0_wall else None,
@@ -220,6 +222,7 @@ def run_scale(scenario: Path, duration_s: float, workers: int, out: Path) -> dic
         "foreign_cpu_s": round(procs.foreign_cpu_s, 2),
         "accuracy_p99_ms": summary["fidelity"]["hop_excess_ms"]["p99"],
         "fidelity_ok": summary["fidelity"]["ok"],
+        "fidelity_problems": summary["fidelity"]["problems"],
         "telemetry_generated": summary["telemetry"]["generated"],
         "telemetry_delivered": summary["telemetry"]["delivered"],
         "flow_frames_offered": sum(f["offered"] for f in flows),
@@ -235,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the scale benchmark once; print JSON lines."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=120.0, help="scenario seconds (speed 1)")
+    p.add_argument("--duration", type=float, default=120.0, help="scenario seconds")
+    p.add_argument("--speed", type=float, default=1.0, help="scenario seconds per wall second")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--scenario", type=Path, help=f"default: {DEFAULT_SCENARIO}")
     p.add_argument("--keep", type=Path, help="keep the run directory here (default: temp)")
@@ -250,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             if not scenario.exists():
                 scenario = out / "bench-shell1.yaml"
                 scenario.write_text(fallback_scenario(duration_s=args.duration))
-        emit(run_scale(scenario.resolve(), args.duration, args.workers, out))
+        emit(run_scale(scenario.resolve(), args.duration, args.workers, out, args.speed))
     return 0
 
 
