@@ -1,8 +1,10 @@
-"""Watch the members of a clustered broker during a run and name each loss nobody injected.
+"""Watch an external broker (or a cluster's members) during a run; name each loss nobody injected.
 
-The launcher does not own an external cluster's processes, so it probes each member's MQTT
-port (a TCP connect every ``poll_s``; no MQTT session, which on NATS would cost a JetStream
-lookup). A member that stops accepting connections is an outage of the run's
+The launcher does not own an external broker's processes. A cluster's members are probed on
+their MQTT ports (a TCP connect every ``poll_s``; no MQTT session, which on NATS would cost a
+JetStream lookup); a single broker is judged by the launcher's own connection to it (no probe
+connections filling its log), down from the moment that connection is lost until it is back.
+A member that stops accepting connections is an outage of the run's
 ``unplanned_broker_outage`` event (kind ``broker_lost``, origin ``unplanned``), listed in the
 summary: the frames workers could not hand over while they failed over are dropped with that
 id (nodes/runtime.py), and frames that were inside the member are charged to it like a
@@ -15,7 +17,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from broker.url import BrokerURL
@@ -48,8 +50,11 @@ class MemberWatch:
 
     def __init__(self, members: list[BrokerURL], event_id: str,
                  scenario_s: Callable[[], float], *, poll_s: float = POLL_S,
-                 on_event: Callable[[dict[str, Any]], None] = lambda _event: None) -> None:
+                 on_event: Callable[[dict[str, Any]], None] = lambda _event: None,
+                 answers: Callable[[BrokerURL], Awaitable[bool]] = member_answers) -> None:
         self.members = members
+        self.answers = answers
+        """Whether a member is up (a TCP probe unless the caller knows better)."""
         self.event_id = event_id
         self.scenario_s = scenario_s
         self.poll_s = poll_s
@@ -61,7 +66,7 @@ class MemberWatch:
     async def run(self, stopping: Callable[[], bool] = lambda: False) -> None:
         """Probe until cancelled; ``stopping()`` True means the run is ending (not an outage)."""
         while True:
-            answers = await asyncio.gather(*(member_answers(m) for m in self.members))
+            answers = await asyncio.gather(*(self.answers(m) for m in self.members))
             if not stopping():
                 for index, up in enumerate(answers):
                     self._note(index, up)
@@ -90,16 +95,21 @@ class MemberWatch:
         event["outages"].append(outage)
         self._down[index] = outage
         self._describe()
-        print(f"error: broker member {index} ({url.address}) of {len(self.members)} stopped "
-              f"answering at t={start_s:g} s; its clients fail over to the others",
-              file=sys.stderr, flush=True)
+        if len(self.members) == 1:
+            print(f"error: the broker ({url.address}) stopped answering at t={start_s:g} s; the "
+                  "run's clients reconnect when it is back", file=sys.stderr, flush=True)
+        else:
+            print(f"error: broker member {index} ({url.address}) of {len(self.members)} stopped "
+                  f"answering at t={start_s:g} s; its clients fail over to the others",
+                  file=sys.stderr, flush=True)
 
     def _describe(self) -> None:
         assert self.event is not None
         ends = [o["end_s"] for o in self.event["outages"]]
         self.event["end_s"] = None if None in ends else max(ends)
         self.event["describe"] = "; ".join(
-            f"broker member {o['member']} ({o['address']}) of {len(self.members)} lost at "
+            (f"broker member {o['member']} ({o['address']}) of {len(self.members)}"
+             if len(self.members) > 1 else f"the broker ({o['address']})") + " lost at "
             f"t={o['start_s']:g} s" + ("" if o["end_s"] is None else
                                        f", back at t={o['end_s']:g} s")
             for o in self.event["outages"])

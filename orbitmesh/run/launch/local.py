@@ -43,7 +43,7 @@ from orbitmesh.protocol.wire import Topics
 from orbitmesh.run.controller import Controller
 from orbitmesh.run.fidelity import behind_warning
 from orbitmesh.run.files import DiskError, atomic_write
-from orbitmesh.run.launch.cluster_watch import MemberWatch, member_urls_for
+from orbitmesh.run.launch.cluster_watch import MemberWatch, member_answers, member_urls_for
 from orbitmesh.run.launch.endpoint_containers import EndpointContainers, remove_recorded
 from orbitmesh.run.launch.lifecycle import record_launcher
 from orbitmesh.run.launch.lockdown import start_broker
@@ -298,7 +298,7 @@ class _LocalRun:
             listener = asyncio.create_task(self._listen(), name="controller.listen")
             if self.broker is not None:
                 self._background(self._watch_broker(), "broker.watchdog")
-            if len(self.members) > 1:
+            if self.broker is None:  # an external broker or cluster: probe what we do not own
                 self._background(self._watch_members(), "broker.members")
             try:
                 # Users' containers first: the workers move their nodes' TUNs into them.
@@ -565,10 +565,16 @@ class _LocalRun:
                 atomic_write(self.run_dir / "pids.json", json.dumps(self.pids), durable=False)
 
     async def _watch_members(self) -> None:
-        """Name a cluster member's loss (the run goes on over the others)."""
+        """Name an external broker's loss, or a cluster member's (the run goes on)."""
         assert self.controller is not None
+        transport = self.transport
+
+        async def connected(_member: BrokerURL) -> bool:
+            return transport.connected.is_set()
+
         watch = MemberWatch(self.members, UNPLANNED_BROKER_ID, self.controller.scenario_s,
-                            on_event=lambda event: setattr(self, "broker_lost", event))
+                            on_event=lambda event: setattr(self, "broker_lost", event),
+                            answers=member_answers if len(self.members) > 1 else connected)
         await watch.run(self.stop.is_set)
 
     async def _restart(self, worker: int) -> None:
