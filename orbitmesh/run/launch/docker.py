@@ -38,11 +38,15 @@ from orbitmesh.core.placement import place, worker_count
 from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import Topology, build_topology
 from orbitmesh.errors import RunError
+from orbitmesh.run.launch.docker_endpoints import (
+    HOSTING_WORKER,
+    check_host,
+    refuse_plain,
+    start_endpoints,
+)
+from orbitmesh.run.launch.endpoint_containers import remove_labelled
+from orbitmesh.run.launch.labels import LABEL_ROLE, LABEL_RUN, LABEL_RUN_DIR, LABEL_WORKER
 
-LABEL_RUN = "orbitmesh.run"
-LABEL_ROLE = "orbitmesh.role"
-LABEL_WORKER = "orbitmesh.worker"
-LABEL_RUN_DIR = "orbitmesh.run-dir"
 RECORD = "docker.json"
 """The run's record in its run directory: how `status` and `down` find it."""
 CONTAINER_PORT = 1883
@@ -210,6 +214,9 @@ def start(client: Any, opts: UpOptions, image: str, say: Progress) -> DockerRun:
     scenario = load_scenario(opts.scenario)
     run_clock(scenario, opts.duration_s, opts.speed)  # refuse --speed 0 here, not in a container
     require_image(client, image)  # else the daemon would try to pull it from a public registry
+    if scenario.endpoints.ip:  # refused here, before anything starts (exit 2)
+        refuse_plain(scenario)
+        check_host(client, image)
     topology = build_topology(scenario)
     mode, workers, note = fit_placement(topology, opts.nodes_per_container, os.cpu_count() or 1)
     if note:
@@ -241,6 +248,28 @@ def start(client: Any, opts: UpOptions, image: str, say: Progress) -> DockerRun:
     run = DockerRun(run_id, run_dir, image, network, broker_url, host_url, mode, workers,
                     time.time())
     run.save()
+    nodes = place(topology, workers, mode)
+    # Users' containers first, on the record (their PIDs too): the workers attach their TUNs.
+    hosting = start_endpoints(topology, run_dir, run_id, nodes)
+    if hosting:
+        say(f"endpoint containers started; worker(s) {', '.join(map(str, sorted(hosting)))} "
+            "host their nodes (host PID namespace, NET_ADMIN, SYS_ADMIN, /dev/net/tun)")
+    try:
+        _start_services(client, run, opts, input_scenario, hosting, say)
+    except BaseException:
+        remove_labelled(client, run_id)  # the endpoint containers; `down` removes the rest
+        raise
+    say(f"controller and {workers} worker containers started ({mode}; "
+        f"{topology.n_nodes} nodes, {int(max((nodes == k).sum() for k in range(workers)))} "
+        "at most per worker)")
+    return run
+
+
+def _start_services(client: Any, run: DockerRun, opts: UpOptions, input_scenario: Path,
+                    hosting: set[int], say: Progress) -> None:
+    """Broker (unless external), controller and workers; ``hosting``: workers whose nodes have
+    endpoint containers (they get what moving a TUN into another container needs)."""
+    run_id, run_dir, network, workers = run.run_id, run.run_dir, run.network, run.workers
     if network != "host":
         client.networks.create(network, driver="bridge", labels=run.labels)
         say(f"network {network} (bridge)")
@@ -248,7 +277,7 @@ def start(client: Any, opts: UpOptions, image: str, say: Progress) -> DockerRun:
         _start_broker(client, run, say)
     extra = [*(["--duration", f"{opts.duration_s:g}"] if opts.duration_s else []),
              *(["--speed", f"{opts.speed:g}"] if opts.speed else [])]
-    common = ["--run-id", run_id, "--broker", broker_url, "--placement", mode]
+    common = ["--run-id", run_id, "--broker", run.broker_url, "--placement", run.placement]
     _run_container(client, run, "controller", [
         "orbitmesh", "run", str(input_scenario), "--external-workers", "--out", str(run_dir),
         "--quiet", *common, *extra])
@@ -256,12 +285,7 @@ def start(client: Any, opts: UpOptions, image: str, say: Progress) -> DockerRun:
         _run_container(client, run, f"worker-{k}", [
             "python", "-m", "nodes.worker", "--scenario", str(input_scenario), "--worker",
             str(k), "--workers", str(workers), "--out", str(run_dir), *common, *extra],
-            {LABEL_WORKER: str(k)})
-    nodes = place(topology, workers, mode)
-    say(f"controller and {workers} worker containers started ({mode}; "
-        f"{topology.n_nodes} nodes, {int(max((nodes == k).sum() for k in range(workers)))} "
-        "at most per worker)")
-    return run
+            {LABEL_WORKER: str(k)}, **(HOSTING_WORKER if k in hosting else {}))
 
 
 def _start_broker(client: Any, run: DockerRun, say: Progress) -> None:

@@ -258,19 +258,20 @@ def down_cmd(args: argparse.Namespace) -> int:
         if not (Path(args.run) / PLAN_FILE).is_file():
             print(f"run {local.run_id}: a local run; nothing to remove")
             return 0
-    if (Path(args.run) / PLAN_FILE).is_file():  # a local run: by its record, never by pattern
+    if (Path(args.run) / PLAN_FILE).is_file() and not (Path(args.run) / RECORD).is_file():
+        # a local run: namespaces by its record, never by pattern; containers by its label
         removed_ns = cleanup_recorded(Path(args.run))
         for name in removed_ns:
             print(f"removed namespace {name}")
         from orbitmesh.run.launch.endpoint_containers import remove_recorded
 
-        for name in (gone := remove_recorded(Path(args.run))):  # by the run's label
+        for name in (gone := remove_recorded(Path(args.run))):
             print(f"removed container {name}")
-        removed_ns += gone
-        if not (Path(args.run) / RECORD).is_file():
-            if not removed_ns:
-                print(f"run {args.run}: no namespace left to remove")
-            return 0
+        if not removed_ns and not gone:
+            print(f"run {args.run}: no namespace left to remove")
+        return 0
+    # A docker run (`orbitmesh up`): its endpoint containers carry the run's label like the
+    # rest, and go after the graceful stop below (they are the run's programs until its end).
     client = client_or_none()
     ref = find_run(args.run, client)  # an unknown run is bad input (exit 2), daemon or not
     client = client or docker_client()  # its error says what to do about the daemon

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from orbitmesh.errors import RunError, ScenarioError
-from orbitmesh.run.endpoint_report import CONTAINERS_FILE
+from orbitmesh.run.endpoint_report import CONTAINERS_FILE, container_records
 from orbitmesh.run.files import atomic_write
-from orbitmesh.run.launch.docker import LABEL_ROLE, LABEL_RUN, LABEL_RUN_DIR
+from orbitmesh.run.launch.labels import LABEL_ROLE, LABEL_RUN, LABEL_RUN_DIR
 from orbitmesh.run.launch.netns import PLAN_FILE, read_plan
 
 EXITS_FILE = CONTAINERS_FILE
@@ -66,6 +66,27 @@ class EndpointContainers:
             raise
         atomic_write(run_dir / PLAN_FILE, json.dumps(plan, indent=1), durable=True)
         self._write()
+        return self
+
+    @classmethod
+    def resume(cls, client: Any, run_dir: Path) -> EndpointContainers | None:
+        """The endpoint containers another process started for ``run_dir``, to watch them.
+
+        `orbitmesh up` starts them before its worker containers and its supervisor watches them
+        (None when the run has none).
+        """
+        from docker.errors import NotFound
+
+        plan = read_plan(run_dir)
+        if plan is None or not any("container" in e for e in plan["ip"]):
+            return None
+        self = cls(client, run_dir, plan)
+        self.report = {r["node"]: r for r in container_records(run_dir)}
+        for e in self.entries:
+            cid = e["container"].get("id")
+            if cid and self.report.get(e["node"], {}).get("state") == "running":
+                with contextlib.suppress(NotFound):  # gone already: poll reports it
+                    self.containers[e["node"]] = client.containers.get(cid)
         return self
 
     def _check_images(self) -> None:
@@ -145,10 +166,12 @@ class EndpointContainers:
 
         actions = []
         for e in self.entries:
-            container = self.containers.get(e["node"])
-            if container is None or self.report[e["node"]]["state"] != "running":
+            if self.report.get(e["node"], {}).get("state") != "running":
                 continue
+            container = self.containers.get(e["node"])
             try:
+                if container is None:
+                    raise NotFound("removed before it was watched")
                 container.reload()
                 status = container.status
                 code = container.attrs["State"].get("ExitCode")
@@ -194,6 +217,21 @@ def remove_labelled(client: Any, run_id: str) -> list[str]:
             raise RunError(f"cannot remove container {container.name}: {exc}") from exc
         removed.append(container.name)
     return removed
+
+
+def kill_labelled(client: Any, run_id: str) -> list[str]:
+    """SIGKILL the running endpoint containers of ``run_id`` (kept, with their logs, for
+    `orbitmesh down`); their names. A user's program gets no grace at the run's end: the local
+    backend removes them by force too, and ``sleep infinity`` would hold ``docker stop`` 10 s."""
+    from docker.errors import APIError
+
+    killed = []
+    for container in client.containers.list(
+            filters={"label": [f"{LABEL_RUN}={run_id}", f"{LABEL_ROLE}={ROLE}"]}):
+        with contextlib.suppress(APIError):  # exited meanwhile
+            container.kill()
+            killed.append(container.name)
+    return killed
 
 
 def remove_recorded(run_dir: Path) -> list[str]:

@@ -40,7 +40,9 @@ REPOSITORY = "orbitmesh"
 LATEST = f"{REPOSITORY}:latest"
 BASE_PACKAGES = ("python3", "python3-venv", "mosquitto", "ca-certificates",
                  # what a container endpoint's test network needs (docs/endpoints.md)
-                 "iputils-ping", "iperf3", "netcat-openbsd")
+                 "iputils-ping", "iperf3", "netcat-openbsd",
+                 # `ip`: a worker container moves a node's TUN into a user's container
+                 "iproute2")
 RECIPE_VERSION = "1"
 """Bump when the build recipe changes in a way the hashed inputs do not show."""
 IMAGE_LABEL = "orbitmesh.image"

@@ -47,7 +47,7 @@ from orbitmesh.run.launch.cluster_watch import MemberWatch, member_answers, memb
 from orbitmesh.run.launch.endpoint_containers import EndpointContainers, remove_recorded
 from orbitmesh.run.launch.lifecycle import record_launcher
 from orbitmesh.run.launch.lockdown import start_broker
-from orbitmesh.run.launch.netns import cleanup_recorded, with_endpoints, write_plan
+from orbitmesh.run.launch.netns import cleanup_recorded, read_plan, with_endpoints, write_plan
 from orbitmesh.run.launch.replay import check_nodes, replay_scenario, write_replay
 from orbitmesh.run.report import (
     build_summary,
@@ -180,7 +180,8 @@ def run(opts: RunOptions) -> RunResult:
         scenario = replay_scenario(scenario, opts.replay, duration_s=duration,
                                    faults=opts.replay_faults)
         topology = dataclasses.replace(topology, scenario=scenario)
-    scenario = with_endpoints(topology, opts.endpoints)  # refuses before anything starts
+    # Refuses before anything starts; external workers are checked by whoever starts them.
+    scenario = with_endpoints(topology, opts.endpoints, check=not opts.external_workers)
     topology = dataclasses.replace(topology, scenario=scenario)
     workers = worker_count(topology, opts.placement, opts.workers or os.cpu_count() or 1)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -193,7 +194,9 @@ def run(opts: RunOptions) -> RunResult:
     link_source = (LinkTimeline(opts.links_from, topology, salvage=opts.salvage)
                    if opts.links_from else None)
     run_id = opts.run_id or re.sub(r"[^A-Za-z0-9_.-]", "-", run_dir.name)
-    write_plan(run_dir, topology, run_id, place(topology, workers, opts.placement))
+    if not (opts.external_workers and read_plan(run_dir) is not None):
+        # `orbitmesh up` wrote the record and started its containers before this controller
+        write_plan(run_dir, topology, run_id, place(topology, workers, opts.placement))
     broker, url, credentials, broker_label = start_broker(opts, run_dir, run_id, workers)
     try:
         return asyncio.run(_run(topology, run_dir, run_id, url, broker_label, workers,
@@ -204,7 +207,8 @@ def run(opts: RunOptions) -> RunResult:
             broker.stop()
         for name in cleanup_recorded(run_dir):  # what a worker could not remove (killed)
             print(f"removed namespace {name} left by a worker", file=sys.stderr)
-        remove_recorded(run_dir)  # endpoint containers, by the run's label
+        if not opts.external_workers:  # else they are the launcher's (`orbitmesh up`)
+            remove_recorded(run_dir)  # endpoint containers, by the run's label
 
 
 async def _run(topology: Topology, run_dir: Path, run_id: str, url: BrokerURL, broker_label: str,
@@ -302,7 +306,9 @@ class _LocalRun:
                 self._background(self._watch_members(), "broker.members")
             try:
                 # Users' containers first: the workers move their nodes' TUNs into them.
-                containers = await asyncio.to_thread(EndpointContainers.start, self.run_dir)
+                # With external workers, whoever starts them starts and watches these.
+                containers = None if self.external else await asyncio.to_thread(
+                    EndpointContainers.start, self.run_dir)
                 if containers is not None:
                     self._background(containers.watch(self.stop, lambda: round(
                         controller.scenario_s(), 3) if controller.t0_wall else None),

@@ -35,15 +35,19 @@ class EndpointSetupError(ScenarioError):
     """IP endpoints cannot be made (privileges, a name in use); nothing was started (exit 2)."""
 
 
-def with_endpoints(topology: Topology, extra: list[str] | None) -> Scenario:
-    """The scenario with ``extra`` IP endpoint nodes; refused when IP endpoints cannot be made."""
+def with_endpoints(topology: Topology, extra: list[str] | None, *,
+                   check: bool = True) -> Scenario:
+    """The scenario with ``extra`` IP endpoint nodes; refused when IP endpoints cannot be made.
+
+    ``check=False``: the workers run elsewhere (containers) and whoever starts them checks.
+    """
     scenario = topology.scenario
     for name in extra or ():
         topology.node(name)  # ScenarioError naming close matches
     if extra:
         spec = with_ip_nodes(scenario.endpoints, extra)
         scenario = scenario.model_copy(update={"endpoints": spec})
-    if scenario.endpoints.ip:
+    if scenario.endpoints.ip and check:
         missing = missing_privileges()
         if missing:
             nodes = ", ".join(e.node for e in scenario.endpoints.ip)

@@ -52,6 +52,7 @@ from orbitmesh.run.launch.docker import (
     start_supervisor,
     worker_container,
 )
+from orbitmesh.run.launch.endpoint_containers import EndpointContainers, kill_labelled
 from orbitmesh.run.launch.labelled import down, save_logs
 from orbitmesh.run.report import format_summary, read_summary, write_summary
 
@@ -101,13 +102,25 @@ class Supervisor:
                 tasks = [group.create_task(self._listen(transport), name="supervisor.listen"),
                          group.create_task(self._run_timers(), name="supervisor.timers"),
                          group.create_task(self._watch(), name="supervisor.watch")]
+                # Users' containers at endpoint nodes (`up` started them): exits said, on_exit
+                endpoints = await asyncio.to_thread(EndpointContainers.resume, self.client,
+                                                    self.run.run_dir)
+                if endpoints is not None:
+                    tasks.append(group.create_task(endpoints.watch(stop, self._scenario_s),
+                                                   name="supervisor.endpoints"))
                 try:
                     code = await self._wait_for_exit(controller, stop)
                 finally:
                     for task in tasks:
                         task.cancel()
+        await asyncio.to_thread(kill_labelled, self.client, self.run.run_id)
         self._write_record()
         return code
+
+    def _scenario_s(self) -> float | None:
+        """The run's scenario time now, None before its clock started."""
+        return None if self.clock is None else round(
+            RunClock.of(self.clock).scenario_s(time.time()), 3)
 
     async def _controller(self) -> Any:
         """The run's controller container (compose may start it a moment after us)."""
