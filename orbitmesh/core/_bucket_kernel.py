@@ -188,3 +188,123 @@ def grow_forest(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
             heap_node = np.empty(indices.size + 1, np.int32)
         dijkstra_tree(indptr, indices, weights, transit, sources[i], dist[i], pred[i], done,
                       heap_key, heap_node)
+
+
+@njit(cache=True, nogil=True)
+def _labels_along_hint(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
+                       transit: NDArray[np.bool_], source: int, hint: Int32Array,
+                       dist: FloatArray, pred: Int32Array, state: NDArray[np.int8],
+                       stack: Int32Array) -> None:
+    """Label every node by summing today's weights down yesterday's tree ``hint`` (root first,
+    the order in which a search adds them); a node whose hinted parent is gone, out of range,
+    not a relay or on a cycle gets ``inf``, and with it the subtree below."""
+    n = indptr.size - 1
+    for i in range(n):
+        state[i] = 0  # 0: not labelled yet, 1: on the walk, 2: labelled
+    dist[source] = 0.0
+    pred[source] = source
+    state[source] = 2
+    for v in range(n):
+        top = 0
+        u = v
+        while state[u] == 0:  # walk up to a labelled node (or a dead end)
+            state[u] = 1
+            stack[top] = u
+            top += 1
+            p = hint[u]
+            if p < 0 or p >= n or p == u or (not transit[p] and p != source):
+                break
+            u = p
+        while top > 0:  # and back down, parents before children
+            top -= 1
+            x = stack[top]
+            p = hint[x]
+            label = np.inf
+            if (0 <= p < n and p != x and state[p] == 2 and dist[p] < np.inf
+                    and (transit[p] or p == source)):
+                for arc in range(indptr[x], indptr[x + 1]):
+                    if indices[arc] == p:
+                        # the arc x->p holds the weight of p->x (both directions are stored)
+                        label = dist[p] + weights[arc]
+                        break
+            dist[x] = label
+            pred[x] = p if label < np.inf else -1
+            state[x] = 2
+
+
+@njit(cache=True, nogil=True)
+def repair_tree(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
+                transit: NDArray[np.bool_], source: int, hint: Int32Array,
+                dist: FloatArray, pred: Int32Array, state: NDArray[np.int8], stack: Int32Array,
+                heap_key: FloatArray, heap_node: Int32Array, budget: int) -> bool:
+    """One tree into ``dist``/``pred`` starting from the previous tick's parents ``hint``.
+
+    Labels are summed along the hinted tree, every node then takes its best neighbour (one pass
+    over the arcs), and the nodes that improved seed a heap search that settles the rest; on a
+    tick where few routes change that touches a few nodes only. False (give up) after ``budget``
+    heap scans: when the tree changed a lot, growing it afresh is cheaper. Needs symmetric weights.
+    """
+    n = indptr.size - 1
+    _labels_along_hint(indptr, indices, weights, transit, source, hint, dist, pred, state, stack)
+    size = 0
+    for v in range(n):
+        # Branch-free minimum first: on most nodes nothing improves, and the parent is looked
+        # for only where something does.
+        best = dist[v]
+        for arc in range(indptr[v], indptr[v + 1]):
+            best = min(best, dist[indices[arc]] + weights[arc])
+        if best < dist[v] and v != source:
+            best = dist[v]
+            parent = -1
+            for arc in range(indptr[v], indptr[v + 1]):
+                u = indices[arc]
+                if transit[u] or u == source:
+                    candidate = dist[u] + weights[arc]
+                    if candidate < best:
+                        best = candidate
+                        parent = u
+            if parent >= 0:
+                dist[v] = best
+                pred[v] = parent
+                if transit[v]:
+                    size = _heap_push(heap_key, heap_node, size, best, v)
+    while size > 0:
+        u = heap_node[0]
+        du = heap_key[0]
+        size = _heap_drop_top(heap_key, heap_node, size)
+        if du != dist[u]:
+            continue  # superseded by a lower label (a label only ever drops)
+        budget -= 1
+        if budget < 0:
+            return False
+        for arc in range(indptr[u], indptr[u + 1]):
+            v = indices[arc]
+            candidate = du + weights[arc]
+            if candidate < dist[v]:
+                dist[v] = candidate
+                pred[v] = u
+                if transit[v]:
+                    size = _heap_push(heap_key, heap_node, size, candidate, v)
+    return True
+
+
+@njit(cache=True, nogil=True)
+def grow_forest_hinted(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
+                       transit: NDArray[np.bool_], sources: NDArray[np.int64], hints: Int32Array,
+                       width: float, capacity: int, budget: int, repair_budget: int,
+                       dist: FloatArray, pred: Int32Array) -> None:
+    """As :func:`grow_forest`, but a row whose ``hints`` row is a tree rooted at its source
+    (``hints[i, sources[i]] == sources[i]``) is repaired from it instead of grown afresh."""
+    n = indptr.size - 1
+    state = np.empty(n, np.int8)
+    stack = np.empty(n, np.int32)
+    heap_key = np.empty(indices.size + n + 1, np.float64)  # one entry per lowered label
+    heap_node = np.empty(indices.size + n + 1, np.int32)
+    for i in range(sources.size):
+        s = sources[i]
+        if hints[i, s] == s and repair_tree(indptr, indices, weights, transit, s, hints[i],
+                                            dist[i], pred[i], state, stack, heap_key,
+                                            heap_node, repair_budget):
+            continue
+        grow_forest(indptr, indices, weights, transit, sources[i:i + 1], width, capacity,
+                    budget, dist[i:i + 1], pred[i:i + 1])

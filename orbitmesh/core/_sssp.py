@@ -67,18 +67,22 @@ weights buckets could re-scan without a useful bound."""
 FloatArray = NDArray[np.float64]
 Int32Array = NDArray[np.int32]
 
+REPAIR_SHARE = 4
+"""A hinted tree may settle up to 1/this of the nodes by heap before it is grown afresh: a heap
+scan costs about three bucket scans, so past that share repairing would cost more than growing."""
+
 _KERNEL: list[Callable[..., None]] = []
 _KERNEL_LOCK = threading.Lock()
 
 
-def _kernel() -> Callable[..., None]:
+def _kernel(hinted: bool = False) -> Callable[..., None]:
     """The compiled kernel; numba and its cached machine code load on first use only."""
     with _KERNEL_LOCK:
         if not _KERNEL:
-            from orbitmesh.core._bucket_kernel import grow_forest
+            from orbitmesh.core._bucket_kernel import grow_forest, grow_forest_hinted
 
-            _KERNEL.append(grow_forest)
-        return _KERNEL[0]
+            _KERNEL.extend([grow_forest, grow_forest_hinted])
+        return _KERNEL[1 if hinted else 0]
 
 
 def bucket_width(weights: FloatArray, n_slots: int = MAX_SLOTS) -> float:
@@ -174,6 +178,7 @@ def shortest_path_trees(indptr: Int32Array, indices: Int32Array, weights: FloatA
                         threads: int | None = None, width: float | None = None,
                         capacity: int | None = None, budget: int | None = None,
                         transit: NDArray[np.bool_] | None = None,
+                        hints: Int32Array | None = None, repair_budget: int | None = None,
                         ) -> tuple[Int32Array, FloatArray]:
     """(pred, dist), both (D, N), of the trees grown from ``sources`` over a CSR graph.
 
@@ -183,6 +188,14 @@ def shortest_path_trees(indptr: Int32Array, indices: Int32Array, weights: FloatA
     by one thread, so the answer does not depend on it). ``width``, ``capacity`` (bucket entries per
     tree) and ``budget`` (node scans per tree) tune or test the kernel, never its answer: a tree
     that outgrows either is grown again by the heap fallback.
+
+    ``hints`` (D, N), if given, holds a guess at ``pred`` (the previous tick's trees); a row that is
+    a tree rooted at its source (``hints[i, sources[i]] == sources[i]``) is repaired from it, which
+    costs far less than growing it when few parents changed. The answer is the same either way
+    (``dist`` bit for bit; ``pred`` a shortest-path parent, which may differ only where two
+    parents give exactly the same label). Hints need symmetric weights, as routing's graphs have.
+    A repair that settles more than ``repair_budget`` nodes by heap (default N / REPAIR_SHARE) gives
+    up and grows the tree afresh.
     """
     n = indptr.size - 1
     backend = backend or BACKEND
@@ -211,12 +224,21 @@ def shortest_path_trees(indptr: Int32Array, indices: Int32Array, weights: FloatA
                        src.size // MIN_SOURCES_PER_THREAD))
     bounds = [src.size * i // parts for i in range(parts + 1)]
     pieces = [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
-    kernel = _kernel()
+    kernel = _kernel(hints is not None)
+    if hints is not None:
+        hint_rows = np.asarray(hints, dtype=np.int32)
+        if hint_rows.shape != (src.size, n):
+            raise RoutingError(f"hints have shape {hint_rows.shape}; expected ({src.size}, {n}), "
+                               "one row of parents per source")
+        repair = n // REPAIR_SHARE + 64 if repair_budget is None else repair_budget
+        work: list[tuple[object, ...]] = [
+            (src[part], hint_rows[part], *tune, repair, dist[part], pred[part]) for part in pieces]
+    else:
+        work = [(src[part], *tune, dist[part], pred[part]) for part in pieces]
     # The kernel releases the GIL: helpers grow the later slices while this thread grows the first.
-    futures = [_HELPERS.pool(parts - 1).submit(kernel, *args, src[part], *tune, dist[part],
-                                               pred[part]) for part in pieces[1:]]
+    futures = [_HELPERS.pool(parts - 1).submit(kernel, *args, *rest) for rest in work[1:]]
     try:
-        kernel(*args, src[pieces[0]], *tune, dist[pieces[0]], pred[pieces[0]])
+        kernel(*args, *work[0])
     finally:
         for future in futures:
             future.result()

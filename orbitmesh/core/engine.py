@@ -116,13 +116,14 @@ class TickEngine:
             overlay = self.overlay.apply(raw, faults, extra_down)
             state = overlay.state
         diff = self.tracker.update(state)
+        # The last tick's trees seed this tick's: same answer, a fraction of the work.
         routes = compute_routes(self.graph(state), self.destinations, self.strategy,
-                                self.policies, self.topology.operator)
+                                self.policies, self.topology.operator, self._previous)
         blocked: dict[str | None, NDArray[np.bool_]] = {}
         if overlay is not None and (overlay.cut or overlay.down_nodes):
             # Where a route exists without the faults but not with them, the fault is to blame.
             intact = compute_routes(self.graph(raw), self.destinations, self.strategy,
-                                    self.policies, self.topology.operator)
+                                    self.policies, self.topology.operator, self._previous)
             blocked = {k: (intact[k].next_hop >= 0) & (v.next_hop < 0)
                        for k, v in routes.items()}
         changes = 0

@@ -201,8 +201,13 @@ class RoutingStrategy(Protocol):
         """Key of the strategy in :data:`STRATEGIES` and in scenario files."""
         ...
 
-    def trees(self, graph: LinkGraph, destinations: ArrayLike) -> RouteTrees:
-        """Route trees toward ``destinations`` over ``graph``."""
+    def trees(self, graph: LinkGraph, destinations: ArrayLike,
+              previous: RouteTrees | None = None) -> RouteTrees:
+        """Route trees toward ``destinations`` over ``graph``.
+
+        ``previous`` (the same strategy's trees of the tick before, or None) is only a hint for
+        speed: the answer must not depend on it; a strategy may ignore it.
+        """
         ...
 
 
@@ -214,15 +219,37 @@ def _check_destinations(graph: LinkGraph, destinations: ArrayLike) -> IntArray:
     return dst
 
 
-def _dijkstra_trees(graph: LinkGraph, destinations: IntArray,
-                    weights: FloatArray | None) -> tuple[HopArray, FloatArray]:
-    """(next_hop, weighted distance), both (D, N), from one many-source shortest-path call."""
+def _hints(previous: RouteTrees | None, destinations: IntArray,
+           n_nodes: int) -> HopArray | None:
+    """(D, N) next hops of ``previous`` by destination, rows of NO_ROUTE where it had none."""
+    if previous is None or previous.n_nodes != n_nodes:
+        return None
+    if np.array_equal(previous.destinations, destinations):
+        return np.array(previous.next_hop, dtype=np.int32)  # a writable copy for the kernel
+    rows = [(i, previous._row_of[int(d)]) for i, d in enumerate(destinations)
+            if int(d) in previous._row_of]
+    if not rows:
+        return None
+    hints = np.full((destinations.size, n_nodes), NO_ROUTE, dtype=np.int32)
+    cur_rows, prev_rows = np.array(rows).T
+    hints[cur_rows] = previous.next_hop[prev_rows]
+    return hints
+
+
+def _dijkstra_trees(graph: LinkGraph, destinations: IntArray, weights: FloatArray | None,
+                    previous: RouteTrees | None = None) -> tuple[HopArray, FloatArray]:
+    """(next_hop, weighted distance), both (D, N), from one many-source shortest-path call.
+
+    The trees of ``previous`` seed the search (far fewer nodes to settle when few routes
+    changed); the answer is the same without them.
+    """
     if destinations.size == 0 or graph.n_nodes == 0:
         return (np.full((destinations.size, graph.n_nodes), NO_ROUTE, dtype=np.int32),
                 np.full((destinations.size, graph.n_nodes), np.inf))
     # Links are undirected, so a node's parent in the tree grown from d is its next hop toward d.
     return shortest_path_trees(*graph._csr_arrays(weights), destinations,
-                               transit=graph.transit)
+                               transit=graph.transit,
+                               hints=_hints(previous, destinations, graph.n_nodes))
 
 
 @dataclass(frozen=True)
@@ -231,10 +258,11 @@ class ShortestDelay:
 
     name: str = "shortest_delay"
 
-    def trees(self, graph: LinkGraph, destinations: ArrayLike) -> RouteTrees:
-        """Least-delay trees toward ``destinations``."""
+    def trees(self, graph: LinkGraph, destinations: ArrayLike,
+              previous: RouteTrees | None = None) -> RouteTrees:
+        """Least-delay trees toward ``destinations`` (``previous``: a hint, see the protocol)."""
         dst = _check_destinations(graph, destinations)
-        next_hop, distance_s = _dijkstra_trees(graph, dst, None)
+        next_hop, distance_s = _dijkstra_trees(graph, dst, None, previous)
         return RouteTrees(dst, next_hop, distance_s)
 
 
@@ -250,12 +278,13 @@ class MinHop:
 
     name: str = "min_hop"
 
-    def trees(self, graph: LinkGraph, destinations: ArrayLike) -> RouteTrees:
-        """Fewest-hop trees toward ``destinations``, ties broken by delay."""
+    def trees(self, graph: LinkGraph, destinations: ArrayLike,
+              previous: RouteTrees | None = None) -> RouteTrees:
+        """Fewest-hop trees toward ``destinations``, ties broken by delay (``previous``: a hint)."""
         dst = _check_destinations(graph, destinations)
         max_delay_s = float(graph.delay_s.max()) if graph.n_edges else 0.0
         scale_s = 2.0 * max(graph.n_nodes, 1) * max(max_delay_s, MIN_WEIGHT)
-        next_hop, weight = _dijkstra_trees(graph, dst, 1.0 + graph.delay_s / scale_s)
+        next_hop, weight = _dijkstra_trees(graph, dst, 1.0 + graph.delay_s / scale_s, previous)
         hop_float = weight - 0.25
         np.rint(hop_float, out=hop_float)
         hop_float[np.isinf(hop_float)] = NO_ROUTE
@@ -299,14 +328,17 @@ class Router:
 
     Build one per tick; it caches the masked graph of each policy and every single-destination tree
     asked for through :meth:`to`, so an on-demand route toward a satellite costs one Dijkstra run
-    (~0.2 ms at Starlink size) the first time and a dict look-up after.
+    (~0.2 ms at Starlink size) the first time and a dict look-up after. ``previous`` (the route
+    tables of the tick before, keyed as :meth:`all_trees` keys them) seeds the searches.
     """
 
     def __init__(self, graph: LinkGraph, strategy: RoutingStrategy,
                  operator: ArrayLike | None = None,
-                 policies: Mapping[str, RoutingPolicy] | None = None) -> None:
+                 policies: Mapping[str, RoutingPolicy] | None = None,
+                 previous: Mapping[str | None, RouteTrees] | None = None) -> None:
         self.graph = graph
         self.strategy = strategy
+        self.previous: Mapping[str | None, RouteTrees] = previous or {}
         self.policies: Mapping[str, RoutingPolicy] = dict(policies or {})
         for key, policy in self.policies.items():
             if key != policy.name:
@@ -345,13 +377,14 @@ class Router:
     def trees(self, destinations: ArrayLike, policy: str | None = None) -> RouteTrees:
         """Route trees toward ``destinations``, unrestricted or under ``policy``."""
         dst = _check_destinations(self.graph, destinations)
+        previous = self.previous.get(policy)
         if policy is None:
-            return self.strategy.trees(self.graph, dst)
+            return self._strategy_trees(self.graph, dst, previous)
         allowed = self.mask(policy)
         # A forbidden destination gets no tree at all; forbidden nodes are isolated in the
         # masked graph, so they have no route toward the others.
         rows = np.flatnonzero(allowed[dst])
-        part = self.strategy.trees(self.graph_for(policy), dst[rows])
+        part = self._strategy_trees(self.graph_for(policy), dst[rows], previous)
         next_hop = np.full((dst.size, self.graph.n_nodes), NO_ROUTE, dtype=np.int32)
         distance_s = np.full(next_hop.shape, np.inf)
         next_hop[rows], distance_s[rows] = part.next_hop, part.distance_s
@@ -360,6 +393,13 @@ class Router:
         hops = np.full(next_hop.shape, NO_ROUTE, dtype=np.int32)
         hops[rows] = part.hops
         return RouteTrees.with_hops(dst, next_hop, distance_s, hops)
+
+    def _strategy_trees(self, graph: LinkGraph, dst: IntArray,
+                        previous: RouteTrees | None) -> RouteTrees:
+        # A strategy written before hints existed takes two arguments; it is not asked for more.
+        if previous is None:
+            return self.strategy.trees(graph, dst)
+        return self.strategy.trees(graph, dst, previous=previous)
 
     def all_trees(self, destinations: ArrayLike) -> dict[str | None, RouteTrees]:
         """Unrestricted trees (key None) plus one set per policy (key: policy name)."""
@@ -378,6 +418,11 @@ class Router:
 
 def compute_routes(graph: LinkGraph, destinations: ArrayLike, strategy: RoutingStrategy,
                    policies: Mapping[str, RoutingPolicy] | None = None,
-                   operator: ArrayLike | None = None) -> dict[str | None, RouteTrees]:
-    """Unrestricted route trees (key None) plus one set per sovereignty policy."""
-    return Router(graph, strategy, operator, policies).all_trees(destinations)
+                   operator: ArrayLike | None = None,
+                   previous: Mapping[str | None, RouteTrees] | None = None,
+                   ) -> dict[str | None, RouteTrees]:
+    """Unrestricted route trees (key None) plus one set per sovereignty policy.
+
+    ``previous``, the result of this call at the tick before, makes it faster, never different.
+    """
+    return Router(graph, strategy, operator, policies, previous).all_trees(destinations)
