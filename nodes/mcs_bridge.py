@@ -4,13 +4,19 @@ For each hosted ops centre with an ``mcs`` setting (orbitmesh/core/mcs_spec.py),
 a :class:`McsBridge`:
 
 * TM: every space packet that reaches the centre (housekeeping telemetry and the satellites' TM
-  acknowledgements, in the order the emulation delivers them) goes out at once, as it is handed
-  over — one datagram each to ``tm_udp``, and back to back to every client connected to
-  ``tm_tcp``. A TCP client that falls ``tcp_buffer_bytes`` behind is disconnected (counted), so
-  one stuck MCS never holds the worker's memory.
+  acknowledgements, in the order the emulation delivers them) goes out — one datagram each to
+  ``tm_udp``, and back to back to every client connected to ``tm_tcp``. The datagrams leave from
+  the pacer (nodes/mcs_pacer.py), a process that sends each at its emulated arrival instant: the
+  runtime announces a packet when its last hop is scheduled, and the worker's loop later gives
+  its verdict (delivered or dropped), which the pacer waits for whenever a link state could still
+  change the packet's fate. The TCP stream is written by the worker as its loop delivers (it
+  carries the loop's lateness). A TCP client that falls ``tcp_buffer_bytes`` behind is
+  disconnected (counted), so one stuck MCS never holds the worker's memory.
 * TC: space packets arriving on ``tc_udp`` (one per datagram) or ``tc_tcp`` (back to back) are
   routed by APID (nodes/mcs_packets.py) and originated at the centre as TELECOMMAND frames with
-  the packet as payload; the satellite's acknowledgement comes back as TM.
+  the packet as payload; the satellite's acknowledgement comes back as TM. A UDP telecommand
+  enters the scenario when the kernel received it (``SO_TIMESTAMPNS``), not when the loop read
+  it; a TCP one when the loop read it.
 
 Nothing is lost silently: every packet refused, every failed send, every dropped client is
 counted in the worker's stats file under ``mcs`` (docs/mcs.md). The tasks (accept loops, one
@@ -22,22 +28,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
+import struct
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from nodes.mcs_pacer import MAX_MESSAGE, Pacer
 from nodes.mcs_packets import StreamSplitter, TcRouter, datagram_packet
 from nodes.roles import Roles
 from orbitmesh.core.histogram import Histogram
 from orbitmesh.core.mcs_spec import McsSpec, check_routes, split_address, tc_routes
 from orbitmesh.errors import RunError
+from orbitmesh.protocol.wire import ACK, F_DST, F_KIND, F_PAYLOAD, TELEMETRY
 
 log = logging.getLogger("orbitmesh.mcs")
 READ_BYTES = 65_536
 TC_LOG_LIMIT = 100_000
 """Telecommands kept in the stats file for pairing (frame id, APID, count, wall)."""
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python names it from 3.x on some
+_TIMESPEC = struct.Struct("@qq")
 
 
 def _socket(kind: int, address: str, what: str) -> socket.socket:
@@ -58,6 +70,15 @@ def _socket(kind: int, address: str, what: str) -> socket.socket:
         raise RunError(f"mcs.{what}: cannot use {address}: {exc.strerror or exc}; choose a "
                        "free port in the scenario's ops_centres[].mcs") from exc
     return sock
+
+
+def kernel_wall(ancillary: Sequence[tuple[int, int, bytes]]) -> float | None:
+    """The ``SO_TIMESTAMPNS`` receive time (wall seconds) in a datagram's ancillary data."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            return seconds + nanoseconds * 1e-9
+    return None
 
 
 class _Client:
@@ -102,15 +123,23 @@ class McsBridge:
         self.tc_routed = 0
         self.clients_dropped = 0
         self.added_ms = Histogram()
-        """Wall ms from a TM packet's (emulated) arrival to its hand-over to the sockets."""
+        """Wall ms from a TM packet's (emulated) arrival to the loop's delivery (the TCP path)."""
+        self.tc_read_late_ms = Histogram()
+        """Wall ms from a UDP telecommand's kernel receipt to the loop reading it."""
+        self._announced: dict[int, tuple[int, bytes]] = {}
+        """id(packet) -> (pacer id, packet) of TM announced to the pacer, awaiting the loop."""
+        self._next_id = 0
         self.telecommands: list[list[Any]] = []
         self._clients: list[_Client] = []
         self.changed = asyncio.Event()
         self._warned: set[str] = set()
         """Set whenever a TM client connects or a TC packet arrives (what tests wait on)."""
-        self._tm_udp = _socket(socket.SOCK_DGRAM, spec.tm_udp, "tm_udp") if spec.tm_udp else None
         self._listeners: dict[str, socket.socket] = {}
+        self.pacer: Pacer | None = None
         try:
+            if spec.tm_udp:
+                _socket(socket.SOCK_DGRAM, spec.tm_udp, "tm_udp").close()  # a clear error here
+                self.pacer = Pacer(spec.tm_udp)
             for key, kind in (("tm_tcp", socket.SOCK_STREAM), ("tc_udp", socket.SOCK_DGRAM),
                               ("tc_tcp", socket.SOCK_STREAM)):
                 address = getattr(spec, key)
@@ -122,17 +151,37 @@ class McsBridge:
 
     # --- TM out ---------------------------------------------------------------------------------
 
+    def announce(self, frame: list[Any], due_wall: float) -> None:
+        """The runtime scheduled ``frame``'s arrival here at ``due_wall``: tell the pacer."""
+        kind = frame[F_KIND]
+        packet = frame[F_PAYLOAD]
+        if self.pacer is None or frame[F_DST] != self.node or not packet or kind not in (
+                TELEMETRY, ACK):
+            return
+        if due_wall < self.rt.stats.event_wall:
+            # Overdue already (handed over late): the runtime handles it next, perhaps under a
+            # state applied just now; the loop's delivery decides (deliver's "now" path).
+            return
+        self._next_id += 1
+        if self.pacer.schedule(self._next_id, due_wall, packet):
+            self._announced[id(packet)] = (self._next_id, packet)
+            self.rt.call_at(due_wall, functools.partial(self._confirm, id(packet)))
+
+    def _confirm(self, key: int, _due: float) -> None:
+        """After the arrival's instant: a packet still announced was not delivered."""
+        entry = self._announced.pop(key, None)
+        if entry is not None and self.pacer is not None:
+            self.pacer.verdict(entry[0], False)
+
     def deliver(self, packet: bytes, at_wall: float) -> None:
         """A TM packet reached the centre at (emulated) wall time ``at_wall``: pass it on."""
         self.tm_in += 1
-        if self._tm_udp is not None:
-            try:
-                self._tm_udp.send(packet)
-                self.tm_udp_sent += 1
-            except BlockingIOError:
-                self.tm_failed["udp_busy"] += 1
-            except OSError as exc:  # ECONNREFUSED: nobody listening yet (ICMP port unreachable)
-                self.tm_failed[f"udp_{exc.errno}"] += 1
+        if self.pacer is not None:
+            entry = self._announced.pop(id(packet), None)
+            if entry is not None and entry[1] is packet:
+                self.pacer.verdict(entry[0], True)
+            else:
+                self.pacer.now(at_wall, packet)
         limit = self.spec.tcp_buffer_bytes
         for client in self._clients:
             if client.closed:
@@ -164,16 +213,17 @@ class McsBridge:
                         "mcs.tc_refused in the worker's stats file",
                         self.rt.topology.node_ids[self.node], why)
 
-    def telecommand_in(self, packet: bytes, via: str) -> None:
-        """A TC packet from the MCS: route it to its satellite, or count why not."""
+    def telecommand_in(self, packet: bytes, via: str, at_wall: float | None = None) -> None:
+        """A TC packet from the MCS (received at ``at_wall``, else now): route it, or count why
+        not."""
         self.tc_in[via] += 1
         self.changed.set()
         try:
-            self._route(packet)
+            self._route(packet, at_wall)
         finally:
             self._say_refused()
 
-    def _route(self, packet: bytes) -> None:
+    def _route(self, packet: bytes, at_wall: float | None = None) -> None:
         if not self.started():
             self.router.refused["before_start"] += 1
             return
@@ -185,6 +235,9 @@ class McsBridge:
             return
         sat, header = routed
         now = self.now()
+        if at_wall is not None and self.rt.t0_wall <= at_wall <= now:  # when the kernel had it
+            self.tc_read_late_ms.add((now - at_wall) * 1000.0)
+            now = at_wall
         self.rt.stats.clock(now)  # the offer event carries the frame's creation time
         frame = self.roles.telecommand(self.node, sat, len(packet), now, packet=packet)
         self.tc_routed += 1
@@ -207,6 +260,15 @@ class McsBridge:
             if "tc_udp" in self._listeners:
                 tg.create_task(self._tc_datagrams(self._listeners["tc_udp"]),
                                name=f"{name}.tc_udp")
+            if self.pacer is not None:
+                tg.create_task(self._pacer_reports(self.pacer), name=f"{name}.pacer")
+
+    async def _pacer_reports(self, pacer: Pacer) -> None:
+        loop = asyncio.get_running_loop()
+        while data := await loop.sock_recv(pacer.sock, MAX_MESSAGE):
+            pacer.read_report(data)
+        log.error("the MCS bridge's pacer at %s exited (code %s): TM datagrams stop here",
+                  self.rt.topology.node_ids[self.node], pacer.process.poll())
 
     async def _accept(self, tg: asyncio.TaskGroup, listener: socket.socket,
                       handler: Callable[[socket.socket, Any], Any]) -> None:
@@ -247,36 +309,69 @@ class McsBridge:
                 await loop.sock_sendall(client.sock, chunk)
 
     async def _tc_client(self, sock: socket.socket, peer: Any) -> None:
+        # recvmsg for the kernel's receive time of the segment read last (SO_TIMESTAMPNS works
+        # on TCP too): a command enters the scenario when it arrived, not when the loop read it.
         loop = asyncio.get_running_loop()
         splitter = StreamSplitter()
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        readable = asyncio.Event()
+        loop.add_reader(sock.fileno(), readable.set)
         try:
-            while data := await loop.sock_recv(sock, READ_BYTES):
+            while True:
+                await readable.wait()
+                readable.clear()
+                try:
+                    data, ancillary, _flags, _peer = sock.recvmsg(READ_BYTES, 64)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    break
+                at_wall = kernel_wall(ancillary)
                 for packet in splitter.feed(data):
-                    self.telecommand_in(packet, "tcp")
+                    self.telecommand_in(packet, "tcp", at_wall)
         except OSError as exc:
             log.info("mcs tc_tcp client %s gone: %s", peer, exc)
         finally:
+            loop.remove_reader(sock.fileno())
             if splitter.pending_bytes:
                 self.router.refused["truncated"] += 1
                 self._say_refused()
             sock.close()
 
     async def _tc_datagrams(self, sock: socket.socket) -> None:
+        # recvmsg, not sock_recvfrom: the kernel's receive time comes as ancillary data, so a
+        # telecommand enters the scenario when it arrived, however late the loop reads it.
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                datagram, _peer = await loop.sock_recvfrom(sock, READ_BYTES + 16)
-            except OSError as exc:  # an ICMP error queued on the socket: keep reading
-                log.info("mcs tc_udp: %s", exc)
-                continue
-            packet, why = datagram_packet(datagram)
-            if packet is None:
-                self.tc_in["udp"] += 1
-                self.changed.set()
-                self.router.refused[why or "bad"] += 1
-                self._say_refused()
-                continue
-            self.telecommand_in(packet, "udp")
+        readable = asyncio.Event()
+        loop.add_reader(sock.fileno(), readable.set)
+        try:
+            while True:
+                await readable.wait()
+                readable.clear()
+                while self._tc_datagram(sock):
+                    pass
+        finally:
+            loop.remove_reader(sock.fileno())
+
+    def _tc_datagram(self, sock: socket.socket) -> bool:
+        """Handle one queued TC datagram; False when none is left."""
+        try:
+            datagram, ancillary, _flags, _peer = sock.recvmsg(READ_BYTES + 16, 64)
+        except BlockingIOError:
+            return False
+        except OSError as exc:  # an ICMP error queued on the socket: keep reading
+            log.info("mcs tc_udp: %s", exc)
+            return True
+        packet, why = datagram_packet(datagram)
+        if packet is None:
+            self.tc_in["udp"] += 1
+            self.changed.set()
+            self.router.refused[why or "bad"] += 1
+            self._say_refused()
+            return True
+        self.telecommand_in(packet, "udp", kernel_wall(ancillary))
+        return True
 
     async def until(self, condition: Callable[[], bool]) -> None:
         """Return once ``condition()`` holds, re-checking whenever the bridge sees something."""
@@ -293,13 +388,21 @@ class McsBridge:
         """Close every socket (after the tasks are cancelled)."""
         for sock in [*self._listeners.values(), *(c.sock for c in self._clients)]:
             sock.close()
-        if self._tm_udp is not None:
-            self._tm_udp.close()
+        if self.pacer is not None:
+            self.pacer.close()
 
     def as_dict(self) -> dict[str, Any]:
         """What the bridge passed on and refused, for the stats file."""
+        pacer: dict[str, Any] = {}
+        tm_failed = Counter(self.tm_failed)
+        if self.pacer is not None:
+            pacer = dict(self.pacer.counts)
+            self.tm_udp_sent = int(pacer.get("committed", 0) + pacer.get("held_sent", 0))
+            tm_failed.update({k: v for k, v in pacer.items() if k.startswith("udp_")})
+            tm_failed.update({f"pacer_{k}": v for k, v in self.pacer.failed.items()})
         return {"tm_in": self.tm_in, "tm_udp_sent": self.tm_udp_sent,
-                "tm_tcp_sent": self.tm_tcp_sent, "tm_failed": dict(self.tm_failed),
+                "tm_tcp_sent": self.tm_tcp_sent, "tm_failed": dict(tm_failed),
+                "udp_pacer": pacer, "tc_read_late_ms": self.tc_read_late_ms.to_dict(),
                 "tcp_clients_dropped": self.clients_dropped, "tc_in": dict(self.tc_in),
                 "tc_routed": self.tc_routed, "tc_refused": dict(self.router.refused),
                 "added_ms": self.added_ms.to_dict(), "telecommands": self.telecommands}
@@ -308,12 +411,18 @@ class McsBridge:
 class McsBridges:
     """Every bridge one worker hosts, behind the one hook Roles calls."""
 
-    def __init__(self, bridges: dict[int, McsBridge]) -> None:
+    def __init__(self, bridges: dict[int, McsBridge], *, gated_topics: Sequence[str] = (),
+                 finished: Callable[[], bool] = lambda: False) -> None:
         self.bridges = bridges
+        self.pacers = [b.pacer for b in bridges.values() if b.pacer is not None]
+        self.gated_topics = frozenset(gated_topics)
+        self.finished = finished
+        self._gated = False
 
     @classmethod
     def open(cls, roles: Roles, *, now: Callable[[], float], started: Callable[[], bool],
-             after_input: Callable[[], None]) -> McsBridges | None:
+             after_input: Callable[[], None], gated_topics: Sequence[str] = (),
+             finished: Callable[[], bool] = lambda: False) -> McsBridges | None:
         """Bridges for the hosted ops centres that have ``mcs`` (None when there are none)."""
         topo = roles.rt.topology
         base = topo.n_satellites + topo.n_stations
@@ -329,9 +438,45 @@ class McsBridges:
             raise
         if not bridges:
             return None
-        out = cls(bridges)
+        out = cls(bridges, gated_topics=gated_topics, finished=finished)
         roles.mcs_deliver = out.deliver
+        if out.pacers:  # the runtime's hooks: arrivals scheduled here, link states scheduled
+            roles.rt.arrival_watch = frozenset(n for n, b in bridges.items() if b.pacer)
+            roles.rt.on_arrival = out.announce
+            roles.rt.on_barrier = out.barrier
         return out
+
+    def announce(self, _u: int, v: int, frame: list[Any], due_wall: float) -> None:
+        """The runtime's hook: ``frame``'s arrival at bridged centre ``v`` is due at
+        ``due_wall``."""
+        self.bridges[v].announce(frame, due_wall)
+
+    def barrier(self, due_wall: float) -> None:
+        """The runtime's hook: a link state will take effect at ``due_wall``."""
+        for pacer in self.pacers:
+            pacer.barrier(due_wall)
+        rt = next(iter(self.bridges.values())).rt
+        rt.call_at(due_wall, self._applied)  # after the state (it goes first at its instant)
+
+    def _applied(self, due_wall: float) -> None:
+        for pacer in self.pacers:
+            pacer.applied(due_wall)
+
+    def close_gate(self, batch: Sequence[Any]) -> bool:
+        """Before the worker stamps ``batch``: hold the pacers if it may change link states or
+        end the run (True: call :meth:`open_gate` after dispatching it)."""
+        if not self.pacers or not any(m.topic in self.gated_topics for m in batch):
+            return False
+        for pacer in self.pacers:
+            pacer.gate(True)
+        return True
+
+    def open_gate(self) -> None:
+        """The gated batch is dispatched (its states announced): let the pacers go on."""
+        for pacer in self.pacers:
+            if self.finished():
+                pacer.freeze()
+            pacer.gate(False)
 
     def deliver(self, node: int, packet: bytes, at_wall: float) -> None:
         """Roles' hook: a TM packet reached ops centre ``node``."""

@@ -120,6 +120,11 @@ class NodeRuntime:
         self.broker_fault_id = BROKER_FAULT
         self._broker_down = False
         self.blame: str | None = None
+        self.arrival_watch: frozenset[int] = frozenset()
+        """Nodes whose scheduled arrivals ``on_arrival(u, v, frame, due)`` hears of, and
+        ``on_barrier(due)`` of every link state scheduled (nodes/mcs_bridge.py's pacer)."""
+        self.on_arrival: Callable[[int, int, Frame, float], None] | None = None
+        self.on_barrier: Callable[[float], None] | None = None
 
     # --- time ---------------------------------------------------------------------------------
 
@@ -148,6 +153,8 @@ class NodeRuntime:
         self._seq += 1
         order = -self._seq if first else self._seq
         heapq.heappush(self.heap, (due_wall, order, CALL, fn, None))
+        if first and self.on_barrier is not None:
+            self.on_barrier(due_wall)
 
     @property
     def next_due(self) -> float | None:
@@ -376,6 +383,8 @@ class NodeRuntime:
         self._seq += 1
         heapq.heappush(self.heap, (due, self._seq, ARRIVE, (u, v), frame))
         self.stats.in_flight += 1
+        if v in self.arrival_watch and self.on_arrival is not None:
+            self.on_arrival(u, v, frame, due)
         return True
 
     def backlog(self, u: int, v: int, at_wall: float) -> int:
@@ -440,6 +449,8 @@ class NodeRuntime:
             stats.in_flight += 1
             self._seq += 1
             heapq.heappush(self.heap, (frame[F_DUE], self._seq, ARRIVE, (u, v), frame))
+            if v in self.arrival_watch and self.on_arrival is not None:
+                self.on_arrival(u, v, frame, frame[F_DUE])
         if run:
             self.run_due(now_wall)
 

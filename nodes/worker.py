@@ -172,7 +172,9 @@ class Worker:
                                        t.faults, *inboxes)
         self.endpoints = self._open_endpoints()  # before "ready": exec may use them at once
         self.mcs = McsBridges.open(self.roles, now=self.now, started=lambda: self.started,
-                                   after_input=self._after_input)  # listening before "ready"
+                                   after_input=self._after_input,  # listening before "ready"
+                                   gated_topics=(t.state, t.launcher),
+                                   finished=self.finished.is_set)
         self._write_stats(final=False)  # claims this generation's file name at once
         self._status("ready", nodes=len(self.runtime.local), pid=os.getpid())
         try:
@@ -244,10 +246,14 @@ class Worker:
 
     async def _receive(self) -> None:
         async for batch in self.transport.batches():
+            # Before the stamp: the MCS pacer waits while a state or command may be read.
+            gated = self.mcs is not None and self.mcs.close_gate(batch)
             now = self.now()
             self.stats.clock(now)
             for message in batch:
                 self._dispatch(message, now)
+            if gated and self.mcs is not None:
+                self.mcs.open_gate()
             self._arm()
 
     def _dispatch(self, message: Message, now: float) -> None:

@@ -25,6 +25,7 @@ import yaml
 from spacepackets.ccsds.spacepacket import PacketType, SequenceFlags, SpacePacketHeader
 
 from broker.embedded import free_loopback_port
+from nodes.mcs_bridge import SO_TIMESTAMPNS, kernel_wall
 from nodes.mcs_packets import read_ack
 from orbitmesh.core.histogram import Histogram
 from orbitmesh.protocol.wire import FLOW_ACK, FLOW_TELEMETRY
@@ -44,7 +45,9 @@ class McsRecord:
     """What the stand-in MCS saw and did."""
 
     udp: list[tuple[float, bytes]] = field(default_factory=list)
-    """TM datagrams as received: (wall, packet)."""
+    """TM datagrams as received: (wall when the kernel received it, packet)."""
+    udp_read_wall: list[float] = field(default_factory=list)
+    """Wall when this process's reader thread had each datagram (its own wake-up included)."""
     tcp: bytearray = field(default_factory=bytearray)
     """The TM TCP stream, as received."""
     sent: dict[tuple[int, int], tuple[float, str]] = field(default_factory=dict)
@@ -97,6 +100,9 @@ def mcs_session(out: Path, *, duration_s: float = 20.0, speed: float = 2.0,
     listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     listener.bind(("127.0.0.1", 0))
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    # Receipt is when the datagram reached this socket (the kernel's stamp), not when this
+    # process's reader thread woke up to it: that is the MCS's scheduling, not the bridge's.
+    listener.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     listener.settimeout(0.2)
     ports = [free_loopback_port() for _ in range(3)]
     scenario = demo_with_mcs(out.parent, listener.getsockname()[1], ports)
@@ -146,12 +152,15 @@ def _read_udp(listener: socket.socket, record: McsRecord, done: threading.Event)
     """Stamp each TM datagram as it arrives, until the run is over and the queue is empty."""
     while True:
         try:
-            packet = listener.recv(65_536)
+            packet, ancillary, _flags, _peer = listener.recvmsg(65_536, 64)
         except TimeoutError:
             if done.is_set():
                 return
             continue
-        record.udp.append((time.time(), packet))
+        read_wall = time.time()
+        kernel = kernel_wall(ancillary)
+        record.udp.append((read_wall if kernel is None else kernel, packet))
+        record.udp_read_wall.append(read_wall)
 
 
 def _read_tcp(sock: socket.socket, record: McsRecord) -> None:
@@ -189,6 +198,17 @@ def _command(record: McsRecord, tc_udp: socket.socket, udp_port: int, tc_tcp: so
 
 def _percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
+
+
+def _pacer_figures(pacer: dict[str, Any]) -> dict[str, Any]:
+    """The pacer's counters, with its lateness histograms as percentiles."""
+    out = {k: v for k, v in pacer.items() if not k.endswith("_ms")}
+    for key in ("late_ms", "held_late_ms", "gate_ms"):
+        if key in pacer:
+            hist = Histogram.from_dict(pacer[key])
+            out[key] = {"n": hist.n, **dict(zip(("p50", "p99"), hist.percentiles((50, 99)),
+                                                strict=True)), "max": hist.maximum}
+    return out
 
 
 def analyse(record: McsRecord, run_dir: Path) -> dict[str, Any]:
@@ -231,18 +251,21 @@ def analyse(record: McsRecord, run_dir: Path) -> dict[str, Any]:
             reached += 1
             delivered_at[r[2]] = r[1]
             handled_late_s[r[2]] = r[7] / (speed * 1000.0)  # the worker's own lateness
-    added_ms, bridge_ms = [], []
-    for (wall, packet), header in zip(record.udp, headers, strict=True):
+    added_ms, bridge_ms, read_ms = [], [], []
+    for (wall, packet), header, read_wall in zip(record.udp, headers, record.udp_read_wall,
+                                                 strict=True):
         if header is not None and header.apid == 100:
             frames = offers.get(int.from_bytes(packet[6:10], "big"), [])
             if header.seq_count < len(frames) and frames[header.seq_count] in delivered_at:
                 frame = frames[header.seq_count]
                 added_ms.append((wall - delivered_at[frame]) * 1000.0)
+                read_ms.append((read_wall - delivered_at[frame]) * 1000.0)
                 bridge_ms.append((wall - delivered_at[frame] - handled_late_s[frame]) * 1000.0)
     # TC round trips: the MCS's own clock against the trace's pairing of the same commands.
     pairs = {row["telecommand"]: row for row in telecommand_round_trips(run_dir)}
     frame_of = {(apid, seq): frame for frame, apid, seq, _wall in bridge["telecommands"]}
     rtt_diffs, acks_by_link = [], {"udp": 0, "tcp": 0}
+    diffs_by_link: dict[str, list[float]] = {"udp": [], "tcp": []}
     for wall, packet in record.udp:
         ack = read_ack(packet)
         if ack is None or (ack[1], ack[2]) not in record.sent:
@@ -252,6 +275,7 @@ def analyse(record: McsRecord, run_dir: Path) -> dict[str, Any]:
         row = pairs.get(frame_of.get((ack[1], ack[2]), -1))
         if row is not None and row["rtt_ms"] is not None:
             rtt_diffs.append((wall - sent_wall) * speed * 1000.0 - row["rtt_ms"])
+            diffs_by_link[via].append(rtt_diffs[-1])
     trace_rtts = sorted(r["rtt_ms"] for r in pairs.values() if r["rtt_ms"] is not None)
     stats_rtts = sorted(v for s in stats for v in s["telecommand_rtt_ms"].get("samples", []))
     return {
@@ -265,6 +289,9 @@ def analyse(record: McsRecord, run_dir: Path) -> dict[str, Any]:
         "out_of_order": out_of_order, "satellites_heard": len({k[1] for k in last}),
         "added_wall_ms": {"n": len(added_ms), "p50": _percentile(added_ms, 50),
                           "p99": _percentile(added_ms, 99), "max": max(added_ms, default=None)},
+        "added_read_by_mcs_thread_wall_ms": {
+            "p50": _percentile(read_ms, 50), "p99": _percentile(read_ms, 99),
+            "max": max(read_ms, default=None)},
         "added_after_handling_wall_ms": {
             "p50": _percentile(bridge_ms, 50), "p99": _percentile(bridge_ms, 99),
             "max": max(bridge_ms, default=None)},
@@ -275,7 +302,13 @@ def analyse(record: McsRecord, run_dir: Path) -> dict[str, Any]:
             "n": len(rtt_diffs), "p50": _percentile(rtt_diffs, 50),
             "p99_abs": _percentile([abs(d) for d in rtt_diffs], 99),
             "max_abs": max(map(abs, rtt_diffs), default=None),
-            "wall_p50": float(np.percentile(rtt_diffs, 50)) / speed if rtt_diffs else None},
+            "wall_p50": float(np.percentile(rtt_diffs, 50)) / speed if rtt_diffs else None,
+            **{f"{via}_p50": _percentile(d, 50) for via, d in diffs_by_link.items()},
+            **{f"{via}_max_abs": max(map(abs, d), default=None)
+               for via, d in diffs_by_link.items()}},
+        "pacer": _pacer_figures(bridge.get("udp_pacer", {})),
+        "tc_read_late_wall_ms": dict(zip(("p50", "p99"), Histogram.from_dict(
+            bridge.get("tc_read_late_ms", [])).percentiles((50, 99)), strict=True)),
         "bridge_handover_wall_ms": dict(zip(("p50", "p99"), Histogram.from_dict(
             bridge["added_ms"]).percentiles((50, 99)), strict=True)),
         "trace_rtts_equal_stats": (len(trace_rtts) == len(stats_rtts) and all(
