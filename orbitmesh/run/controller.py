@@ -4,6 +4,12 @@ Scenario time is ``(wall - t0_wall) * speed``. The controller publishes the reta
 (``t0_wall``, speed, duration) once every worker is ready, then for tick k it publishes the
 complete state in force from ``k * tick_s`` (retained, so late joiners catch up) while tick k-1 is
 still in force. The link timeline (every diff) goes to ``links.msgpack`` in the run directory.
+
+Tick work (engine, timeline, state encoding) runs on a thread beside the event loop
+(:mod:`orbitmesh.run.ticking`), so a slow tick never holds up a publication or a control
+command. Inputs are read on the loop when a job starts and results committed there when it ends;
+a command that arrives while a tick computes is applied to it as soon as it is done, as it was
+when the loop waited for the tick.
 """
 
 from __future__ import annotations
@@ -14,10 +20,6 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
-
-import msgpack
-import numpy as np
 
 from orbitmesh.core.engine import LinkSource, Tick, TickEngine
 from orbitmesh.core.faults import (
@@ -29,7 +31,6 @@ from orbitmesh.core.faults import (
     random_faults,
     scheduled_faults,
 )
-from orbitmesh.core.links import LinkState
 from orbitmesh.core.topology import Topology
 from orbitmesh.protocol.clock import RunClock, WallClock, WallSource
 from orbitmesh.protocol.messages import (
@@ -39,12 +40,12 @@ from orbitmesh.protocol.messages import (
     ControlError,
     FaultInfo,
     FaultListing,
-    LinksNotice,
 )
-from orbitmesh.protocol.state import encode_state
 from orbitmesh.protocol.transport import Transport
 from orbitmesh.protocol.wire import Topics
-from orbitmesh.run.files import DiskError, close_reporting, is_disk_error
+from orbitmesh.run.files import DiskError
+from orbitmesh.run.ticking import Prepared, TickRunner
+from orbitmesh.run.timeline import LinkTimeline
 
 log = logging.getLogger("orbitmesh.run.controller")
 START_LEAD_S = 0.5
@@ -60,7 +61,7 @@ class Controller:
     def __init__(self, topology: Topology, transport: Transport, topics: Topics, *,
                  duration_s: float, speed: float, out_dir: Path | None,
                  link_source: LinkSource | None = None, wall: WallSource | None = None,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, off_loop: bool | None = None) -> None:
         self.topology = topology
         self.transport = transport
         self.topics = topics
@@ -76,25 +77,29 @@ class Controller:
         self.workers: int | None = workers
         self._bucket = _TokenBucket(CONTROL_RATE_PER_S, CONTROL_BURST)
         self.seq = 0
+        """The last state snapshot's ``seq`` published."""
+        self._encoded = 0
         self.tick_compute_ms: list[float] = []
         self.handovers = 0
-        self._timeline: IO[bytes] | None = (
-            (out_dir / "links.msgpack").open("wb") if out_dir else None)
-        self._packer = msgpack.Packer(use_bin_type=True)
-        self._timeline_path = out_dir / "links.msgpack" if out_dir else None
-        self.write_error: DiskError | None = None
-        """Set when the disk filled up under the link timeline (the run reports it at the end)."""
+        self.timeline = LinkTimeline(out_dir, topology.node_ids)
         self.faults: list[Fault] = scheduled_faults(scenario) + random_faults(topology,
                                                                               duration_s)
         self.extra_down: dict[int, str] = {}
         self.control_errors = 0
         self.on_process_fault: Callable[[Fault], None] | None = None
         self.on_clock: Callable[[float], None] | None = None
-        self.upcoming: Tick | None = None
-        self.published: Tick | None = None
+        self.upcoming: Prepared | None = None
+        self.published: Prepared | None = None
         """The latest tick published: ticks go out one ahead, so it is in force only from its
         ``t_s`` on; until then ``in_force`` (the one before it) is."""
-        self.in_force: Tick | None = None
+        self.in_force: Prepared | None = None
+        self.off_loop = (wall is None) if off_loop is None else off_loop
+        """Tick work on a thread beside the loop (real runs); inline by default under an
+        injected clock, which cannot time a thread (see :mod:`orbitmesh.run.ticking`)."""
+        self._runner = TickRunner(self.off_loop)
+        self._refresh_wanted = asyncio.Event()
+        self._refresher_serves = False
+        """True while ``run``'s refresher task does the refreshes (off the loop)."""
         self._live_count = 0
         self._started_process_faults: set[str] = set()
         self._now_s = 0.0
@@ -195,31 +200,80 @@ class Controller:
         """Re-apply the faults to the state in force (republished now) and to the next one.
 
         The state in force is judged by the faults active *now*, not at its tick's start: a live
-        fault takes effect at once (and a cleared one ends at once), not a tick later.
+        fault takes effect at once (and a cleared one ends at once), not a tick later. During
+        ``run`` off the loop, "now" is as soon as the tick computing (if any) is done; several
+        commands meanwhile are applied together.
         """
+        if self._refresher_serves:
+            self._refresh_wanted.set()
+            return
+        self._commit_refresh(self._runner.call_now(self._refresh_job, *self._refresh_inputs()))
+
+    def _refresh_inputs(self) -> tuple[list[tuple[Prepared, float]], list[Fault],
+                                       dict[int, str]]:
+        """What to re-apply the faults to (and at which time), read on the loop."""
         now_s = self.scenario_s()
-        in_force = self.in_force if self.published is None or self.published.t_s > now_s \
+        in_force = self.in_force if self.published is None or self.published.tick.t_s > now_s \
             else self.published
-        for attr in ("in_force", "published", "upcoming"):
-            tick: Tick | None = in_force if attr == "in_force" else getattr(self, attr)
-            if tick is None or tick.raw_state is None or (attr == "published"
-                                                          and tick is in_force):
-                continue
+        items: list[tuple[Prepared, float]] = []
+        if in_force is not None:
+            items.append((in_force, max(in_force.tick.t_s, now_s)))
+        if self.published is not None and self.published is not in_force:
+            items.append((self.published, self.published.tick.t_s))
+        if self.upcoming is not None:
+            items.append((self.upcoming, self.upcoming.tick.t_s))
+        return ([(p, at_s) for p, at_s in items if p.tick.raw_state is not None],
+                list(self.faults), dict(self.extra_down))
+
+    def _refresh_job(self, items: list[tuple[Prepared, float]], faults: list[Fault],
+                     extra_down: dict[int, str]) -> list[tuple[Prepared, Prepared]]:
+        """(old, re-applied) for each item, in order: the engine diffs each against the last."""
+        done = []
+        for old, at_s in items:
+            assert old.tick.raw_state is not None
             started = time.perf_counter()
-            at_s = max(tick.t_s, now_s) if attr == "in_force" else tick.t_s
-            again = self.engine.finish(tick.raw_state, active_at(self.faults, at_s),
-                                       self.extra_down)
+            again = self.engine.finish(old.tick.raw_state, active_at(faults, at_s), extra_down)
             self.tick_compute_ms.append((time.perf_counter() - started) * 1000.0)
-            self._record(again)
-            if attr == "upcoming":
+            done.append((old, self._prepare(again)))
+        return done
+
+    def _commit_refresh(self, done: list[tuple[Prepared, Prepared]]) -> None:
+        """Put re-applied ticks where their originals are now; publish those already out.
+
+        Ticks may have moved on while the job ran (the next one published on time meanwhile):
+        each result replaces its original in whichever place that holds now, and one that has
+        left every place (superseded) is dropped.
+        """
+        for old, again in done:
+            if self.upcoming is old:
                 self.upcoming = again
-                continue
-            self._publish_state(again)
-            if tick is self.published:
-                self.published = again
-            else:
+        for old, again in done:  # the one in force first: the retained state ends newest
+            if self.in_force is old:
                 self.in_force = again
+                self._publish_state(again)
+        for old, again in done:
+            if self.published is old:
+                self.published = again
+                self._publish_state(again)
         self.publish_faults()
+
+    async def _refresher(self) -> None:
+        """Serve refreshes during ``run``: each one after the tick computing, off the loop."""
+        while True:
+            await self._refresh_wanted.wait()
+            async with self._runner.lock:
+                self._refresh_wanted.clear()
+                try:
+                    done = await self._runner.call(self._refresh_job, *self._refresh_inputs())
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # as for a command: answered, never the run's end
+                    log.exception("re-applying the faults failed")
+                    self.control_errors += 1
+                    self.transport.publish(self.topics.control_error, ControlError(
+                        f"re-applying the faults failed: {exc}", "", self.control_errors).encode())
+                    continue
+                self._commit_refresh(done)
 
     def publish_faults(self) -> None:
         """Publish the retained fault listing."""
@@ -241,59 +295,38 @@ class Controller:
         assert self.clock is not None, "the clock has not started"
         return self.clock.wall_at(t_s)
 
-    def _compute(self, t_s: float) -> Tick:
-        started = time.perf_counter()
-        tick = self.engine.step(t_s, active_at(self.faults, t_s), self.extra_down)
-        self.tick_compute_ms.append((time.perf_counter() - started) * 1000.0)
-        self.handovers += tick.handovers
-        self._record(tick)
-        return tick
+    async def _compute(self, t_s: float) -> Prepared:
+        """Tick ``t_s`` with the faults as they are now, computed off the loop (or inline)."""
+        async with self._runner.lock:
+            prepared = await self._runner.call(self._step_job, t_s, list(self.faults),
+                                               dict(self.extra_down))
+            self.handovers += prepared.tick.handovers
+            return prepared
 
-    def _publish(self, tick: Tick) -> None:
+    def _step_job(self, t_s: float, faults: list[Fault], extra_down: dict[int, str]) -> Prepared:
+        started = time.perf_counter()
+        tick = self.engine.step(t_s, active_at(faults, t_s), extra_down)
+        self.tick_compute_ms.append((time.perf_counter() - started) * 1000.0)
+        return self._prepare(tick)
+
+    def _prepare(self, tick: Tick) -> Prepared:
+        """Record the tick in the timeline and encode what goes out (on the runner's thread)."""
+        self.timeline.record(tick)
+        self._encoded += 1
+        return Prepared.of(tick, self._encoded)
+
+    def _publish(self, prepared: Prepared) -> None:
         """Publish the next tick (the one published before it is in force until it starts)."""
         self.in_force = self.published
-        self._publish_state(tick)
-        self.published = tick
+        self._publish_state(prepared)
+        self.published = prepared
+        if self.upcoming is prepared:
+            self.upcoming = None  # out now; a refresh finds it as ``published``
 
-    def _publish_state(self, tick: Tick) -> None:
-        self.seq += 1
-        self.transport.publish(self.topics.state,
-                               encode_state(self.seq, tick.state, tick.routes, tick.overlay,
-                                            tick.blocked, tick.blame),
-                               retain=True)
-        d = tick.diff
-        self.transport.publish(self.topics.links, LinksNotice(
-            tick.t_s, len(d.up), len(d.down_a), len(d.delay_changed), tick.handovers,
-            tick.route_changes).encode())
-
-    def _record(self, tick: Tick) -> None:
-        if self._timeline is None:
-            return
-        try:
-            self._write_timeline(tick)
-        except OSError as exc:  # a full disk stops the timeline, not the run; reported at the end
-            if not is_disk_error(exc):
-                raise
-            self.write_error = DiskError(self._timeline_path or "links.msgpack", exc)
-            log.error("%s; the link timeline stops here", self.write_error)
-            close_reporting(self._timeline, self._timeline_path or "links.msgpack")
-            self._timeline = None
-
-    def _write_timeline(self, tick: Tick) -> None:
-        assert self._timeline is not None
-        s, d = tick.state, tick.diff
-        ids = self.topology.node_ids
-
-        def rows(idx: np.ndarray, st: LinkState) -> list[list[Any]]:
-            return [[ids[st.a[i]], ids[st.b[i]], int(st.kind[i]), float(st.delay_s[i])]
-                    for i in idx.tolist()]
-
-        self._timeline.write(self._packer.pack({
-            "t_s": tick.t_s, "up": rows(d.up, s), "changed": rows(d.delay_changed, s),
-            "down": [[ids[a], ids[b], int(k)] for a, b, k in
-                     zip(d.down_a.tolist(), d.down_b.tolist(), d.down_kind.tolist(),
-                         strict=True)],
-            "handovers": tick.handovers, "route_changes": tick.route_changes}))
+    def _publish_state(self, prepared: Prepared) -> None:
+        self.seq = prepared.seq
+        self.transport.publish(self.topics.state, prepared.state, retain=True)
+        self.transport.publish(self.topics.links, prepared.links)
 
     async def _sleep_until(self, wall: float) -> None:
         """Sleep until ``wall``; yields to the loop even when already late, so signals and
@@ -303,9 +336,26 @@ class Controller:
     async def run(self, on_tick: Callable[[float], None] | None = None,
                   stop: asyncio.Event | None = None) -> None:
         """Start the clock and tick until the duration is over (or ``stop`` is set)."""
-        self._publish(self._compute(0.0))
+        if not self.off_loop:
+            await self._ticks(on_tick, stop)
+            return
+        async with asyncio.TaskGroup() as tg:
+            refresher = tg.create_task(self._refresher(), name="controller.refresh")
+            self._refresher_serves = True
+            try:
+                await self._ticks(on_tick, stop)
+            finally:
+                self._refresher_serves = False
+                refresher.cancel()
+        if self._refresh_wanted.is_set():  # asked for as the run ended: done here, not lost
+            self._refresh_wanted.clear()
+            self.refresh()
+
+    async def _ticks(self, on_tick: Callable[[float], None] | None,
+                     stop: asyncio.Event | None) -> None:
+        self._publish(await self._compute(0.0))
         n_ticks = math.ceil(self.duration_s / self.tick_s)
-        self.upcoming = self._compute(self.tick_s) if n_ticks >= 1 else None
+        self.upcoming = await self._compute(self.tick_s) if n_ticks >= 1 else None
         self.clock = RunClock(self.wall.now_wall() + START_LEAD_S, self.speed)
         self.transport.publish(self.topics.clock, ClockMessage(
             self.t0_wall, self.speed, self.duration_s, self.tick_s,
@@ -323,7 +373,8 @@ class Controller:
             self._publish(self.upcoming)
             if on_tick is not None:
                 on_tick((k - 1) * self.tick_s)
-            self.upcoming = self._compute((k + 1) * self.tick_s) if k < n_ticks else None
+            if k < n_ticks:
+                self.upcoming = await self._compute((k + 1) * self.tick_s)
             if self.tick_compute_ms[-1] > self.tick_s / self.speed * 1000.0:
                 log.warning("tick took %.0f ms, longer than a tick at this speed; links will "
                             "be late — lower --speed", self.tick_compute_ms[-1])
@@ -331,10 +382,13 @@ class Controller:
 
     def close(self) -> None:
         """Close the timeline file; a full disk is kept in ``write_error``, not raised."""
-        if self._timeline is not None:
-            error = close_reporting(self._timeline, self._timeline_path or "links.msgpack")
-            self.write_error = self.write_error or error
-            self._timeline = None
+        self._runner.close()  # a tick still computing writes its timeline row first
+        self.timeline.close()
+
+    @property
+    def write_error(self) -> DiskError | None:
+        """Set when the disk filled up under the link timeline (the run reports it at the end)."""
+        return self.timeline.write_error
 
 
 def fault_info(fault: Fault, active: bool) -> FaultInfo:
