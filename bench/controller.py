@@ -16,7 +16,10 @@ controller alone). Cases alternate mode by mode, scenario by scenario, in one si
 * ``loop_lag_ms``: how late a 1 ms asyncio timer fires, again and again, while the run ticks.
 
 ``inline`` is the controller as it was (tick work on the event loop); ``thread`` is the default
-for real runs (``orbitmesh.run.ticking``).
+for real runs (``orbitmesh.run.ticking``). With ``--gil``, one more line per scenario: how much of
+a tick (``TickEngine.step`` + ``encode_state``) lets another Python thread run — a thread that
+only counts, its rate while ticks compute beside it against its rate alone (1.0: the tick never
+held the GIL; about 0.5: it held it throughout, the two taking turns).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import asyncio
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,9 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import PROJECT_ROOT, emit, machine
 
+from orbitmesh.core.engine import TickEngine
 from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import Topology, build_topology
-from orbitmesh.protocol.state import decode_state
+from orbitmesh.protocol.state import decode_state, encode_state
 from orbitmesh.protocol.transport import MemoryBroker, MemoryTransport
 from orbitmesh.protocol.wire import Topics
 from orbitmesh.run.controller import Controller
@@ -109,6 +114,51 @@ async def one_case(topology: Topology, mode: str, ticks: int, speed: float) -> d
             "publish_late_ms": _stats(late_ms), "loop_lag_ms": _stats(lag_ms)}
 
 
+def gil_share(topology: Topology, ticks: int) -> dict[str, Any]:
+    """A counting thread's rate beside ``ticks`` ticks computing, against its rate alone."""
+    scenario = topology.scenario
+    engine = TickEngine(topology, policies=sorted({f.policy for f in scenario.traffic
+                                                   if f.policy}))
+
+    def tick(k: int) -> None:
+        t = engine.step(k * scenario.tick_s)
+        encode_state(k, t.state, t.routes, t.overlay, t.blocked, t.blame)
+
+    tick(0)  # numba's kernels load on the first tick
+    stop = threading.Event()
+    counted = [0]
+
+    def count() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+        counted[0] = n
+
+    def rate(work: Any) -> tuple[float, float]:
+        stop.clear()
+        counter = threading.Thread(target=count, name="bench.count")
+        started = time.perf_counter()
+        counter.start()
+        work()
+        elapsed = time.perf_counter() - started
+        stop.set()
+        counter.join()
+        return counted[0] / elapsed, elapsed
+
+    alone, _ = rate(lambda: time.sleep(1.0))
+    def ticks_beside() -> None:
+        for k in range(1, ticks + 1):
+            tick(k)
+
+    beside, elapsed = rate(ticks_beside)
+    started = time.perf_counter()
+    for k in range(ticks + 1, 2 * ticks + 1):
+        tick(k)
+    return {"case": "gil", "ticks": ticks, "counter_share": round(beside / alone, 3),
+            "tick_ms_beside_counter": round(elapsed / ticks * 1000.0, 1),
+            "tick_ms_alone": round((time.perf_counter() - started) / ticks * 1000.0, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print one JSON line per case."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -118,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed", type=float, default=1.0, help="run speed (default 1)")
     p.add_argument("--modes", default="inline,thread", help="comma-separated: inline, thread")
     p.add_argument("--rounds", type=int, default=1, help="alternations of the modes")
+    p.add_argument("--gil", action="store_true", help="also measure the GIL share of a tick")
     args = p.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in ("inline", "thread")]
@@ -126,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     emit({"bench": "controller", "machine": machine()})
     for path in args.scenario or DEFAULT_SCENARIOS:
         topology = build_topology(load_scenario(PROJECT_ROOT / path))
+        if args.gil:
+            emit({"scenario": path, "nodes": topology.n_nodes, **gil_share(topology, args.ticks)})
         for _round in range(args.rounds):
             for mode in modes:
                 record = asyncio.run(one_case(topology, mode, args.ticks, args.speed))
