@@ -249,6 +249,10 @@ def test_live_bridge_streams_decodable_tm_in_order_and_acks_tcs_over_udp_and_tcp
     assert figures["udp_undecodable"] == 0 and figures["out_of_order"] == 0
     assert figures["tcp_equals_udp"]
     assert figures["satellites_heard"] >= 2
+    # The pacer sent every datagram, none of them one the trace says was dropped.
+    pacer = figures["pacer"]
+    assert pacer["committed"] + pacer.get("held_sent", 0) == bridge["tm_udp_sent"]
+    assert pacer.get("sent_then_dropped", 0) == 0 and pacer["late_ms"]["n"] > 0
     # Telecommands over both links were routed, executed, and their acks came back as TM.
     assert bridge["tc_in"] == {"udp": 6, "tcp": 6} and bridge["tc_routed"] == 12
     assert figures["tc_acked_via"]["udp"] >= 1 and figures["tc_acked_via"]["tcp"] >= 1
