@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 from nodes.mcs_bridge import McsBridges
 from nodes.mcs_pacer import Pacer, Schedule
+from nodes.runtime import NodeRuntime
 from nodes.stats import Stats
 from orbitmesh.protocol.wire import F_DUE, TELEMETRY, new_frame
 from tests.test_mcs_bridge import PASS, roles_with_events, tiny_with_mcs
@@ -159,14 +161,15 @@ def bridged(tm_udp_port: int) -> tuple[McsBridges, FakePacer, Stats]:
     assert real is not None
     real.close()
     fake = FakePacer()
-    bridges.bridges[OPS].pacer = bridges.pacers[0] = fake  # type: ignore[assignment]
+    bridges.bridges[OPS].pacer = fake  # type: ignore[assignment]
+    bridges.pacers[0] = fake  # type: ignore[call-overload]
     return bridges, fake, roles.rt.stats
 
 
-def telemetry_at_alpha(rt: object, frame_id: int, at_wall: float) -> list[object]:
+def telemetry_at_alpha(rt: NodeRuntime, frame_id: int, at_wall: float) -> list[Any]:
     """A TM frame at station alpha, one terrestrial hop from the ops centre."""
     frame = new_frame(frame_id, TELEMETRY, -1, SAT0, OPS, 100, at_wall, payload=b"tm%d" % frame_id)
-    rt.forward(ALPHA, frame, at_wall)  # type: ignore[attr-defined]
+    rt.forward(ALPHA, frame, at_wall)
     return frame
 
 
@@ -186,8 +189,10 @@ def test_every_announced_packet_gets_the_loops_verdict_and_a_cut_link_holds_it()
     cut_frame = telemetry_at_alpha(rt, 2, 0.6)
     kept = [e for e in edges if OPS not in e[:2]]
     cut = {(min(ALPHA, OPS), max(ALPHA, OPS)): "f1"}
-    rt.call_at(0.6005, lambda at: rt.apply_state(0.6005, *links(kept), *routes(paths), now=at,
-                                                 cut=cut), first=True)
+    a, b, kind, delay_s = links(kept)
+    destinations, next_hop = routes(paths)
+    rt.call_at(0.6005, lambda at: rt.apply_state(0.6005, a, b, kind, delay_s, destinations,
+                                                 next_hop, now=at, cut=cut), first=True)
     assert cut_frame[F_DUE] > 0.6005
     assert sent(pacer.plan, cut_frame[F_DUE]) == []  # held at its due time: the loop decides
     drain(rt, until=0.9)
