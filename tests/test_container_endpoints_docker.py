@@ -258,3 +258,36 @@ def test_down_removes_the_endpoint_containers_of_its_run_only(
         decoy.reload()  # still there: down touched only its own run
     finally:
         decoy.remove(force=True)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_up_ends_the_run_when_a_container_with_on_exit_stop_exits(
+        docker_run: Any, tmp_path: Path) -> None:
+    client, tag, run_id = docker_run
+    scenario = _scenario(tmp_path, [
+        {"node": "tokyo", "container": {"image": tag, "command": "sleep infinity"}},
+        # Tokyo answering means the clock runs (routes are in): then this program "fails".
+        {"node": "brussels", "container": {"image": tag, "on_exit": "stop", "command": [
+            "sh", "-c", "until ping -c 1 -W 1 tokyo >/dev/null 2>&1; do sleep 0.5; done; "
+                        "sleep 2; echo lost my config >&2; exit 3"]}}], duration_s=60)
+    run_dir = tmp_path / "run"
+    proc = _up(scenario, run_dir, run_id, tag)
+    try:
+        t0_wall = _wait_for_clock(run_dir, proc, 90.0)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=60)
+    text = err.decode()
+    assert proc.returncode == 1, text  # docs/endpoints.md: on_exit stop ends the run, exit 1
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["run"]["interrupted"] and summary["conservation_ok"]  # not its 60 s
+    assert "the run stops (on_exit: stop)" in text and "lost my config" in text
+    gone = {c["node"]: c for c in summary["endpoints"]["containers"]}["brussels"]
+    assert gone["state"] == "exited" and gone["exit_code"] == 3, gone
+    assert gone["logs_tail"] == ["lost my config"]
+    assert gone["at_s"] is not None and 0 < gone["at_s"] < 60 - 10, gone
+    assert summary["run"]["t0_wall"] == pytest.approx(t0_wall)
+    assert _labelled(client, run_id) == []
