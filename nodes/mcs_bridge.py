@@ -9,8 +9,8 @@ a :class:`McsBridge`:
   the pacer (nodes/mcs_pacer.py), a process that sends each at its emulated arrival instant: the
   runtime announces a packet when its last hop is scheduled, and the worker's loop later gives
   its verdict (delivered or dropped), which the pacer waits for whenever a link state could still
-  change the packet's fate. The TCP stream is written by the worker as its loop delivers (it
-  carries the loop's lateness). A TCP client that falls ``tcp_buffer_bytes`` behind is
+  change the packet's fate. The TCP stream (nodes/mcs_tm_stream.py) is written as the loop
+  delivers (it carries the loop's lateness); a client that falls ``tcp_buffer_bytes`` behind is
   disconnected (counted), so one stuck MCS never holds the worker's memory.
 * TC: space packets arriving on ``tc_udp`` (one per datagram) or ``tc_tcp`` (back to back) are
   routed by APID (nodes/mcs_packets.py) and originated at the centre as TELECOMMAND frames with
@@ -31,16 +31,16 @@ import contextlib
 import functools
 import logging
 import socket
-import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from nodes.mcs_pacer import MAX_MESSAGE, Pacer
 from nodes.mcs_packets import StreamSplitter, TcRouter, datagram_packet
+from nodes.mcs_tm_stream import SO_TIMESTAMPNS, TmStream, kernel_wall, open_socket
 from nodes.roles import Roles
 from orbitmesh.core.histogram import Histogram
-from orbitmesh.core.mcs_spec import McsSpec, check_routes, split_address, tc_routes
+from orbitmesh.core.mcs_spec import McsSpec, check_routes, tc_routes
 from orbitmesh.errors import RunError
 from orbitmesh.protocol.wire import ACK, F_DST, F_KIND, F_PAYLOAD, TELEMETRY
 
@@ -48,48 +48,6 @@ log = logging.getLogger("orbitmesh.mcs")
 READ_BYTES = 65_536
 TC_LOG_LIMIT = 100_000
 """Telecommands kept in the stats file for pairing (frame id, APID, count, wall)."""
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python names it from 3.x on some
-_TIMESPEC = struct.Struct("@qq")
-
-
-def _socket(kind: int, address: str, what: str) -> socket.socket:
-    host, port = split_address(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, kind)
-    sock.setblocking(False)
-    try:
-        if what == "tm_udp":
-            sock.connect((host, port))
-        else:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            if kind == socket.SOCK_STREAM:
-                sock.listen(8)
-    except OSError as exc:
-        sock.close()
-        raise RunError(f"mcs.{what}: cannot use {address}: {exc.strerror or exc}; choose a "
-                       "free port in the scenario's ops_centres[].mcs") from exc
-    return sock
-
-
-def kernel_wall(ancillary: Sequence[tuple[int, int, bytes]]) -> float | None:
-    """The ``SO_TIMESTAMPNS`` receive time (wall seconds) in a datagram's ancillary data."""
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
-            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-            return seconds + nanoseconds * 1e-9
-    return None
-
-
-class _Client:
-    """One TCP connection of the MCS reading TM."""
-
-    def __init__(self, sock: socket.socket, peer: Any) -> None:
-        self.sock = sock
-        self.peer = peer
-        self.buffer = bytearray()
-        self.ready = asyncio.Event()
-        self.closed = False
 
 
 class McsBridge:
@@ -117,11 +75,9 @@ class McsBridge:
         self.router = TcRouter({apid: topo.index[sat] for apid, sat in routes.items()})
         self.tm_in = 0
         self.tm_udp_sent = 0
-        self.tm_tcp_sent = 0
         self.tm_failed: Counter[str] = Counter()
         self.tc_in: Counter[str] = Counter()
         self.tc_routed = 0
-        self.clients_dropped = 0
         self.added_ms = Histogram()
         """Wall ms from a TM packet's (emulated) arrival to the loop's delivery (the TCP path)."""
         self.tc_read_late_ms = Histogram()
@@ -130,21 +86,21 @@ class McsBridge:
         """id(packet) -> (pacer id, packet) of TM announced to the pacer, awaiting the loop."""
         self._next_id = 0
         self.telecommands: list[list[Any]] = []
-        self._clients: list[_Client] = []
         self.changed = asyncio.Event()
+        self.stream = TmStream(f"mcs{node}", spec.tcp_buffer_bytes, self.changed.set)
         self._warned: set[str] = set()
         """Set whenever a TM client connects or a TC packet arrives (what tests wait on)."""
         self._listeners: dict[str, socket.socket] = {}
         self.pacer: Pacer | None = None
         try:
             if spec.tm_udp:
-                _socket(socket.SOCK_DGRAM, spec.tm_udp, "tm_udp").close()  # a clear error here
+                open_socket(socket.SOCK_DGRAM, spec.tm_udp, "tm_udp").close()  # a clear error here
                 self.pacer = Pacer(spec.tm_udp)
             for key, kind in (("tm_tcp", socket.SOCK_STREAM), ("tc_udp", socket.SOCK_DGRAM),
                               ("tc_tcp", socket.SOCK_STREAM)):
                 address = getattr(spec, key)
                 if address is not None:
-                    self._listeners[key] = _socket(kind, address, key)
+                    self._listeners[key] = open_socket(kind, address, key)
         except RunError:
             self.close()
             raise
@@ -182,26 +138,8 @@ class McsBridge:
                 self.pacer.verdict(entry[0], True)
             else:
                 self.pacer.now(at_wall, packet)
-        limit = self.spec.tcp_buffer_bytes
-        for client in self._clients:
-            if client.closed:
-                continue
-            if client.buffer and len(client.buffer) + len(packet) > limit:  # one always fits
-                self._drop_client(client, "fell behind")
-                continue
-            client.buffer += packet
-            client.ready.set()
-            self.tm_tcp_sent += 1
+        self.stream.push(packet)
         self.added_ms.add(max(0.0, self.now() - at_wall) * 1000.0)
-
-    def _drop_client(self, client: _Client, why: str) -> None:
-        if not client.closed:
-            log.warning("mcs tm_tcp client %s disconnected: %s", client.peer, why)
-            self.clients_dropped += 1
-            client.closed = True
-            client.ready.set()
-            with contextlib.suppress(OSError):  # wakes its reader: the connection ends now
-                client.sock.shutdown(socket.SHUT_RDWR)
 
     # --- TC in ----------------------------------------------------------------------------------
 
@@ -252,7 +190,7 @@ class McsBridge:
         async with asyncio.TaskGroup() as tg:
             name = f"mcs{self.node}"
             if "tm_tcp" in self._listeners:
-                tg.create_task(self._accept(tg, self._listeners["tm_tcp"], self._tm_client),
+                tg.create_task(self._accept(tg, self._listeners["tm_tcp"], self.stream.client),
                                name=f"{name}.tm_tcp.accept")
             if "tc_tcp" in self._listeners:
                 tg.create_task(self._accept(tg, self._listeners["tc_tcp"], self._tc_client),
@@ -278,35 +216,6 @@ class McsBridge:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             tg.create_task(handler(sock, peer), name=f"mcs{self.node}.client.{peer[1]}")
-
-    async def _tm_client(self, sock: socket.socket, peer: Any) -> None:
-        loop = asyncio.get_running_loop()
-        client = _Client(sock, peer)
-        self._clients.append(client)
-        self.changed.set()
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._tm_writer(client), name=f"mcs{self.node}.tm.{peer[1]}.write")
-                while not client.closed:  # a reader only to see the MCS hang up
-                    if not await loop.sock_recv(sock, READ_BYTES):
-                        client.closed = True
-                        client.ready.set()
-        except* OSError as group:
-            log.info("mcs tm_tcp client %s gone: %s", peer, group.exceptions[0])
-        finally:
-            client.closed = True
-            self._clients.remove(client)
-            sock.close()
-
-    async def _tm_writer(self, client: _Client) -> None:
-        loop = asyncio.get_running_loop()
-        while not client.closed:
-            await client.ready.wait()
-            client.ready.clear()
-            while client.buffer and not client.closed:
-                chunk = bytes(client.buffer)
-                client.buffer.clear()
-                await loop.sock_sendall(client.sock, chunk)
 
     async def _tc_client(self, sock: socket.socket, peer: Any) -> None:
         # recvmsg for the kernel's receive time of the segment read last (SO_TIMESTAMPNS works
@@ -382,12 +291,23 @@ class McsBridge:
     @property
     def tm_clients(self) -> int:
         """TCP clients reading TM now."""
-        return sum(not c.closed for c in self._clients)
+        return self.stream.live
+
+    @property
+    def tm_tcp_sent(self) -> int:
+        """Packets appended to a TM client's stream (per client)."""
+        return self.stream.sent
+
+    @property
+    def clients_dropped(self) -> int:
+        """TM clients disconnected for falling behind."""
+        return self.stream.dropped
 
     def close(self) -> None:
         """Close every socket (after the tasks are cancelled)."""
-        for sock in [*self._listeners.values(), *(c.sock for c in self._clients)]:
+        for sock in self._listeners.values():
             sock.close()
+        self.stream.close()
         if self.pacer is not None:
             self.pacer.close()
 
