@@ -26,7 +26,7 @@ from orbitmesh.core.geometry import (
     walker_satrecs,
 )
 from orbitmesh.core.pass_table import format_table, iso_utc, passes_to_json
-from orbitmesh.core.passes import Pass, find_passes, iter_pass_tables
+from orbitmesh.core.passes import Pass, find_passes, iter_pass_tables, search_chunks
 from orbitmesh.errors import GeometryError
 
 two_seconds = 2.0
@@ -327,20 +327,25 @@ def test_pass_search_rejects_bad_input() -> None:
         find_passes(prop, ["ISS"], stations, ["a"], [10.0], start, start)
 
 
-def test_segmented_search_equals_whole_window_search() -> None:
-    """Streaming by segments must give exactly the passes of one search over the window."""
+def test_streamed_search_equals_whole_window_search() -> None:
+    """Streaming chunk by chunk must give exactly the passes, in the order, of one search."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
     sats = walker_satrecs(epoch=start, total=24, planes=6, phasing=1, inclination_deg=53.0,
                           altitude_km=1000.0)
     sites = _network()
+    end = start + timedelta(hours=5, minutes=7)
     args = (Propagator(sats), [f"s{i}" for i in range(len(sats))], _stations(sites),
-            [s.name for s in sites], [s.mask_deg for s in sites], start,
-            start + timedelta(hours=5, minutes=7))
+            [s.name for s in sites], [s.mask_deg for s in sites], start, end)
     whole = find_passes(*args)
-    tables = list(iter_pass_tables(*args, segment_s=1800.0, overlap_s=600.0))
-    assert len(tables) == 11
-    streamed = [p for t in tables for p in t.passes()]
     assert len(whole) > 100
-    assert streamed == whole
+    for chunk in (32, 64, 352):
+        tables = list(iter_pass_tables(*args, chunk_samples=chunk))
+        assert len(tables) == search_chunks(start, end, len(sats), chunk_samples=chunk)
+        streamed = [p for t in tables for p in t.passes()]
+        assert streamed == whole, chunk
+    # Small chunks stream: passes come out long before the last chunk, none twice.
+    tables = list(iter_pass_tables(*args, chunk_samples=32))
+    assert len(tables) > 10
+    assert sum(len(t) for t in tables[: len(tables) // 2]) > len(whole) // 3
     rows = [json.loads(r) for t in tables for r in t.json_rows()]
     assert rows == passes_to_json(whole)

@@ -68,6 +68,14 @@ class PassTable:
         i, f = np.empty(0, np.int64), np.empty(0)
         return cls(ref, tuple(station_ids), tuple(satellite_ids), i, i, f, f, f, f, f, f)
 
+    @classmethod
+    def concat(cls, tables: Sequence[PassTable]) -> PassTable:
+        """The rows of ``tables`` one after the other (same ref and ids)."""
+        first = tables[0]
+        return cls(first.ref, first.station_ids, first.satellite_ids,
+                   *(np.concatenate([np.asarray(getattr(t, c)) for t in tables])
+                     for c in _COLUMNS))
+
     def __len__(self) -> int:
         return int(self.station.shape[0])
 
@@ -87,12 +95,18 @@ class PassTable:
                        for g, s, a, c, lo, e, r, m in zip(*cols, strict=True))
         return out
 
+    def _stamps(self, offsets_s: FloatArray) -> NDArray[np.datetime64]:
+        """Offsets as UTC datetime64 microseconds (rounded as ``timedelta`` rounds them)."""
+        base = np.datetime64(_utc(self.ref).replace(tzinfo=None), "us")
+        return base + np.rint(offsets_s * 1e6).astype("timedelta64[us]")
+
     def iso_utc(self, offsets_s: FloatArray) -> NDArray[np.str_]:
         """ISO-8601 UTC strings with milliseconds and ``Z`` (rounded to the nearest ms)."""
-        base = np.datetime64(_utc(self.ref).replace(tzinfo=None), "us")
-        stamps = base + np.rint(offsets_s * 1e6).astype("timedelta64[us]")
-        ms = (stamps + np.timedelta64(500, "us")).astype("datetime64[ms]")
-        return np.char.add(np.datetime_as_string(ms, unit="ms"), "Z")
+        return np.char.add(self._iso_ms(offsets_s), "Z")
+
+    def _iso_ms(self, offsets_s: FloatArray) -> NDArray[np.str_]:
+        ms = (self._stamps(offsets_s) + np.timedelta64(500, "us")).astype("datetime64[ms]")
+        return np.datetime_as_string(ms, unit="ms")
 
     def json_rows(self) -> Iterator[str]:
         """One compact JSON object per pass, as :func:`passes_to_json` spells it."""
@@ -100,14 +114,53 @@ class PassTable:
         sat = [json.dumps(n) for n in self.satellite_ids]
         for b0 in range(0, len(self), _BLOCK):
             part = slice(b0, b0 + _BLOCK)
-            aos, tca, los = (self.iso_utc(c[part]).tolist()
+            # Whole columns are formatted by numpy; the row loop only joins strings.
+            aos, tca, los = (self._iso_ms(c[part]).tolist()
                              for c in (self.aos_s, self.tca_s, self.los_s))
             el = np.round(self.max_elevation_deg[part], 3).tolist()
             for g, s, a, c, lo, e in zip(self.station[part].tolist(),
                                          self.satellite[part].tolist(), aos, tca, los, el,
                                          strict=True):
-                yield (f'{{"station": {st[g]}, "satellite": {sat[s]}, "aos": "{a}", '
-                       f'"tca": "{c}", "los": "{lo}", "max_elevation_deg": {e!r}}}')
+                yield (f'{{"station": {st[g]}, "satellite": {sat[s]}, "aos": "{a}Z", '
+                       f'"tca": "{c}Z", "los": "{lo}Z", "max_elevation_deg": {e!r}}}')
+
+    def table_rows(self, widths: Sequence[int]) -> Iterator[str]:
+        """The rows of :func:`format_table` (with a newline) in columns of ``widths``."""
+        w_st, w_sat, w_t, _, w_dur, w_el = widths[0], widths[1], widths[2], 0, widths[5], \
+            widths[6]
+        st = [n.ljust(w_st) for n in self.station_ids]
+        sat = [n.ljust(w_sat) for n in self.satellite_ids]
+        for b0 in range(0, len(self), _BLOCK):
+            part = slice(b0, b0 + _BLOCK)
+            stamps = [self._stamps(c[part]) for c in (self.aos_s, self.tca_s, self.los_s)]
+            aos, tca, los = (np.char.replace(np.datetime_as_string(
+                x.astype("datetime64[s]"), unit="s"), "T", " ").tolist() for x in stamps)
+            dur_s = ((stamps[2] - stamps[0]) // np.timedelta64(1, "s")).astype(np.int64)
+            dur = [f"{d // 60:d}m{d % 60:02d}s".rjust(w_dur) for d in dur_s.tolist()]
+            for g, s, a, c, lo, d, e in zip(self.station[part].tolist(),
+                                            self.satellite[part].tolist(), aos, tca, los, dur,
+                                            self.max_elevation_deg[part].tolist(), strict=True):
+                yield (f"{st[g]}  {sat[s]}  {a.rjust(w_t)}  {c.rjust(w_t)}  {lo.rjust(w_t)}  "
+                       f"{d}  {f'{e:6.2f}°'.rjust(w_el)}\n")
+
+
+_HEADER = ("station", "satellite", "AOS (UTC)", "TCA (UTC)", "LOS (UTC)", "duration", "max el")
+
+
+def table_widths(station_ids: Sequence[str], satellite_ids: Sequence[str],
+                 longest_s: float) -> tuple[int, ...]:
+    """Column widths that fit every pass of these ids lasting at most ``longest_s``."""
+    longest = max(0, int(longest_s))
+    return (max([len(_HEADER[0]), *map(len, station_ids)]),
+            max([len(_HEADER[1]), *map(len, satellite_ids)]), 19, 19, 19,
+            max(len(_HEADER[5]), len(f"{longest // 60:d}m00s")), len(_HEADER[6]) + 1)
+
+
+def table_header(widths: Sequence[int]) -> str:
+    """The header and rule lines of the pass table (with newlines)."""
+    head = "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                     for i, (c, w) in enumerate(zip(_HEADER, widths, strict=True))).rstrip()
+    return head + "\n" + "  ".join("-" * w for w in widths) + "\n"
 
 
 _COLUMNS = ("station", "satellite", "aos_s", "tca_s", "los_s", "max_elevation_deg",

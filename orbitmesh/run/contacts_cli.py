@@ -43,11 +43,14 @@ def _span(topology: Topology, args: argparse.Namespace, default_s: float
     return start - epoch, end - epoch
 
 
-def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str]) -> None:
-    """The pass table (``table``) or JSON array (``json``, one pass per line, streamed)."""
+def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str], *,
+                 workers: int = 2, on_rows: Callable[[int], None] | None = None) -> int:
+    """The pass table (``table``) or JSON array (``json``, one pass per line), written as the
+    search finds the passes; returns how many. ``workers`` processes propagate (0: none)."""
     from orbitmesh.core.geometry import Propagator, Stations
-    from orbitmesh.core.pass_table import format_table
-    from orbitmesh.core.passes import iter_pass_tables
+    from orbitmesh.core.pass_table import table_header, table_widths
+    from orbitmesh.core.passes import iter_pass_tables, search_chunks
+    from orbitmesh.run.pass_positions import ForkedPositions
 
     scenario = topology.scenario
     t0, t1 = _span(topology, args, scenario.duration_s)
@@ -65,34 +68,43 @@ def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str]) -> 
         if any(i >= topology.n_satellites for i in sats):
             raise ScenarioError("--satellite takes satellite ids (see `orbitmesh validate`)")
     st = scenario.stations
-    # Segments of 4 h searched 30 min beyond their end (longer than any LEO pass; a longer
-    # pass is searched again with more): 1/8 extra work for output that streams.
-    segment_s = 14400.0
-    tables = iter_pass_tables(
-        Propagator([topology.satrecs[i] for i in sats]), [topology.node_ids[i] for i in sats],
-        Stations.from_geodetic([st[g].lat_deg for g in stations],
-                               [st[g].lon_deg for g in stations],
-                               [st[g].alt_m / 1000.0 for g in stations]),
-        [st[g].name for g in stations], [st[g].min_elevation_deg for g in stations],
-        start, end, segment_s=segment_s, overlap_s=1800.0)
-    total = max(1, -(-int((end - start).total_seconds()) // int(segment_s)))
-    with _progress("searching passes", total) as report:
+    satrecs = [topology.satrecs[i] for i in sats]
+    sat_ids = [topology.node_ids[i] for i in sats]
+    station_ids = [st[g].name for g in stations]
+    # About an hour of 30 s samples a chunk: small enough that the first rows come early and
+    # that the SGP4 workers and this process overlap well, large enough to amortise each step.
+    chunk_samples = 128
+    total = search_chunks(start, end, len(sats), chunk_samples=chunk_samples)
+    written = 0
+    with ForkedPositions(satrecs, workers=workers) as positions, \
+            _progress("searching passes", total) as report:
+        tables = iter_pass_tables(
+            Propagator(satrecs), sat_ids,
+            Stations.from_geodetic([st[g].lat_deg for g in stations],
+                                   [st[g].lon_deg for g in stations],
+                                   [st[g].alt_m / 1000.0 for g in stations]),
+            station_ids, [st[g].min_elevation_deg for g in stations], start, end,
+            positions=positions, chunk_samples=chunk_samples)
         if args.format == "table":
-            passes = []
-            for i, table in enumerate(tables):
-                passes.extend(table.passes())
-                report(i + 1)
-            out.write(format_table(passes))
-            return
-        first = True
-        out.write("[")
+            widths = table_widths(station_ids, sat_ids, (end - start).total_seconds())
+            out.write(table_header(widths))
+        else:
+            out.write("[")
         for i, table in enumerate(tables):
-            for row in table.json_rows():
-                out.write(("\n  " if first else ",\n  ") + row)
-                first = False
-            out.flush()  # each segment is final: let a reader start on it
+            if len(table):
+                if args.format == "table":
+                    out.write("".join(table.table_rows(widths)))
+                else:
+                    out.write(("\n  " if written == 0 else ",\n  ")
+                              + ",\n  ".join(table.json_rows()))
+                written += len(table)
+                out.flush()  # each chunk is final: let a reader start on it
+                if on_rows is not None:
+                    on_rows(written)
             report(i + 1)
-        out.write("\n]\n" if not first else "]\n")
+        if args.format == "json":
+            out.write("\n]\n" if written else "]\n")
+    return written
 
 
 def write_plan(topology: Topology, args: argparse.Namespace, out: IO[str]) -> None:

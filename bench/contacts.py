@@ -1,0 +1,135 @@
+"""`orbitmesh contacts` on a big shell: wall time, peak RSS, time to the first row, per stage; JSON.
+
+    .venv/bin/python bench/contacts.py [--scenario scenarios/starlink-shell1.yaml]
+        [--end 2026-01-02T00:00:00Z] [--format json|table] [--workers 2]
+
+Two runs. The first is the real command in a child process, as a user runs it (imports
+included): wall seconds, peak RSS of the command and of its largest SGP4 worker (the kernel
+reports the largest reaped descendant), the rows written and when the first one reached the
+pipe. The second runs the same search in this process with each stage timed (CPU seconds of
+this process; ``propagation_wait_s`` is wall time spent waiting for the SGP4 workers, and
+``propagation_cpu_s`` their CPU time). Issue 14's target: shell 1, 68 stations, 24 h in
+<= 5 s and <= 200 MB. Run it alone on the machine for figures worth recording.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import PROJECT_ROOT, emit, machine
+
+
+def _child_run(args: argparse.Namespace) -> dict[str, Any]:
+    """The CLI in a child process: wall, peak RSS, rows, time to the first row."""
+    cmd = [sys.executable, "-m", "orbitmesh.run.cli", "contacts", args.scenario, "--format",
+           args.format, "--end", args.end]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    first_row_s, rows = None, 0
+    for line in proc.stdout:
+        if line.startswith("  {") or (args.format == "table" and rows >= 0 and line[:1].isalnum()
+                                      and not line.startswith("station")):
+            rows += 1
+            if first_row_s is None:
+                first_row_s = time.perf_counter() - t0
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall_s = time.perf_counter() - t0
+    if status != 0:
+        raise SystemExit(f"orbitmesh contacts failed (wait status {status})")
+    return {"wall_s": round(wall_s, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
+            "passes": rows, "first_row_s": None if first_row_s is None else round(first_row_s, 3),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3)}
+
+
+def _timed(stages: dict[str, float], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        t = time.process_time()
+        try:
+            return fn(*a, **kw)
+        finally:
+            stages[name] = stages.get(name, 0.0) + time.process_time() - t
+    return wrapper
+
+
+def _stage_run(args: argparse.Namespace) -> dict[str, Any]:
+    """The same search in this process, each stage's CPU seconds summed."""
+    from orbitmesh.core import _pass_kernel, passes
+    from orbitmesh.core._pass_assembly import Assembler
+    from orbitmesh.core.pass_table import PassTable
+    from orbitmesh.run import pass_positions
+    from orbitmesh.run.cli import _load, _parser
+    from orbitmesh.run.contacts_cli import write_passes
+
+    stages: dict[str, float] = {}
+    passes.candidate_pairs = _timed(stages, "screen_s", passes.candidate_pairs)
+    _pass_kernel.scan_block = _timed(stages, "elevations_and_refinement_s",  # type: ignore
+                                     _pass_kernel.scan_block)
+    Assembler.close = _timed(stages, "pairing_s", Assembler.close)  # type: ignore
+    json_rows, table_rows = PassTable.json_rows, PassTable.table_rows
+    PassTable.json_rows = _timed(stages, "output_formatting_s",  # type: ignore
+                                 lambda self: list(json_rows(self)))
+    PassTable.table_rows = _timed(stages, "output_formatting_s",  # type: ignore
+                                  lambda self, w: list(table_rows(self, w)))
+    source = pass_positions.ForkedPositions._source
+
+    def waited(self: Any, ref: Any, chunks: Any) -> Iterator[Any]:
+        it = source(self, ref, chunks)
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            finally:
+                stages["propagation_wait_s"] = (stages.get("propagation_wait_s", 0.0)
+                                                + time.perf_counter() - t)
+            yield item
+
+    pass_positions.ForkedPositions._source = waited  # type: ignore[method-assign]
+    ns = _parser().parse_args(["contacts", args.scenario, "--format", args.format, "--end",
+                               args.end])
+    t = time.process_time()
+    topology = _load(args.scenario)
+    stages["load_scenario_s"] = time.process_time() - t
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter()
+    cpu = time.process_time()
+    write_passes(topology, ns, io.StringIO(), workers=args.workers)
+    stages["search_wall_s"] = time.perf_counter() - wall
+    stages["search_cpu_s"] = time.process_time() - cpu
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    stages["propagation_cpu_s"] = (children.ru_utime + children.ru_stime
+                                   - children_before.ru_utime - children_before.ru_stime)
+    return {k: round(v, 3) for k, v in stages.items()}
+
+
+def main() -> None:
+    """Run both measurements and print one JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", default="scenarios/starlink-shell1.yaml")
+    parser.add_argument("--end", default="2026-01-02T00:00:00Z")
+    parser.add_argument("--format", choices=("json", "table"), default="json")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="SGP4 processes of the staged run (the CLI uses its default)")
+    args = parser.parse_args()
+    record: dict[str, Any] = {"bench": "contacts", "scenario": args.scenario, "end": args.end,
+                              "format": args.format, "machine": machine()}
+    record.update(_child_run(args))
+    record["stages"] = _stage_run(args)
+    emit(record)
+
+
+if __name__ == "__main__":
+    main()
