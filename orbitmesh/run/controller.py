@@ -15,6 +15,7 @@ when the loop waited for the tick.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -265,6 +266,7 @@ class Controller:
                 self._refresh_wanted.clear()
                 try:
                     done = await self._runner.call(self._refresh_job, *self._refresh_inputs())
+                    self._commit_refresh(done)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # as for a command: answered, never the run's end
@@ -272,8 +274,6 @@ class Controller:
                     self.control_errors += 1
                     self.transport.publish(self.topics.control_error, ControlError(
                         f"re-applying the faults failed: {exc}", "", self.control_errors).encode())
-                    continue
-                self._commit_refresh(done)
 
     def publish_faults(self) -> None:
         """Publish the retained fault listing."""
@@ -339,14 +339,17 @@ class Controller:
         if not self.off_loop:
             await self._ticks(on_tick, stop)
             return
-        async with asyncio.TaskGroup() as tg:
-            refresher = tg.create_task(self._refresher(), name="controller.refresh")
-            self._refresher_serves = True
-            try:
-                await self._ticks(on_tick, stop)
-            finally:
-                self._refresher_serves = False
-                refresher.cancel()
+        # Owned here, not in a TaskGroup: the ticks' own errors (a full disk, a broker error)
+        # must reach the launcher as they are, not wrapped in an ExceptionGroup.
+        refresher = asyncio.create_task(self._refresher(), name="controller.refresh")
+        self._refresher_serves = True
+        try:
+            await self._ticks(on_tick, stop)
+        finally:
+            self._refresher_serves = False
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
         if self._refresh_wanted.is_set():  # asked for as the run ended: done here, not lost
             self._refresh_wanted.clear()
             self.refresh()
