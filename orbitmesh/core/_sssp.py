@@ -79,9 +79,10 @@ def _kernel(hinted: bool = False) -> Callable[..., None]:
     """The compiled kernel; numba and its cached machine code load on first use only."""
     with _KERNEL_LOCK:
         if not _KERNEL:
-            from orbitmesh.core._bucket_kernel import grow_forest, grow_forest_hinted
+            from orbitmesh.core._bucket_kernel import grow_forest
+            from orbitmesh.core._repair_kernel import repair_forest
 
-            _KERNEL.extend([grow_forest, grow_forest_hinted])
+            _KERNEL.extend([grow_forest, repair_forest])
         return _KERNEL[1 if hinted else 0]
 
 

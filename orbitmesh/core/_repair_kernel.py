@@ -1,0 +1,189 @@
+"""Route trees repaired from the previous tick's (numba); :mod:`orbitmesh.core._sssp` explains why
+the answer is the one a fresh search gives.
+
+Arrays as in :mod:`orbitmesh.core._bucket_kernel`: CSR ``indptr (N+1,)``, ``indices (A,)``,
+``weights (A,)`` (symmetric: both directions of a link weigh the same), ``transit (N,)``; per
+source ``t`` a hinted parent row ``hints[t] (N,)`` and the answers ``dist``/``pred`` ``(D, N)``.
+
+A repair takes three steps. (1) Labels: today's weights summed down yesterday's tree, root first,
+as a search would add them; a node whose parent link is gone gets ``inf``. (2) One pass in which
+every node takes its best relaying neighbour — done for all trees at once over a node-major copy
+``(N, D)`` of the labels, so the branchy walk over each node's arcs is paid once, not D times, and
+the inner loop over trees is plain arithmetic. (3) A heap search from the nodes that improved. A
+tree that changed little (the usual tick: a few handovers, a few flipped near-ties) touches a few
+nodes in step 3; one that needs more than ``repair_budget`` heap scans is grown afresh instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+from orbitmesh.core._bucket_kernel import _heap_drop_top, _heap_push, grow_forest
+
+FloatArray = NDArray[np.float64]
+Int32Array = NDArray[np.int32]
+
+_BLOCK = 64
+"""Nodes per block when labels are transposed between tree-major and node-major (cache lines)."""
+
+
+@njit(cache=True, nogil=True)
+def _labels_along_hint(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
+                       transit: NDArray[np.bool_], source: int, hint: Int32Array,
+                       dist: FloatArray, pred: Int32Array, state: NDArray[np.int8],
+                       stack: Int32Array) -> None:
+    """Step 1 for one tree: a node whose hinted parent is gone, out of range, not a relay or on a
+    cycle gets ``inf``, and with it the subtree below."""
+    n = indptr.size - 1
+    for i in range(n):
+        state[i] = 0  # 0: not labelled yet, 1: on the walk, 2: labelled
+    dist[source] = 0.0
+    pred[source] = source
+    state[source] = 2
+    for v in range(n):
+        top = 0
+        u = v
+        while state[u] == 0:  # walk up to a labelled node (or a dead end)
+            state[u] = 1
+            stack[top] = u
+            top += 1
+            p = hint[u]
+            if p < 0 or p >= n or p == u or (not transit[p] and p != source):
+                break
+            u = p
+        while top > 0:  # and back down, parents before children
+            top -= 1
+            x = stack[top]
+            p = hint[x]
+            label = np.inf
+            if (0 <= p < n and p != x and state[p] == 2 and dist[p] < np.inf
+                    and (transit[p] or p == source)):
+                for arc in range(indptr[x], indptr[x + 1]):
+                    if indices[arc] == p:  # the arc x->p weighs what p->x does
+                        label = dist[p] + weights[arc]
+                        break
+            dist[x] = label
+            pred[x] = p if label < np.inf else -1
+            state[x] = 2
+
+
+@njit(cache=True, nogil=True)
+def _best_neighbours(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
+                     transit: NDArray[np.bool_], sources: NDArray[np.int64],
+                     labels: FloatArray, pred: Int32Array, seeds: Int32Array,
+                     n_seeds: NDArray[np.int64]) -> None:
+    """Step 2 over node-major ``labels (N, D)``: improved relays are filed in ``seeds[t]``."""
+    n = indptr.size - 1
+    d = sources.size
+    best = np.empty(d, np.float64)
+    for v in range(n):
+        row = labels[v]
+        for t in range(d):
+            best[t] = row[t]
+        for arc in range(indptr[v], indptr[v + 1]):
+            u = indices[arc]
+            if not transit[u]:
+                continue  # relays only for its own tree: see below
+            w = weights[arc]
+            other = labels[u]
+            for t in range(d):
+                best[t] = min(best[t], other[t] + w)
+        for t in range(d):
+            if best[t] < row[t]:
+                for arc in range(indptr[v], indptr[v + 1]):
+                    u = indices[arc]
+                    if transit[u] and labels[u, t] + weights[arc] == best[t]:
+                        row[t] = best[t]
+                        pred[t, v] = u
+                        break
+                if transit[v]:
+                    seeds[t, n_seeds[t]] = v
+                    n_seeds[t] += 1
+    for t in range(d):  # a source that relays nothing still starts its own tree
+        s = sources[t]
+        if transit[s]:
+            continue
+        for arc in range(indptr[s], indptr[s + 1]):
+            v = indices[arc]
+            if weights[arc] < labels[v, t]:
+                labels[v, t] = weights[arc]
+                pred[t, v] = s
+                if transit[v]:
+                    seeds[t, n_seeds[t]] = v
+                    n_seeds[t] += 1
+
+
+@njit(cache=True, nogil=True)
+def _settle(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
+            transit: NDArray[np.bool_], dist: FloatArray, pred: Int32Array, seeds: Int32Array,
+            n_seeds: int, heap_key: FloatArray, heap_node: Int32Array, budget: int) -> bool:
+    """Step 3 for one tree: Dijkstra from the improved ``seeds``; False past ``budget`` scans."""
+    size = 0
+    for i in range(n_seeds):
+        size = _heap_push(heap_key, heap_node, size, dist[seeds[i]], seeds[i])
+    while size > 0:
+        u = heap_node[0]
+        du = heap_key[0]
+        size = _heap_drop_top(heap_key, heap_node, size)
+        if du != dist[u]:
+            continue  # superseded by a lower label (a label only ever drops)
+        budget -= 1
+        if budget < 0:
+            return False
+        for arc in range(indptr[u], indptr[u + 1]):
+            v = indices[arc]
+            candidate = du + weights[arc]
+            if candidate < dist[v]:
+                dist[v] = candidate
+                pred[v] = u
+                if transit[v]:
+                    size = _heap_push(heap_key, heap_node, size, candidate, v)
+    return True
+
+
+@njit(cache=True, nogil=True)
+def repair_forest(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
+                  transit: NDArray[np.bool_], sources: NDArray[np.int64], hints: Int32Array,
+                  width: float, capacity: int, budget: int, repair_budget: int,
+                  dist: FloatArray, pred: Int32Array) -> None:
+    """As :func:`~orbitmesh.core._bucket_kernel.grow_forest`, but a row whose ``hints`` row is a
+    tree rooted at its source (``hints[i, sources[i]] == sources[i]``) is repaired from it."""
+    n = indptr.size - 1
+    d = sources.size
+    state = np.empty(n, np.int8)
+    stack = np.empty(n, np.int32)
+    hinted = np.zeros(d, np.bool_)
+    for t in range(d):
+        s = sources[t]
+        if hints[t, s] == s:
+            hinted[t] = True
+            _labels_along_hint(indptr, indices, weights, transit, s, hints[t], dist[t], pred[t],
+                               state, stack)
+        else:  # grown afresh: already final, step 2 finds nothing to improve
+            grow_forest(indptr, indices, weights, transit, sources[t:t + 1], width, capacity,
+                        budget, dist[t:t + 1], pred[t:t + 1])
+    labels = np.empty((n, d), np.float64)
+    for lo in range(0, n, _BLOCK):
+        hi = min(n, lo + _BLOCK)
+        for t in range(d):
+            for x in range(lo, hi):
+                labels[x, t] = dist[t, x]
+    seeds = np.empty((d, 2 * n + 1), np.int32)  # a node, or a neighbour of a stub source
+    n_seeds = np.zeros(d, np.int64)
+    _best_neighbours(indptr, indices, weights, transit, sources, labels, pred, seeds, n_seeds)
+    for lo in range(0, n, _BLOCK):
+        hi = min(n, lo + _BLOCK)
+        for t in range(d):
+            for x in range(lo, hi):
+                dist[t, x] = labels[x, t]
+    heap_key = np.empty(indices.size + 2 * n + 1, np.float64)  # one entry per lowered label
+    heap_node = np.empty(indices.size + 2 * n + 1, np.int32)
+    for t in range(d):
+        if not hinted[t] or n_seeds[t] == 0:
+            continue
+        if not _settle(indptr, indices, weights, transit, dist[t], pred[t], seeds[t], n_seeds[t],
+                       heap_key, heap_node, repair_budget):
+            grow_forest(indptr, indices, weights, transit, sources[t:t + 1], width, capacity,
+                        budget, dist[t:t + 1], pred[t:t + 1])
