@@ -67,13 +67,25 @@ def tc_packet(apid: int, seq: int) -> bytes:
     return header.pack() + data
 
 
-def demo_with_mcs(out_dir: Path, tm_udp_port: int, ports: list[int]) -> Path:
-    """scenarios/demo.yaml with darmstadt's ``mcs`` set, written under ``out_dir``."""
+def centre_cuts(duration_s: float, count: int) -> list[dict[str, Any]]:
+    """``count`` short cuts of darmstadt's terrestrial links, spread over the run: frames on
+    them when a cut starts are dropped in flight (what the MCS must then never see)."""
+    step = duration_s / (count + 1)
+    return [{"kind": "link_down", "id": f"cut{k}", "a": "darmstadt",
+             "link_class": "terrestrial", "at_s": round(step * (k + 1) + 0.37, 3), "for_s": 0.4}
+            for k in range(count)]
+
+
+def demo_with_mcs(out_dir: Path, tm_udp_port: int, ports: list[int],
+                  faults: list[dict[str, Any]] | None = None) -> Path:
+    """scenarios/demo.yaml with darmstadt's ``mcs`` set (and ``faults``), under ``out_dir``."""
     scenario: dict[str, Any] = yaml.safe_load((PROJECT / "scenarios" / "demo.yaml").read_text())
     centre = next(o for o in scenario["ops_centres"] if o["name"] == "darmstadt")
     centre["mcs"] = {"tm_udp": f"127.0.0.1:{tm_udp_port}", "tm_tcp": f"127.0.0.1:{ports[0]}",
                      "tc_udp": f"127.0.0.1:{ports[1]}", "tc_tcp": f"127.0.0.1:{ports[2]}",
                      "tc_apid_base": TC_APID_BASE}
+    if faults:
+        scenario["faults"] = [*scenario.get("faults", []), *faults]
     path = out_dir / "demo-mcs.yaml"
     path.write_text(yaml.safe_dump(scenario, sort_keys=False))
     return path
@@ -94,7 +106,7 @@ def _connect(port: int, child: subprocess.Popen[str]) -> socket.socket:
 
 
 def mcs_session(out: Path, *, duration_s: float = 20.0, speed: float = 2.0,
-                tcs_per_link: int = 8) -> McsRecord:
+                tcs_per_link: int = 8, faults: list[dict[str, Any]] | None = None) -> McsRecord:
     """Run the demo with the bridge (``orbitmesh run``, a child process) and play the MCS."""
     record = McsRecord()
     listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -105,7 +117,7 @@ def mcs_session(out: Path, *, duration_s: float = 20.0, speed: float = 2.0,
     listener.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     listener.settimeout(0.2)
     ports = [free_loopback_port() for _ in range(3)]
-    scenario = demo_with_mcs(out.parent, listener.getsockname()[1], ports)
+    scenario = demo_with_mcs(out.parent, listener.getsockname()[1], ports, faults)
     done = threading.Event()
     # The run is a child process, as a user starts it: nothing of the emulation competes with
     # this process's reader threads for the GIL, so receipt stamps are the sockets' own.
@@ -243,8 +255,10 @@ def analyse(record: McsRecord, run_dir: Path) -> dict[str, Any]:
     offers: dict[int, list[int]] = {}
     delivered_at: dict[int, float] = {}
     handled_late_s: dict[int, float] = {}
-    reached = 0
+    reached = cut_in_flight = 0
     for r in iter_sorted_events(run_dir):
+        if r[0] == "drop" and r[3] in (FLOW_TELEMETRY, FLOW_ACK) and r[5] == "fault":
+            cut_in_flight += 1
         if r[0] == "offer" and r[3] == FLOW_TELEMETRY:
             offers.setdefault(r[5], []).append(r[2])
         elif r[0] == "deliver" and r[4] == hub and r[3] in (FLOW_TELEMETRY, FLOW_ACK):
@@ -252,11 +266,14 @@ def analyse(record: McsRecord, run_dir: Path) -> dict[str, Any]:
             delivered_at[r[2]] = r[1]
             handled_late_s[r[2]] = r[7] / (speed * 1000.0)  # the worker's own lateness
     added_ms, bridge_ms, read_ms = [], [], []
+    not_delivered = 0  # housekeeping the MCS received whose frame the trace did not deliver
     for (wall, packet), header, read_wall in zip(record.udp, headers, record.udp_read_wall,
                                                  strict=True):
         if header is not None and header.apid == 100:
             frames = offers.get(int.from_bytes(packet[6:10], "big"), [])
-            if header.seq_count < len(frames) and frames[header.seq_count] in delivered_at:
+            if header.seq_count < len(frames) and frames[header.seq_count] not in delivered_at:
+                not_delivered += 1
+            elif header.seq_count < len(frames):
                 frame = frames[header.seq_count]
                 added_ms.append((wall - delivered_at[frame]) * 1000.0)
                 read_ms.append((read_wall - delivered_at[frame]) * 1000.0)
@@ -287,6 +304,7 @@ def analyse(record: McsRecord, run_dir: Path) -> dict[str, Any]:
         "tcp_received": len(tcp_packets), "tcp_equals_udp": tcp_packets == [p for _w, p in
                                                                             record.udp],
         "out_of_order": out_of_order, "satellites_heard": len({k[1] for k in last}),
+        "udp_not_delivered_in_trace": not_delivered, "tm_dropped_by_fault": cut_in_flight,
         "added_wall_ms": {"n": len(added_ms), "p50": _percentile(added_ms, 50),
                           "p99": _percentile(added_ms, 99), "max": max(added_ms, default=None)},
         "added_read_by_mcs_thread_wall_ms": {
