@@ -11,6 +11,7 @@ import asyncio
 import io
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -330,3 +331,36 @@ def test_refused_telecommands_are_logged_once_per_reason(caplog: pytest.LogCaptu
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 2 and "ops" in said[0] and "(before_start)" in said[0]
     assert "(unknown_apid)" in said[1]
+
+
+@pytest.mark.parametrize("via", ["udp", "tcp"])
+async def test_a_telecommand_enters_when_the_kernel_received_it_not_when_the_loop_read_it(
+        via: str) -> None:
+    port = free_loopback_port()
+    topology = tiny_with_mcs(f"{{tc_{via}: '127.0.0.1:{port}'}}")
+    roles, _events = roles_with_events(topology)
+    apply(roles.rt, 0.0, *PASS)
+    bridges = McsBridges.open(roles, now=time.time, started=lambda: True,
+                              after_input=lambda: None)
+    assert bridges is not None
+    bridge = bridges.bridges[OPS]
+    serving = asyncio.create_task(bridges.serve())
+    kind = socket.SOCK_DGRAM if via == "udp" else socket.SOCK_STREAM
+    mcs = socket.socket(socket.AF_INET, kind)
+    try:
+        await asyncio.sleep(0)  # the bridge's readers are waiting
+        mcs.connect(("127.0.0.1", port))
+        await asyncio.sleep(0.01)  # accepted (tcp)
+        mcs.send(tc(TC_BASE + 1, 3))
+        time.sleep(0.05)  # the loop is busy: it reads the command only after this
+        loop_free = time.time()
+        await asyncio.wait_for(bridge.until(lambda: bridge.tc_routed == 1), 5.0)
+    finally:
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        bridges.close()
+        mcs.close()
+    entered_wall = bridge.telecommands[0][3]
+    assert entered_wall < loop_free  # the kernel's stamp, taken before the loop was free
+    assert bridge.tc_read_late_ms.n == 1
