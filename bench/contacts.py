@@ -1,15 +1,15 @@
 """`orbitmesh contacts` on a big shell: wall time, peak RSS, time to the first row, per stage; JSON.
 
     .venv/bin/python bench/contacts.py [--scenario scenarios/starlink-shell1.yaml]
-        [--end 2026-01-02T00:00:00Z] [--format json|table] [--workers 2]
+        [--end 2026-01-02T00:00:00Z] [--format json|table]
 
 Two runs. The first is the real command in a child process, as a user runs it (imports
-included): wall seconds, peak RSS of the command and of its largest SGP4 worker (the kernel
-reports the largest reaped descendant), the rows written and when the first one reached the
-pipe. The second runs the same search in this process with each stage timed (CPU seconds of
-this process; ``propagation_wait_s`` is wall time spent waiting for the SGP4 workers, and
-``propagation_cpu_s`` their CPU time). Issue 14's target: shell 1, 68 stations, 24 h in
-<= 5 s and <= 200 MB. Run it alone on the machine for figures worth recording.
+included): wall seconds, peak RSS of the command and of its largest worker (the kernel reports
+the largest reaped descendant; ``cpu_s`` is all of them), the rows written and when the first
+one reached the pipe. The second runs the same search in this process with each stage timed
+(CPU seconds; this process then scans every chunk itself: no workers). Issue 14's target:
+shell 1, 68 stations, 24 h in <= 5 s and <= 200 MB.
+Run it alone on the machine for figures worth recording.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +63,15 @@ def _timed(stages: dict[str, float], name: str, fn: Callable[..., Any]) -> Calla
 
 
 def _stage_run(args: argparse.Namespace) -> dict[str, Any]:
-    """The same search in this process, each stage's CPU seconds summed."""
+    """The same search in this process, each stage's CPU seconds summed (no workers)."""
     from orbitmesh.core import _pass_kernel, passes
     from orbitmesh.core._pass_assembly import Assembler
     from orbitmesh.core.pass_table import PassTable
-    from orbitmesh.run import pass_positions
     from orbitmesh.run.cli import _load, _parser
     from orbitmesh.run.contacts_cli import write_passes
 
     stages: dict[str, float] = {}
+    passes.ecef_valid_km = _timed(stages, "propagation_s", passes.ecef_valid_km)
     passes.candidate_pairs = _timed(stages, "screen_s", passes.candidate_pairs)
     _pass_kernel.scan_block = _timed(stages, "elevations_and_refinement_s",  # type: ignore
                                      _pass_kernel.scan_block)
@@ -82,36 +81,16 @@ def _stage_run(args: argparse.Namespace) -> dict[str, Any]:
                                  lambda self: list(json_rows(self)))
     PassTable.table_rows = _timed(stages, "output_formatting_s",  # type: ignore
                                   lambda self, w: list(table_rows(self, w)))
-    source = pass_positions.ForkedPositions._source
-
-    def waited(self: Any, ref: Any, chunks: Any) -> Iterator[Any]:
-        it = source(self, ref, chunks)
-        while True:
-            t = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-            finally:
-                stages["propagation_wait_s"] = (stages.get("propagation_wait_s", 0.0)
-                                                + time.perf_counter() - t)
-            yield item
-
-    pass_positions.ForkedPositions._source = waited  # type: ignore[method-assign]
     ns = _parser().parse_args(["contacts", args.scenario, "--format", args.format, "--end",
                                args.end])
     t = time.process_time()
     topology = _load(args.scenario)
     stages["load_scenario_s"] = time.process_time() - t
-    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = time.perf_counter()
     cpu = time.process_time()
-    write_passes(topology, ns, io.StringIO(), workers=args.workers)
+    write_passes(topology, ns, io.StringIO(), workers=0)
     stages["search_wall_s"] = time.perf_counter() - wall
     stages["search_cpu_s"] = time.process_time() - cpu
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    stages["propagation_cpu_s"] = (children.ru_utime + children.ru_stime
-                                   - children_before.ru_utime - children_before.ru_stime)
     return {k: round(v, 3) for k, v in stages.items()}
 
 
@@ -121,8 +100,6 @@ def main() -> None:
     parser.add_argument("--scenario", default="scenarios/starlink-shell1.yaml")
     parser.add_argument("--end", default="2026-01-02T00:00:00Z")
     parser.add_argument("--format", choices=("json", "table"), default="json")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="SGP4 processes of the staged run (the CLI uses its default)")
     args = parser.parse_args()
     record: dict[str, Any] = {"bench": "contacts", "scenario": args.scenario, "end": args.end,
                               "format": args.format, "machine": machine()}

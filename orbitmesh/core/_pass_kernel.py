@@ -207,3 +207,13 @@ def scan_block(pos_km: FloatArray, sites: FloatArray, ups: FloatArray, masks_deg
     return (c_key[:nc], c_t[:nc], c_rise[:nc], c_rng[:nc], p_key[:npk], p_t[:npk], p_el[:npk],
             p_rng[:npk], up_first, up_last)
 
+
+
+def warm_up(cross_basis: FloatArray, peak_basis: FloatArray) -> None:
+    """Load (or compile) :func:`scan_block` for the argument types the search passes."""
+    pos = np.zeros((1, 6, 3))
+    pos[0, :, 0] = 7000.0
+    one = np.zeros((1, 3))
+    pair = np.zeros(1, np.int64)
+    scan_block(pos, one, one, np.zeros(1), np.zeros(1), pair, pair, np.arange(6.0), 30.0, 0,
+               2, 4, 1, 1, cross_basis, peak_basis)

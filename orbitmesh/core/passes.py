@@ -93,13 +93,16 @@ def _utc(when: datetime) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
-def _scan_block(asm: Assembler, grid: _Grid, pos_km: FloatArray, stations: Stations,
-                masks_deg: FloatArray, *, lo: int, a: int, b: int
-                ) -> tuple[IntArray, IntArray, NDArray[np.bool_], NDArray[np.bool_]]:
+def _scan_block(grid: _Grid, pos_km: FloatArray, stations: Stations, masks_deg: FloatArray,
+                *, lo: int, a: int, b: int
+                ) -> tuple[IntArray, IntArray, tuple[IntArray, FloatArray, NDArray[np.bool_],
+                                                     FloatArray],
+                           tuple[IntArray, FloatArray, FloatArray, FloatArray],
+                           NDArray[np.bool_], NDArray[np.bool_]]:
     """Screen, find and refine the events in samples ``lo..`` of ``pos_km``; owns [a, b).
 
-    Returns the screened pairs and whether each is above its mask at the grid's second and
-    second-to-last samples (where those fall in the block).
+    Returns the screened pairs, the crossings, the maxima, and whether each pair is above its
+    mask at the grid's second and second-to-last samples (where those fall in the block).
     """
     from orbitmesh.core._pass_kernel import scan_block
 
@@ -108,19 +111,40 @@ def _scan_block(asm: Assembler, grid: _Grid, pos_km: FloatArray, stations: Stati
     n_cross = max(1, math.ceil(math.log2(step_s / _REFINE_TOLERANCE_S)))
     n_golden = max(1, math.ceil(math.log(2 * step_s / _REFINE_TOLERANCE_S) / -math.log(_INV_PHI)))
     (c_key, c_t, c_rise, c_rng, p_key, p_t, p_el, p_rng, first, last) = scan_block(
-        pos_km, stations.positions_ecef_km, stations.up, masks_deg,
-        np.sin(np.radians(masks_deg)), pg, ps, grid.grid_s, step_s, lo, a, b, n_cross, n_golden,
-        _CROSS_BASIS, _PEAK_BASIS)
-    asm.add_cross(c_key, c_t, c_rise, c_rng)
-    asm.add_peaks(p_key, p_t, p_el, p_rng)
-    return pg, ps, first, last
+        np.ascontiguousarray(pos_km), np.ascontiguousarray(stations.positions_ecef_km),
+        np.ascontiguousarray(stations.up), np.ascontiguousarray(masks_deg),
+        np.sin(np.radians(masks_deg)), pg, ps, np.ascontiguousarray(grid.grid_s), step_s, lo, a,
+        b, n_cross, n_golden, _CROSS_BASIS, _PEAK_BASIS)
+    return pg, ps, (c_key, c_t, c_rise, c_rng), (p_key, p_t, p_el, p_rng), first, last
 
 
-PositionSource = Callable[[datetime, Sequence[FloatArray]], Iterator[FloatArray]]
-"""Given a reference time and the offsets (s after it) of each chunk of the grid, yields each
-chunk's Earth-fixed positions ``(S, T, 3)``, NaN where SGP4 failed, in order. The default is
-:func:`sequential_positions`; a caller may compute the chunks elsewhere (e.g. other processes),
-with :func:`ecef_valid_km` so that the values are the same."""
+ChunkRunner = Callable[[Callable[[int], "ChunkEvents"], int], Iterator["ChunkEvents"]]
+"""Runs ``scan(k)`` for chunks ``k = 0 .. n-1`` of the search and yields the results in order.
+The default, :func:`run_here`, calls them one after the other in this process; a caller may run
+them elsewhere (e.g. forked processes, as ``orbitmesh contacts`` does): a chunk's scan depends
+on nothing but its own samples, so the results are the same."""
+
+
+@dataclass(frozen=True)
+class ChunkEvents:
+    """What the scan of one chunk of the grid found: refined events, flat, keyed by pair."""
+
+    cross: tuple[IntArray, FloatArray, NDArray[np.bool_], FloatArray]  # key, t, rising, range
+    peaks: tuple[IntArray, FloatArray, FloatArray, FloatArray]  # key, t, elevation, range
+    first_keys: IntArray  # pairs above the mask at the grid's first sample (in the first chunk)
+    last_keys: IntArray  # pairs above the mask at the grid's last sample (in the last chunk)
+
+
+def run_here(scan: Callable[[int], ChunkEvents], count: int) -> Iterator[ChunkEvents]:
+    """The chunks scanned in this process, one after the other."""
+    return (scan(k) for k in range(count))
+
+
+def load_kernel() -> None:
+    """Load the compiled scan now (e.g. before forking processes that will share it)."""
+    from orbitmesh.core._pass_kernel import warm_up
+
+    warm_up(_CROSS_BASIS, _PEAK_BASIS)
 
 
 def ecef_valid_km(propagator: Propagator, ref: datetime, offsets_s: FloatArray) -> FloatArray:
@@ -130,14 +154,6 @@ def ecef_valid_km(propagator: Propagator, ref: datetime, offsets_s: FloatArray) 
     pos_km = teme_to_ecef(r_teme, jd, fr)
     pos_km[err != 0] = np.nan
     return pos_km
-
-
-def sequential_positions(propagator: Propagator) -> PositionSource:
-    """The chunks propagated here, one after the other, as they are asked for."""
-    def source(ref: datetime, chunks: Sequence[FloatArray]) -> Iterator[FloatArray]:
-        for offsets_s in chunks:
-            yield ecef_valid_km(propagator, ref, offsets_s)
-    return source
 
 
 def find_passes(propagator: Propagator, satellite_ids: Sequence[str], stations: Stations,
@@ -176,7 +192,7 @@ def _chunk(n_sats: int, chunk_samples: int | None) -> int:
 def iter_pass_tables(propagator: Propagator, satellite_ids: Sequence[str], stations: Stations,
                      station_ids: Sequence[str], masks_deg: Sequence[float] | FloatArray,
                      start: datetime, end: datetime, *, epoch: datetime | None = None,
-                     coarse_step_s: float = 30.0, positions: PositionSource | None = None,
+                     coarse_step_s: float = 30.0, runner: ChunkRunner | None = None,
                      chunk_samples: int | None = None) -> Iterator[PassTable]:
     """The passes of :func:`search_passes`, in its order, as the search finds them.
 
@@ -202,14 +218,13 @@ def iter_pass_tables(propagator: Propagator, satellite_ids: Sequence[str], stati
         raise GeometryError("cannot predict passes: " + "; ".join(problems))
     return _search(propagator, satellite_ids, stations, station_ids, masks, start, end,
                    _utc(epoch) if epoch is not None else start, coarse_step_s,
-                   positions or sequential_positions(propagator), _chunk(n_sats, chunk_samples))
+                   runner or run_here, _chunk(n_sats, chunk_samples))
 
 
 def _search(propagator: Propagator, satellite_ids: Sequence[str], stations: Stations,
             station_ids: Sequence[str], masks: FloatArray, start: datetime, end: datetime,
-            ref: datetime, step_s: float, positions: PositionSource, chunk: int
+            ref: datetime, step_s: float, runner: ChunkRunner, chunk: int
             ) -> Iterator[PassTable]:
-    n_sats = propagator.count
     t_start, t_end = (start - ref).total_seconds(), (end - ref).total_seconds()
     n_samples = math.ceil((t_end - t_start) / step_s) + 5
     grid_s = np.asarray(t_start + (np.arange(n_samples) - 2.0) * step_s, dtype=np.float64)
@@ -219,23 +234,46 @@ def _search(propagator: Propagator, satellite_ids: Sequence[str], stations: Stat
     asm = Assembler(ref, grid_s, t_start, t_end, masks, edge_el, edge_rng, station_ids,
                     satellite_ids)
     # Chunk k in [1, n_samples - 2) (intervals k..k+1, maxima at k); a chunk needs k-2 .. k+2.
-    # Propagation runs in long chunks (few SGP4 calls); the search in short screened blocks.
     spans = [(a, min(a + chunk, n_samples - 2)) for a in range(1, n_samples - 2, chunk)]
-    chunks = positions(ref, [grid_s[max(a - 2, 0):b + 2] for a, b in spans])
-    for (a, b), pos_km in zip(spans, chunks, strict=True):
-        lo = max(a - 2, 0)
-        for a2 in range(a, b, BLOCK_SAMPLES):
-            b2 = min(a2 + BLOCK_SAMPLES, b)
-            lo2, hi2 = max(a2 - 2, 0), b2 + 2
-            pg, ps, first, last = _scan_block(asm, grid, pos_km[:, lo2 - lo:hi2 - lo], stations,
-                                              masks, lo=lo2, a=a2, b=b2)
-            if a2 == 1:  # in progress at the start: risen at the grid's first sample
-                k = pg[first] * n_sats + ps[first]
-                asm.add_cross(k, np.full(len(k), grid_s[0]), np.ones(len(k), bool),
-                              np.full(len(k), np.nan))
-            if b2 == n_samples - 2:  # in progress at the end: set at the last sample
-                k = pg[last] * n_sats + ps[last]
-                asm.add_cross(k, np.full(len(k), grid_s[-1]), np.zeros(len(k), bool),
-                              np.full(len(k), np.nan))
-        del pos_km
+
+    def scan(k: int) -> ChunkEvents:
+        return _scan_chunk(propagator, grid, stations, masks, *spans[k])
+
+    for (_a, b), ev in zip(spans, runner(scan, len(spans)), strict=True):
+        asm.add_cross(*ev.cross)
+        asm.add_peaks(*ev.peaks)
+        for keys, t, rising in ((ev.first_keys, grid_s[0], True),
+                                (ev.last_keys, grid_s[-1], False)):
+            asm.add_cross(keys, np.full(len(keys), t), np.full(len(keys), rising),
+                          np.full(len(keys), np.nan))
         yield asm.close(b, final=b == n_samples - 2)
+
+
+def _scan_chunk(propagator: Propagator, grid: _Grid, stations: Stations, masks: FloatArray,
+                a: int, b: int) -> ChunkEvents:
+    """Propagate samples ``a-2 .. b+1`` and find the events of intervals and maxima in [a, b)."""
+    n_sats, grid_s = propagator.count, grid.grid_s
+    n_samples = len(grid_s)
+    lo = max(a - 2, 0)
+    # Propagation runs in long chunks (few SGP4 calls); the search in short screened blocks.
+    pos_km = ecef_valid_km(propagator, grid.ref, grid_s[lo:b + 2])
+    cross: list[tuple[IntArray, FloatArray, NDArray[np.bool_], FloatArray]] = []
+    peaks: list[tuple[IntArray, FloatArray, FloatArray, FloatArray]] = []
+    first_keys = last_keys = np.zeros(0, np.int64)
+    for a2 in range(a, b, BLOCK_SAMPLES):
+        b2 = min(a2 + BLOCK_SAMPLES, b)
+        lo2, hi2 = max(a2 - 2, 0), b2 + 2
+        pg, ps, c, p, first, last = _scan_block(grid, pos_km[:, lo2 - lo:hi2 - lo], stations,
+                                                masks, lo=lo2, a=a2, b=b2)
+        cross.append(c)
+        peaks.append(p)
+        if a2 == 1:  # in progress at the start: risen at the grid's first sample
+            first_keys = pg[first] * n_sats + ps[first]
+        if b2 == n_samples - 2:  # in progress at the end: set at the last sample
+            last_keys = pg[last] * n_sats + ps[last]
+    return ChunkEvents(
+        (np.concatenate([x[0] for x in cross]), np.concatenate([x[1] for x in cross]),
+         np.concatenate([x[2] for x in cross]), np.concatenate([x[3] for x in cross])),
+        (np.concatenate([x[0] for x in peaks]), np.concatenate([x[1] for x in peaks]),
+         np.concatenate([x[2] for x in peaks]), np.concatenate([x[3] for x in peaks])),
+        first_keys, last_keys)

@@ -46,11 +46,11 @@ def _span(topology: Topology, args: argparse.Namespace, default_s: float
 def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str], *,
                  workers: int = 2, on_rows: Callable[[int], None] | None = None) -> int:
     """The pass table (``table``) or JSON array (``json``, one pass per line), written as the
-    search finds the passes; returns how many. ``workers`` processes propagate (0: none)."""
+    search finds the passes; returns how many. ``workers`` processes scan (0: this one)."""
     from orbitmesh.core.geometry import Propagator, Stations
     from orbitmesh.core.pass_table import table_header, table_widths
     from orbitmesh.core.passes import iter_pass_tables, search_chunks
-    from orbitmesh.run.pass_positions import ForkedPositions
+    from orbitmesh.run.pass_workers import forked_runner
 
     scenario = topology.scenario
     t0, t1 = _span(topology, args, scenario.duration_s)
@@ -76,15 +76,14 @@ def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str], *,
     chunk_samples = 128
     total = search_chunks(start, end, len(sats), chunk_samples=chunk_samples)
     written = 0
-    with ForkedPositions(satrecs, workers=workers) as positions, \
-            _progress("searching passes", total) as report:
+    with _progress("searching passes", total) as report:
         tables = iter_pass_tables(
             Propagator(satrecs), sat_ids,
             Stations.from_geodetic([st[g].lat_deg for g in stations],
                                    [st[g].lon_deg for g in stations],
                                    [st[g].alt_m / 1000.0 for g in stations]),
             station_ids, [st[g].min_elevation_deg for g in stations], start, end,
-            positions=positions, chunk_samples=chunk_samples)
+            runner=forked_runner(workers), chunk_samples=chunk_samples)
         if args.format == "table":
             widths = table_widths(station_ids, sat_ids, (end - start).total_seconds())
             out.write(table_header(widths))
