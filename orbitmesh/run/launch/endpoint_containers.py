@@ -47,6 +47,8 @@ class EndpointContainers:
         self.containers: dict[str, Any] = {}
         self.report: dict[str, dict[str, Any]] = {}
         self.scenario_s: Callable[[], float | None] | None = None
+        self.stopped_run = False
+        """True once a container with ``on_exit: stop`` exited and :meth:`watch` set stop."""
 
     @classmethod
     def start(cls, run_dir: Path) -> EndpointContainers | None:
@@ -194,6 +196,7 @@ class EndpointContainers:
         while True:
             actions = await asyncio.to_thread(self.poll)
             if "stop" in actions:
+                self.stopped_run = True
                 stop.set()
             await asyncio.sleep(POLL_S)
 

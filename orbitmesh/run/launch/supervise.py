@@ -87,6 +87,7 @@ class Supervisor:
         self._timers: list[tuple[float, int, str, dict[str, Any]]] = []
         self._seq = itertools.count()
         self._awaiting_lost: dict[int, tuple[float, dict[str, Any]]] = {}
+        self.endpoints: EndpointContainers | None = None
         self._wake = asyncio.Event()
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -103,8 +104,8 @@ class Supervisor:
                          group.create_task(self._run_timers(), name="supervisor.timers"),
                          group.create_task(self._watch(), name="supervisor.watch")]
                 # Users' containers at endpoint nodes (`up` started them): exits said, on_exit
-                endpoints = await asyncio.to_thread(EndpointContainers.resume, self.client,
-                                                    self.run.run_dir)
+                self.endpoints = endpoints = await asyncio.to_thread(
+                    EndpointContainers.resume, self.client, self.run.run_dir)
                 if endpoints is not None:
                     tasks.append(group.create_task(endpoints.watch(stop, self._scenario_s),
                                                    name="supervisor.endpoints"))
@@ -428,7 +429,9 @@ def finish(client: Any, run: DockerRun, supervisor: Supervisor, code: int, *, ke
     if summary is None:
         say(f"the controller exited with code {code} and wrote no summary; see "
             f"{run.run_dir / 'logs'}")
-        return code or 1
+        # on_exit: stop before the clock started: the controller had nothing to summarise
+        stopped = supervisor.endpoints is not None and supervisor.endpoints.stopped_run
+        return 1 if stopped else code or 1
     print(format_summary(summary))
     for fault_id, record in supervisor.actions.items():
         done = ", ".join(a["action"] + (" FAILED" if "error" in a else "")
