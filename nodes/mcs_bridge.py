@@ -37,7 +37,7 @@ from typing import Any
 
 from nodes.mcs_pacer import MAX_MESSAGE, Pacer
 from nodes.mcs_packets import StreamSplitter, TcRouter, datagram_packet
-from nodes.mcs_tm_stream import SO_TIMESTAMPNS, TmStream, kernel_wall, open_socket
+from nodes.mcs_tm_stream import TmStream, kernel_wall, open_socket
 from nodes.roles import Roles
 from orbitmesh.core.histogram import Histogram
 from orbitmesh.core.mcs_spec import McsSpec, check_routes, tc_routes
@@ -222,7 +222,6 @@ class McsBridge:
         # on TCP too): a command enters the scenario when it arrived, not when the loop read it.
         loop = asyncio.get_running_loop()
         splitter = StreamSplitter()
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         readable = asyncio.Event()
         loop.add_reader(sock.fileno(), readable.set)
         try:
@@ -250,7 +249,6 @@ class McsBridge:
     async def _tc_datagrams(self, sock: socket.socket) -> None:
         # recvmsg, not sock_recvfrom: the kernel's receive time comes as ancillary data, so a
         # telecommand enters the scenario when it arrived, however late the loop reads it.
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         loop = asyncio.get_running_loop()
         readable = asyncio.Event()
         loop.add_reader(sock.fileno(), readable.set)

@@ -37,6 +37,8 @@ def open_socket(kind: int, address: str, what: str) -> socket.socket:
             sock.connect((host, port))
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if what.startswith("tc_"):  # from the first datagram or segment on; accepted
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # sockets inherit it
             sock.bind((host, port))
             if kind == socket.SOCK_STREAM:
                 sock.listen(8)

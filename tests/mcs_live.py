@@ -25,8 +25,8 @@ import yaml
 from spacepackets.ccsds.spacepacket import PacketType, SequenceFlags, SpacePacketHeader
 
 from broker.embedded import free_loopback_port
-from nodes.mcs_bridge import SO_TIMESTAMPNS, kernel_wall
 from nodes.mcs_packets import read_ack
+from nodes.mcs_tm_stream import SO_TIMESTAMPNS, kernel_wall
 from orbitmesh.core.histogram import Histogram
 from orbitmesh.protocol.wire import FLOW_ACK, FLOW_TELEMETRY
 from orbitmesh.run.export import iter_sorted_events

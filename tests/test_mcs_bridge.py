@@ -348,11 +348,9 @@ async def test_a_telecommand_enters_when_the_kernel_received_it_not_when_the_loo
     kind = socket.SOCK_DGRAM if via == "udp" else socket.SOCK_STREAM
     mcs = socket.socket(socket.AF_INET, kind)
     try:
-        await asyncio.sleep(0)  # the bridge's readers are waiting
-        mcs.connect(("127.0.0.1", port))
-        await asyncio.sleep(0.01)  # accepted (tcp)
+        mcs.connect(("127.0.0.1", port))  # (tcp: the kernel accepts; the bridge, later)
         mcs.send(tc(TC_BASE + 1, 3))
-        time.sleep(0.05)  # the loop is busy: it reads the command only after this
+        time.sleep(0.05)  # noqa: ASYNC251 -- the loop is busy: it reads the command after this
         loop_free = time.time()
         await asyncio.wait_for(bridge.until(lambda: bridge.tc_routed == 1), 5.0)
     finally:
