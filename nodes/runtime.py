@@ -44,6 +44,7 @@ from orbitmesh.protocol.wire import (
     F_TTL,
     F_WAIT,
     MAX_BATCH_FRAMES,
+    batch_packer,
     decode_batch,
     encode_batch,
 )
@@ -53,6 +54,8 @@ BROKER_FAULT = "unplanned_broker_outage"
 """Fault id of frames a worker could not hand over because its broker connection was down and
 no broker_outage fault was in force (the launcher names that event when its broker dies)."""
 Frame = list[Any]
+_heappush, _heappop = heapq.heappush, heapq.heappop
+"""Bound once: the per-hop path calls them for every frame."""
 
 
 class Transmitter:
@@ -108,6 +111,7 @@ class NodeRuntime:
         """(due_wall, seq, ARRIVE, (u, v), frame) or (due_wall, seq, CALL, fn, None)."""
         self._seq = 0
         self.outbox: dict[int, list[tuple[int, Frame]]] = {}
+        self._packer = batch_packer()
         self.on_deliver: Callable[[int, Frame, float], None] | None = None
         self.on_suppressed: Callable[[int, str], None] | None = None
         self.on_node_down: Callable[[int, str, float], None] | None = None
@@ -168,7 +172,7 @@ class NodeRuntime:
         stats.now_wall = now_wall
         heap = self.heap
         while heap and heap[0][0] <= now_wall:
-            due, _seq, code, a, b = heapq.heappop(heap)
+            due, _seq, code, a, b = _heappop(heap)
             stats.event_wall = due
             if code == ARRIVE:
                 self._arrive(a, b, due)
@@ -313,7 +317,12 @@ class NodeRuntime:
         if frame[F_TTL] < 0:
             self.stats.drop(frame, "ttl", u)
             return
-        v = self.route_next(u, frame)
+        if frame[F_ROUTE]:
+            v = self.route_next(u, frame)
+        else:  # route_next's table lookup, inlined: this runs on every hop
+            table = self.next_hop.get(frame[F_POLICY])
+            row = self.dest_row.get(frame[F_DST])
+            v = -1 if table is None or row is None else table.item(row, u)
         if v < 0:
             self.drop_no_route(u, frame, v)
             return
@@ -331,7 +340,8 @@ class NodeRuntime:
 
     def transmit(self, u: int, v: int, frame: Frame, at_wall: float) -> bool:
         """Emulate link u->v for ``frame`` entering it at ``at_wall``; False if dropped."""
-        key = (u, v) if u < v else (v, u)
+        hop = (u, v)
+        key = hop if u < v else (v, u)
         live = self.links.get(key)
         if live is None:
             fault = self.cut.get(key)
@@ -351,9 +361,9 @@ class NodeRuntime:
                     return False
                 if cap:
                     rate_bps = min(rate_bps, cap)
-        tx = self.tx.get((u, v))
+        tx = self.tx.get(hop)
         if tx is None:
-            tx = self.tx[(u, v)] = Transmitter()
+            tx = self.tx[hop] = Transmitter()
         finishing = tx.finishing
         while finishing and finishing[0] <= at_wall:  # Transmitter.backlog, inlined
             finishing.popleft()
@@ -377,11 +387,14 @@ class NodeRuntime:
         owner = self.owner_of[v]
         if owner != self.worker:  # handed over now, due there at ``due``
             frame[F_FROM] = u
-            self.outbox.setdefault(owner, []).append((v, frame))
+            box = self.outbox.get(owner)
+            if box is None:  # not setdefault: that builds a list on every call
+                box = self.outbox[owner] = []
+            box.append((v, frame))
             self.stats.remote_sent(frame)
             return True
         self._seq += 1
-        heapq.heappush(self.heap, (due, self._seq, ARRIVE, (u, v), frame))
+        _heappush(self.heap, (due, self._seq, ARRIVE, hop, frame))
         self.stats.in_flight += 1
         if v in self.arrival_watch and self.on_arrival is not None:
             self.on_arrival(u, v, frame, due)
@@ -394,20 +407,25 @@ class NodeRuntime:
 
     def _arrive(self, hop: tuple[int, int], frame: Frame, due: float) -> None:
         u, v = hop
-        self.stats.in_flight -= 1
-        if (u, v) not in self.links and (v, u) not in self.links:
+        stats = self.stats
+        stats.in_flight -= 1
+        links = self.links
+        if hop not in links and (v, u) not in links:
             # Gone while the frame was on it: cut by a fault, with a failed end, or by geometry.
             fault = (self.cut.get((u, v) if u < v else (v, u)) or self.down_all.get(v)
                      or self.down_all.get(u))
             if fault is not None:
-                self.stats.drop(frame, "fault", u, fault)
+                stats.drop(frame, "fault", u, fault)
             else:
-                self.stats.drop(frame, "link_lost", u)
+                stats.drop(frame, "link_lost", u)
             return
         frame[F_HOPS] += 1
         frame[F_FROM] = -1
-        self.stats.hop(frame, u, v, due)
-        self.receive(v, frame, due)
+        stats.hop(frame, u, v, due)
+        if self.down_nodes:
+            self.receive(v, frame, due)
+        else:  # no failed node here: receive() would only forward
+            self.forward(v, frame, due)
 
     def receive(self, v: int, frame: Frame, at_wall: float) -> None:
         """A frame reaches node ``v`` at ``at_wall``."""
@@ -430,8 +448,9 @@ class NodeRuntime:
         for why in refused:
             self.stats.malformed(why, topic)
         stats = self.stats
+        local, heap = self.local, self.heap
         for v, frame in items:
-            if v not in self.local:
+            if v not in local:
                 stats.malformed(f"frame for node {v}, not hosted here", topic)
                 continue
             if injected:
@@ -448,7 +467,7 @@ class NodeRuntime:
             stats.remote_received(frame)
             stats.in_flight += 1
             self._seq += 1
-            heapq.heappush(self.heap, (frame[F_DUE], self._seq, ARRIVE, (u, v), frame))
+            _heappush(heap, (frame[F_DUE], self._seq, ARRIVE, (u, v), frame))
             if v in self.arrival_watch and self.on_arrival is not None:
                 self.on_arrival(u, v, frame, frame[F_DUE])
         if run:
@@ -470,7 +489,7 @@ class NodeRuntime:
             self.broker_fault_id = BROKER_FAULT
         for worker, items in outbox.items():
             for at in range(0, len(items), MAX_BATCH_FRAMES):  # receivers refuse longer ones
-                self.send(worker, encode_batch(items[at:at + MAX_BATCH_FRAMES]))
+                self.send(worker, encode_batch(items[at:at + MAX_BATCH_FRAMES], self._packer))
 
     def held_frames(self) -> list[Frame]:
         """Frames in flight on this worker's links (for the conservation check)."""

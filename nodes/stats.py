@@ -133,16 +133,18 @@ class Stats:
         self.now_wall = event_wall if now_wall is None else now_wall
 
     def _event(self, record: list[Any]) -> None:
-        if self._events is not None and self._packer is not None:
-            data = self._packer.pack(record)
-            if self._written_b - self._marks[-1] >= MARK_EVERY_B:
-                self._marks.append(self._written_b)
+        events, packer = self._events, self._packer
+        if events is not None and packer is not None:
+            data = packer.pack(record)
+            written_b = self._written_b
+            if written_b - self._marks[-1] >= MARK_EVERY_B:
+                self._marks.append(written_b)
             try:
-                self._events.write(data)
+                events.write(data)
             except OSError as exc:
                 self._events_failed(exc)
                 return
-            self._written_b += len(data)
+            self._written_b = written_b + len(data)
 
     def close_events(self) -> None:
         """Flush and close the event log (a write error here is a truncation, not a crash)."""
@@ -213,7 +215,7 @@ class Stats:
         late_ms = (self.now_wall - arrival_wall) * self.speed * 1000.0
         self.window_late_ms = max(self.window_late_ms, late_ms)
         self.hop_late_ms.add(late_ms)
-        if self._events is not None:
+        if self._packer is not None:
             self._event(["hop", arrival_wall, frame[F_ID], frame[F_FLOW], u, v, frame[F_SIZE]])
 
     def remote_sent(self, frame: list[Any]) -> None:
