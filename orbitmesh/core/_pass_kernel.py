@@ -209,6 +209,65 @@ def scan_block(pos_km: FloatArray, sites: FloatArray, ups: FloatArray, masks_deg
 
 
 
+
+@njit(cache=True, nogil=True)
+def screen_block(pos_km: FloatArray, site_km: FloatArray, site_unit: FloatArray,
+                 masks_deg: FloatArray, half_span: int, rate_safety: float,
+                 margin_rad: float) -> tuple[IntArray, IntArray]:
+    """:func:`orbitmesh.core._pass_screen.candidate_pairs`, compiled (same rule, one pass)."""
+    n_sats, n_t = pos_km.shape[0], pos_km.shape[1]
+    n_gs = len(site_km)
+    checks = list(range(min(half_span, n_t - 1), n_t, 2 * half_span + 1))
+    if checks[-1] + half_span < n_t - 1:
+        checks.append(n_t - 1)
+    n_c = len(checks)
+    unit = np.zeros((n_sats, n_c, 3))  # NaN samples count as the zero vector, as nan_to_num
+    rate = np.zeros(n_sats)
+    r_max = np.zeros(n_sats)
+    broken = np.zeros(n_sats, np.bool_)
+    for s in range(n_sats):
+        prev0 = prev1 = prev2 = 0.0
+        for t in range(n_t):
+            x, y, z = pos_km[s, t, 0], pos_km[s, t, 1], pos_km[s, t, 2]
+            r = math.sqrt(x * x + y * y + z * z)
+            if not math.isfinite(r):
+                broken[s] = True
+                continue
+            r_max[s] = max(r_max[s], r)
+            u0, u1, u2 = x / r, y / r, z / r
+            if t > 0 and math.isfinite(prev0):
+                cos_step = min(max(u0 * prev0 + u1 * prev1 + u2 * prev2, -1.0), 1.0)
+                rate[s] = max(rate[s], math.acos(cos_step))
+            prev0, prev1, prev2 = u0, u1, u2
+            for c in range(n_c):
+                if checks[c] == t:
+                    unit[s, c, 0], unit[s, c, 1], unit[s, c, 2] = u0, u1, u2
+    g_out = np.empty(n_gs * n_sats, np.int64)
+    s_out = np.empty(n_gs * n_sats, np.int64)
+    n = 0
+    for g in range(n_gs):
+        e = math.radians(masks_deg[g] - 0.2)
+        cos_e = math.cos(e)
+        for s in range(n_sats):
+            keep = broken[s]
+            if not keep and r_max[s] > 0.0:
+                ratio = site_km[g] * cos_e / r_max[s]
+                if ratio < 1.0:
+                    reach = math.acos(max(ratio, -1.0)) - e + rate_safety * rate[s] * (
+                        half_span + 1) + margin_rad
+                    if reach > 0.0:
+                        cos_reach = math.cos(min(reach, math.pi))
+                        for c in range(n_c):
+                            if (site_unit[g, 0] * unit[s, c, 0] + site_unit[g, 1] * unit[s, c, 1]
+                                    + site_unit[g, 2] * unit[s, c, 2]) >= cos_reach:
+                                keep = True
+                                break
+            if keep:
+                g_out[n], s_out[n] = g, s
+                n += 1
+    return g_out[:n], s_out[:n]
+
+
 def warm_up(cross_basis: FloatArray, peak_basis: FloatArray) -> None:
     """Load (or compile) :func:`scan_block` for the argument types the search passes."""
     pos = np.zeros((1, 6, 3))
@@ -217,3 +276,4 @@ def warm_up(cross_basis: FloatArray, peak_basis: FloatArray) -> None:
     pair = np.zeros(1, np.int64)
     scan_block(pos, one, one, np.zeros(1), np.zeros(1), pair, pair, np.arange(6.0), 30.0, 0,
                2, 4, 1, 1, cross_basis, peak_basis)
+    screen_block(pos, np.ones(1), one, np.zeros(1), 6, 1.25, 0.01)

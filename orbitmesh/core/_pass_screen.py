@@ -28,12 +28,21 @@ _RATE_SAFETY = 1.25  # angular rate varies within a step (eccentric orbits); bou
 _MARGIN_RAD = np.radians(0.5)
 
 
-def candidate_pairs(pos_km: FloatArray, stations: Stations, masks_deg: FloatArray
-                    ) -> tuple[IntArray, IntArray]:
+def candidate_pairs(pos_km: FloatArray, stations: Stations, masks_deg: FloatArray, *,
+                    compiled: bool = True) -> tuple[IntArray, IntArray]:
     """(station, satellite) index pairs that may be above the mask somewhere in ``pos_km``.
 
     ``pos_km`` is ``(S, T, 3)`` Earth-fixed; NaN samples (failed propagation) keep the pair.
+    ``compiled=False`` runs the numpy statement of the rule (the reference the tests use).
     """
+    if compiled:
+        from orbitmesh.core._pass_kernel import screen_block
+
+        site_km = np.linalg.norm(stations.positions_ecef_km, axis=1)
+        return screen_block(np.ascontiguousarray(pos_km), site_km,
+                            np.ascontiguousarray(stations.positions_ecef_km / site_km[:, None]),
+                            np.ascontiguousarray(masks_deg, dtype=np.float64), _CHECK_HALF_SPAN,
+                            _RATE_SAFETY, float(_MARGIN_RAD))
     n_sats, n_t = pos_km.shape[0], pos_km.shape[1]
     n_gs = len(stations)
     radius_km = np.linalg.norm(pos_km, axis=-1)  # (S, T)
