@@ -43,7 +43,7 @@ PER_CONTAINER = 35
 """Nodes per worker container: the demo's 70 in two (nine would take long to start here)."""
 
 
-def _scenario(tmp_path: Path, ip: list[dict[str, Any]], duration_s: float = 20) -> Path:
+def _scenario(tmp_path: Path, ip: list[dict[str, Any]], duration_s: float = 15) -> Path:
     raw = yaml.safe_load(DEMO.read_text())
     raw["duration_s"] = duration_s
     # Containers, not timing, are under test: the fidelity budget is loose (two cores shared
@@ -86,6 +86,17 @@ def test_only_workers_hosting_a_container_node_are_named(tmp_path: Path) -> None
     assert docker_endpoints.hosting_workers(plan) == expected
     assert docker_endpoints.hosting_workers(None) == set()
     assert set(docker_endpoints.HOSTING_WORKER["cap_add"]) == {"NET_ADMIN", "SYS_ADMIN"}
+
+
+def test_an_external_workers_controller_refuses_containers_nobody_starts(tmp_path: Path) -> None:
+    # compose files and hand-started workers: no `orbitmesh up` wrote the record or started them
+    from orbitmesh.run.launch.local import RunOptions, run
+
+    scenario = _scenario(tmp_path, [{"node": "tokyo", "container": {"image": "x"}}])
+    out = tmp_path / "run"
+    with pytest.raises(ScenarioError, match="orbitmesh up --backend docker"):
+        run(RunOptions(scenario, out=out, external_workers=True))
+    assert not out.exists()  # refused before anything was made
 
 
 # --- live -----------------------------------------------------------------------------------------

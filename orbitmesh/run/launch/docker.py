@@ -216,7 +216,6 @@ def start(client: Any, opts: UpOptions, image: str, say: Progress) -> DockerRun:
     require_image(client, image)  # else the daemon would try to pull it from a public registry
     if scenario.endpoints.ip:  # refused here, before anything starts (exit 2)
         refuse_plain(scenario)
-        check_host(client, image)
     topology = build_topology(scenario)
     mode, workers, note = fit_placement(topology, opts.nodes_per_container, os.cpu_count() or 1)
     if note:
@@ -226,6 +225,8 @@ def start(client: Any, opts: UpOptions, image: str, say: Progress) -> DockerRun:
     if run_containers(client, run_id):
         raise RunError(f"run id {run_id!r} already has containers; `orbitmesh down {run_id}` "
                        "first, or choose another --run-id")
+    if scenario.endpoints.ip:
+        check_host(client, image, {LABEL_RUN: run_id})
     run_dir = (opts.out or Path("runs") / run_id).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     if any(run_dir.glob("stats-w*.json")) or (run_dir / RECORD).exists():

@@ -28,6 +28,7 @@ from typing import Any
 from orbitmesh.core.scenario import Scenario
 from orbitmesh.core.topology import Topology
 from orbitmesh.run.launch.endpoint_containers import EndpointContainers
+from orbitmesh.run.launch.labels import LABEL_ROLE
 from orbitmesh.run.launch.netns import EndpointSetupError, read_plan, write_plan
 
 TUN_DEVICE = "/dev/net/tun"
@@ -52,8 +53,11 @@ def refuse_plain(scenario: Scenario) -> None:
             "with `orbitmesh run` (workers on this host)")
 
 
-def check_host(client: Any, image: str) -> None:
-    """Refuse (exit 2) when this host or the worker image cannot move a TUN into a container."""
+def check_host(client: Any, image: str, labels: dict[str, str] | None = None) -> None:
+    """Refuse (exit 2) when this host or the worker image cannot move a TUN into a container.
+
+    ``labels``: the run's, on the probe container (removed once it answered).
+    """
     if not os.path.exists(TUN_DEVICE):
         raise EndpointSetupError(f"container endpoints need {TUN_DEVICE} on this host (the "
                                  "worker containers get it): load the tun module (`modprobe "
@@ -62,7 +66,8 @@ def check_host(client: Any, image: str) -> None:
     from docker.errors import ContainerError
 
     try:
-        client.containers.run(image, ["sh", "-c", probe], remove=True, network_mode="none")
+        client.containers.run(image, ["sh", "-c", probe], remove=True, network_mode="none",
+                              labels={**(labels or {}), LABEL_ROLE: "probe"})
     except ContainerError:
         raise EndpointSetupError(
             f"image {image} lacks {' or '.join(TOOLS)}, which a worker container runs to move "

@@ -47,7 +47,13 @@ from orbitmesh.run.launch.cluster_watch import MemberWatch, member_answers, memb
 from orbitmesh.run.launch.endpoint_containers import EndpointContainers, remove_recorded
 from orbitmesh.run.launch.lifecycle import record_launcher
 from orbitmesh.run.launch.lockdown import start_broker
-from orbitmesh.run.launch.netns import cleanup_recorded, read_plan, with_endpoints, write_plan
+from orbitmesh.run.launch.netns import (
+    EndpointSetupError,
+    cleanup_recorded,
+    read_plan,
+    with_endpoints,
+    write_plan,
+)
 from orbitmesh.run.launch.replay import check_nodes, replay_scenario, write_replay
 from orbitmesh.run.report import (
     build_summary,
@@ -180,8 +186,17 @@ def run(opts: RunOptions) -> RunResult:
         scenario = replay_scenario(scenario, opts.replay, duration_s=duration,
                                    faults=opts.replay_faults)
         topology = dataclasses.replace(topology, scenario=scenario)
-    # Refuses before anything starts; external workers are checked by whoever starts them.
-    scenario = with_endpoints(topology, opts.endpoints, check=not opts.external_workers)
+    # `orbitmesh up` writes the endpoint record, checks what its worker containers need and
+    # starts the endpoint containers before this controller: then they are its to check.
+    planned = (opts.external_workers and opts.out is not None
+               and read_plan(opts.out.resolve()) is not None)
+    if opts.external_workers and not planned and any(e.container for e in
+                                                      scenario.endpoints.ip):
+        raise EndpointSetupError(f"{opts.scenario}: endpoints.ip[].container with "
+                                 "--external-workers: nobody would start those containers; "
+                                 "run the scenario with `orbitmesh up --backend docker` or "
+                                 "`orbitmesh run`")
+    scenario = with_endpoints(topology, opts.endpoints, check=not planned)  # refuses up front
     topology = dataclasses.replace(topology, scenario=scenario)
     workers = worker_count(topology, opts.placement, opts.workers or os.cpu_count() or 1)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -194,8 +209,7 @@ def run(opts: RunOptions) -> RunResult:
     link_source = (LinkTimeline(opts.links_from, topology, salvage=opts.salvage)
                    if opts.links_from else None)
     run_id = opts.run_id or re.sub(r"[^A-Za-z0-9_.-]", "-", run_dir.name)
-    if not (opts.external_workers and read_plan(run_dir) is not None):
-        # `orbitmesh up` wrote the record and started its containers before this controller
+    if not planned:
         write_plan(run_dir, topology, run_id, place(topology, workers, opts.placement))
     broker, url, credentials, broker_label = start_broker(opts, run_dir, run_id, workers)
     try:
