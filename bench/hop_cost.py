@@ -78,8 +78,9 @@ class Harness:
     """Runtimes of one case, their mailboxes and a virtual clock."""
 
     def __init__(self, topology: Topology, owner: np.ndarray, workers: int,
-                 sink: IO[bytes] | None) -> None:
+                 sink: IO[bytes] | None, guard_s: float | None = None) -> None:
         self.inbox: list[list[bytes]] = [[] for _ in range(workers)]
+        self.sends = 0
         self.runtimes = [
             NodeRuntime(topology, k, owner, send=self._sender(), speed=1.0, seed=1,
                         stats=Stats(sink, speed=1.0))
@@ -87,11 +88,13 @@ class Harness:
         tick = TickEngine(topology).step(0.0)
         snapshot = decode_state(encode_state(1, tick.state, tick.routes), topology.n_nodes)
         for rt in self.runtimes:
+            rt.handover_guard_s = guard_s
             rt.t0_wall = WALL_T0
             rt.apply_snapshot(snapshot, WALL_T0)
 
     def _sender(self) -> Callable[[int, bytes], None]:
         def send(worker: int, payload: bytes) -> None:
+            self.sends += 1
             self.inbox[worker].append(payload)
         return send
 
@@ -145,7 +148,7 @@ def _originator(rt: NodeRuntime, src: int, frame: list[Any]) -> Callable[[float]
 
 
 def build(case: str, topology: Topology, chain: int, frames: int,
-          sink: IO[bytes] | None) -> Harness:
+          sink: IO[bytes] | None, guard_s: float | None = None) -> Harness:
     """A harness for ``case`` with its offers scheduled."""
     first, last = ends(topology, chain)
     owner = np.zeros(topology.n_nodes, dtype=np.int64)
@@ -154,28 +157,33 @@ def build(case: str, topology: Topology, chain: int, frames: int,
         workers = 2
         for position, node in enumerate(range(first, last + 1)):
             owner[node] = position % 2
-    harness = Harness(topology, owner, workers, sink)
+    harness = Harness(topology, owner, workers, sink, guard_s)
     harness.offer(first, last, frames // 2, seed=1)
     harness.offer(last, first, frames - frames // 2, seed=2)
     return harness
 
 
+def guard_s(args: argparse.Namespace) -> float | None:
+    """``--guard-us`` in seconds (None: coalescing off)."""
+    return None if args.guard_us is None else args.guard_us * 1e-6
+
+
 def measure(case: str, topology: Topology, args: argparse.Namespace,
-            sink: IO[bytes] | None) -> tuple[float, float, int]:
-    """(CPU µs per hop, wall µs per hop, hops) of one repeat; setup is not timed."""
-    harness = build(case, topology, args.chain, args.frames, sink)
+            sink: IO[bytes] | None) -> tuple[float, float, int, Harness]:
+    """(CPU µs per hop, wall µs per hop, hops, harness) of one repeat; setup is not timed."""
+    harness = build(case, topology, args.chain, args.frames, sink, guard_s(args))
     cpu0, wall0 = time.process_time(), time.perf_counter()
     harness.run(args.step_us * 1e-6)
     cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
     harness.check(args.frames)
     hops = harness.hops()
-    return cpu_s / hops * 1e6, wall_s / hops * 1e6, hops
+    return cpu_s / hops * 1e6, wall_s / hops * 1e6, hops, harness
 
 
 def profile(case: str, topology: Topology, args: argparse.Namespace,
             sink: IO[bytes] | None) -> list[dict[str, Any]]:
     """Top functions by own time over one repeat of ``case``."""
-    harness = build(case, topology, args.chain, args.frames, sink)
+    harness = build(case, topology, args.chain, args.frames, sink, guard_s(args))
     prof = cProfile.Profile()
     prof.enable()
     harness.run(args.step_us * 1e-6)
@@ -200,9 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default="local,wire")
     p.add_argument("--no-events", action="store_true", help="no event log at all")
     p.add_argument("--profile", type=int, default=0, metavar="N")
+    p.add_argument("--guard-us", type=float, default=None,
+                   help="coalesced hand-over: NodeRuntime.handover_guard_s, in µs (default off)")
     args = p.parse_args(argv)
     if args.frames < 2 or args.chain < 2 or args.repeats < 1 or args.step_us <= 0:
         p.error("--frames and --chain need at least 2, --repeats 1, --step-us > 0")
+    if args.guard_us is not None and args.guard_us < 0:
+        p.error("--guard-us must be >= 0")
     cases = [c for c in args.cases.split(",") if c]
     unknown = set(cases) - {"local", "wire"}
     if unknown:
@@ -213,12 +225,17 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             runs = [measure(case, topology, args, sink) for _ in range(args.repeats)]
             cpu = [r[0] for r in runs]
+            last = runs[-1][3]
+            late = [rt.stats.hop_late_ms for rt in last.runtimes]
             record: dict[str, Any] = {
                 "case": case, "us_per_hop": round(statistics.median(cpu), 3),
                 "us_per_hop_runs": [round(x, 3) for x in cpu],
                 "wall_us_per_hop": round(statistics.median(r[1] for r in runs), 3),
                 "hops": runs[0][2], "frames": args.frames, "chain": args.chain,
-                "step_us": args.step_us, "events": sink is not None, **machine()}
+                "step_us": args.step_us, "guard_us": args.guard_us,
+                "frames_per_batch": round(last.hops() / last.sends, 2) if last.sends else None,
+                "hop_late_ms_max": round(max(h.maximum or 0.0 for h in late), 3),
+                "events": sink is not None, **machine()}
             if args.profile:
                 record["profile"] = profile(case, topology, args, sink)
             emit(record)

@@ -112,6 +112,15 @@ class NodeRuntime:
         self._seq = 0
         self.outbox: dict[int, list[tuple[int, Frame]]] = {}
         self._packer = batch_packer()
+        self.handover_guard_s: float | None = None
+        """Coalesced hand-over (None: off, every turn sends what it made). A frame for another
+        worker may then wait in the outbox until this many wall seconds before its due arrival
+        there, so the frames of several turns leave in one message; one due sooner than that
+        leaves at the end of its turn, as without coalescing."""
+        self._outbox_deadline = float("inf")
+        """Earliest ``due - handover_guard_s`` of the frames in the outbox."""
+        self._flush_wake = float("inf")
+        """Due time of the wake-up on the heap that sends the outbox (inf: none)."""
         self.on_deliver: Callable[[int, Frame, float], None] | None = None
         self.on_suppressed: Callable[[int, str], None] | None = None
         self.on_node_down: Callable[[int, str, float], None] | None = None
@@ -179,7 +188,7 @@ class NodeRuntime:
             else:
                 a(due)
         stats.event_wall = now_wall
-        self.flush()
+        self._flush_due(now_wall)
 
     # --- link state ---------------------------------------------------------------------------
 
@@ -387,6 +396,9 @@ class NodeRuntime:
         owner = self.owner_of[v]
         if owner != self.worker:  # handed over now, due there at ``due``
             frame[F_FROM] = u
+            guard = self.handover_guard_s
+            if guard is not None and due - guard < self._outbox_deadline:
+                self._outbox_deadline = due - guard
             box = self.outbox.get(owner)
             if box is None:  # not setdefault: that builds a list on every call
                 box = self.outbox[owner] = []
@@ -473,11 +485,30 @@ class NodeRuntime:
         if run:
             self.run_due(now_wall)
 
+    def _flush_due(self, now_wall: float) -> None:
+        """End of a turn: send the outbox, unless coalescing lets every frame in it wait; then
+        make sure of a wake-up at the first frame's deadline (the worker arms its timer at
+        :attr:`next_due`), so no frame waits past it."""
+        if not self.outbox:
+            return
+        deadline = self._outbox_deadline
+        if self.handover_guard_s is None or now_wall >= deadline:
+            self.flush()
+        elif deadline < self._flush_wake:
+            self._flush_wake = deadline
+            self.call_at(deadline, self._woken_to_flush)
+
+    def _woken_to_flush(self, at_wall: float) -> None:
+        """The outbox's deadline has come: :meth:`run_due` sends it at the end of this turn."""
+        if at_wall >= self._flush_wake:
+            self._flush_wake = float("inf")
+
     def flush(self) -> None:
         """Send batched frames to the workers that host their next hops."""
         if not self.outbox:
             return
         outbox, self.outbox = self.outbox, {}
+        self._outbox_deadline = float("inf")
         if not self.connected():
             for items in outbox.values():
                 for _v, frame in items:
@@ -492,5 +523,7 @@ class NodeRuntime:
                 self.send(worker, encode_batch(items[at:at + MAX_BATCH_FRAMES], self._packer))
 
     def held_frames(self) -> list[Frame]:
-        """Frames in flight on this worker's links (for the conservation check)."""
-        return [item[4] for item in self.heap if item[2] == ARRIVE]
+        """Frames in flight on this worker's links (for the conservation check), with any
+        that coalescing still holds in the outbox (counted as sent, never received)."""
+        return ([item[4] for item in self.heap if item[2] == ARRIVE]
+                + [frame for items in self.outbox.values() for _v, frame in items])
