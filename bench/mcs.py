@@ -1,6 +1,7 @@
 """The MCS bridge's figures on the demo: delivery to a UDP listener, order, added delay, TC RTT.
 
     .venv/bin/python bench/mcs.py [--duration 30] [--speed 2] [--tcs 10] [--cuts 0]
+                                  [--live-cuts 0]
 
 Runs scenarios/demo.yaml with darmstadt's ``mcs`` set (embedded mosquitto, two worker
 processes, ``--fidelity-budget 1000``) while this process plays the mission control system
@@ -21,7 +22,9 @@ Prints one JSON line:
 * ``udp_not_delivered_in_trace`` — housekeeping packets the listener received whose frame the
   trace does not deliver at darmstadt (with ``pacer.sent_then_dropped``); target 0. ``--cuts N``
   cuts darmstadt's terrestrial links N times (0.4 s each) so that frames are dropped in flight
-  (``tm_dropped_by_fault``); the pacer must hold and never send those;
+  (``tm_dropped_by_fault``); the pacer must hold and never send those. Scheduled cuts take
+  effect at tick boundaries (their state is known a tick ahead); ``--live-cuts N`` injects them
+  with ``orbitmesh fault`` instead, in force when the workers receive them (the gate's case);
 * ``pacer`` — the pacer's own counters: committed at the due time vs held for the worker's
   verdict, its send lateness (``late_ms``), how long the worker's gate was closed (``gate_ms``),
   and ``sched_fifo`` / ``sched_normal`` (whether it got real-time scheduling).
@@ -53,11 +56,13 @@ def main() -> int:
     p.add_argument("--tcs", type=int, default=10, help="telecommands per link (UDP and TCP)")
     p.add_argument("--cuts", type=int, default=0,
                    help="cuts of darmstadt's terrestrial links (frames dropped in flight)")
+    p.add_argument("--live-cuts", type=int, default=0, help="the same, injected live")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="orbitmesh-bench-mcs-") as tmp:
         record = mcs_session(Path(tmp) / "run", duration_s=args.duration, speed=args.speed,
                              tcs_per_link=args.tcs,
-                             faults=centre_cuts(args.duration, args.cuts) if args.cuts else None)
+                             faults=centre_cuts(args.duration, args.cuts) if args.cuts else None,
+                             live_cuts=args.live_cuts)
         figures = analyse(record, Path(tmp) / "run")
         summary = record.summary
     added = figures["added_wall_ms"]
@@ -65,6 +70,7 @@ def main() -> int:
     figures |= {
         "bench": "mcs", "duration_s": args.duration, "run_exit": record.returncode,
         "summary_tc_rtt_ms": summary.get("telecommands", {}).get("rtt_ms"), "cuts": args.cuts,
+        "live_cuts": args.live_cuts,
         "conservation_ok": summary.get("conservation_ok"),
         "fidelity": {k: summary.get("fidelity", {}).get(k) for k in ("ok", "problems")},
         "load_average_1min": os.getloadavg()[0],

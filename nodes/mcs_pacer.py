@@ -30,6 +30,7 @@ packet for ``S``/``P``; the pacer answers with JSON counters (after changes, at 
 
 from __future__ import annotations
 
+import gc
 import heapq
 import json
 import os
@@ -49,6 +50,8 @@ _HEAD = struct.Struct("<cQd")
 SCHEDULE, NOW, VERDICT_OK, VERDICT_DROP = b"S", b"P", b"N", b"D"
 BARRIER, APPLIED, GATE_CLOSE, GATE_OPEN, EXIT = b"B", b"A", b"G", b"O", b"X"
 REPORT_S = 0.5
+IDLE_S = 0.005
+"""Periodic reports go out only when no packet is due within this (wall s)."""
 RT_CPU_LIMIT_US = 200_000
 """A real-time pacer stuck in a loop gets SIGXCPU after 0.2 s of CPU without sleeping."""
 MAX_MESSAGE = 65_600
@@ -87,6 +90,7 @@ class Schedule:
         """How long the worker kept the gate closed (pacer's wall, ms)."""
         self._gate_closed_wall = 0.0
         self._gate_opened_wall = float("-inf")
+        self._held_released_wall = float("-inf")
 
     def gate(self, closed: bool, now_wall: float) -> None:
         """The worker started (True) or finished reading a batch with a state or a command."""
@@ -177,6 +181,8 @@ class Schedule:
                 continue
             entry.sent = True
             committed = not entry.held
+            if not committed:
+                self._held_released_wall = now_wall
             if committed and not entry.released:
                 self.awaiting_verdict.add(ident)
             out.append((entry.packet, entry.due, committed))
@@ -187,14 +193,19 @@ class Schedule:
         late_ms = max(0.0, sent_wall - due) * 1000.0
         (self.late_ms if committed else self.held_late_ms).add(late_ms)
         self.counts["committed" if committed else "held_sent"] += 1
-        if late_ms > 1.0:
-            self.counts["late_1ms_gate" if self._gate_opened_wall >= due else "late_1ms_other"] += 1
+        if late_ms > 1.0:  # why: a gate was closed at its due time, a packet before it was
+            # held, or the pacer itself woke late (or heard of it late: announced_after_due)
+            why = ("gate" if self._gate_opened_wall >= due else
+                   "behind_held" if self._held_released_wall >= due else "other")
+            self.counts[f"late_1ms_{why}"] += 1
 
-    def report(self) -> dict[str, Any]:
-        """Counters for the worker's stats file."""
+    def report(self, *, final: bool = True) -> dict[str, Any]:
+        """Counters for the worker's stats file (histograms whole when ``final``, else their
+        summaries: encoding thousands of samples would hold a send back by milliseconds)."""
+        hists = {"late_ms": self.late_ms, "held_late_ms": self.held_late_ms,
+                 "gate_ms": self.gate_ms}
         return {**self.counts, "unconfirmed": len(self.awaiting_verdict),
-                "late_ms": self.late_ms.to_dict(), "held_late_ms": self.held_late_ms.to_dict(),
-                "gate_ms": self.gate_ms.to_dict()}
+                **{k: h.to_dict() if final else h.summary() for k, h in hists.items()}}
 
 
 # --- the process ---------------------------------------------------------------------------------
@@ -222,6 +233,7 @@ def serve(ctl: socket.socket, udp: socket.socket, sched: str) -> None:
     """The pacer's loop: read the worker's messages, send each packet at its due time."""
     plan = Schedule()
     plan.counts[f"sched_{sched}"] = 1
+    gc.disable()  # no cycles here; a collection pass would only delay sends
     last_report, dirty = 0.0, True
     while True:
         due = plan.next_due()
@@ -255,9 +267,11 @@ def serve(ctl: socket.socket, udp: socket.socket, sched: str) -> None:
             else:
                 plan.sent(due_wall, time.time(), committed)
             dirty = True
-        if dirty and time.time() - last_report >= REPORT_S:
+        due = plan.next_due()
+        now = time.time()
+        if dirty and now - last_report >= REPORT_S and (due is None or due - now > IDLE_S):
             try:
-                ctl.send(json.dumps(plan.report()).encode())
+                ctl.send(json.dumps(plan.report(final=False)).encode())
                 last_report, dirty = time.time(), False
             except BlockingIOError:
                 pass
@@ -266,6 +280,8 @@ def serve(ctl: socket.socket, udp: socket.socket, sched: str) -> None:
 def _apply(plan: Schedule, op: bytes, ident: int, at: float, packet: bytes) -> None:
     if op == SCHEDULE:
         plan.schedule(ident, at, packet)
+        if at < time.time():  # the worker told us too late to send it on time
+            plan.counts["announced_after_due"] += 1
     elif op == NOW:
         plan.now(at, packet)
     elif op in (VERDICT_OK, VERDICT_DROP):

@@ -106,8 +106,11 @@ def _connect(port: int, child: subprocess.Popen[str]) -> socket.socket:
 
 
 def mcs_session(out: Path, *, duration_s: float = 20.0, speed: float = 2.0,
-                tcs_per_link: int = 8, faults: list[dict[str, Any]] | None = None) -> McsRecord:
-    """Run the demo with the bridge (``orbitmesh run``, a child process) and play the MCS."""
+                tcs_per_link: int = 8, faults: list[dict[str, Any]] | None = None,
+                live_cuts: int = 0) -> McsRecord:
+    """Run the demo with the bridge (``orbitmesh run``, a child process) and play the MCS;
+    ``live_cuts``: cut darmstadt's terrestrial links that often during the run, live
+    (``orbitmesh fault``: in force when the workers receive it, mid-tick)."""
     record = McsRecord()
     listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     listener.bind(("127.0.0.1", 0))
@@ -129,6 +132,10 @@ def mcs_session(out: Path, *, duration_s: float = 20.0, speed: float = 2.0,
     udp_reader = threading.Thread(target=_read_udp, args=(listener, record, done),
                                   name="mcs-tm-udp")
     udp_reader.start()
+    cutter = threading.Thread(target=_cut_live, args=(out, child, live_cuts, duration_s / speed,
+                                                      record), name="mcs-live-cuts")
+    if live_cuts:
+        cutter.start()
     sockets: list[socket.socket] = [listener]
     tcp_reader = None
     try:
@@ -146,6 +153,8 @@ def mcs_session(out: Path, *, duration_s: float = 20.0, speed: float = 2.0,
             child.terminate()  # our own child, by its PID
             child.wait(10)
         done.set()
+        if cutter.is_alive():
+            cutter.join(60)
         udp_reader.join()
         if tcp_reader is not None:
             tcp_reader.join(10)
@@ -158,6 +167,22 @@ def mcs_session(out: Path, *, duration_s: float = 20.0, speed: float = 2.0,
                            f"{record.output[-2000:]}")
     record.summary = json.loads(summary.read_text())
     return record
+
+
+def _cut_live(out: Path, child: subprocess.Popen[str], count: int, wall_s: float,
+              record: McsRecord) -> None:
+    """Cut darmstadt's terrestrial links ``count`` times, 0.4 scenario s each, spread over the run
+    (after the bridge is up: ``record.udp`` has telemetry)."""
+    while not record.udp and child.poll() is None:
+        time.sleep(0.1)
+    start = time.monotonic()
+    for k in range(count):
+        time.sleep(max(0.0, start + wall_s * (k + 0.6) / (count + 1) - time.monotonic()))
+        if child.poll() is not None:
+            return
+        subprocess.run([sys.executable, "-m", "orbitmesh", "fault", str(out), "link_down",
+                        "darmstadt", "*", "terrestrial", "--for", "0.4", "--id", f"live{k}"],
+                       cwd=PROJECT, capture_output=True, timeout=30, check=False)
 
 
 def _read_udp(listener: socket.socket, record: McsRecord, done: threading.Event) -> None:
@@ -216,7 +241,9 @@ def _pacer_figures(pacer: dict[str, Any]) -> dict[str, Any]:
     """The pacer's counters, with its lateness histograms as percentiles."""
     out = {k: v for k, v in pacer.items() if not k.endswith("_ms")}
     for key in ("late_ms", "held_late_ms", "gate_ms"):
-        if key in pacer:
+        if key in pacer and "p99" in pacer[key]:  # a periodic report's summary
+            out[key] = pacer[key]
+        elif key in pacer:
             hist = Histogram.from_dict(pacer[key])
             out[key] = {"n": hist.n, **dict(zip(("p50", "p99"), hist.percentiles((50, 99)),
                                                 strict=True)), "max": hist.maximum}
