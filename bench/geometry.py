@@ -30,6 +30,10 @@ from orbitmesh.core.topology import build_topology
 # Starlink Gen1 (FCC SAT-MOD-20190830-00087 / 20200417-00037): five shells, 4,408 satellites.
 GEN1_SHELLS = [(72, 22, 550.0, 53.0), (72, 22, 540.0, 53.2), (36, 20, 570.0, 70.0),
                (6, 58, 560.0, 97.6), (4, 43, 560.0, 97.6)]
+# Gen2-like shells (after FCC 22-91's 525/530/535 km shells and a 340 km one, planes resized so the
+# set holds exactly 20,000 satellites with Gen1).
+GEN2_LIKE_SHELLS = [(28, 120, 525.0, 53.0), (28, 120, 530.0, 43.0), (28, 120, 535.0, 33.0),
+                    (52, 106, 340.0, 53.0)]
 
 
 def scenario_text(shells: list[tuple[int, int, float, float]], n_stations: int,
@@ -96,6 +100,8 @@ CASES = {
     "starlink-shell1": lambda ticks: run_case("starlink-shell1", GEN1_SHELLS[:1], 100, 5, None,
                                               ticks),
     "starlink-gen1": lambda ticks: run_case("starlink-gen1", GEN1_SHELLS, 1000, 5, 50, ticks),
+    "gen1-gen2-20k": lambda ticks: run_case("gen1-gen2-20k", GEN1_SHELLS + GEN2_LIKE_SHELLS, 1000,
+                                            5, 50, ticks),
 }
 
 

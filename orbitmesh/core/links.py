@@ -16,7 +16,9 @@ can be placed. A handover is a new GSL at a station that already had a GSL in th
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,6 +35,18 @@ from orbitmesh.core.geometry import (
 from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL, IntArray, Topology
 
 KindArray = NDArray[np.int8]
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+"""Whether the compiled GSL kernel can be used (numpy does the same work without it)."""
+
+
+def _compiled() -> ModuleType | None:
+    """The compiled GSL kernel, imported on first use (numba loads then), or None."""
+    if not HAVE_NUMBA:
+        return None
+    from orbitmesh.core import _gsl_kernel
+
+    return _gsl_kernel
 
 
 @dataclass(frozen=True)
@@ -146,6 +160,10 @@ class LinkEngine:
         self._range_limited = bool(np.isfinite(self._max_range_km).any())
         self._station_tree = cKDTree(topology.stations.positions_ecef_km) if len(
             topology.stations) else None
+        self._lowest_site_km = float(np.linalg.norm(topology.stations.positions_ecef_km,
+                                                    axis=1).min(initial=np.inf))
+        self._allows = np.ascontiguousarray(topology.station_allows, dtype=np.bool_)
+        self._sat_group = np.ascontiguousarray(topology.sat_constellation, dtype=np.int64)
         first = topology.n_satellites
         self._station_nodes = np.arange(first, first + topology.n_stations, dtype=np.int64)
 
@@ -173,6 +191,26 @@ class LinkEngine:
         if topo.n_stations == 0 or topo.n_satellites == 0:
             empty = np.empty(0, dtype=np.int64)
             return empty, empty, np.empty(0)
+        kernel = _compiled()
+        if kernel is not None:
+            cg, cs, sin_el = self._visible_compiled(kernel, pos, failed)
+        else:
+            cg, cs, sin_el = self._visible(pos, failed)
+        cel = np.degrees(np.arcsin(np.clip(sin_el, -1.0, 1.0)))
+        sticky = topo.scenario.links.gsl.handover == "sticky"
+        keep = np.zeros(len(cg), dtype=bool)
+        if sticky and len(self._prev_gsl):
+            keep = self._in_previous(cg, cs)
+        chosen = assign_gsl(cg, cs, cel, keep, topo.station_antennas, topo.sat_max_gsl)
+        g, s = cg[chosen], cs[chosen]
+        self._count_handovers(g, s)
+        rng_km = np.linalg.norm(pos[s] - topo.stations.positions_ecef_km[g], axis=1)
+        return g, s, rng_km / C_KM_S
+
+    def _visible(self, pos: FloatArray, failed: NDArray[np.bool_] | None
+                 ) -> tuple[IntArray, IntArray, FloatArray]:
+        """(station, satellite, sin elevation) of every pair that may hold a GSL now (numpy)."""
+        topo = self.topology
         cg, cs, sin_el, range_km = self._candidates(pos)
         visible = sin_el >= self._sin_mask[cg]
         if self._range_limited:
@@ -182,18 +220,36 @@ class LinkEngine:
         visible &= self._gsl_capable[cs] & self._has_antenna[cg]
         if failed is not None:
             visible &= ~failed[cs] & ~failed[topo.n_satellites + cg]
-        cg, cs, sin_el = cg[visible], cs[visible], sin_el[visible]
-        cel = np.degrees(np.arcsin(np.clip(sin_el, -1.0, 1.0)))
-        sticky = topo.scenario.links.gsl.handover == "sticky"
-        keep = np.zeros(len(cg), dtype=bool)
-        if sticky and len(self._prev_gsl):
-            n_s = topo.n_satellites
-            keep = np.isin(cg * n_s + cs, self._prev_gsl[:, 0] * n_s + self._prev_gsl[:, 1])
-        chosen = assign_gsl(cg, cs, cel, keep, topo.station_antennas, topo.sat_max_gsl)
-        g, s = cg[chosen], cs[chosen]
-        self._count_handovers(g, s)
-        rng_km = np.linalg.norm(pos[s] - topo.stations.positions_ecef_km[g], axis=1)
-        return g, s, rng_km / C_KM_S
+        return cg[visible], cs[visible], sin_el[visible]
+
+    def _visible_compiled(self, kernel: ModuleType, pos: FloatArray,
+                          failed: NDArray[np.bool_] | None
+                          ) -> tuple[IntArray, IntArray, FloatArray]:
+        """The same pairs as :meth:`_visible`, from the compiled cube grid (stations in order)."""
+        topo = self.topology
+        finite = np.isfinite(pos).all(axis=1)
+        sat_ok = finite & self._gsl_capable
+        station_ok = self._has_antenna.copy()
+        if failed is not None:
+            sat_ok &= ~failed[:topo.n_satellites]
+            station_ok &= ~failed[topo.n_satellites:topo.n_satellites + topo.n_stations]
+        if not sat_ok.any():
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty, np.empty(0)
+        stations = topo.stations
+        result: tuple[IntArray, IntArray, FloatArray] = kernel.visible_pairs(
+            np.ascontiguousarray(pos), sat_ok, stations.positions_ecef_km, stations.up,
+            station_ok, self._sin_mask, self._max_range_km, self._reach_km(pos[finite]) + 1.0,
+            self._allows, self._sat_group, self._restricted)
+        return result
+
+    def _reach_km(self, pos: FloatArray) -> float:
+        """Longest slant range any station can have to satellites at ``pos`` (finite rows)."""
+        radius_km = float(np.sqrt(np.einsum("ij,ij->i", pos, pos).max()))
+        site_km = self._lowest_site_km
+        e = self._lowest_mask_rad
+        reach_km = np.sqrt(radius_km**2 - (site_km * np.cos(e)) ** 2) - site_km * np.sin(e)
+        return min(float(reach_km), float(self._max_range_km.max()))  # inf unless all limited
 
     def _candidates(self, pos: FloatArray) -> tuple[IntArray, IntArray, FloatArray, FloatArray]:
         """(station, satellite, sin elevation, slant range km) of every pair that might be live.
@@ -224,11 +280,22 @@ class LinkEngine:
         sin_el = np.einsum("ij,ij->i", rho, stations.up[cg]) / np.maximum(pairs["v"], 1e-9)
         return cg, cs, sin_el, pairs["v"]
 
-    def _count_handovers(self, g: IntArray, s: IntArray) -> None:
+    def _in_previous(self, g: IntArray, s: IntArray) -> NDArray[np.bool_]:
+        """True where pair (station ``g``, satellite ``s``) held a GSL at the previous tick."""
+        prev, kernel = self._prev_gsl, _compiled()
+        if kernel is not None:
+            found: NDArray[np.bool_] = kernel.in_previous(
+                np.asarray(g, dtype=np.int64), np.asarray(s, dtype=np.int64), prev[:, 0].copy(),
+                prev[:, 1].copy(), self.topology.n_stations, self.topology.n_satellites)
+            return found
         n_s = self.topology.n_satellites
+        return np.isin(g * n_s + s, prev[:, 0] * n_s + prev[:, 1])
+
+    def _count_handovers(self, g: IntArray, s: IntArray) -> None:
         prev = self._prev_gsl
-        new = ~np.isin(g * n_s + s, prev[:, 0] * n_s + prev[:, 1])
-        self.last_handovers = int(np.count_nonzero(new & np.isin(g, prev[:, 0])))
+        new = ~self._in_previous(g, s)
+        had = np.bincount(prev[:, 0], minlength=self.topology.n_stations) > 0
+        self.last_handovers = int(np.count_nonzero(new & had[g]))
         self.handovers_total += self.last_handovers
         self._prev_gsl = np.stack([g, s], axis=1)
 
@@ -263,11 +330,14 @@ def _rank_within(groups: IntArray, order: IntArray) -> IntArray:
 
 
 def assign_gsl(cg: IntArray, cs: IntArray, cel: FloatArray, keep: NDArray[np.bool_],
-               antennas: IntArray, sat_limit: IntArray) -> NDArray[np.bool_]:
+               antennas: IntArray, sat_limit: IntArray,
+               compiled: bool | None = None) -> NDArray[np.bool_]:
     """Choose candidate pairs (station ``cg``, satellite ``cs``, elevation ``cel``).
 
     ``keep`` marks pairs that stay (sticky). Returns a mask over the candidates such that no
     station exceeds ``antennas`` and no satellite exceeds ``sat_limit``, preferring high elevation.
+    The rounds run compiled when numba is installed (``compiled``: force one or the other); both
+    pick the same pairs, equal elevations going to the earlier candidate.
     """
     chosen = keep.copy()
     used_g = np.bincount(cg[chosen], minlength=len(antennas))
@@ -279,6 +349,16 @@ def assign_gsl(cg: IntArray, cs: IntArray, cel: FloatArray, keep: NDArray[np.boo
         chosen[worst] = False
         used_g[cg[worst]] -= 1
         used_s[cs[worst]] -= 1
+    kernel = _compiled() if compiled is None or compiled else None
+    if compiled and kernel is None:
+        raise ImportError("the compiled GSL assignment needs numba")
+    if kernel is not None:
+        if len(cg):
+            kernel.assign_rounds(np.asarray(cg, dtype=np.int64), np.asarray(cs, dtype=np.int64),
+                                 np.asarray(cel, dtype=np.float64), chosen,
+                                 np.asarray(antennas, dtype=np.int64),
+                                 np.asarray(sat_limit, dtype=np.int64), used_g, used_s)
+        return chosen
     while True:
         free_g, free_s = antennas - used_g, sat_limit - used_s
         active = np.flatnonzero(~chosen & (free_g[cg] > 0) & (free_s[cs] > 0))
