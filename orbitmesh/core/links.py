@@ -124,10 +124,15 @@ class LinkTracker:
             return LinkDiff(state.t_s, np.arange(len(state)), empty, empty,
                             np.empty(0, dtype=np.int8), empty)
         prev, prev_key, cur_key = self._announced, self._announced.key, state.key
-        _common, ip, ic = np.intersect1d(prev_key, cur_key, assume_unique=True,
-                                         return_indices=True)
-        up = np.setdiff1d(np.arange(len(state)), ic, assume_unique=True)
-        down = np.setdiff1d(np.arange(len(prev)), ip, assume_unique=True)
+        # Both key arrays are sorted and unique: one binary search matches them (intersect1d
+        # would concatenate and sort them again).
+        at = np.minimum(np.searchsorted(prev_key, cur_key), max(len(prev_key) - 1, 0))
+        kept = (prev_key[at] == cur_key) if len(prev_key) else np.zeros(len(cur_key), bool)
+        ic, ip = np.flatnonzero(kept), at[kept]
+        up = np.flatnonzero(~kept)
+        gone = np.ones(len(prev), dtype=bool)
+        gone[ip] = False
+        down = np.flatnonzero(gone)
         drift = np.abs(state.delay_s[ic] - self._announced_delay[ip]) > self.threshold_s
         changed = ic[drift]
         announced = state.delay_s.copy()
