@@ -71,9 +71,10 @@ def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str], *,
     satrecs = [topology.satrecs[i] for i in sats]
     sat_ids = [topology.node_ids[i] for i in sats]
     station_ids = [st[g].name for g in stations]
-    # About an hour of 30 s samples a chunk: small enough that the first rows come early and
-    # that the SGP4 workers and this process overlap well, large enough to amortise each step.
-    chunk_samples = 128
+    # Half an hour of 30 s samples a chunk: small enough that the first rows come early and
+    # that the workers and this process overlap well; a worker holds one chunk (~3 MB).
+    # Its memory is numba (~130 MB), not the chunk: larger chunks barely change it.
+    chunk_samples = 64
     total = search_chunks(start, end, len(sats), chunk_samples=chunk_samples)
     written = 0
     with _progress("searching passes", total) as report:
