@@ -54,7 +54,8 @@ class McsBridge:
     """The bridge of one ops centre (node ``node``)."""
 
     def __init__(self, roles: Roles, node: int, spec: McsSpec, *, now: Callable[[], float],
-                 started: Callable[[], bool], after_input: Callable[[], None]) -> None:
+                 started: Callable[[], bool], after_input: Callable[[], None],
+                 run_id: str = "") -> None:
         self.roles = roles
         self.rt = roles.rt
         self.node = node
@@ -95,7 +96,7 @@ class McsBridge:
         try:
             if spec.tm_udp:
                 open_socket(socket.SOCK_DGRAM, spec.tm_udp, "tm_udp").close()  # a clear error here
-                self.pacer = Pacer(spec.tm_udp)
+                self.pacer = Pacer(spec.tm_udp, f"{run_id}/{topo.node_ids[node]}")
             for key, kind in (("tm_tcp", socket.SOCK_STREAM), ("tc_udp", socket.SOCK_DGRAM),
                               ("tc_tcp", socket.SOCK_STREAM)):
                 address = getattr(spec, key)
@@ -340,7 +341,8 @@ class McsBridges:
     @classmethod
     def open(cls, roles: Roles, *, now: Callable[[], float], started: Callable[[], bool],
              after_input: Callable[[], None], gated_topics: Sequence[str] = (),
-             finished: Callable[[], bool] = lambda: False) -> McsBridges | None:
+             finished: Callable[[], bool] = lambda: False,
+             run_id: str = "") -> McsBridges | None:
         """Bridges for the hosted ops centres that have ``mcs`` (None when there are none)."""
         topo = roles.rt.topology
         base = topo.n_satellites + topo.n_stations
@@ -349,7 +351,8 @@ class McsBridges:
             for i, centre in enumerate(topo.scenario.ops_centres):
                 if centre.mcs is not None and base + i in roles.rt.local:
                     bridges[base + i] = McsBridge(roles, base + i, centre.mcs, now=now,
-                                                  started=started, after_input=after_input)
+                                                  started=started, after_input=after_input,
+                                                  run_id=run_id)
         except RunError:
             for bridge in bridges.values():
                 bridge.close()

@@ -297,7 +297,8 @@ def _apply(plan: Schedule, op: bytes, ident: int, at: float, packet: bytes) -> N
 
 
 def main(argv: list[str]) -> int:
-    """``python -m nodes.mcs_pacer FD HOST:PORT``: FD is the worker's end of the socketpair."""
+    """``python -m nodes.mcs_pacer FD HOST:PORT [LABEL]``: FD is the pacer's end of the
+    socketpair; LABEL (``<run id>/<ops centre>``) only names the process for ``ps``."""
     ctl = socket.socket(fileno=int(argv[0]))
     ctl.setblocking(False)
     sched = _realtime()
@@ -311,7 +312,7 @@ def main(argv: list[str]) -> int:
 class Pacer:
     """The worker's handle on its pacer process (one per bridged ops centre with ``tm_udp``)."""
 
-    def __init__(self, tm_udp: str) -> None:
+    def __init__(self, tm_udp: str, label: str = "") -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for sock in (ours, theirs):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
@@ -322,7 +323,8 @@ class Pacer:
         """Messages the worker could not hand to the pacer (its socket full), by kind."""
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "nodes.mcs_pacer", str(theirs.fileno()), tm_udp],
+                [sys.executable, "-m", "nodes.mcs_pacer", str(theirs.fileno()), tm_udp,
+                 *([label] if label else [])],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         finally:
             theirs.close()

@@ -174,7 +174,7 @@ class Worker:
         self.mcs = McsBridges.open(self.roles, now=self.now, started=lambda: self.started,
                                    after_input=self._after_input,  # listening before "ready"
                                    gated_topics=(t.state, t.launcher),
-                                   finished=self.finished.is_set)
+                                   finished=self.finished.is_set, run_id=t.run_id)
         self._write_stats(final=False)  # claims this generation's file name at once
         self._status("ready", nodes=len(self.runtime.local), pid=os.getpid())
         try:
