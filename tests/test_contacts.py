@@ -463,3 +463,26 @@ def test_progress_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
             for i in range(4):
                 report(i + 1)
         assert ("searching passes" in err.getvalue()) == tty
+
+
+def test_compiled_screen_keeps_what_the_numpy_rule_keeps() -> None:
+    """The compiled screen is the numpy statement of the rule, NaN (failed SGP4) rows kept."""
+    from orbitmesh.core._pass_screen import candidate_pairs
+    from orbitmesh.core.passes import ecef_valid_km
+
+    epoch = datetime(2026, 1, 1, tzinfo=UTC)
+    sats = walker_satrecs(epoch=epoch, total=66, planes=6, phasing=1, inclination_deg=53.0,
+                          altitude_km=550.0)
+    sites = _network()
+    stations, masks = _stations(sites), np.array([s.mask_deg for s in sites])
+    pos_km = ecef_valid_km(Propagator(sats), epoch, np.arange(36, dtype=np.float64) * 30.0)
+    pos_km[5, 10:12] = np.nan
+    for block, broken in ((pos_km, True), (pos_km[:, 3:20], True), (pos_km[:, :1], False)):
+        g, s = candidate_pairs(block, stations, masks)
+        ours = set(zip(g.tolist(), s.tolist(), strict=True))
+        g, s = candidate_pairs(block, stations, masks, compiled=False)
+        reference = set(zip(g.tolist(), s.tolist(), strict=True))
+        assert ours == reference
+        assert 0 < len(ours) < len(sites) * len(sats)
+        # A satellite SGP4 failed for in the block is screened in everywhere.
+        assert ({(g, 5) for g in range(len(sites))} <= ours) == broken

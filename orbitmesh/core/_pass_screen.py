@@ -7,7 +7,9 @@ The angle is measured at a few check samples; between them it changes by at most
 satellite's angular rate times the distance to the nearest check sample. A pair whose angle
 stays beyond ``lambda`` plus that motion plus a margin (geodetic up is up to 0.2 deg from the
 geocentric radial) cannot reach its mask anywhere in the block, so the search skips it. The
-screen only removes pairs that have no events: results are the same as with every pair.
+screen only removes pairs that have no events: results are the same as with every pair. The
+search runs the compiled statement of this rule (:func:`orbitmesh.core._pass_kernel.screen_block`);
+the numpy one below is its reference.
 
 Array axes: ``(G, S, T)`` = stations, satellites, times, as in :mod:`orbitmesh.core.geometry`.
 """
