@@ -35,7 +35,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nodes.mcs_pacer import MAX_MESSAGE, Pacer
+from nodes.mcs_pacer import MAX_MESSAGE
+from nodes.mcs_pacer_handle import Pacer
 from nodes.mcs_packets import StreamSplitter, TcRouter, datagram_packet
 from nodes.mcs_tm_stream import TmStream, kernel_wall, open_socket
 from nodes.roles import Roles

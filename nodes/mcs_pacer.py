@@ -23,7 +23,7 @@ its loop handles the arrival) decides, and held packets keep their place in the 
 leave in due order, a held one blocking those after it. A verdict "dropped" for a packet already
 sent is counted (``sent_then_dropped``); the design keeps it 0, and the count says if not.
 
-Protocol: one AF_UNIX SOCK_SEQPACKET pair; each message is ``_HEAD`` (op, id, wall) plus the
+Protocol: one AF_UNIX SOCK_SEQPACKET pair; each message is ``HEAD`` (op, id, wall) plus the
 packet for ``S``/``P``; the pacer answers with JSON counters (after changes, at most every
 ``REPORT_S``, and a final one after ``X``). End of file on its socket (the worker died) ends it.
 """
@@ -38,7 +38,6 @@ import resource
 import select
 import socket
 import struct
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -46,9 +45,11 @@ from typing import Any
 
 from orbitmesh.core.histogram import Histogram
 
-_HEAD = struct.Struct("<cQd")
+HEAD = struct.Struct("<cQd")
+"""op, id, wall (then the packet, for S and P)."""
+
 SCHEDULE, NOW, VERDICT_OK, VERDICT_DROP = b"S", b"P", b"N", b"D"
-BARRIER, APPLIED, GATE_CLOSE, GATE_OPEN, EXIT = b"B", b"A", b"G", b"O", b"X"
+BARRIER, APPLIED, GATE_CLOSE, GATE_OPEN, FREEZE, EXIT = b"B", b"A", b"G", b"O", b"F", b"X"
 REPORT_S = 0.5
 IDLE_S = 0.005
 """Periodic reports go out only when no packet is due within this (wall s)."""
@@ -248,13 +249,13 @@ def serve(ctl: socket.socket, udp: socket.socket, sched: str) -> None:
                 break
             if not message:
                 return  # the worker is gone
-            op, ident, at = _HEAD.unpack_from(message)
+            op, ident, at = HEAD.unpack_from(message)
             if op == EXIT:
                 plan.freeze()
                 ctl.setblocking(True)
                 ctl.send(json.dumps(plan.report()).encode())
                 return
-            _apply(plan, op, ident, at, message[_HEAD.size:])
+            _apply(plan, op, ident, at, message[HEAD.size:])
             dirty = True
         now = time.time()
         for packet, due_wall, committed in plan.take(now):
@@ -292,7 +293,7 @@ def _apply(plan: Schedule, op: bytes, ident: int, at: float, packet: bytes) -> N
         plan.applied(at)
     elif op in (GATE_CLOSE, GATE_OPEN):
         plan.gate(op == GATE_CLOSE, time.time())
-    elif op == b"F":
+    elif op == FREEZE:
         plan.freeze()
 
 
@@ -305,96 +306,6 @@ def main(argv: list[str]) -> int:
     with ctl, _udp(argv[1]) as udp:
         serve(ctl, udp, sched)
     return 0
-
-
-# --- the worker's side ---------------------------------------------------------------------------
-
-class Pacer:
-    """The worker's handle on its pacer process (one per bridged ops centre with ``tm_udp``)."""
-
-    def __init__(self, tm_udp: str, label: str = "") -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        for sock in (ours, theirs):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
-        self.sock = ours
-        self.counts: dict[str, Any] = {}
-        """The pacer's latest report."""
-        self.failed: Counter[str] = Counter()
-        """Messages the worker could not hand to the pacer (its socket full), by kind."""
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "nodes.mcs_pacer", str(theirs.fileno()), tm_udp,
-                 *([label] if label else [])],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
-        finally:
-            theirs.close()
-        ours.setblocking(False)
-
-    def _send(self, op: bytes, ident: int = 0, at: float = 0.0, packet: bytes = b"") -> bool:
-        try:
-            self.sock.send(_HEAD.pack(op, ident, at) + packet)
-        except (BlockingIOError, BrokenPipeError, ConnectionResetError) as exc:
-            self.failed[f"{op.decode()}_{type(exc).__name__}"] += 1
-            return False
-        return True
-
-    def schedule(self, ident: int, due: float, packet: bytes) -> bool:
-        """Send ``packet`` at wall time ``due`` unless held."""
-        return self._send(SCHEDULE, ident, due, packet)
-
-    def now(self, at_wall: float, packet: bytes) -> bool:
-        """Send ``packet`` now (in its turn): it was delivered without being announced."""
-        return self._send(NOW, 0, at_wall, packet)
-
-    def verdict(self, ident: int, delivered: bool) -> None:
-        """The loop handled the arrival of packet ``ident``."""
-        self._send(VERDICT_OK if delivered else VERDICT_DROP, ident)
-
-    def barrier(self, at_wall: float) -> None:
-        """A link state was scheduled to take effect at ``at_wall``."""
-        self._send(BARRIER, 0, at_wall)
-
-    def applied(self, at_wall: float) -> None:
-        """The state scheduled for ``at_wall`` is applied."""
-        self._send(APPLIED, 0, at_wall)
-
-    def gate(self, closed: bool) -> None:
-        """Close before stamping a batch that holds a state or a command; open after it."""
-        self._send(GATE_CLOSE if closed else GATE_OPEN)
-
-    def freeze(self) -> None:
-        """The worker handles no more arrivals: send nothing more."""
-        self._send(b"F")
-
-    def read_report(self, data: bytes) -> None:
-        """Keep a report the pacer sent."""
-        try:
-            self.counts = json.loads(data)
-        except ValueError:
-            self.failed["bad_report"] += 1
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Stop the pacer, keeping its final report; kill it (by its PID) if it does not stop."""
-        if self.sock.fileno() < 0:
-            return
-        if self._send(EXIT):
-            deadline = time.monotonic() + timeout_s
-            self.sock.setblocking(True)
-            while (left := deadline - time.monotonic()) > 0:
-                self.sock.settimeout(left)
-                try:
-                    data = self.sock.recv(MAX_MESSAGE)
-                except (TimeoutError, OSError):
-                    break
-                if not data:
-                    break
-                self.read_report(data)
-        self.sock.close()
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 if __name__ == "__main__":

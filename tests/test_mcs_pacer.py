@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 from nodes.mcs_bridge import McsBridges
-from nodes.mcs_pacer import Pacer, Schedule
+from nodes.mcs_pacer import Schedule
+from nodes.mcs_pacer_handle import Pacer
 from nodes.runtime import NodeRuntime
 from nodes.stats import Stats
 from orbitmesh.protocol.wire import F_DUE, TELEMETRY, new_frame
