@@ -17,8 +17,8 @@ Prints one JSON line:
   this process's reader thread got each datagram is ``added_read_by_mcs_thread_wall_ms``: that
   adds the stand-in MCS's own wake-up (on a busy machine, ms), which no bridge can remove;
 * ``tc_rtt_mcs_minus_trace_ms`` — per acknowledged telecommand, the round trip the MCS measured
-  (just before ``send`` to the ack's kernel receipt, scenario ms) minus the trace's pairing of
-  the same command (the summary's TC RTT sample); target p99 |diff| ≤ 1 ms;
+  (the TC's kernel transmit time to the ack's kernel receipt, scenario ms) minus the trace's
+  pairing of the same command (the summary's TC RTT sample); target p99 |diff| ≤ 1 ms;
 * ``udp_not_delivered_in_trace`` — housekeeping packets the listener received whose frame the
   trace does not deliver at darmstadt (with ``pacer.sent_then_dropped``); target 0. ``--cuts N``
   cuts darmstadt's terrestrial links N times (0.4 s each) so that frames are dropped in flight

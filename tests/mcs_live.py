@@ -11,7 +11,9 @@ time it was received or sent. All sockets are on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -37,6 +39,10 @@ TC_APID_BASE = 1024
 CONNECT_TIMEOUT_S = 60.0
 """How long the run may take to bring the bridge up (broker, workers, scenario load)."""
 RUN_GRACE_S = 60.0
+SO_TIMESTAMPING = getattr(socket, "SO_TIMESTAMPING", 37)
+TX_STAMP_FLAGS = (1 << 1) | (1 << 4) | (1 << 11)
+"""SOF_TIMESTAMPING_TX_SOFTWARE | SOFTWARE | OPT_TSONLY: when a TC really left this process (a
+stamp taken before ``send`` would count this thread's own preemption as the bridge's)."""
 """Wall seconds a run may take beyond its scenario duration (start-up, drain, summary)."""
 
 
@@ -51,7 +57,7 @@ class McsRecord:
     tcp: bytearray = field(default_factory=bytearray)
     """The TM TCP stream, as received."""
     sent: dict[tuple[int, int], tuple[float, str]] = field(default_factory=dict)
-    """(TC APID, sequence count) -> (wall when sent, "udp" or "tcp")."""
+    """(TC APID, sequence count) -> (wall when the kernel sent it, "udp" or "tcp")."""
     summary: dict[str, Any] = field(default_factory=dict)
     """The run's summary.json."""
     returncode: int | None = None
@@ -146,6 +152,8 @@ def mcs_session(out: Path, *, duration_s: float = 20.0, speed: float = 2.0,
         tc_tcp = _connect(ports[2], child)
         sockets.append(tc_tcp)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tc_udp:
+            for sock in (tc_udp, tc_tcp):
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TX_STAMP_FLAGS)
             _command(record, tc_udp, ports[1], tc_tcp, child, tcs_per_link)
         record.output, _ = child.communicate(timeout=duration_s / speed + RUN_GRACE_S)
     finally:
@@ -225,12 +233,31 @@ def _command(record: McsRecord, tc_udp: socket.socket, udp_port: int, tc_tcp: so
         sat = heard[seq % len(heard)]
         packet = tc_packet(TC_APID_BASE + sat, seq)
         via = "udp" if seq % 2 == 0 else "tcp"
-        record.sent[TC_APID_BASE + sat, seq] = (time.time(), via)
+        before = time.time()
         if via == "udp":
             tc_udp.sendto(packet, ("127.0.0.1", udp_port))
         else:
             tc_tcp.sendall(packet)
+        sent = _sent_wall(tc_udp if via == "udp" else tc_tcp)
+        record.sent[TC_APID_BASE + sat, seq] = (before if sent is None else sent, via)
         seq += 1
+
+
+def _sent_wall(sock: socket.socket) -> float | None:
+    """The kernel's transmit time of what ``sock`` sent last (SO_TIMESTAMPING's error queue)."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        try:
+            _data, ancillary, _flags, _peer = sock.recvmsg(
+                1, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            select.select([sock], [], [], 0.01)
+            continue
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING:
+                seconds, nanoseconds = struct.unpack_from("@qq", data)
+                return seconds + nanoseconds * 1e-9
+    return None
 
 
 def _percentile(values: list[float], q: float) -> float | None:
