@@ -134,7 +134,7 @@ class McsBridge:
     def deliver(self, packet: bytes, at_wall: float) -> None:
         """A TM packet reached the centre at (emulated) wall time ``at_wall``: pass it on."""
         self.tm_in += 1
-        if self.pacer is not None:
+        if self.pacer is not None and packet:  # (a frame injected by hand may carry none)
             entry = self._announced.pop(id(packet), None)
             if entry is not None and entry[1] is packet:
                 self.pacer.verdict(entry[0], True)
