@@ -17,20 +17,42 @@ from typing import IO
 from orbitmesh.core.topology import Topology
 from orbitmesh.errors import ScenarioError
 
+_FORK_FROM_SAMPLES = 1_000_000
+"""Satellite-samples (about a second of SGP4) from which the search forks its workers: below,
+each worker's start (numba, ~1 s of CPU apiece) costs more than it saves."""
+
 
 @contextmanager
 def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A callback that reports ``done`` out of ``total``; silent unless stderr is a TTY."""
+    """A callback that reports ``done`` out of ``total``; silent unless stderr is a TTY.
+
+    The bar (and rich's refresh thread) starts at the first report, not before: the pass search
+    forks its workers when it starts, and a process should not fork while another of its
+    threads may hold the lock of standard error.
+    """
     if not sys.stderr.isatty():
         yield lambda _done: None
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda done: bar.update(task, completed=done)
+    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+    task = bar.add_task(label, total=total)
+    started = False
+
+    def report(done: int) -> None:
+        nonlocal started
+        if not started:
+            bar.start()
+            started = True
+        bar.update(task, completed=done)
+
+    try:
+        yield report
+    finally:
+        if started:
+            bar.stop()
 
 
 def _span(topology: Topology, args: argparse.Namespace, default_s: float
@@ -44,9 +66,11 @@ def _span(topology: Topology, args: argparse.Namespace, default_s: float
 
 
 def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str], *,
-                 workers: int = 2, on_rows: Callable[[int], None] | None = None) -> int:
+                 workers: int | None = None, on_rows: Callable[[int], None] | None = None
+                 ) -> int:
     """The pass table (``table``) or JSON array (``json``, one pass per line), written as the
-    search finds the passes; returns how many. ``workers`` processes scan (0: this one)."""
+    search finds the passes; returns how many. ``workers`` processes scan (0: this one; None:
+    two for a search big enough to repay their start)."""
     from orbitmesh.core.geometry import Propagator, Stations
     from orbitmesh.core.pass_table import table_header, table_widths
     from orbitmesh.core.passes import iter_pass_tables, search_chunks
@@ -76,6 +100,8 @@ def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str], *,
     # Its memory is numba (~130 MB), not the chunk: larger chunks barely change it.
     chunk_samples = 64
     total = search_chunks(start, end, len(sats), chunk_samples=chunk_samples)
+    if workers is None:
+        workers = 2 if len(sats) * total * chunk_samples >= _FORK_FROM_SAMPLES else 0
     written = 0
     with _progress("searching passes", total) as report:
         tables = iter_pass_tables(
@@ -84,7 +110,8 @@ def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str], *,
                                    [st[g].lon_deg for g in stations],
                                    [st[g].alt_m / 1000.0 for g in stations]),
             station_ids, [st[g].min_elevation_deg for g in stations], start, end,
-            runner=forked_runner(workers), chunk_samples=chunk_samples)
+            runner=forked_runner(workers),
+            chunk_samples=chunk_samples)
         if args.format == "table":
             widths = table_widths(station_ids, sat_ids, (end - start).total_seconds())
             out.write(table_header(widths))
