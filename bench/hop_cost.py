@@ -20,16 +20,22 @@ Cases (one JSON line each):
 
 Each case runs ``--repeats`` times; ``us_per_hop`` is the median of process CPU seconds / hops
 (``time.process_time``: less sensitive to other load than wall time), with every repeat's figure
-beside it. The event log is written to /dev/null through a buffered file, as a worker writes its
-own (``--no-events``: none). ``--profile N`` runs one more repeat of each case under cProfile and
-adds the top N functions by own time. Figures taken on a shared machine are for comparing
-alternated runs, not for the record.
+and the minimum beside it. ``--baseline DIR`` loads another checkout's nodes/runtime.py,
+nodes/stats.py and orbitmesh/protocol/wire.py (everything else comes from this tree) and
+alternates its repeats with this tree's in the same process: before/after of one change, side by
+side, on a shared machine. The event log is written to /dev/null through a buffered file, as a
+worker writes its own (``--no-events``: none). ``--profile N`` runs one more repeat of each case
+under cProfile and prints the top N functions by own time. ``--guard-us`` turns on coalesced
+hand-over (``NodeRuntime.handover_guard_s``); ``frames_per_batch`` and ``hop_late_ms_max`` show
+what it did. Figures taken on a shared machine are for comparing alternated runs, not for the
+record.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib.util
 import os
 import pstats
 import random
@@ -38,7 +44,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from types import ModuleType
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 
@@ -62,6 +69,38 @@ OFFER_RATE_FPS = 6_250.0
 default 100k hops/s over two workers (50k each) with a 9-node chain."""
 
 
+class Impl(NamedTuple):
+    """The classes a harness builds its runtimes from."""
+
+    runtime: type[NodeRuntime]
+    stats: type[Stats]
+
+
+THIS = Impl(NodeRuntime, Stats)
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise SystemExit(f"hop_cost: --baseline: no module at {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def baseline(tree: Path) -> Impl:
+    """NodeRuntime and Stats of the checkout at ``tree``, wired to its own wire codec."""
+    wire = _load("baseline_wire", tree / "orbitmesh" / "protocol" / "wire.py")
+    stats = _load("baseline_stats", tree / "nodes" / "stats.py")
+    runtime = _load("baseline_runtime", tree / "nodes" / "runtime.py")
+    # Its runtime imported this tree's codec and Stats by name: point them at its own.
+    setattr(runtime, "decode_batch", wire.decode_batch)  # noqa: B010 (a module's global)
+    setattr(runtime, "encode_batch", wire.encode_batch)  # noqa: B010
+    setattr(runtime, "Stats", stats.Stats)  # noqa: B010
+    return Impl(runtime.NodeRuntime, stats.Stats)
+
+
 def chain_topology(chain: int) -> Topology:
     """bench/messaging.py's chain scenario as a topology."""
     text = scenario_yaml(chain=chain, flows=2, load_hops_per_s=1000.0, duration_s=60.0)
@@ -78,12 +117,13 @@ class Harness:
     """Runtimes of one case, their mailboxes and a virtual clock."""
 
     def __init__(self, topology: Topology, owner: np.ndarray, workers: int,
-                 sink: IO[bytes] | None, guard_s: float | None = None) -> None:
+                 sink: IO[bytes] | None, guard_s: float | None = None,
+                 impl: Impl = THIS) -> None:
         self.inbox: list[list[bytes]] = [[] for _ in range(workers)]
         self.sends = 0
         self.runtimes = [
-            NodeRuntime(topology, k, owner, send=self._sender(), speed=1.0, seed=1,
-                        stats=Stats(sink, speed=1.0))
+            impl.runtime(topology, k, owner, send=self._sender(), speed=1.0, seed=1,
+                         stats=impl.stats(sink, speed=1.0))
             for k in range(workers)]
         tick = TickEngine(topology).step(0.0)
         snapshot = decode_state(encode_state(1, tick.state, tick.routes), topology.n_nodes)
@@ -148,7 +188,7 @@ def _originator(rt: NodeRuntime, src: int, frame: list[Any]) -> Callable[[float]
 
 
 def build(case: str, topology: Topology, chain: int, frames: int,
-          sink: IO[bytes] | None, guard_s: float | None = None) -> Harness:
+          sink: IO[bytes] | None, guard_s: float | None = None, impl: Impl = THIS) -> Harness:
     """A harness for ``case`` with its offers scheduled."""
     first, last = ends(topology, chain)
     owner = np.zeros(topology.n_nodes, dtype=np.int64)
@@ -157,7 +197,7 @@ def build(case: str, topology: Topology, chain: int, frames: int,
         workers = 2
         for position, node in enumerate(range(first, last + 1)):
             owner[node] = position % 2
-    harness = Harness(topology, owner, workers, sink, guard_s)
+    harness = Harness(topology, owner, workers, sink, guard_s, impl)
     harness.offer(first, last, frames // 2, seed=1)
     harness.offer(last, first, frames - frames // 2, seed=2)
     return harness
@@ -169,9 +209,9 @@ def guard_s(args: argparse.Namespace) -> float | None:
 
 
 def measure(case: str, topology: Topology, args: argparse.Namespace,
-            sink: IO[bytes] | None) -> tuple[float, float, int, Harness]:
+            sink: IO[bytes] | None, impl: Impl = THIS) -> tuple[float, float, int, Harness]:
     """(CPU µs per hop, wall µs per hop, hops, harness) of one repeat; setup is not timed."""
-    harness = build(case, topology, args.chain, args.frames, sink, guard_s(args))
+    harness = build(case, topology, args.chain, args.frames, sink, guard_s(args), impl)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     harness.run(args.step_us * 1e-6)
     cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -210,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=int, default=0, metavar="N")
     p.add_argument("--guard-us", type=float, default=None,
                    help="coalesced hand-over: NodeRuntime.handover_guard_s, in µs (default off)")
+    p.add_argument("--baseline", type=Path, metavar="DIR",
+                   help="another checkout to alternate with (its runtime, stats and wire)")
     args = p.parse_args(argv)
     if args.frames < 2 or args.chain < 2 or args.repeats < 1 or args.step_us <= 0:
         p.error("--frames and --chain need at least 2, --repeats 1, --step-us > 0")
@@ -220,29 +262,43 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"--cases: unknown {sorted(unknown)}; expected local and/or wire")
     topology = chain_topology(args.chain)
+    variants = {"this": THIS}
+    if args.baseline is not None:
+        variants["baseline"] = baseline(args.baseline)
     sink = None if args.no_events else open(os.devnull, "wb")  # noqa: SIM115 (closed below)
     try:
         for case in cases:
-            runs = [measure(case, topology, args, sink) for _ in range(args.repeats)]
-            cpu = [r[0] for r in runs]
-            last = runs[-1][3]
-            late = [rt.stats.hop_late_ms for rt in last.runtimes]
-            record: dict[str, Any] = {
-                "case": case, "us_per_hop": round(statistics.median(cpu), 3),
-                "us_per_hop_runs": [round(x, 3) for x in cpu],
-                "wall_us_per_hop": round(statistics.median(r[1] for r in runs), 3),
-                "hops": runs[0][2], "frames": args.frames, "chain": args.chain,
-                "step_us": args.step_us, "guard_us": args.guard_us,
-                "frames_per_batch": round(last.hops() / last.sends, 2) if last.sends else None,
-                "hop_late_ms_max": round(max(h.maximum or 0.0 for h in late), 3),
-                "events": sink is not None, **machine()}
+            runs_of: dict[str, list[tuple[float, float, int, Harness]]] = {v: [] for v in variants}
+            for _ in range(args.repeats):  # variants alternate: the same load meets both
+                for name, impl in variants.items():
+                    runs_of[name].append(measure(case, topology, args, sink, impl))
+            for name, runs in runs_of.items():
+                emit(_record(case, name, runs, args, sink))
             if args.profile:
-                record["profile"] = profile(case, topology, args, sink)
-            emit(record)
+                emit({"case": case, "variant": "this",
+                      "profile": profile(case, topology, args, sink)})
     finally:
         if sink is not None:
             sink.close()
     return 0
+
+
+def _record(case: str, variant: str, runs: list[tuple[float, float, int, Harness]],
+            args: argparse.Namespace, sink: IO[bytes] | None) -> dict[str, Any]:
+    """The JSON line of one case and variant."""
+    cpu = [r[0] for r in runs]
+    last = runs[-1][3]
+    late = [rt.stats.hop_late_ms for rt in last.runtimes]
+    return {
+        "case": case, "variant": variant if variant == "this" else str(args.baseline),
+        "us_per_hop": round(statistics.median(cpu), 3), "us_per_hop_min": round(min(cpu), 3),
+        "us_per_hop_runs": [round(x, 3) for x in cpu],
+        "wall_us_per_hop": round(statistics.median(r[1] for r in runs), 3),
+        "hops": runs[0][2], "frames": args.frames, "chain": args.chain,
+        "step_us": args.step_us, "guard_us": args.guard_us,
+        "frames_per_batch": round(last.hops() / last.sends, 2) if last.sends else None,
+        "hop_late_ms_max": round(max(h.maximum or 0.0 for h in late), 3),
+        "events": sink is not None, **machine()}
 
 
 if __name__ == "__main__":
