@@ -15,6 +15,7 @@ from nodes.mcs_pacer import Schedule
 from nodes.mcs_pacer_handle import Pacer
 from nodes.runtime import NodeRuntime
 from nodes.stats import Stats
+from orbitmesh.protocol.transport import Message
 from orbitmesh.protocol.wire import F_DUE, TELEMETRY, new_frame
 from tests.test_mcs_bridge import PASS, roles_with_events, tiny_with_mcs
 from tests.test_runtime import ALPHA, OPS, SAT0, apply, drain, links, routes
@@ -229,3 +230,33 @@ def test_the_pacer_process_sends_each_datagram_at_its_due_wall_time() -> None:
     report = pacer.counts
     assert report["committed"] == report["confirmed"] == 5
     assert report["cancelled_at_end"] == 1 and report["unconfirmed"] == 0
+
+
+def test_the_gate_closes_only_for_batches_that_may_change_link_states_or_end_the_run() -> None:
+    bridges, pacer, _stats = bridged(9)
+    bridges.gated_topics = frozenset({"run/state", "run/launcher"})
+    finished = False
+    bridges.finished = lambda: finished
+    assert not bridges.close_gate([Message("run/frames/w0", b""), Message("run/clock", b"")])
+    assert not pacer.plan.gate_closed
+    assert bridges.close_gate([Message("run/frames/w0", b""), Message("run/state", b"")])
+    assert pacer.plan.gate_closed and pacer.plan.next_due() is None
+    bridges.open_gate()
+    assert not pacer.plan.gate_closed and not pacer.plan.frozen
+    assert bridges.close_gate([Message("run/launcher", b"")])
+    finished = True  # the batch held "finish": the worker handles no more arrivals
+    bridges.open_gate()
+    assert pacer.plan.frozen
+
+
+def test_a_frame_handed_over_after_its_due_time_is_left_to_the_loop() -> None:
+    bridges, pacer, stats = bridged(9)
+    rt = bridges.bridges[OPS].rt
+    apply(rt, 0.0, *PASS)
+    stats.clock(0.5)  # the worker reads a batch at 0.5 ...
+    late = new_frame(7, TELEMETRY, -1, SAT0, OPS, 100, 0.1, payload=b"late")
+    bridges.announce(ALPHA, OPS, late, 0.3)  # ... holding a frame due at 0.3: not announced
+    assert pacer.log == []
+    bridges.deliver(OPS, b"late", 0.3)  # the loop delivers it: sent in its turn, as delivered
+    assert sent(pacer.plan, 0.5) == [b"late"]
+    assert pacer.plan.report()["unannounced"] == 1
