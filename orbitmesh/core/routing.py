@@ -133,16 +133,12 @@ class LinkGraph:
 
     @cached_property
     def _layout(self) -> _CsrLayout:
-        ordered = self._sorted_arcs()
-        if ordered is not None:
-            rows, cols, edge = ordered
-        else:
-            keep = np.flatnonzero(self.a != self.b)  # a self-loop never shortens a path
-            rows = np.concatenate([self.a[keep], self.b[keep]])
-            cols = np.concatenate([self.b[keep], self.a[keep]])
-            edge = np.concatenate([keep, keep])
-            order = np.argsort(rows * self.n_nodes + cols, kind="stable")
-            rows, cols, edge = rows[order], cols[order], edge[order]
+        keep = np.flatnonzero(self.a != self.b)  # a self-loop never shortens a path
+        rows = np.concatenate([self.a[keep], self.b[keep]])
+        cols = np.concatenate([self.b[keep], self.a[keep]])
+        edge = np.concatenate([keep, keep])
+        order = np.argsort(rows * self.n_nodes + cols, kind="stable")
+        rows, cols, edge = rows[order], cols[order], edge[order]
         fresh = np.ones(rows.size, dtype=bool)
         fresh[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
         group_starts = None if fresh.all() else np.flatnonzero(fresh)
@@ -151,31 +147,6 @@ class LinkGraph:
         indptr = np.zeros(self.n_nodes + 1, dtype=np.int32)
         np.cumsum(np.bincount(rows, minlength=self.n_nodes), out=indptr[1:])
         return _CsrLayout(indptr, cols.astype(np.int32), edge, group_starts)
-
-    def _sorted_arcs(self) -> tuple[IntArray, IntArray, IntArray] | None:
-        """The arcs in (row, col) order, as ``_layout`` sorts them, without sorting all of them.
-
-        A link state lists each link once with ``a < b``, sorted by ``(a, b)``: its forward arcs
-        are already in row order, so only the backward arcs ``b -> a`` are sorted (by ``b``,
-        stably) and the two runs merged (within a row, backward arcs lead to lower nodes and come
-        first). None when the links are not given that way.
-        """
-        a, b = self.a, self.b
-        if a.size == 0 or not bool(np.all(a < b)):
-            return None
-        key = a * self.n_nodes + b
-        if not bool(np.all(key[1:] >= key[:-1])):
-            return None
-        edge = np.arange(a.size, dtype=np.int64)
-        back = np.argsort(b, kind="stable")  # rows b, and a ascending within each row
-        back_rows = b[back]
-        size = 2 * a.size
-        at_back = np.arange(a.size) + np.searchsorted(a, back_rows, side="left")
-        at_fwd = np.arange(a.size) + np.searchsorted(back_rows, a, side="right")
-        rows, cols, edges = (np.empty(size, dtype=np.int64) for _ in range(3))
-        rows[at_back], cols[at_back], edges[at_back] = back_rows, a[back], edge[back]
-        rows[at_fwd], cols[at_fwd], edges[at_fwd] = a, b, edge
-        return rows, cols, edges
 
     @cached_property
     def _delay_csr(self) -> csr_matrix:
