@@ -133,8 +133,8 @@ class PassTable:
         for b0 in range(0, len(self), _BLOCK):
             part = slice(b0, b0 + _BLOCK)
             stamps = [self._stamps(c[part]) for c in (self.aos_s, self.tca_s, self.los_s)]
-            aos, tca, los = (np.char.replace(np.datetime_as_string(
-                x.astype("datetime64[s]"), unit="s"), "T", " ").tolist() for x in stamps)
+            aos, tca, los = (_iso_ms(x.astype("datetime64[s]"), " ", milliseconds=False)
+                             .tolist() for x in stamps)
             dur_s = ((stamps[2] - stamps[0]) // np.timedelta64(1, "s")).astype(np.int64)
             dur = [f"{d // 60:d}m{d % 60:02d}s".rjust(w_dur) for d in dur_s.tolist()]
             for g, s, a, c, lo, d, e in zip(self.station[part].tolist(),
@@ -144,31 +144,39 @@ class PassTable:
                        f"{d}  {f'{e:6.2f}°'.rjust(w_el)}\n")
 
 
-def _iso_ms(ms: NDArray[np.datetime64]) -> NDArray[np.str_]:
+def _iso_ms(ms: NDArray[np.datetime64], sep: str = "T", *,
+            milliseconds: bool = True) -> NDArray[np.str_]:
     """``datetime_as_string(ms, unit="ms")``, spelled out digit by digit (several times faster).
 
-    A day's passes share their date: it is formatted once per distinct day and the time of
-    day is written as digits into a byte matrix, which numpy turns into strings in one go.
+    With ``milliseconds=False`` the time is cut to whole seconds (floored), ``unit="s"``'s
+    form; ``sep`` goes between date and time. A day's passes share their date: it is formatted
+    once per distinct day and the time of day is written as digits into a byte matrix, which
+    numpy turns into strings in one go.
     """
     count = np.asarray(ms, dtype="datetime64[ms]").astype(np.int64)
     day, tod = np.divmod(count, 86_400_000)
     days, which = np.unique(day, return_inverse=True)
     dates = np.datetime_as_string(days.astype("datetime64[D]"))
+    width = 23 if milliseconds else 19
     if len(count) == 0 or any(len(d) != 10 for d in dates.tolist()):  # years beyond 0..9999
-        return np.datetime_as_string(ms, unit="ms")
-    out = np.empty((len(count), 23), dtype=np.uint8)
+        text = np.datetime_as_string(ms, unit="ms" if milliseconds else "s")
+        return np.char.replace(text, "T", sep) if sep != "T" else text
+    out = np.empty((len(count), width), dtype=np.uint8)
     out[:, :10] = np.frombuffer("".join(dates.tolist()).encode("ascii"),
                                 dtype=np.uint8).reshape(-1, 10)[which.reshape(-1)]
-    out[:, 10] = ord("T")
+    out[:, 10] = ord(sep)
     out[:, 13] = out[:, 16] = ord(":")
-    out[:, 19] = ord(".")
     hh, rest = np.divmod(tod, 3_600_000)
     mm, rest = np.divmod(rest, 60_000)
     ss, frac = np.divmod(rest, 1000)
-    for col, value, width in ((11, hh, 2), (14, mm, 2), (17, ss, 2), (20, frac, 3)):
-        for k in range(width):
-            out[:, col + width - 1 - k] = ord("0") + (value // 10 ** k) % 10
-    return out.view("S23").reshape(-1).astype("U23")
+    fields = [(11, hh, 2), (14, mm, 2), (17, ss, 2)]
+    if milliseconds:
+        out[:, 19] = ord(".")
+        fields.append((20, frac, 3))
+    for col, value, digits in fields:
+        for k in range(digits):
+            out[:, col + digits - 1 - k] = ord("0") + (value // 10 ** k) % 10
+    return out.view(f"S{width}").reshape(-1).astype(f"U{width}")
 
 
 _HEADER = ("station", "satellite", "AOS (UTC)", "TCA (UTC)", "LOS (UTC)", "duration", "max el")
