@@ -27,7 +27,7 @@ from orbitmesh.run.controller import Controller
 SCENARIO = Path(__file__).parent / "data" / "faults" / "detour.yaml"
 SPEED = 20.0
 """Fast enough for a short test; the gates below, not the clock, decide what happens when."""
-GATE_TIMEOUT_S = 20.0
+GATE_TIMEOUT_S = 60.0
 """How long a held job waits before opening by itself (only when the loop was blocked)."""
 PERTH_DOWN = (b'{"cmd": "fault", "kind": "node_down", "node": "perth", "for_s": 30, '
               b'"id": "perth-down"}')
@@ -53,8 +53,9 @@ class Gate:
         self.by_timeout = not self.opened.wait(GATE_TIMEOUT_S)
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Poll ``condition`` on the loop (the loop must be free for this to return)."""
+async def until(condition: Callable[[], bool], timeout_s: float = 180.0) -> None:
+    """Poll ``condition`` on the loop (the loop must be free for this to return); the timeout
+    only ends a failing test, so it is generous."""
     async with asyncio.timeout(timeout_s):
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.005)
@@ -118,8 +119,9 @@ async def test_the_loop_publishes_and_takes_commands_while_a_tick_computes(
     perth = topology.index["perth"]
 
     async def during(controller: Controller, states: list[TickSnapshot]) -> None:
-        await until(gate.reached.is_set)  # tick 2 computes (held), tick 1 is out
-        assert [s.t_s for s in states][-1] == 1.0
+        # Tick 2 computes (held); tick 1, published before it, reaches the probe meanwhile.
+        await until(lambda: gate.reached.is_set() and any(s.t_s == 1.0 for s in states))
+        assert max(s.t_s for s in states) == 1.0
         # A live fault while the tick computes: answered at once, applied when it is done.
         controller.handle_control(PERTH_DOWN)
         assert controller.control_errors == 0 and controller.faults[-1].id == "perth-down"
@@ -145,33 +147,49 @@ async def test_the_loop_publishes_and_takes_commands_while_a_tick_computes(
 async def test_a_slow_refresh_never_holds_back_the_next_publication(topology: Topology) -> None:
     gate = Gate()
     perth = topology.index["perth"]
+    held_ticks: list[float] = []
 
     def rig(controller: Controller) -> None:
-        refresh = controller._refresh_job
+        loop = asyncio.get_running_loop()
+        step, refresh = controller._step_job, controller._refresh_job
+        sent = threading.Event()
 
-        def held(*args: Any) -> Any:
+        def command() -> None:
+            controller.handle_control(PERTH_DOWN)
+            sent.set()
+
+        def step_then_command(t_s: float, *args: Any) -> Any:
+            if t_s == 3.0:  # its inputs are read: the fault comes while tick 3 computes
+                loop.call_soon_threadsafe(command)
+                assert sent.wait(GATE_TIMEOUT_S)
+            return step(t_s, *args)
+
+        def held(items: list[Any], *args: Any) -> Any:
+            held_ticks.extend(p.tick.t_s for p, _at_s in items)
             gate.hold()
-            return refresh(*args)
+            return refresh(items, *args)
 
+        controller._step_job = step_then_command  # type: ignore[method-assign, assignment]
         controller._refresh_job = held  # type: ignore[method-assign, assignment]
 
     async def during(controller: Controller, states: list[TickSnapshot]) -> None:
-        await until(lambda: controller.upcoming is not None and controller.upcoming.tick.t_s
-                    == 3.0)  # tick 2 out, tick 3 computed: nothing computes now
-        controller.handle_control(PERTH_DOWN)
-        await until(gate.reached.is_set)  # the re-application of ticks 1-3 is held ...
-        await until(lambda: any(s.t_s == 3.0 for s in states))  # ... tick 3 goes out anyway
+        # The refresh starts right after tick 3 is computed (before tick 4 can be) and is held;
+        # tick 3, computed without the fault, goes out on time all the same.
+        await until(lambda: gate.reached.is_set() and any(s.t_s == 3.0 for s in states))
+        assert held_ticks[-1] == 3.0
         assert all(perth not in s.down for s in states)
         gate.opened.set()
 
     controller, states = await run_with(topology, rig, during)
     assert not gate.by_timeout, "the loop was blocked while the faults were re-applied"
     threes = [s for s in states if s.t_s == 3.0]
-    # Tick 3 went out on time without the fault, then again with it once the refresh was done
-    # (it had moved on from 'upcoming' to 'published' meanwhile); tick 1, superseded, did not.
+    # Tick 3 went out without the fault, then again with it once the refresh was done (it had
+    # moved on from 'upcoming' to 'published' meanwhile); tick 2, in force by then, went out
+    # again with it; tick 1, which the refresh took up while it was in force, is out of force
+    # by the time it is done, so it is not republished.
     assert (perth in threes[0].down, perth in threes[-1].down) == (False, True)
-    assert all(perth not in s.down for s in states if s.t_s <= 1.0)
-    assert all(perth in s.down for t_s, s in last_by_tick(states).items() if t_s >= 3.0)
+    assert all(perth in s.down for t_s, s in last_by_tick(states).items() if t_s >= 2.0)
+    assert all(perth not in s.down for s in states if s.t_s < 2.0)
     assert [s.seq for s in states] == sorted(s.seq for s in states)
     assert controller.seq == states[-1].seq
 

@@ -216,14 +216,10 @@ class Controller:
         now_s = self.scenario_s()
         in_force = self.in_force if self.published is None or self.published.tick.t_s > now_s \
             else self.published
-        items: list[tuple[Prepared, float]] = []
-        if in_force is not None:
-            items.append((in_force, max(in_force.tick.t_s, now_s)))
-        if self.published is not None and self.published is not in_force:
-            items.append((self.published, self.published.tick.t_s))
-        if self.upcoming is not None:
-            items.append((self.upcoming, self.upcoming.tick.t_s))
-        return ([(p, at_s) for p, at_s in items if p.tick.raw_state is not None],
+        ticks = [in_force] + [p for p in (self.published, self.upcoming) if p is not in_force]
+        # Judged at its start, or now if that has passed (a late tick still to go out too).
+        return ([(p, max(p.tick.t_s, now_s)) for p in ticks
+                 if p is not None and p.tick.raw_state is not None],
                 list(self.faults), dict(self.extra_down))
 
     def _refresh_job(self, items: list[tuple[Prepared, float]], faults: list[Fault],
