@@ -17,8 +17,10 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from orbitmesh.core.passes import ChunkEvents, ChunkRunner, load_kernel, run_here
+from orbitmesh.errors import RunError
 
 _WORKER: dict[str, Callable[[int], ChunkEvents]] = {}  # a worker's scan, inherited at fork
 
@@ -61,7 +63,12 @@ def forked_runner(workers: int = 2, ahead: int = 4, *, preload: bool = False) ->
                 if len(waiting) >= ahead:
                     break
             while waiting:
-                result = waiting.popleft().result()
+                try:
+                    result = waiting.popleft().result()
+                except BrokenProcessPool as exc:
+                    raise RunError("a pass-search worker process died (killed, or out of "
+                                   "memory?): the output is cut short after the passes "
+                                   "written so far; run the command again") from exc
                 for k in todo:
                     waiting.append(pool.submit(_scan, k))
                     break
