@@ -116,7 +116,11 @@ class NodeRuntime:
         """Coalesced hand-over (None: off, every turn sends what it made). A frame for another
         worker may then wait in the outbox until this many wall seconds before its due arrival
         there, so the frames of several turns leave in one message; one due sooner than that
-        leaves at the end of its turn, as without coalescing."""
+        leaves at the end of its turn, as without coalescing. A frame that waits is sent by a
+        later turn, often the wake-up at its deadline, and a sleeping worker wakes late by the
+        machine's timer floor (bench/timers.py: p99 ~2 ms on the 2-vCPU VMs): the guard must
+        cover that plus the broker's transit, or coalescing makes frames late at the next hop.
+        With 1 ms hops (bench/messaging.py) no safe guard leaves room to wait."""
         self._outbox_deadline = float("inf")
         """Earliest ``due - handover_guard_s`` of the frames in the outbox."""
         self._flush_wake = float("inf")
