@@ -32,10 +32,11 @@ _BLOCK = 64
 @njit(cache=True, nogil=True)
 def _labels_along_hint(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
                        transit: NDArray[np.bool_], source: int, hint: Int32Array,
-                       dist: FloatArray, pred: Int32Array, state: NDArray[np.int8],
-                       stack: Int32Array) -> None:
+                       hint_arc: Int32Array, dist: FloatArray, pred: Int32Array,
+                       state: NDArray[np.int8], stack: Int32Array) -> None:
     """Step 1 for one tree: a node whose hinted parent is gone, out of range, not a relay or on a
-    cycle gets ``inf``, and with it the subtree below."""
+    cycle gets ``inf``, and with it the subtree below. ``hint_arc[x]`` is the arc x -> hint[x]
+    (-1: no such link today), found for all trees at once by :func:`_hint_arcs`."""
     n = indptr.size - 1
     for i in range(n):
         state[i] = 0  # 0: not labelled yet, 1: on the walk, 2: labelled
@@ -58,15 +59,43 @@ def _labels_along_hint(indptr: Int32Array, indices: Int32Array, weights: FloatAr
             x = stack[top]
             p = hint[x]
             label = np.inf
-            if (0 <= p < n and p != x and state[p] == 2 and dist[p] < np.inf
+            arc = hint_arc[x]
+            if (arc >= 0 and p != x and state[p] == 2 and dist[p] < np.inf
                     and (transit[p] or p == source)):
-                for arc in range(indptr[x], indptr[x + 1]):
-                    if indices[arc] == p:  # the arc x->p weighs what p->x does
-                        label = dist[p] + weights[arc]
-                        break
+                label = dist[p] + weights[arc]  # the arc x->p weighs what p->x does
             dist[x] = label
             pred[x] = p if label < np.inf else -1
             state[x] = 2
+
+
+@njit(cache=True, nogil=True)
+def _hint_arcs(indptr: Int32Array, indices: Int32Array, hints: Int32Array,
+               hint_arc: Int32Array) -> None:
+    """``hint_arc[t, x]``: the first arc x -> hints[t, x], or -1 — all trees per node at once
+    (node-major, so the inner loop over trees is a branch-free compare and select)."""
+    n = indptr.size - 1
+    d = hints.shape[0]
+    by_node = np.empty((n, d), np.int32)
+    found = np.empty((n, d), np.int32)
+    for lo in range(0, n, _BLOCK):
+        hi = min(n, lo + _BLOCK)
+        for t in range(d):
+            for x in range(lo, hi):
+                by_node[x, t] = hints[t, x]
+    for x in range(n):
+        want = by_node[x]
+        row = found[x]
+        for t in range(d):
+            row[t] = -1
+        for arc in range(indptr[x + 1] - 1, indptr[x] - 1, -1):  # the first arc wins
+            u = indices[arc]
+            for t in range(d):
+                row[t] = arc if want[t] == u else row[t]
+    for lo in range(0, n, _BLOCK):
+        hi = min(n, lo + _BLOCK)
+        for t in range(d):
+            for x in range(lo, hi):
+                hint_arc[t, x] = found[x, t]
 
 
 @njit(cache=True, nogil=True)
@@ -155,12 +184,14 @@ def repair_forest(indptr: Int32Array, indices: Int32Array, weights: FloatArray,
     state = np.empty(n, np.int8)
     stack = np.empty(n, np.int32)
     hinted = np.zeros(d, np.bool_)
+    hint_arc = np.empty((d, n), np.int32)
+    _hint_arcs(indptr, indices, hints, hint_arc)
     for t in range(d):
         s = sources[t]
         if hints[t, s] == s:
             hinted[t] = True
-            _labels_along_hint(indptr, indices, weights, transit, s, hints[t], dist[t], pred[t],
-                               state, stack)
+            _labels_along_hint(indptr, indices, weights, transit, s, hints[t], hint_arc[t],
+                               dist[t], pred[t], state, stack)
         else:  # grown afresh: already final, step 2 finds nothing to improve
             grow_forest(indptr, indices, weights, transit, sources[t:t + 1], width, capacity,
                         budget, dist[t:t + 1], pred[t:t + 1])
