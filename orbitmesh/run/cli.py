@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="embedded broker: TLS only, with a CA made for the run")
     r.add_argument("--broker-credentials", metavar="FILE",
                    help="external broker: credentials.json from `orbitmesh broker-config`")
+    r.add_argument("--broker-file", metavar="FILE",
+                   help="external broker: a file (mode 0600) holding its URL with this "
+                   "controller's credentials (containers get their secret this way)")
     _live_arguments(r, control="--web-control")
     r.add_argument("--endpoints", metavar="NODE,NODE",
                    help="give these nodes IP endpoints (namespaces with a TUN; needs root)")

@@ -31,8 +31,9 @@ from typing import Any
 
 import yaml
 
-from broker.embedded import free_loopback_port, probe_connack, render_mosquitto_config
-from broker.url import parse_broker_url
+from broker.credentials import Credential, RunCredentials
+from broker.embedded import free_loopback_port, probe_connack
+from broker.url import BrokerURL, parse_broker_url
 from orbitmesh.core.limits import run_clock
 from orbitmesh.core.placement import place, worker_count
 from orbitmesh.core.scenario import load_scenario
@@ -43,6 +44,12 @@ from orbitmesh.run.launch.docker_endpoints import (
     check_host,
     refuse_plain,
     start_endpoints,
+)
+from orbitmesh.run.launch.docker_secrets import (
+    container_secrets,
+    secure_run,
+    write_broker_config,
+    write_role_url,
 )
 from orbitmesh.run.launch.endpoint_containers import remove_labelled
 from orbitmesh.run.launch.labels import LABEL_ROLE, LABEL_RUN, LABEL_RUN_DIR, LABEL_WORKER
@@ -77,6 +84,8 @@ class UpOptions:
     progress: bool = True
     keep: bool = False
     """Leave the stopped containers in place after a foreground run (for `docker logs`)."""
+    broker_insecure: bool = False
+    """The broker container without per-run users and ACL (anonymous clients admitted)."""
 
 
 @dataclass(frozen=True)
@@ -89,9 +98,11 @@ class DockerRun:
     network: str
     """``host``, or the name of the run's bridge network."""
     broker_url: str
-    """The broker as the containers reach it (with credentials, if any)."""
+    """The broker as the containers reach it (no password: each container reads its own from
+    its secrets file, see :mod:`orbitmesh.run.launch.docker_secrets`)."""
     host_broker_url: str
-    """The broker as this machine reaches it (with credentials, if any)."""
+    """The broker as this machine reaches it (no password: the host's tools add the
+    operator's, from ``<run>/broker/operator.json``)."""
     placement: str
     workers: int
     started_wall: float
@@ -235,12 +246,16 @@ def start(client: Any, opts: UpOptions, image: str, say: Progress) -> DockerRun:
     if opts.network not in ("host", "bridge"):
         raise RunError(f"--network {opts.network!r}: expected host or bridge")
     network = "host" if opts.network == "host" else f"orbitmesh-{run_id}"
+    external = None
     if opts.broker is not None:
-        url = parse_broker_url(opts.broker)
+        external = url = parse_broker_url(opts.broker)
         if network != "host" and url.host in ("127.0.0.1", "localhost", "::1"):
             raise RunError(f"--broker {url}: containers on a bridge network cannot reach this "
                            "machine's loopback; use --network host or a routable broker address")
-        broker_url = host_url = url.to_text(show_password=True)
+        if opts.broker_insecure:
+            raise RunError("--broker-insecure applies to the broker container; an external "
+                           "--broker is as open as its own configuration")
+        broker_url = host_url = url.to_text(show_password=False)
     else:
         port = free_loopback_port()
         host_url = f"mqtt://127.0.0.1:{port}"
@@ -249,6 +264,9 @@ def start(client: Any, opts: UpOptions, image: str, say: Progress) -> DockerRun:
     run = DockerRun(run_id, run_dir, image, network, broker_url, host_url, mode, workers,
                     time.time())
     run.save()
+    credentials = secure_run(run.run_dir, run.run_id, run.workers,
+                             parse_broker_url(run.host_broker_url), external,
+                             opts.broker_insecure, input_scenario, say)
     nodes = place(topology, workers, mode)
     # Users' containers first, on the record (their PIDs too): the workers attach their TUNs.
     hosting = start_endpoints(topology, run_dir, run_id, nodes)
@@ -256,7 +274,8 @@ def start(client: Any, opts: UpOptions, image: str, say: Progress) -> DockerRun:
         say(f"endpoint containers started; worker(s) {', '.join(map(str, sorted(hosting)))} "
             "host their nodes (host PID namespace, NET_ADMIN, SYS_ADMIN, /dev/net/tun)")
     try:
-        _start_services(client, run, opts, input_scenario, hosting, say)
+        _start_services(client, run, opts, input_scenario, hosting, say, credentials,
+                        external)
     except BaseException:
         remove_labelled(client, run_id)  # the endpoint containers; `down` removes the rest
         raise
@@ -267,7 +286,8 @@ def start(client: Any, opts: UpOptions, image: str, say: Progress) -> DockerRun:
 
 
 def _start_services(client: Any, run: DockerRun, opts: UpOptions, input_scenario: Path,
-                    hosting: set[int], say: Progress) -> None:
+                    hosting: set[int], say: Progress, credentials: RunCredentials | None,
+                    external: BrokerURL | None) -> None:
     """Broker (unless external), controller and workers; ``hosting``: workers whose nodes have
     endpoint containers (they get what moving a TUN into another container needs)."""
     run_id, run_dir, network, workers = run.run_id, run.run_dir, run.network, run.workers
@@ -275,33 +295,39 @@ def _start_services(client: Any, run: DockerRun, opts: UpOptions, input_scenario
         client.networks.create(network, driver="bridge", labels=run.labels)
         say(f"network {network} (bridge)")
     if opts.broker is None:
-        _start_broker(client, run, say)
+        _start_broker(client, run, credentials, say)
     extra = [*(["--duration", f"{opts.duration_s:g}"] if opts.duration_s else []),
              *(["--speed", f"{opts.speed:g}"] if opts.speed else [])]
-    common = ["--run-id", run_id, "--broker", run.broker_url, "--placement", run.placement]
+    base = external or parse_broker_url(run.broker_url)
+
+    def secret(role: str, user: Credential | None) -> list[str]:
+        url = base if user is None else user.on(base)
+        return ["--broker-file", str(write_role_url(run_dir, role, url))]
+
+    common = ["--run-id", run_id, "--placement", run.placement]
     _run_container(client, run, "controller", [
         "orbitmesh", "run", str(input_scenario), "--external-workers", "--out", str(run_dir),
-        "--quiet", *common, *extra])
+        "--quiet", *common,
+        *secret("controller", credentials.controller if credentials else None), *extra])
     for k in range(workers):
         _run_container(client, run, f"worker-{k}", [
             "python", "-m", "nodes.worker", "--scenario", str(input_scenario), "--worker",
-            str(k), "--workers", str(workers), "--out", str(run_dir), *common, *extra],
+            str(k), "--workers", str(workers), "--out", str(run_dir), *common,
+            *secret(f"worker-{k}", credentials.worker(k) if credentials else None), *extra],
             {LABEL_WORKER: str(k)}, **(HOSTING_WORKER if k in hosting else {}))
 
 
-def _start_broker(client: Any, run: DockerRun, say: Progress) -> None:
+def _start_broker(client: Any, run: DockerRun, credentials: RunCredentials | None,
+                  say: Progress) -> None:
     host_url = parse_broker_url(run.host_broker_url)
-    conf_dir = run.run_dir / "broker"
-    conf_dir.mkdir(exist_ok=True)
     if run.network == "host":
-        conf = render_mosquitto_config(host_url.port, bind="127.0.0.1")
+        conf = write_broker_config(run.run_dir, host_url.port, "127.0.0.1", credentials)
         ports = None
     else:
-        conf = render_mosquitto_config(CONTAINER_PORT, bind=None)
+        conf = write_broker_config(run.run_dir, CONTAINER_PORT, None, credentials)
         ports = {f"{CONTAINER_PORT}/tcp": ("127.0.0.1", host_url.port)}
-    (conf_dir / "mosquitto.conf").write_text(conf)
-    container = _run_container(client, run, "broker", [
-        "/usr/sbin/mosquitto", "-c", str(conf_dir / "mosquitto.conf")], ports=ports)
+    container = _run_container(client, run, "broker", ["/usr/sbin/mosquitto", "-c", str(conf)],
+                               ports=ports)
     deadline = time.monotonic() + BROKER_READY_S
     while not probe_connack(host_url.host, host_url.port, timeout_s=0.5):
         container.reload()
@@ -322,7 +348,7 @@ def _run_container(client: Any, run: DockerRun, role: str, command: list[str],
     kwargs: dict[str, Any] = {
         "name": run.name(role), "detach": True,
         "labels": {**run.labels, LABEL_ROLE: role.split("-", maxsplit=1)[0], **(labels or {})},
-        "volumes": {str(run.run_dir): {"bind": str(run.run_dir), "mode": "rw"}},
+        "volumes": container_secrets(run.run_dir, role),
         "user": f"{os.getuid()}:{os.getgid()}", "working_dir": str(run.run_dir),
         "environment": {"HOME": "/tmp"}}
     if run.network == "host":
@@ -348,7 +374,7 @@ def start_supervisor(client: Any, run: DockerRun) -> Any:
     return _run_container(
         client, run, "supervisor", [*SUPERVISE, str(run.run_dir), "--broker",
                                     run.broker_url, "--quiet"],
-        volumes={str(run.run_dir): {"bind": str(run.run_dir), "mode": "rw"},
+        volumes={**container_secrets(run.run_dir, "supervisor"),
                  socket: {"bind": socket, "mode": "rw"}},
         group_add=[str(os.stat(socket).st_gid)])
 

@@ -16,9 +16,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orbitmesh.errors import BrokerError, RunError
+
+if TYPE_CHECKING:
+    from broker.url import BrokerURL
 
 Handler = Callable[[argparse.Namespace], int]
 STATUS_WAIT_S = 1.0
@@ -54,8 +57,11 @@ def add_parsers(sub: Any) -> dict[str, Handler]:
     u.add_argument("--image", help="image tag (default: this source's build, else latest)")
     u.add_argument("--network", choices=("host", "bridge"), default="host",
                    help="host (default; broker on 127.0.0.1) or a bridge network for the run")
-    u.add_argument("--broker", help="use this broker (mqtt[s]://host:port) instead of a broker "
-                   "container")
+    u.add_argument("--broker", help="use this broker (mqtt[s]://[user:pass@]host:port) instead "
+                   "of a broker container (the URL reaches the containers in 0600 files)")
+    u.add_argument("--broker-insecure", action="store_true",
+                   help="broker container without per-run users and ACL (open to every local "
+                   "process; said on stderr)")
     u.add_argument("--detach", action="store_true",
                    help="return once started (a supervisor container handles faults); "
                    "`orbitmesh down` later")
@@ -169,14 +175,16 @@ def up_cmd(args: argparse.Namespace) -> int:
     opts = UpOptions(Path(args.scenario), args.duration, args.speed,
                      Path(args.out) if args.out else None, image, args.network, args.broker,
                      args.nodes_per_container, args.run_id, args.detach, not args.quiet,
-                     args.keep)
+                     args.keep, broker_insecure=args.broker_insecure)
     _say(f"image {image}")
     return up(client, opts, image, _say)
 
 
 def status_cmd(args: argparse.Namespace) -> int:
     """`orbitmesh status RUN`: containers by label, workers from their retained status."""
+    from broker.url import parse_broker_url
     from orbitmesh.run.launch.docker import RECORD, nodes_per_worker
+    from orbitmesh.run.launch.docker_secrets import as_operator
     from orbitmesh.run.launch.image import docker_client
     from orbitmesh.run.launch.labelled import container_rows
     from orbitmesh.run.launch.lifecycle import client_or_none, find_run
@@ -193,7 +201,8 @@ def status_cmd(args: argparse.Namespace) -> int:
         run = load_run(run_dir)
         with contextlib.suppress(Exception):
             nodes = nodes_per_worker(run)
-        url = args.broker or run.host_broker_url
+        url = parse_broker_url(args.broker) if args.broker else as_operator(
+            run_dir, parse_broker_url(run.host_broker_url))
         if any(r["role"] == "broker" and r["state"] == "running" for r in rows) or args.broker:
             with contextlib.suppress(BrokerError, OSError):
                 workers = asyncio.run(_worker_status(run_id, url))
@@ -222,15 +231,13 @@ def status_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _worker_status(run_id: str, url_text: str) -> dict[int, dict[str, Any]]:
+async def _worker_status(run_id: str, url: BrokerURL) -> dict[int, dict[str, Any]]:
     from broker.client import MqttTransport
-    from broker.url import parse_broker_url
     from orbitmesh.protocol.wire import Topics
 
     topics = Topics(run_id)
     found: dict[int, dict[str, Any]] = {}
-    async with MqttTransport(parse_broker_url(url_text),
-                             client_id=f"orbitmesh-status-{os.getpid()}") as transport:
+    async with MqttTransport(url, client_id=f"orbitmesh-status-{os.getpid()}") as transport:
         await transport.subscribe(topics.worker_status_all)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STATUS_WAIT_S):

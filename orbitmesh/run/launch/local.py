@@ -107,6 +107,8 @@ class RunOptions:
     """Embedded broker: TLS listener with a run CA (clients verify it)."""
     broker_credentials: Path | None = None
     """External broker: per-role credentials from ``orbitmesh broker-config``."""
+    broker_file: Path | None = None
+    """External broker: a 0600 file holding its URL with the controller's credentials."""
     live: LiveOptions = dataclasses.field(default_factory=LiveOptions)
     """The live map (--web, --web-control) and /metrics (--metrics)."""
     endpoints: list[str] | None = None
@@ -148,6 +150,8 @@ def run_cli(args: argparse.Namespace) -> int:
                       broker_insecure=args.broker_insecure, tls=args.tls,
                       broker_credentials=Path(args.broker_credentials)
                       if args.broker_credentials else None,
+                      broker_file=Path(args.broker_file)
+                      if getattr(args, "broker_file", None) else None,
                       endpoints=_node_list(getattr(args, "endpoints", None)),
                       broker_members=tuple(brokers) if len(brokers) > 1 else ())
     opts.live = LiveOptions(getattr(args, "web", None), bool(getattr(args, "web_control", False)),

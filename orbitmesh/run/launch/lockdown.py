@@ -3,7 +3,9 @@
 Embedded (the default): mosquitto with a fresh password per role (controller, operator, one per
 worker) and an ACL, anonymous clients refused; ``--tls`` adds a run CA and a TLS-only listener;
 ``--broker-insecure`` gives today's open loopback broker and says so. External: the URL as given,
-or with ``--broker-credentials`` (from ``orbitmesh broker-config``) one user per role.
+or with ``--broker-credentials`` (from ``orbitmesh broker-config``) one user per role, or
+``--broker-file`` (the controller container of `orbitmesh up`: its own URL, password included,
+in a 0600 file; the launcher wrote ``run.json`` and the operator file).
 
 Secrets live in ``<run>/broker/`` in files of mode 0600: ``credentials.json`` (every role, for
 the launcher), ``operator.json`` (the operator only: hand it to whoever drives the run) and
@@ -14,6 +16,8 @@ password.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import sys
 from pathlib import Path
 from typing import Protocol
@@ -22,9 +26,9 @@ from broker import check_broker
 from broker.certs import make_run_tls
 from broker.credentials import RunCredentials, write_operator_file, write_private
 from broker.embedded import EmbeddedBroker
-from broker.url import BrokerURL, parse_broker_url
+from broker.url import BrokerURL, parse_broker_url, resolve_broker_urls
 from orbitmesh.errors import BrokerError
-from orbitmesh.run.launch.control import write_run_file
+from orbitmesh.run.launch.control import RUN_FILE, write_run_file
 
 CREDENTIALS_FILE = "credentials.json"
 OPERATOR_FILE = "operator.json"
@@ -38,6 +42,7 @@ class BrokerOptions(Protocol):
     broker_insecure: bool
     tls: bool
     broker_credentials: Path | None
+    broker_file: Path | None
     scenario: Path
 
 
@@ -51,6 +56,8 @@ def start_broker(opts: BrokerOptions, run_dir: Path, run_id: str, workers: int
     broker_dir.mkdir(exist_ok=True)
     if opts.broker_members:
         return _cluster(opts, run_dir, run_id)
+    if opts.broker_file is not None:
+        return _from_file(opts, opts.broker_file, run_dir, run_id)
     if opts.broker == "embedded":
         return _embedded(opts, broker_dir, run_dir, run_id, workers)
     if opts.broker_insecure or opts.tls:
@@ -67,6 +74,27 @@ def start_broker(opts: BrokerOptions, run_dir: Path, run_id: str, workers: int
     operator = _publish_operator(broker_dir, credentials, url)
     write_run_file(run_dir, run_id, _bare(url), str(opts.scenario), operator)
     return None, url, credentials, str(_bare(url))
+
+
+def _from_file(opts: BrokerOptions, path: Path, run_dir: Path, run_id: str
+               ) -> tuple[None, BrokerURL, None, str]:
+    """``--broker-file``: the controller's own URL from a 0600 file (a container of `up`).
+
+    The launcher that wrote the file also wrote ``run.json`` naming the operator's credential
+    file, which this controller cannot see; that entry is kept.
+    """
+    if opts.broker not in ("embedded", "") or opts.broker_insecure or opts.tls or (
+            opts.broker_credentials is not None):
+        raise BrokerError("--broker-file holds the broker URL: give no --broker, "
+                          "--broker-insecure, --tls or --broker-credentials with it")
+    url = resolve_broker_urls(None, path)[0]
+    asyncio.run(check_broker(url))
+    operator = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        recorded = json.loads((run_dir / RUN_FILE).read_text()).get("operator_credentials")
+        operator = str(recorded) if recorded else None
+    write_run_file(run_dir, run_id, _bare(url), str(opts.scenario), operator)
+    return None, url, None, str(_bare(url))
 
 
 def _cluster(opts: BrokerOptions, run_dir: Path, run_id: str

@@ -52,6 +52,7 @@ from orbitmesh.run.launch.docker import (
     start_supervisor,
     worker_container,
 )
+from orbitmesh.run.launch.docker_secrets import as_operator
 from orbitmesh.run.launch.endpoint_containers import EndpointContainers, kill_labelled
 from orbitmesh.run.launch.labelled import down, save_logs
 from orbitmesh.run.report import format_summary, read_summary, write_summary
@@ -75,7 +76,9 @@ class Supervisor:
         self.client = client
         self.run = run
         self.say = say
-        self.url = parse_broker_url(connect_url or run.host_broker_url)
+        # The operator's credential from the run's secrets (the host's, or the detached
+        # supervisor container's own copy): it only reads, but anonymous clients are refused.
+        self.url = as_operator(run.run_dir, parse_broker_url(connect_url or run.host_broker_url))
         self.progress = progress
         self.topics = Topics(run.run_id)
         self.clock: dict[str, Any] | None = None
