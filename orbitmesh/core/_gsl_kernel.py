@@ -146,66 +146,49 @@ def in_previous(g: IntArray, s: IntArray, prev_g: IntArray, prev_s: IntArray, n_
 
 
 @njit(cache=True, nogil=True)
-def assign_rounds(cg: IntArray, cs: IntArray, cel: FloatArray, chosen: BoolArray,
-                  antennas: IntArray, sat_limit: IntArray, used_g: IntArray,
-                  used_s: IntArray) -> None:
-    """The proposal rounds of :func:`~orbitmesh.core.links.assign_gsl`, in place on ``chosen``
-    and the use counts: the same picks, ties (equal elevations) broken by candidate order.
+def propose(cg: IntArray, cs: IntArray, cel: FloatArray, chosen: BoolArray, seg: IntArray,
+            antennas: IntArray, used_g: IntArray, free_s: IntArray,
+            proposals: IntArray) -> int:
+    """One round's proposals of :func:`~orbitmesh.core.links.assign_gsl` into ``proposals``
+    (their count is returned): each station's best free candidates, one per free antenna.
 
-    A station proposes by scanning its own candidates once per free antenna (a station has a
-    few dozen, and most have no free antenna on a sticky tick), so nothing is sorted but the
-    proposals of each round.
+    ``seg`` (G+1,) bounds each station's run of candidates (candidates come grouped by
+    station). A station scans its few dozen candidates once per free antenna, and most have no
+    free antenna on a sticky tick, so nothing is sorted here; ties go to the earlier candidate.
     """
-    n_c = cg.size
-    n_g = antennas.size
-    seg = np.zeros(n_g + 1, np.int64)
-    for c in range(n_c):
-        seg[cg[c] + 1] += 1
-    for g in range(n_g):
-        seg[g + 1] += seg[g]
-    listed = np.empty(n_c, np.int64)  # each station's candidates, in candidate order
-    fill = seg[:-1].copy()
-    for c in range(n_c):
-        listed[fill[cg[c]]] = c
-        fill[cg[c]] += 1
-    free_s = np.empty(sat_limit.size, np.int64)
-    taken = np.zeros(sat_limit.size, np.int64)
-    picked = np.zeros(n_c, np.bool_)
-    proposals = np.empty(n_c, np.int64)
-    while True:
-        for s in range(sat_limit.size):
-            free_s[s] = sat_limit[s] - used_s[s]
-        n_prop = 0
-        for g in range(n_g):
-            for _ in range(antennas[g] - used_g[g]):
-                best = -1
-                for i in range(seg[g], seg[g + 1]):
-                    c = listed[i]
-                    if chosen[c] or picked[c] or free_s[cs[c]] <= 0:
-                        continue
-                    if best < 0 or cel[c] > cel[best]:  # ties: the earlier candidate
-                        best = c
-                if best < 0:
-                    break
-                picked[best] = True
-                proposals[n_prop] = best
-                n_prop += 1
-        if n_prop == 0:
-            break
-        prop = np.sort(proposals[:n_prop])
-        order = np.argsort(-cel[prop], kind="mergesort")
-        accepted = 0
-        for i in range(n_prop):
-            c = prop[order[i]]
-            s = cs[c]
-            picked[c] = False
-            if taken[s] < free_s[s]:
-                taken[s] += 1
-                chosen[c] = True
-                used_g[cg[c]] += 1
-                used_s[s] += 1
-                accepted += 1
-        for i in range(n_prop):
-            taken[cs[prop[i]]] = 0
-        if accepted == 0:
-            break
+    n_prop = 0
+    for g in range(antennas.size):
+        first = n_prop
+        for _ in range(antennas[g] - used_g[g]):
+            best = -1
+            for c in range(seg[g], seg[g + 1]):
+                if chosen[c] or free_s[cs[c]] <= 0:
+                    continue
+                taken = False
+                for k in range(first, n_prop):
+                    taken = taken or proposals[k] == c
+                if not taken and (best < 0 or cel[c] > cel[best]):
+                    best = c
+            if best < 0:
+                break
+            proposals[n_prop] = best
+            n_prop += 1
+    return n_prop
+
+
+@njit(cache=True, nogil=True)
+def accept(cg: IntArray, cs: IntArray, ranked: IntArray, chosen: BoolArray,
+           free_s: IntArray, used_g: IntArray, used_s: IntArray) -> int:
+    """Each satellite takes its best proposals (``ranked``: highest elevation first, ties in
+    candidate order) up to its free GSLs; returns how many were accepted."""
+    accepted = 0
+    for i in range(ranked.size):
+        c = ranked[i]
+        s = cs[c]
+        if free_s[s] > 0:
+            free_s[s] -= 1
+            chosen[c] = True
+            used_g[cg[c]] += 1
+            used_s[s] += 1
+            accepted += 1
+    return accepted

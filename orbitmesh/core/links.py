@@ -334,6 +334,38 @@ def _rank_within(groups: IntArray, order: IntArray) -> IntArray:
     return rank
 
 
+def _compiled_rounds(kernel: ModuleType, cg: IntArray, cs: IntArray, cel: FloatArray,
+                     chosen: NDArray[np.bool_], antennas: IntArray, sat_limit: IntArray,
+                     used_g: IntArray, used_s: IntArray) -> None:
+    """The rounds of :func:`assign_gsl` by the compiled kernel (sorting stays in numpy)."""
+    cg, cs = np.asarray(cg, dtype=np.int64), np.asarray(cs, dtype=np.int64)
+    cel = np.asarray(cel, dtype=np.float64)
+    antennas, sat_limit = np.asarray(antennas, np.int64), np.asarray(sat_limit, np.int64)
+    by_station = np.argsort(cg, kind="stable")  # candidates grouped by station, in order
+    grouped = not np.any(cg[1:] < cg[:-1])
+    if not grouped:
+        cg, cs, cel, chosen_view = cg[by_station], cs[by_station], cel[by_station], \
+            chosen[by_station]
+    else:
+        chosen_view = chosen
+    seg = np.zeros(len(antennas) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cg, minlength=len(antennas)), out=seg[1:])
+    proposals = np.empty(len(cg), dtype=np.int64)
+    while True:
+        free_s = sat_limit - used_s
+        count = kernel.propose(cg, cs, cel, chosen_view, seg, antennas, used_g, free_s, proposals)
+        if count == 0:
+            break
+        prop = proposals[:count]
+        # candidate order (the caller's), then highest elevation first
+        prop = prop[np.argsort(prop if grouped else by_station[prop], kind="stable")]
+        ranked = prop[np.argsort(-cel[prop], kind="stable")]
+        if kernel.accept(cg, cs, ranked, chosen_view, free_s, used_g, used_s) == 0:
+            break
+    if not grouped:
+        chosen[by_station] = chosen_view
+
+
 def assign_gsl(cg: IntArray, cs: IntArray, cel: FloatArray, keep: NDArray[np.bool_],
                antennas: IntArray, sat_limit: IntArray,
                compiled: bool | None = None) -> NDArray[np.bool_]:
@@ -359,10 +391,7 @@ def assign_gsl(cg: IntArray, cs: IntArray, cel: FloatArray, keep: NDArray[np.boo
         raise ImportError("the compiled GSL assignment needs numba")
     if kernel is not None:
         if len(cg):
-            kernel.assign_rounds(np.asarray(cg, dtype=np.int64), np.asarray(cs, dtype=np.int64),
-                                 np.asarray(cel, dtype=np.float64), chosen,
-                                 np.asarray(antennas, dtype=np.int64),
-                                 np.asarray(sat_limit, dtype=np.int64), used_g, used_s)
+            _compiled_rounds(kernel, cg, cs, cel, chosen, antennas, sat_limit, used_g, used_s)
         return chosen
     while True:
         free_g, free_s = antennas - used_g, sat_limit - used_s
