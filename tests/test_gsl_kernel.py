@@ -75,3 +75,10 @@ def test_compiled_rounds_equal_numpy_rounds_on_random_candidates() -> None:
         want = assign_gsl(cg, cs, el, keep, antennas, limit, compiled=False)
         got = assign_gsl(cg, cs, el, keep, antennas, limit, compiled=True)
         np.testing.assert_array_equal(got, want)
+
+
+def test_compile_kernels_compiles_what_a_tick_calls() -> None:
+    # What an image's build runs: it must keep up with the kernels' signatures.
+    from orbitmesh.core.engine import compile_kernels
+
+    compile_kernels()

@@ -44,6 +44,31 @@ def _first_fault(overlay: Overlay | None, faults: Sequence[Fault]) -> str | None
     return next(iter(overlay.down_nodes.values()), None)
 
 
+def compile_kernels() -> None:
+    """Compile (or load from numba's cache) every kernel a tick uses, on toy inputs.
+
+    The first tick otherwise pays for it: tens of seconds on a busy 2-core machine without a
+    cache. Images call this at build time, so their controllers start warm.
+    """
+    from orbitmesh.core import _sssp, links
+
+    if not (_sssp.HAVE_NUMBA and links.HAVE_NUMBA):
+        return
+    indptr, indices = np.array([0, 1, 2], np.int32), np.array([1, 0], np.int32)
+    source = np.array([0])
+    pred, _ = _sssp.shortest_path_trees(indptr, indices, np.ones(2), source, backend="numba")
+    _sssp.shortest_path_trees(indptr, indices, np.ones(2), source, backend="numba", hints=pred)
+    one, pos = np.zeros(1, np.int64), np.array([[7000.0, 0.0, 0.0]])
+    kernel = links._compiled()
+    assert kernel is not None
+    kernel.visible_pairs(pos, np.ones(1, bool), pos * 0.9, pos / 7000.0, np.ones(1, bool),
+                         np.zeros(1), np.full(1, np.inf), 2000.0, np.ones((1, 1), bool), one,
+                         False)
+    kernel.in_previous(one, one, one, one, 1, 1)
+    links.assign_gsl(one, one, np.ones(1), np.zeros(1, bool), np.ones(1, np.int64),
+                     np.ones(1, np.int64))
+
+
 WARM_UP_S = 900.0
 """GSL history replayed before a requested time: longer than any LEO pass above a mask."""
 

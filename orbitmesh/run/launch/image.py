@@ -149,10 +149,9 @@ def project_tag(base: str, root: Path = PROJECT_ROOT) -> str:
     return f"{REPOSITORY}:{project_hash(base, root)}"
 
 
-# Compiles the routing kernel into the image's numba cache, so controllers start warm.
-_WARM_UP = ("import numpy as np; from orbitmesh.core._sssp import shortest_path_trees as t; "
-            "t(np.array([0, 1, 2], np.int32), np.array([1, 0], np.int32), np.ones(2), "
-            "np.array([0]), backend='numba')")
+# Compiles the tick's kernels (routing, route repair, GSLs) into the image's numba cache, so
+# controllers start warm.
+_WARM_UP = "from orbitmesh.core.engine import compile_kernels; compile_kernels()"
 
 
 def offline_dockerfile(base: str) -> str:
