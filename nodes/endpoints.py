@@ -23,6 +23,7 @@ import asyncio
 import atexit
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import socket
@@ -38,9 +39,13 @@ from orbitmesh.errors import RunError
 from orbitmesh.protocol.transport import Transport
 from orbitmesh.protocol.wire import (
     DATA,
+    F_CREATED,
     F_DST,
+    F_DUE,
     F_FLOW,
+    F_HOPS,
     F_PAYLOAD,
+    F_PROP,
     F_REF,
     FLOW_ENDPOINT,
     Topics,
@@ -50,6 +55,9 @@ from orbitmesh.protocol.wire import (
 from orbitmesh.run.launch import netns
 
 log = logging.getLogger("orbitmesh.endpoints")
+TRACE_ENV = "ORBITMESH_ENDPOINT_TRACE"
+"""Debug: a directory; each worker appends one JSON line per TUN packet in and out there
+(wall stamps of the read, of the due arrival and of the write), for bench/endpoint_stages.py."""
 READ_BURST = 256
 """Packets read per wake-up of one TUN or socket: bounds how long one endpoint holds the loop."""
 MAX_PACKET = 65_535
@@ -106,6 +114,9 @@ class EndpointHost:
         self.made: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        trace_dir = os.environ.get(TRACE_ENV)
+        self._trace = (open(os.path.join(trace_dir, f"ep-{os.getpid()}.jsonl"), "a",  # noqa: SIM115
+                            buffering=1) if trace_dir else None)
 
     def _counts(self, node: int) -> _NodeCounts:
         c = self.counts.get(node)
@@ -181,6 +192,8 @@ class EndpointHost:
                 netns.remove(ns)
             except Exception as exc:  # a failed removal is reported, the others still go
                 log.error("could not remove namespace %s: %s", ns, exc)
+        if self._trace is not None:
+            self._trace.close()
         with contextlib.suppress(Exception):
             atexit.unregister(self.close)
 
@@ -211,7 +224,10 @@ class EndpointHost:
                 self._drop_tun(node, fd)
                 self._counts(node).refused[f"tun_gone:{exc.errno}"] += 1
                 break
-            self.packet_in(node, packet, self.now())
+            at_wall = self.now()
+            if self._trace is not None:
+                self._trace.write(json.dumps(["in", node, packet[-8:].hex(), at_wall]) + "\n")
+            self.packet_in(node, packet, at_wall)
         self.after_input()
 
     def _drop_tun(self, node: int, fd: int) -> None:
@@ -331,7 +347,13 @@ class EndpointHost:
         if ref is None:
             if node in self.tun_fd:
                 counts.delivered += 1
+                before = self.now() if self._trace is not None else 0.0
                 self._to_tun(node, frame[F_PAYLOAD])
+                if self._trace is not None:
+                    self._trace.write(json.dumps(
+                        ["out", node, frame[F_PAYLOAD][-8:].hex(), frame[F_CREATED],
+                         frame[F_DUE], self.now(), before, frame[F_PROP],
+                         self.rt.now_wall, frame[F_HOPS]]) + "\n")
             elif node not in self.mqtt_nodes:
                 counts.refused["no_tun_here"] += 1
             return
