@@ -12,6 +12,14 @@ every node takes its best relaying neighbour — done for all trees at once over
 the inner loop over trees is plain arithmetic. (3) A heap search from the nodes that improved. A
 tree that changed little (the usual tick: a few handovers, a few flipped near-ties) touches a few
 nodes in step 3; one that needs more than ``repair_budget`` heap scans is grown afresh instead.
+
+Why the answer is the fresh search's: every label is set as ``fl(d[p] + w)`` for the parent it
+records, and afterwards only ever drops; a relay whose label drops is queued, and its scan offers
+every neighbour the new label. So when the heap is empty no link offers a smaller label, the
+labels equal their parents' plus the link (a parent that dropped later either re-parented the
+child or left the sum unchanged), and that labelling is unique (:mod:`orbitmesh.core._sssp`). A
+heap search from arbitrary upper-bound labels settles each node once, as Dijkstra does: the
+smallest queued label cannot be lowered by anything still queued.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ stack, and a node whose label drops is scanned again. With ``width`` at or below
 link every node is scanned once, as in Dijkstra, but in O(1) per node instead of a heap's
 O(log N). Lighter links cost re-scans; a tree that re-scans more than :data:`RESCANS` times per
 node on average is grown again by a binary-heap Dijkstra, so odd weights cannot blow it up.
+With ``hints`` (the previous tick's parents) a tree is repaired instead
+(:mod:`orbitmesh.core._repair_kernel`); the argument below covers it too, since a repair stops at a
+labelling with the same three properties.
 
 Why the result is exactly scipy's, bit for bit: both stop at a labelling ``d`` with ``d = 0`` at
 the source, ``d[v] == fl(d[pred[v]] + w)`` at every reached node, and no link offering a smaller
