@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orbitmesh.core import links
+from orbitmesh.core import gsl_assign, links
 from orbitmesh.core.links import LinkEngine, assign_gsl
 from orbitmesh.core.scenario import parse_scenario
 from orbitmesh.core.topology import build_topology
@@ -52,6 +52,7 @@ def test_compiled_links_equal_numpy_links_tick_after_tick(
         want_state = None
         with monkeypatch.context() as patch:
             patch.setattr(links, "_compiled", lambda: None)
+            patch.setattr(gsl_assign, "_compiled", lambda: None)
             want_state = plain.state_at(float(t_s), failed=down)
         got_state = compiled.state_at(float(t_s), failed=down)
         np.testing.assert_array_equal(got_state.a, want_state.a)
