@@ -4,9 +4,13 @@
 starts every container from the same image with the run directory bind-mounted at the same
 absolute path (results land on the host) and running as the caller's uid:gid:
 
-* ``orbitmesh-<run>-broker``: mosquitto with a generated config (unless ``--broker`` is given);
-* ``orbitmesh-<run>-controller``: ``orbitmesh run ... --external-workers``;
-* ``orbitmesh-<run>-worker-<k>``: ``python -m nodes.worker ... --worker k``.
+* ``orbitmesh-<run>-broker``: mosquitto with a generated config, per-run users and an ACL per
+  role, anonymous clients refused (unless ``--broker`` is given; ``--broker-insecure`` opens it);
+* ``orbitmesh-<run>-controller``: ``orbitmesh run ... --external-workers --broker-file F``;
+* ``orbitmesh-<run>-worker-<k>``: ``python -m nodes.worker ... --worker k --broker-file F``.
+
+Each container reads its own password from a 0600 file that only it sees (see
+:mod:`orbitmesh.run.launch.docker_secrets`); none is on a command line or in the environment.
 
 Every container, network and volume carries the label ``orbitmesh.run=<run id>`` and is found
 and removed by that label only. Networking is the host's (broker on a free 127.0.0.1 port), or
