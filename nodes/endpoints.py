@@ -115,8 +115,10 @@ class EndpointHost:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         trace_dir = os.environ.get(TRACE_ENV)
-        self._trace = (open(os.path.join(trace_dir, f"ep-{os.getpid()}.jsonl"), "a",  # noqa: SIM115
-                            buffering=1) if trace_dir else None)
+        self._trace_path = os.path.join(trace_dir, f"ep-{os.getpid()}.jsonl") if trace_dir else ""
+        self._trace: list[list[Any]] | None = [] if trace_dir else None
+        """Kept in memory and written at close: encoding and writing a line between a TUN
+        write and the worker's sleep would hold the CPU the woken program is waiting for."""
 
     def _counts(self, node: int) -> _NodeCounts:
         c = self.counts.get(node)
@@ -192,8 +194,10 @@ class EndpointHost:
                 netns.remove(ns)
             except Exception as exc:  # a failed removal is reported, the others still go
                 log.error("could not remove namespace %s: %s", ns, exc)
-        if self._trace is not None:
-            self._trace.close()
+        if self._trace:
+            with open(self._trace_path, "a") as f:
+                f.writelines(json.dumps(row) + "\n" for row in self._trace)
+            self._trace = []
         with contextlib.suppress(Exception):
             atexit.unregister(self.close)
 
@@ -226,7 +230,7 @@ class EndpointHost:
                 break
             at_wall = self.now()
             if self._trace is not None:
-                self._trace.write(json.dumps(["in", node, packet[-8:].hex(), at_wall]) + "\n")
+                self._trace.append(["in", node, packet[-8:].hex(), at_wall])
             self.packet_in(node, packet, at_wall)
         self.after_input()
 
@@ -350,10 +354,10 @@ class EndpointHost:
                 before = self.now() if self._trace is not None else 0.0
                 self._to_tun(node, frame[F_PAYLOAD])
                 if self._trace is not None:
-                    self._trace.write(json.dumps(
+                    self._trace.append(
                         ["out", node, frame[F_PAYLOAD][-8:].hex(), frame[F_CREATED],
                          frame[F_DUE], self.now(), before, frame[F_PROP],
-                         self.rt.now_wall, frame[F_HOPS]]) + "\n")
+                         self.rt.now_wall, frame[F_HOPS]])
             elif node not in self.mqtt_nodes:
                 counts.refused["no_tun_here"] += 1
             return
