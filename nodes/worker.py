@@ -102,6 +102,9 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wall_offset = 0.0
         self._pending_state: list[TickSnapshot] = []
+        self._seq_in_force = -1
+        """``seq`` of the snapshot in force: a re-publication of the same tick (a live fault)
+        outranks the copy it replaces, whichever the loop runs last."""
         self._last_counts = (0, 0.0)
         self._window_apply_late_ms = 0.0
         self._early: list[tuple[bytes, bool]] = []
@@ -153,12 +156,16 @@ class Worker:
     def _service(self) -> None:
         self._timer, self._timer_due = None, float("inf")
         try:
-            self.runtime.run_due(self.now())
+            self._run_due(self.now())
+        finally:
+            self._arm()
+
+    def _run_due(self, now: float) -> None:
+        try:
+            self.runtime.run_due(now)
         except Exception:  # a bug of ours: shown, counted, and the timer still re-armed
             log.exception("servicing due frames and timers failed")
             self.stats.internal_errors += 1
-        finally:
-            self._arm()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -252,6 +259,9 @@ class Worker:
             self.stats.clock(now)
             for message in batch:
                 self._dispatch(message, now)
+            # Once per transport batch, not per message: what is due runs in due order across
+            # all of them, and the handovers it makes leave in one MQTT message per worker.
+            self._run_due(now)
             if gated and self.mcs is not None:
                 self.mcs.open_gate()
             self._arm()
@@ -268,7 +278,7 @@ class Worker:
                 elif self.runtime.state_t_s < 0:  # no links yet (a restart): hold them
                     self._early.append((message.payload, False))
                 else:
-                    self.runtime.receive_batch(message.payload, now)
+                    self.runtime.receive_batch(message.payload, now, run=False)
             elif topic == t.state:
                 self._on_state(decode_state(message.payload, self.runtime.n_nodes), now)
             elif topic == t.clock:
@@ -283,7 +293,8 @@ class Worker:
             elif self.runtime.state_t_s < 0:
                 self._early.append((message.payload, True))
             else:  # a node inbox: frames injected by any MQTT client
-                self.runtime.receive_batch(message.payload, now, injected=True, topic="inbox")
+                self.runtime.receive_batch(message.payload, now, injected=True, topic="inbox",
+                                           run=False)
         except ValueError as exc:  # MessageError and the codecs' errors
             self.stats.malformed(f"{topic}: {exc}", t.family(topic))
         except Exception as exc:  # a bug of ours, shown with its traceback, yet not fatal
@@ -318,6 +329,9 @@ class Worker:
         def apply(at: float) -> None:
             if state.t_s < rt.state_t_s:
                 return  # an older state arrived late; a newer one is already in force
+            if state.t_s == rt.state_t_s and state.seq < self._seq_in_force:
+                return  # the tick's earlier copy, run after its re-publication (same instant)
+            self._seq_in_force = state.seq
             rt.apply_snapshot(state, at)
             early, self._early = self._early, []
             for payload, injected in early:  # frames that came before any links did
