@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from broker.client import MqttTransport
 from broker.credentials import RunCredentials
@@ -29,8 +30,10 @@ from orbitmesh.run.launch.docker_secrets import (
     write_broker_config,
     write_role_url,
 )
-from tests.test_docker import _demo_loose, _labelled, docker_run  # noqa: F401 (a fixture)
+from tests.test_docker import _labelled, docker_run  # noqa: F401 (a fixture)
 
+REACH = Path(__file__).resolve().parent / "data" / "live" / "reach.yaml"
+"""28 nodes in three worker containers (one per plane, plus the ground): a short live test."""
 RUN = "dlock"
 WORKERS = 3
 HOST = BrokerURL("127.0.0.1", 18830)
@@ -139,6 +142,16 @@ def test_controller_broker_file_keeps_the_launchers_operator_entry(
 # -- a real `up` run, attacked from the host ---------------------------------------------------
 
 
+def _reach_loose(tmp_path: Path) -> Path:
+    """reach.yaml with a loose fidelity budget: the broker, not timing, is under test here."""
+    raw = yaml.safe_load(REACH.read_text())
+    raw["fidelity"] = {"budget_ms": 1000, "link_apply_budget_ms": 5000,
+                       "startup_budget_ms": 60000}
+    path = tmp_path / "reach-loose.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
 async def _forge_and_watch(host: BrokerURL, creds: RunCredentials, run_id: str
                            ) -> list[tuple[str, bytes]]:
     """Publish a forged state as worker 0, then a sentinel it may publish; what the operator
@@ -176,7 +189,7 @@ def test_up_runs_locked_and_keeps_passwords_out_of_docker_inspect(
 
     client, tag, run_id = docker_run
     out = tmp_path / "run"
-    assert main(["up", str(_demo_loose(tmp_path)), "--duration", "20", "--speed", "2",
+    assert main(["up", str(_reach_loose(tmp_path)), "--duration", "40", "--speed", "2",
                  "--out", str(out), "--run-id", run_id, "--image", tag, "--detach"]) == 0
     assert "per-run users and ACL, anonymous refused" in capsys.readouterr().err
     creds = RunCredentials.load(out / "broker" / "credentials.json")
