@@ -1,5 +1,6 @@
-"""The compiled GSL path (cube-grid candidates, assignment rounds) picks exactly the links the numpy
-path picks: tick after tick, with masks, range limits, station restrictions and failed nodes."""
+"""The compiled link paths (cube-grid GSL candidates, assignment rounds, the ISL cut) pick exactly
+the links the numpy paths pick: tick after tick, with masks, range limits, station restrictions,
+failed nodes and occluded ISLs."""
 
 from __future__ import annotations
 
@@ -83,3 +84,24 @@ def test_compile_kernels_compiles_what_a_tick_calls() -> None:
     from orbitmesh.core.engine import compile_kernels
 
     compile_kernels()
+
+
+def test_compiled_isls_equal_numpy_isls(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 18 planes of 22 at 550 km: in-plane neighbours are 1,980 km apart and clear; a sparse
+    # shell (planes of 4) loses in-plane links to the Earth, and a range limit cuts more.
+    for text in (scenario_text(5), scenario_text(5).replace("satellites: 396", "satellites: 72")
+                 + "links:\n  isl: {max_range_km: 3000}\n"):
+        topology = build_topology(parse_scenario(text, Path("/tmp/isl.yaml")))
+        engine = LinkEngine(topology)
+        cut = 0
+        for t_s in (0.0, 700.0, 1400.0):
+            pos = engine.positions_ecef_km(t_s)
+            got = engine.isl(pos)
+            with monkeypatch.context() as patch:
+                patch.setattr(links, "_compiled", lambda: None)
+                want = engine.isl(pos)
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, w)
+            cut += len(topology.isl_pairs) - len(got[0])
+        if "max_range_km: 3000" in text:
+            assert cut > 0  # some candidates were cut, so the cut itself was compared

@@ -65,6 +65,9 @@ def compile_kernels() -> None:
                          np.zeros(1), np.full(1, np.inf), 2000.0, np.ones((1, 1), bool), one,
                          False)
     kernel.in_previous(one, one, one, one, 1, 1)
+    from orbitmesh.core._isl_kernel import live_isls
+
+    live_isls(np.vstack([pos, -pos]), np.array([[0, 1]], np.int64), np.inf, 6378.0)
     links.assign_gsl(one, one, np.ones(1), np.zeros(1, bool), np.ones(1, np.int64),
                      np.ones(1, np.int64))
 

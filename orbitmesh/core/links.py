@@ -141,6 +141,7 @@ class LinkEngine:
         rules = topology.scenario.links.isl
         self._clearance_km = EARTH_RADIUS_KM + rules.grazing_margin_km
         self._max_isl_km = rules.max_range_km if rules.max_range_km is not None else np.inf
+        self._isl_pairs = np.ascontiguousarray(topology.isl_pairs, dtype=np.int64).reshape(-1, 2)
         self._prev_gsl = np.empty((0, 2), dtype=np.int64)  # (station idx, sat idx)
         self.handovers_total = 0
         self.last_handovers = 0
@@ -173,6 +174,13 @@ class LinkEngine:
         if not len(pairs):
             empty = np.empty(0, dtype=np.int64)
             return empty, empty, np.empty(0)
+        if _compiled() is not None:  # the same sums, without numpy's (K, 3) temporaries
+            from orbitmesh.core._isl_kernel import live_isls
+
+            live, range_km = live_isls(np.ascontiguousarray(pos, dtype=np.float64),
+                                       self._isl_pairs, float(self._max_isl_km),
+                                       self._clearance_km)
+            return pairs[live, 0], pairs[live, 1], range_km[live] / C_KM_S
         pa, pb = pos[pairs[:, 0]], pos[pairs[:, 1]]
         range_km = np.linalg.norm(pb - pa, axis=1)
         live = (range_km <= self._max_isl_km) & line_of_sight_clear(pa, pb, self._clearance_km)
