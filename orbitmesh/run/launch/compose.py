@@ -172,6 +172,8 @@ HEADER = """\
 #   docker-compose -f {name} down -v                            # -v: the results volume too
 # Swarm: `orbitmesh compose --swarm` writes a stack file.
 # Results: the volume "run", under {run_root}/<run id>. Set ORBITMESH_RUN_ID for each new run.
+# The broker service is OPEN (no per-run users or ACL yet): anything on the compose network can
+# drive the run. `orbitmesh up --backend docker` locks its broker down.
 """
 
 

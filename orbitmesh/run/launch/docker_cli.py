@@ -312,6 +312,7 @@ def compose_cmd(args: argparse.Namespace) -> int:
                           args.nodes_per_container, args.duration, args.speed, args.run_id,
                           not args.no_supervisor)
     _warn_missing_image(args.image)
+    _say_open_broker(args.broker)
     if args.swarm:
         from orbitmesh.run.launch.stack import write_stack
 
@@ -323,6 +324,19 @@ def compose_cmd(args: argparse.Namespace) -> int:
     print(f"wrote {path}; run it with: docker-compose -f {path} up --exit-code-from controller"
           "  (see its header)")
     return 0
+
+
+def _say_open_broker(broker: str | None) -> None:
+    """Compose and stack files carry no per-run users yet: say so, and where a password goes."""
+    from broker.url import parse_broker_url
+
+    if broker is None:
+        _say("broker: OPEN: the broker service of compose/stack files has no per-run users or "
+             "ACL yet (anonymous clients admitted); any container on the run's network can "
+             "inject frames, forge the clock or stop the run (docs/containers.md)")
+    elif parse_broker_url(broker).password is not None:
+        _say("warning: the --broker URL's password is written into every service's command "
+             "line (visible to `docker inspect`); prefer a broker user made for this run")
 
 
 def _warn_missing_image(tag: str) -> None:

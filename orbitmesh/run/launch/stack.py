@@ -44,6 +44,8 @@ HEADER = """\
 #       orbitmesh fault {results}/r1 link_down NODE
 # Results: the host directory {results} (bind mount), under <run id>; on several nodes it must
 # be shared storage mounted at that path on every node. Set ORBITMESH_RUN_ID for each new run.
+# The broker service is OPEN (no per-run users or ACL yet): any container attached to the
+# stack's network can drive the run. `orbitmesh up --backend docker` locks its broker down.
 """
 
 
