@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,fallback]'
+	@# numba compiles the geometry and pass kernels once (~20 s) and caches them: here, not in a run
+	$(BIN)/python -c "from orbitmesh.core.engine import compile_kernels; compile_kernels(); \
+		from orbitmesh.core.passes import load_kernel; load_kernel()"
 	touch $(STAMP)
 
 test: $(STAMP)
