@@ -145,6 +145,21 @@ def _labelled(client: Any, run_id: str) -> list[str]:
 
 @pytest.mark.docker
 @pytest.mark.slow
+def check_brussels_killed(run_dir: Path, killed_s: float) -> None:
+    """The summary of a run whose Brussels container was killed (-9) at ``killed_s``."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    exits = {c["node"]: c for c in summary["endpoints"]["containers"]}
+    assert exits["tokyo"]["state"] == "running"
+    gone = exits["brussels"]
+    assert gone["state"] == "exited" and gone["exit_code"] == 137
+    assert gone["at_s"] == pytest.approx(killed_s, abs=2.0)
+    assert gone["logs_tail"] == ["brussels software up"]
+    refused = summary["endpoints"]["nodes"]["brussels"]["refused"]
+    assert any(k.startswith(("tun_gone", "tun_write_failed", "no_tun_here")) for k in refused), \
+        refused  # echoes after the kill reached a node without its program: counted, not lost
+    assert summary["conservation_ok"]
+
+
 def test_two_containers_ping_through_the_constellation_and_one_is_killed(tmp_path: Path) -> None:
     client, tag = _live_or_skip()
     scenario = _scenario_with(tmp_path, _section({
@@ -189,17 +204,7 @@ def test_two_containers_ping_through_the_constellation_and_one_is_killed(tmp_pat
     assert re.search(rf"endpoint container {names['brussels']} at brussels exited with code "
                      r"137", text), text
     assert "brussels software up" in text
-    summary = json.loads((run_dir / "summary.json").read_text())
-    exits = {c["node"]: c for c in summary["endpoints"]["containers"]}
-    assert exits["tokyo"]["state"] == "running"
-    gone = exits["brussels"]
-    assert gone["state"] == "exited" and gone["exit_code"] == 137
-    assert gone["at_s"] == pytest.approx(killed_s, abs=2.0)
-    assert gone["logs_tail"] == ["brussels software up"]
-    refused = summary["endpoints"]["nodes"]["brussels"]["refused"]
-    assert any(k.startswith(("tun_gone", "tun_write_failed", "no_tun_here")) for k in refused), \
-        refused  # echoes after the kill reached a node without its program: counted, not lost
-    assert summary["conservation_ok"]
+    check_brussels_killed(run_dir, killed_s)
     assert proc.returncode == 0, text
     assert _labelled(client, run_id) == []
 
