@@ -13,6 +13,7 @@ install hint; set ``ORBITMESH_ALLOW_NO_BROKER=1`` to skip them instead.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 
@@ -39,6 +40,18 @@ def require_mosquitto() -> None:
     if os.environ.get("ORBITMESH_ALLOW_NO_BROKER") == "1":
         pytest.skip(message)
     pytest.fail(message, pytrace=False)
+
+
+def require_tool(path: str, package: str, why: str) -> str:
+    """``path`` if it exists (or is on PATH); else skip naming the package to install, or fail
+    when ``ORBITMESH_REQUIRE_TOOLS=1`` (.ci/run sets it: CI installs every tool)."""
+    found = path if os.path.isabs(path) and os.path.exists(path) else shutil.which(path)
+    if found:
+        return found
+    message = f"{why} needs {path}: apt-get install -y {package}"
+    if os.environ.get("ORBITMESH_REQUIRE_TOOLS") == "1":
+        pytest.fail(f"ORBITMESH_REQUIRE_TOOLS=1 but {message}", pytrace=False)
+    pytest.skip(message)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -158,9 +158,9 @@ def test_udp_pipe_and_mqtt_outbox_on_a_live_run(tmp_path: Path) -> None:
 # --- live: IP endpoints in namespaces (root, /dev/net/tun) --------------------------------------
 
 needs_netns = pytest.mark.skipif(
-    bool(netns.missing_privileges()) or shutil.which("ping") is None,
-    reason="IP endpoints need root (or CAP_NET_ADMIN), /dev/net/tun, iproute2 and ping: "
-           + "; ".join(netns.missing_privileges()))
+    bool(netns.missing_privileges()) or not (shutil.which("ping") and shutil.which("iperf3")),
+    reason="IP endpoints need root (or CAP_NET_ADMIN), /dev/net/tun, iproute2, ping and iperf3 "
+           "(apt-get install -y iputils-ping iperf3): " + "; ".join(netns.missing_privileges()))
 
 
 def _exec(run_dir: Path, node: str, *cmd: str,
