@@ -26,6 +26,9 @@ from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL, Topology
 from tests.faults_support import topology_of
 
 BROKER_FIXTURES = frozenset({"broker_url", "embedded_broker", "session_broker"})
+LOOSE_FIDELITY = {"budget_ms": 1000, "link_apply_budget_ms": 5000, "startup_budget_ms": 60000}
+"""The fidelity block of container tests: containers, not timing, are under test there (many
+containers share two cores; tests/test_fidelity.py holds the default budget to account)."""
 
 
 def require_mosquitto() -> None:

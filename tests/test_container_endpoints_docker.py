@@ -36,6 +36,7 @@ from orbitmesh.core.topology import build_topology
 from orbitmesh.errors import ScenarioError
 from orbitmesh.run.launch import docker_endpoints
 from orbitmesh.run.launch.labels import LABEL_RUN
+from tests.conftest import LOOSE_FIDELITY
 from tests.test_container_endpoints import (
     PING_BYTES,
     _docker_exec,
@@ -54,8 +55,7 @@ def _scenario(tmp_path: Path, ip: list[dict[str, Any]], duration_s: float = 15) 
     raw["duration_s"] = duration_s
     # Containers, not timing, are under test: the fidelity budget is loose (two cores shared
     # by every container here; tests/test_fidelity.py holds the default budget to account).
-    raw["fidelity"] = {"budget_ms": 1000, "link_apply_budget_ms": 5000,
-                       "startup_budget_ms": 60000}
+    raw["fidelity"] = dict(LOOSE_FIDELITY)
     raw["endpoints"] = {"ip": ip}
     path = tmp_path / "demo-containers.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -25,6 +25,7 @@ import yaml
 from orbitmesh.run.launch import image as image_mod
 from orbitmesh.run.launch.compose import ComposeOptions, input_environment, prelude, render_compose
 from orbitmesh.run.launch.docker import LABEL_RUN, placement_mode, safe_run_id, stage_scenario
+from tests.conftest import LOOSE_FIDELITY
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "scenarios" / "demo.yaml"
@@ -281,8 +282,7 @@ def _demo_loose(tmp_path: Path) -> Path:
     """The demo with a loose fidelity budget: containers, not timing, are under test here (nine
     containers share two cores; tests/test_fidelity.py holds the default budget to account)."""
     raw = yaml.safe_load(DEMO.read_text())
-    raw["fidelity"] = {"budget_ms": 1000, "link_apply_budget_ms": 5000,
-                       "startup_budget_ms": 60000}
+    raw["fidelity"] = dict(LOOSE_FIDELITY)
     path = tmp_path / "demo-loose.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -294,8 +294,7 @@ def _scenario_with_kill(tmp_path: Path) -> Path:
                       "restart": True}]
     # Containers, not timing, are under test: nine containers share two cores here
     # (tests/test_fidelity.py holds the default budget to account).
-    raw["fidelity"] = {"budget_ms": 1000, "link_apply_budget_ms": 5000,
-                       "startup_budget_ms": 60000}
+    raw["fidelity"] = dict(LOOSE_FIDELITY)
     path = tmp_path / "demo-kill.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path

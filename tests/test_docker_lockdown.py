@@ -30,6 +30,7 @@ from orbitmesh.run.launch.docker_secrets import (
     write_broker_config,
     write_role_url,
 )
+from tests.conftest import LOOSE_FIDELITY
 from tests.test_docker import _labelled, docker_run  # noqa: F401 (a fixture)
 
 REACH = Path(__file__).resolve().parent / "data" / "live" / "reach.yaml"
@@ -145,8 +146,7 @@ def test_controller_broker_file_keeps_the_launchers_operator_entry(
 def _reach_loose(tmp_path: Path) -> Path:
     """reach.yaml with a loose fidelity budget: the broker, not timing, is under test here."""
     raw = yaml.safe_load(REACH.read_text())
-    raw["fidelity"] = {"budget_ms": 1000, "link_apply_budget_ms": 5000,
-                       "startup_budget_ms": 60000}
+    raw["fidelity"] = dict(LOOSE_FIDELITY)
     path = tmp_path / "reach-loose.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
