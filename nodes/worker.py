@@ -107,6 +107,8 @@ class Worker:
         outranks the copy it replaces, whichever the loop runs last."""
         self._last_counts = (0, 0.0)
         self._window_apply_late_ms = 0.0
+        self._stats_lock = threading.Lock()
+        self._stats_final = False
         self._early: list[tuple[bytes, bool]] = []
         """Frame batches received before the first link state (a restarted worker's)."""
         self.endpoints: EndpointHost | None = None
@@ -413,10 +415,16 @@ class Worker:
             self._save_stats(*document)
 
     def _save_stats(self, path: Path, text: str, final: bool) -> None:
-        try:
-            atomic_write(path, text, durable=final)
-        except DiskError as exc:  # the summary then sees the last snapshot, not final
-            log.error("%s", exc)
+        # A snapshot still being written on its thread when the run ends must not land after
+        # the final document and replace it with older counts.
+        with self._stats_lock:
+            if self._stats_final and not final:
+                return
+            try:
+                atomic_write(path, text, durable=final)
+            except DiskError as exc:  # the summary then sees the last snapshot, not final
+                log.error("%s", exc)
+            self._stats_final = self._stats_final or final
 
     def _stats_document(self, *, final: bool) -> tuple[Path, str, bool] | None:
         """Where this worker's stats file goes and what it holds (None without --out)."""

@@ -258,11 +258,14 @@ async def memory_run(out: Path, junk: list[tuple[str, bytes]], seed: int) -> Out
                 expected["status@launcher"] += family == "status"
                 expected["control@controller"] += family == "control"
                 hostile.publish(topic, payload, retain=rng.random() < 0.3)
-        await ticking
-        control.publish(topics.launcher, ControlCommand("finish").encode())
-        await _until(lambda: all(launcher.status[k].state == "done" for k in range(WORKERS)))
-        controller.close()
-        listener.cancel()
+        try:
+            await ticking
+            control.publish(topics.launcher, ControlCommand("finish").encode())
+            await _until(lambda: all(launcher.status[k].state == "done"
+                                     for k in range(WORKERS)))
+        finally:  # a failing run must not leave links.msgpack open for the next test
+            controller.close()
+            listener.cancel()
     meta = {"id": RUN, "speed": scenario.speed, "duration_s": scenario.duration_s,
             "t0_wall": controller.t0_wall}
     summary = build_summary(out, scenario, meta, {}, WORKERS,

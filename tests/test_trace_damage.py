@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -241,6 +242,28 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file(tmp_path: Path) -> None:
         assert target.read_text() == "old"
         assert sorted(p.name for p in disk.iterdir()) == ["summary.json"], "no temporary left"
 
+
+
+def test_atomic_writes_of_one_file_from_two_threads_never_collide(tmp_path: Path) -> None:
+    """A worker snapshots its stats on a thread while its loop writes the final copy."""
+    target = tmp_path / "stats-w0.json"
+    errors: list[BaseException] = []
+
+    def write(text: str) -> None:
+        try:
+            for _ in range(300):
+                atomic_write(target, text, durable=False)
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(str(k) * 2000,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert target.read_text() in ("0" * 2000, "1" * 2000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stats-w0.json"], "no temporary left"
 
 # -- a real trace -------------------------------------------------------------------------------
 

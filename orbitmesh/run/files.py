@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -22,6 +24,7 @@ from typing import IO, Any
 from orbitmesh.errors import RunError
 
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
+_TEMP_SERIAL = itertools.count()  # next() on a count is atomic under the GIL
 
 
 class DiskError(RunError):
@@ -48,8 +51,7 @@ def atomic_write(path: Path | str, data: bytes | str, *, durable: bool = True) -
     """
     path = Path(path)
     body = data.encode("utf-8") if isinstance(data, str) else data
-    # The pid keeps two processes that write the same file from sharing a temporary file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temporary_beside(path)
     try:
         with tmp.open("wb") as fh:
             fh.write(body)
@@ -70,7 +72,7 @@ def atomic_write(path: Path | str, data: bytes | str, *, durable: bool = True) -
 def partial_output(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
     """A file to stream into, renamed to ``path`` only if the block ends without an error."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temporary_beside(path)
     try:
         binary = "b" in mode
         with open(tmp, mode, encoding=None if binary else "utf-8",
@@ -84,6 +86,17 @@ def partial_output(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def _temporary_beside(path: Path) -> Path:
+    """A temporary file name in ``path``'s directory, unique to this process, thread and call.
+
+    Unique per call, not per process: a worker's periodic snapshot (on a thread) and its final
+    write (on the loop) once shared ``.<name>.<pid>.tmp``, and the second rename found it gone.
+    The file is then created by ``open``, so it gets the usual umask mode (mkstemp's is 0600).
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}."
+                          f"{next(_TEMP_SERIAL)}.tmp")
 
 
 def close_reporting(fh: IO[Any], path: Path | str) -> DiskError | None:
