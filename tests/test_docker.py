@@ -175,8 +175,8 @@ def test_compose_has_broker_controller_and_one_worker_per_plane(tmp_path: Path) 
     assert {"broker", "controller", "supervisor"} <= set(services)
     controller = services["controller"]
     assert "--external-workers" in controller["command"]
-    assert controller["command"][controller["command"].index("--broker") + 1] == (
-        "mqtt://broker:1883")
+    assert controller["command"][controller["command"].index("--broker-file") + 1] == (
+        "/run/secrets/controller.url")  # locked down: tests/test_compose_lockdown.py
     assert controller["depends_on"] == ["broker"]
     for name, service in services.items():
         assert service["labels"][LABEL_RUN] == "${ORBITMESH_RUN_ID:-demo}", name

@@ -17,22 +17,37 @@ its own results directory and topics.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from broker.embedded import probe_connack, render_mosquitto_config
-from broker.url import parse_broker_url
+from broker.embedded import probe_connack, render_mosquitto_config, security_lines
+from broker.url import BrokerURL, parse_broker_url
 from orbitmesh.core.limits import run_clock
 from orbitmesh.core.placement import worker_count
 from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import build_topology
-from orbitmesh.errors import RunError
+from orbitmesh.errors import BrokerError, RunError
+from orbitmesh.run.launch.compose_secrets import (
+    ACL,
+    OPERATOR,
+    PASSWORDS,
+    ComposeSecrets,
+    external_secrets,
+    inside,
+    locked_secrets,
+    secrets_dir,
+    url_secret,
+)
+from orbitmesh.run.launch.control import write_run_file
 from orbitmesh.run.launch.docker import (
     LABEL_ROLE,
     LABEL_RUN,
@@ -69,6 +84,16 @@ class ComposeOptions:
     speed: float | None = None
     run_id: str | None = None
     supervisor: bool = True
+    broker_insecure: bool = False
+    """The broker service without users or ACL (today's open broker, said in the header)."""
+
+
+@dataclass(frozen=True)
+class ComposeFile:
+    """A compose document and the secret files it names (None: it names none)."""
+
+    document: dict[str, Any]
+    secrets: ComposeSecrets | None
 
 
 def _service(image: str, role: str, run_id_var: str, command: list[str],
@@ -96,10 +121,38 @@ def input_environment(files: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def broker_secrets(opts: ComposeOptions, broker: BrokerURL, workers: int
+                   ) -> ComposeSecrets | None:
+    """The secrets a file needs: fresh users for its own broker (unless ``--broker-insecure``),
+    or an external URL's ``user:pass@``; None when no password is involved."""
+    if opts.broker is not None:
+        if opts.broker_insecure:
+            raise BrokerError("--broker-insecure opens the compose file's own broker service; "
+                              "an external --broker is as secure as it is configured")
+        return external_secrets(broker, workers) if broker.username is not None else None
+    return None if opts.broker_insecure else locked_secrets(broker, workers)
+
+
+def _broker_service(image: str, run_id_var: str, locked: bool) -> dict[str, Any]:
+    security = None
+    if locked:
+        security = security_lines(password_file=Path(inside(PASSWORDS)),
+                                  acl_file=Path(inside(ACL)))
+        # The container runs as root (compose) or as the caller (Swarm); as root mosquitto
+        # would drop to its own user before reading the secrets, which it could not read then.
+        if "user root" not in security:
+            security.append("user root")
+    conf = render_mosquitto_config(BROKER_PORT, bind=None, security=security)
+    return _service(image, "broker", run_id_var,
+                    [*PRELUDE, "/usr/sbin/mosquitto", "-c", f"{INPUT_DIR}/mosquitto.conf"],
+                    "unless-stopped", "any",
+                    environment=input_environment({"mosquitto.conf": conf}))
+
+
 def compose_document(opts: ComposeOptions, files: dict[str, str],
-                     run_root: str = RUN_ROOT) -> dict[str, Any]:
-    """The compose file as a dict (``files``: staged input files by name, scenario.yaml first;
-    results under ``run_root``, where the volume ``run`` is mounted)."""
+                     run_root: str = RUN_ROOT) -> ComposeFile:
+    """The compose file as a dict, and its secrets (``files``: staged input files by name,
+    scenario.yaml first; results under ``run_root``, where the volume ``run`` is mounted)."""
     scenario = load_scenario(opts.scenario)
     run_clock(scenario, opts.duration_s, opts.speed)  # refuse --speed 0 here, not in a container
     topology = build_topology(scenario)
@@ -107,45 +160,63 @@ def compose_document(opts: ComposeOptions, files: dict[str, str],
     workers = worker_count(topology, mode, 1)
     run_id_var = f"${{ORBITMESH_RUN_ID:-{safe_run_id(opts.run_id or scenario.name)}}}"
     run_dir = f"{run_root}/{run_id_var}"
-    broker = opts.broker or f"mqtt://broker:{BROKER_PORT}"
-    parse_broker_url(broker)  # fail here, not inside every container
+    url = parse_broker_url(opts.broker or f"mqtt://broker:{BROKER_PORT}")  # fail here, once
+    secrets = broker_secrets(opts, url, workers)
+    bare = url.to_text(show_password=False) if secrets is None else dataclasses.replace(
+        url, username=None, password=None).to_text()
+
+    def broker_args(role: str) -> list[str]:
+        if secrets is None:
+            return ["--broker", bare]
+        return ["--broker-file", inside(url_secret(role))]
+
     scenario_in = f"{INPUT_DIR}/scenario.yaml"
     extra = [*(["--duration", f"{opts.duration_s:g}"] if opts.duration_s else []),
              *(["--speed", f"{opts.speed:g}"] if opts.speed else [])]
-    common = ["--run-id", run_id_var, "--broker", broker, "--placement", mode, *extra]
-    environment = {"ORBITMESH_RUN_DIR": run_dir, "ORBITMESH_WAIT_BROKER": broker,
+    common = ["--run-id", run_id_var, "--placement", mode, *extra]
+    environment = {"ORBITMESH_RUN_DIR": run_dir, "ORBITMESH_WAIT_BROKER": bare,
                    **input_environment(files)}
     services: dict[str, Any] = {}
     depends: dict[str, Any] = {}
     if opts.broker is None:
-        conf = render_mosquitto_config(BROKER_PORT, bind=None)
-        services["broker"] = _service(
-            opts.image, "broker", run_id_var,
-            [*PRELUDE, "/usr/sbin/mosquitto", "-c", f"{INPUT_DIR}/mosquitto.conf"],
-            "unless-stopped", "any", environment=input_environment({"mosquitto.conf": conf}))
+        services["broker"] = _broker_service(opts.image, run_id_var, secrets is not None)
         depends = {"depends_on": ["broker"]}
     mounts = {"volumes": [f"run:{run_root}"], "environment": environment}
+    controller_env = dict(environment)
+    if secrets is not None:  # the prelude names it in run.json, for `orbitmesh fault RUN_DIR`
+        controller_env.update(ORBITMESH_RUN_ID=run_id_var,
+                              ORBITMESH_OPERATOR_FILE=inside(OPERATOR))
     services["controller"] = _service(
         opts.image, "controller", run_id_var,
         [*PRELUDE, "orbitmesh", "run", scenario_in, "--external-workers", "--out", run_dir,
-         "--quiet", *common], "no", "none", stop_grace_period=STOP_GRACE, **mounts, **depends)
+         "--quiet", *common, *broker_args("controller")], "no", "none",
+        stop_grace_period=STOP_GRACE, **{**mounts, "environment": controller_env}, **depends)
     for k in range(workers):
         services[f"worker-{k}"] = _service(
             opts.image, f"worker-{k}", run_id_var,
             [*PRELUDE, "python", "-m", "nodes.worker", "--scenario", scenario_in, "--worker",
-             str(k), "--workers", str(workers), "--out", run_dir, *common],
-            "on-failure", "on-failure", **mounts, **depends)
+             str(k), "--workers", str(workers), "--out", run_dir, *common,
+             *broker_args(f"worker-{k}")], "on-failure", "on-failure", **mounts, **depends)
     if opts.supervisor:
+        operator = [] if secrets is None else ["--operator-file", inside(OPERATOR)]
         services["supervisor"] = _service(
             opts.image, "supervisor", run_id_var,
-            [*SUPERVISE, "--run-id", run_id_var, "--run-dir", run_dir, "--broker", broker,
-             "--workers", str(workers), "--placement", mode],
+            [*SUPERVISE, "--run-id", run_id_var, "--run-dir", run_dir, "--broker", bare,
+             *operator, "--workers", str(workers), "--placement", mode],
             "no", "none", volumes=[f"run:{run_root}", f"{DOCKER_SOCKET}:{DOCKER_SOCKET}"],
             depends_on=["controller"])
         services["supervisor"]["deploy"]["placement"] = {"constraints": ["node.role == manager"]}
     labels = {"labels": {LABEL_RUN: run_id_var}}
-    return {"version": COMPOSE_VERSION, "services": services, "volumes": {"run": labels},
-            "networks": {"default": labels}}
+    document: dict[str, Any] = {"version": COMPOSE_VERSION, "services": services,
+                                "volumes": {"run": labels}, "networks": {"default": labels}}
+    if secrets is not None:
+        folder = secrets_dir(opts.out).name
+        for name, service in services.items():
+            service["secrets"] = list(secrets.services[name])
+        document["secrets"] = {name: {"file": f"./{folder}/{name}"}
+                               for name in secrets.files
+                               if any(name in services[s].get("secrets", ()) for s in services)}
+    return ComposeFile(document, secrets)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -172,12 +243,38 @@ HEADER = """\
 #   docker-compose -f {name} down -v                            # -v: the results volume too
 # Swarm: `orbitmesh compose --swarm` writes a stack file.
 # Results: the volume "run", under {run_root}/<run id>. Set ORBITMESH_RUN_ID for each new run.
-# The broker service is OPEN (no per-run users or ACL yet): anything on the compose network can
-# drive the run. `orbitmesh up --backend docker` locks its broker down.
 """
 
 
-def staged_document(opts: ComposeOptions, run_root: str = RUN_ROOT) -> dict[str, Any]:
+def broker_note(opts: ComposeOptions, secrets: ComposeSecrets | None, swarm: bool = False
+                ) -> list[str]:
+    """What the file's header (and `orbitmesh compose` on stderr) says about the broker."""
+    folder = secrets_dir(opts.out)
+    network = "the stack's network" if swarm else "the compose network"
+    faults = ("faults: the `docker run` below" if swarm else
+              "faults: `docker-compose exec supervisor orbitmesh fault <run dir> ...`")
+    if opts.broker is not None:
+        if secrets is None:
+            return [f"broker: external {parse_broker_url(opts.broker).address}, as given (no "
+                    "password in it, so none in any service)"]
+        return [f"broker: external {parse_broker_url(opts.broker).address}: its user:pass@ "
+                f"reaches each service as a secret file in {folder}/ (mode 0600), never in a "
+                "command line or the environment"]
+    if secrets is None:
+        return ["broker: OPEN (--broker-insecure): anonymous clients, no ACL; anything on "
+                f"{network} can inject frames, forge the clock or stop the run"]
+    return ["broker: per-run users and ACL, anonymous refused; the passwords are secrets in "
+            f"{folder}/ (mode 0600, keep them with this file), each service sees only its own",
+            f"operator credentials: {folder / OPERATOR} ({faults})"]
+
+
+def header_lines(lines: list[str]) -> str:
+    """``lines`` as comment lines of a file's header, wrapped."""
+    return "".join(textwrap.fill(line, 98, initial_indent="# ", subsequent_indent="#   ",
+                                 break_on_hyphens=False) + "\n" for line in lines)
+
+
+def staged_document(opts: ComposeOptions, run_root: str = RUN_ROOT) -> ComposeFile:
     """The compose document of ``opts`` with the scenario and its files staged inside it."""
     import tempfile
 
@@ -187,10 +284,8 @@ def staged_document(opts: ComposeOptions, run_root: str = RUN_ROOT) -> dict[str,
         for path in sorted(Path(tmp).iterdir()):
             if path.name != "scenario.yaml":
                 files[path.name] = path.read_text()
-        return compose_document(
-            ComposeOptions(staged, opts.out, opts.image, opts.broker, opts.nodes_per_container,
-                           opts.duration_s, opts.speed,
-                           opts.run_id or load_scenario(opts.scenario).name, opts.supervisor),
+        return compose_document(dataclasses.replace(
+            opts, scenario=staged, run_id=opts.run_id or load_scenario(opts.scenario).name),
             files, run_root)
 
 
@@ -199,16 +294,29 @@ def dump_document(document: dict[str, Any]) -> str:
     return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
 
 
-def render_compose(opts: ComposeOptions) -> str:
-    """The compose file's text."""
-    document = staged_document(opts)
+def render_compose_file(opts: ComposeOptions) -> tuple[str, ComposeSecrets | None]:
+    """The compose file's text and the secrets it names (not written yet)."""
+    compose = staged_document(opts)
     text = HEADER.format(scenario=opts.scenario, name=opts.out.name, run_root=RUN_ROOT)
-    return text + dump_document(document)
+    note = header_lines(broker_note(opts, compose.secrets))
+    return text + note + dump_document(compose.document), compose.secrets
 
 
-def write_compose(opts: ComposeOptions) -> Path:
-    """Write the compose file; its path."""
-    opts.out.write_text(render_compose(opts))
+def render_compose(opts: ComposeOptions) -> str:
+    """The compose file's text (its secrets, when it has any, are generated and dropped)."""
+    return render_compose_file(opts)[0]
+
+
+def write_compose(opts: ComposeOptions, say: Callable[[str], None] | None = None) -> Path:
+    """Write the compose file and its secret files beside it; the file's path. ``say`` gets
+    the lines on how locked the broker is."""
+    text, secrets = render_compose_file(opts)  # bad input fails before anything is written
+    if secrets is not None:
+        secrets.write(secrets_dir(opts.out))
+    if say is not None:
+        for line in broker_note(opts, secrets):
+            say(line)
+    opts.out.write_text(text)
     return opts.out
 
 
@@ -225,6 +333,12 @@ def prelude(argv: list[str], environ: dict[str, str] | None = None,
         i += 1
     if env.get("ORBITMESH_RUN_DIR"):
         Path(env["ORBITMESH_RUN_DIR"]).mkdir(parents=True, exist_ok=True)
+        if env.get("ORBITMESH_OPERATOR_FILE"):
+            # The controller keeps this entry of run.json (`orbitmesh run --broker-file`): a
+            # container that has the operator's secret runs `orbitmesh fault RUN_DIR` with it.
+            write_run_file(Path(env["ORBITMESH_RUN_DIR"]), env["ORBITMESH_RUN_ID"],
+                           parse_broker_url(env["ORBITMESH_WAIT_BROKER"]),
+                           f"{INPUT_DIR}/scenario.yaml", env["ORBITMESH_OPERATOR_FILE"])
     if env.get("ORBITMESH_WAIT_BROKER"):
         url = parse_broker_url(env["ORBITMESH_WAIT_BROKER"])
         deadline = time.monotonic() + BROKER_WAIT_S

@@ -89,8 +89,12 @@ def add_parsers(sub: Any) -> dict[str, Handler]:
     c.add_argument("scenario")
     c.add_argument("-o", "--out", "--output", dest="output", required=True,
                    help="compose file to write, e.g. "
-                   "compose/demo.yml (its configs go to compose/demo/)")
-    c.add_argument("--broker", help="external broker URL: no broker service")
+                   "compose/demo.yml (its secrets go to compose/demo.secrets/)")
+    c.add_argument("--broker", help="external broker URL: no broker service (a user:pass@ "
+                   "in it reaches the services as secret files, never in a command line)")
+    c.add_argument("--broker-insecure", action="store_true",
+                   help="broker service without per-run users and ACL (open to anything on the "
+                   "run's network; said on stderr and in the file)")
     c.add_argument("--image", default="orbitmesh:latest",
                    help="image tag of every service (default orbitmesh:latest)")
     c.add_argument("--nodes-per-container", type=int,
@@ -111,6 +115,8 @@ def add_parsers(sub: Any) -> dict[str, Handler]:
                         "(started by `up --detach` and by compose files)")
     sv.add_argument("run", nargs="?", help="run directory (holds docker.json)")
     sv.add_argument("--broker", help="broker URL to connect to (default: docker.json's)")
+    sv.add_argument("--operator-file", help="the operator's credential (operator.json) to "
+                    "connect with (a compose file's secret)")
     sv.add_argument("--run-id", help="without docker.json: the run id")
     sv.add_argument("--run-dir", help="without docker.json: the results directory")
     sv.add_argument("--workers", type=int, default=0, help="without docker.json: worker count")
@@ -310,33 +316,19 @@ def compose_cmd(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     opts = ComposeOptions(Path(args.scenario), out, args.image, args.broker,
                           args.nodes_per_container, args.duration, args.speed, args.run_id,
-                          not args.no_supervisor)
+                          not args.no_supervisor, args.broker_insecure)
     _warn_missing_image(args.image)
-    _say_open_broker(args.broker)
     if args.swarm:
         from orbitmesh.run.launch.stack import write_stack
 
-        path = write_stack(opts, Path(args.results))
+        path = write_stack(opts, Path(args.results), _say)
         print(f"wrote {path}; deploy it with: docker stack deploy --resolve-image never -c "
               f"{path} NAME  (see its header)")
         return 0
-    path = write_compose(opts)
+    path = write_compose(opts, _say)
     print(f"wrote {path}; run it with: docker-compose -f {path} up --exit-code-from controller"
           "  (see its header)")
     return 0
-
-
-def _say_open_broker(broker: str | None) -> None:
-    """Compose and stack files carry no per-run users yet: say so, and where a password goes."""
-    from broker.url import parse_broker_url
-
-    if broker is None:
-        _say("broker: OPEN: the broker service of compose/stack files has no per-run users or "
-             "ACL yet (anonymous clients admitted); any container on the run's network can "
-             "inject frames, forge the clock or stop the run (docs/containers.md)")
-    elif parse_broker_url(broker).password is not None:
-        _say("warning: the --broker URL's password is written into every service's command "
-             "line (visible to `docker inspect`); prefer a broker user made for this run")
 
 
 def _warn_missing_image(tag: str) -> None:
@@ -370,7 +362,14 @@ def supervise_cmd(args: argparse.Namespace) -> int:
                         args.broker, args.placement, args.workers, time.time())
     else:
         raise RunError("give a run directory, or --run-id, --run-dir and --broker")
-    return supervise_detached(client, run, args.broker, _say, not args.quiet)
+    connect = args.broker
+    if args.operator_file:  # a compose file's secret: the run's operator, never in argv
+        from broker.credentials import load_operator
+        from broker.url import parse_broker_url
+
+        connect = load_operator(Path(args.operator_file)).on(
+            parse_broker_url(args.broker or run.host_broker_url)).to_text(show_password=True)
+    return supervise_detached(client, run, connect, _say, not args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,20 @@ Deploy with ``docker stack deploy --resolve-image never -c FILE NAME``: the imag
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from orbitmesh.run.launch.compose import PRELUDE, ComposeOptions, dump_document, staged_document
+from orbitmesh.run.launch.compose import (
+    PRELUDE,
+    ComposeFile,
+    ComposeOptions,
+    broker_note,
+    dump_document,
+    header_lines,
+    staged_document,
+)
+from orbitmesh.run.launch.compose_secrets import OPERATOR, ComposeSecrets, secrets_dir
 from orbitmesh.run.launch.docker import LABEL_RUN
 
 MANAGER = "node.role == manager"
@@ -39,20 +49,29 @@ HEADER = """\
 #   ORBITMESH_RUN_ID=r1 docker stack deploy --resolve-image never -c {name} r1
 #   orbitmesh stop r1 ; orbitmesh fetch r1                 # or: results in {results}/r1
 #   docker stack rm r1
+# Results: the host directory {results} (bind mount), under <run id>; on several nodes it must
+# be shared storage mounted at that path on every node. Set ORBITMESH_RUN_ID for each new run.
+"""
+FAULT_HINT = """\
+# Faults from the host, through the stack's attachable network, as the operator:
+#   docker run --rm --network r1_default -v {results}:{results} \\
+#       -v {operator}:/run/secrets/operator.json:ro {image} \\
+#       orbitmesh fault {results}/r1 link_down NODE
+"""
+OPEN_FAULT_HINT = """\
 # Faults from the host, through the stack's attachable network:
 #   docker run --rm --network r1_default -v {results}:{results} {image} \\
 #       orbitmesh fault {results}/r1 link_down NODE
-# Results: the host directory {results} (bind mount), under <run id>; on several nodes it must
-# be shared storage mounted at that path on every node. Set ORBITMESH_RUN_ID for each new run.
-# The broker service is OPEN (no per-run users or ACL yet): any container attached to the
-# stack's network can drive the run. `orbitmesh up --backend docker` locks its broker down.
 """
+SECRET_MODE = 0o400
 
 
-def stack_document(opts: ComposeOptions, results: Path) -> dict[str, Any]:
-    """The stack file as a dict; ``results`` is the host directory that receives run dirs."""
+def stack_document(opts: ComposeOptions, results: Path) -> ComposeFile:
+    """The stack file as a dict, and its secrets; ``results`` is the host directory that
+    receives run dirs."""
     root = str(results.resolve())
-    document = staged_document(opts, run_root=root)
+    compose = staged_document(opts, run_root=root)
+    document = compose.document
     user = f"{os.getuid()}:{os.getgid()}"
     for name, service in document["services"].items():
         role = name.split("-", maxsplit=1)[0]
@@ -77,12 +96,21 @@ def stack_document(opts: ComposeOptions, results: Path) -> dict[str, Any]:
         if role == "supervisor":  # no depends_on on Swarm: it waits for the broker itself
             service["command"] = [*PRELUDE, *service["command"]]
             service["environment"] = {"ORBITMESH_WAIT_BROKER": _broker_of(service)}
+        if "secrets" in service:
+            # Swarm mounts a secret as root:root 0444 unless told; the service's own user
+            # reads it, nobody else in the container.
+            owner = "0" if role == "supervisor" else str(os.getuid())
+            group = "0" if role == "supervisor" else str(os.getgid())
+            service["secrets"] = [{"source": s, "target": s, "uid": owner, "gid": group,
+                                   "mode": SECRET_MODE} for s in service["secrets"]]
     document.pop("volumes", None)
     labels = document["networks"]["default"]["labels"]
     document["networks"]["default"] = {"driver": "overlay", "attachable": True,
                                        "labels": labels}
+    for secret in document.get("secrets", {}).values():
+        secret["labels"] = dict(labels)  # `docker secret ls --filter label=orbitmesh.run=<id>`
     assert LABEL_RUN in labels
-    return document
+    return compose
 
 
 def _broker_of(service: dict[str, Any]) -> str:
@@ -90,17 +118,32 @@ def _broker_of(service: dict[str, Any]) -> str:
     return str(command[command.index("--broker") + 1])
 
 
+def render_stack_file(opts: ComposeOptions, results: Path) -> tuple[str, ComposeSecrets | None]:
+    """The stack file's text and the secrets it names (not written yet)."""
+    compose = stack_document(opts, results)
+    fields = {"results": results.resolve(), "image": opts.image,
+              "operator": secrets_dir(opts.out).resolve() / OPERATOR}
+    text = HEADER.format(scenario=opts.scenario, name=opts.out.name, **fields)
+    hint = FAULT_HINT if compose.secrets is not None else OPEN_FAULT_HINT
+    note = header_lines(broker_note(opts, compose.secrets, swarm=True))
+    return text + note + hint.format(**fields) + dump_document(compose.document), compose.secrets
+
+
 def render_stack(opts: ComposeOptions, results: Path) -> str:
-    """The stack file's text (``results`` is made if missing: Swarm refuses a missing bind)."""
-    document = stack_document(opts, results)
-    text = HEADER.format(scenario=opts.scenario, name=opts.out.name,
-                         results=results.resolve(), image=opts.image)
-    return text + dump_document(document)
+    """The stack file's text (its secrets, when it has any, are generated and dropped)."""
+    return render_stack_file(opts, results)[0]
 
 
-def write_stack(opts: ComposeOptions, results: Path) -> Path:
-    """Write the stack file and make the results directory; the file's path."""
-    text = render_stack(opts, results)  # bad input fails before anything is made
+def write_stack(opts: ComposeOptions, results: Path,
+                say: Callable[[str], None] | None = None) -> Path:
+    """Write the stack file and its secrets, make the results directory (Swarm refuses a missing
+    bind); the file's path. ``say`` gets the lines on how locked the broker is."""
+    text, secrets = render_stack_file(opts, results)  # bad input fails before anything is made
     results.mkdir(parents=True, exist_ok=True)
+    if secrets is not None:
+        secrets.write(secrets_dir(opts.out))
+    if say is not None:
+        for line in broker_note(opts, secrets, swarm=True):
+            say(line)
     opts.out.write_text(text)
     return opts.out
