@@ -10,6 +10,7 @@ import pytest
 
 from orbitmesh.core import _sssp
 from orbitmesh.core.engine import TickEngine
+from orbitmesh.core.route_trees import _order_of
 from orbitmesh.core.routing import LinkGraph, MinHop, ShortestDelay, compute_routes
 from orbitmesh.core.scenario import parse_scenario
 from orbitmesh.core.topology import build_topology
@@ -32,10 +33,11 @@ def next_tick(rng: np.random.Generator, graph: LinkGraph) -> LinkGraph:
 
 def hinted(graph: LinkGraph, sources: np.ndarray, hints: np.ndarray,
            transit: np.ndarray | None = None, threads: int | None = None,
-           repair_budget: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+           repair_budget: int | None = None,
+           order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     return _sssp.shortest_path_trees(*graph._csr_arrays(), sources, backend="numba",
                                      transit=transit, hints=hints, threads=threads,
-                                     repair_budget=repair_budget)
+                                     repair_budget=repair_budget, order=order)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -110,3 +112,71 @@ def test_a_shell1_run_routes_as_without_hints(strategy: ShortestDelay | MinHop) 
         if previous is not None:
             assert previous is not warm
         previous = warm
+
+
+def parents_first(order_row: np.ndarray, parent: np.ndarray, source: int) -> np.ndarray:
+    """The nodes an order row lists, after checking that each comes after its parent."""
+    end = np.flatnonzero(order_row < 0)
+    listed = order_row[:end[0] if end.size else order_row.size]
+    assert listed[0] == source
+    assert np.unique(listed).size == listed.size, "a node is listed twice"
+    position = np.full(parent.size, -1)
+    position[listed] = np.arange(listed.size)
+    rest = listed[1:]
+    assert np.all(position[parent[rest]] >= 0), "a listed node's parent is not listed"
+    assert np.all(position[parent[rest]] < position[rest]), "a child comes before its parent"
+    return listed
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_labelling_order_changes_the_speed_never_the_answer(kind: str) -> None:
+    rng = np.random.default_rng(41 + len(kind))
+    graph = awkward_graph(rng, kind)
+    sources = rng.choice(graph.n_nodes, size=int(rng.integers(2, 20)), replace=False)
+    transit = rng.random(graph.n_nodes) > 0.2 if kind == "continuous" else None
+    pred, _ = _sssp.shortest_path_trees(*graph._csr_arrays(), sources, backend="numba",
+                                        transit=transit)
+    order = np.empty(pred.shape, dtype=np.int32)
+    order[:, 0] = -1  # no order yet: the first repair walks and leaves one
+    for _ in range(4):  # tick after tick, the order the last call left
+        graph = next_tick(rng, graph)
+        _, want = _sssp.shortest_path_trees(*graph._csr_arrays(), sources, backend="scipy",
+                                            transit=transit)
+        hints = pred
+        pred, dist = hinted(graph, sources, hints, transit=transit, order=order)
+        np.testing.assert_array_equal(dist, want)
+        if transit is None:
+            check_trees(graph, sources, pred, dist)
+        for row, s in enumerate(sources.tolist()):
+            if order[row, 0] >= 0:  # a repaired row: its hinted tree, parents first
+                parents_first(order[row], hints[row], s)
+    n = graph.n_nodes
+    garbage = rng.integers(-2, n + 2, (sources.size, n)).astype(np.int32)
+    garbage[:, 0] = sources  # rows that claim to be orders: duplicates, strangers, the source
+    shuffled = np.array([np.r_[s, rng.permutation(np.delete(np.arange(n), s))]
+                         for s in sources.tolist()], dtype=np.int32)  # children before parents
+    _, want = _sssp.shortest_path_trees(*graph._csr_arrays(), sources, backend="scipy",
+                                        transit=transit)
+    for bad in (garbage, shuffled):
+        _, dist = hinted(graph, sources, pred, transit=transit, order=bad)
+        np.testing.assert_array_equal(dist, want)
+    with pytest.raises(Exception, match="order has shape"):
+        hinted(graph, sources, pred, order=np.zeros((sources.size, n), dtype=np.int64))
+
+
+def test_routes_hand_their_labelling_order_to_the_next_tick() -> None:
+    topology = build_topology(parse_scenario(SHELL1, Path("/tmp/shell1.yaml")))
+    engine = TickEngine(topology)
+    first = engine.step(0.0).routes[None]
+    assert _order_of(first) is None  # grown afresh: no order to hand on
+    second = engine.step(1.0).routes[None]
+    order = _order_of(second)
+    assert order is not None
+    hints = first.next_hop
+    for row, d in enumerate(second.destinations.tolist()):
+        listed = parents_first(order[row], hints[row], d)
+        assert listed.size == np.count_nonzero(hints[row] >= 0)  # one ISL-linked component
+    third = engine.step(2.0).routes[None]
+    fresh = compute_routes(engine.graph(engine.links.state_at(2.0)), engine.destinations,
+                           engine.strategy)[None]
+    np.testing.assert_array_equal(third.distance_s, fresh.distance_s)

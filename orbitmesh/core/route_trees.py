@@ -146,6 +146,19 @@ class RouteTrees:
         return path
 
 
+def _with_order(trees: RouteTrees, order: HopArray | None) -> RouteTrees:
+    """``trees`` carrying the order their rows were labelled in (a hint for the next tick)."""
+    if order is not None:
+        trees.__dict__["_order"] = order  # private: never part of the tables' value
+    return trees
+
+
+def _order_of(trees: RouteTrees) -> HopArray | None:
+    """The order :func:`_with_order` attached, or None."""
+    order: HopArray | None = trees.__dict__.get("_order")
+    return order
+
+
 def _changed_mask(prev: RouteTrees | None, cur: RouteTrees) -> BoolArray:
     if prev is None:
         return np.asarray(cur.next_hop != NO_ROUTE)

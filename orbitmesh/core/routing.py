@@ -47,7 +47,9 @@ from orbitmesh.core.link_graph import MIN_WEIGHT, LinkGraph
 from orbitmesh.core.route_trees import (
     NO_ROUTE,
     RouteTrees,
+    _order_of,
     _readonly,
+    _with_order,
     changed_entries,
     route_changes,
 )
@@ -97,36 +99,51 @@ def _check_destinations(graph: LinkGraph, destinations: ArrayLike) -> IntArray:
 
 
 def _hints(previous: RouteTrees | None, destinations: IntArray,
-           n_nodes: int) -> HopArray | None:
-    """(D, N) next hops of ``previous`` by destination, rows of NO_ROUTE where it had none."""
+           n_nodes: int) -> tuple[HopArray, HopArray] | None:
+    """(D, N) next hops of ``previous`` by destination (rows of NO_ROUTE where it had none), and
+    the order its trees were labelled in (rows of -1 where unknown): writable copies."""
     if previous is None or previous.n_nodes != n_nodes:
         return None
+    known = _order_of(previous)
     if np.array_equal(previous.destinations, destinations):
-        return np.array(previous.next_hop, dtype=np.int32)  # a writable copy for the kernel
+        hints = np.array(previous.next_hop, dtype=np.int32)  # a writable copy for the kernel
+        if known is not None:
+            return hints, np.array(known, dtype=np.int32)
+        order = np.empty(hints.shape, dtype=np.int32)
+        order[:, :1] = -1
+        return hints, order
     rows = [(i, previous._row_of[int(d)]) for i, d in enumerate(destinations)
             if int(d) in previous._row_of]
     if not rows:
         return None
     hints = np.full((destinations.size, n_nodes), NO_ROUTE, dtype=np.int32)
+    order = np.empty((destinations.size, n_nodes), dtype=np.int32)
+    order[:, :1] = -1
     cur_rows, prev_rows = np.array(rows).T
     hints[cur_rows] = previous.next_hop[prev_rows]
-    return hints
+    if known is not None:
+        order[cur_rows] = known[prev_rows]
+    return hints, order
 
 
 def _dijkstra_trees(graph: LinkGraph, destinations: IntArray, weights: FloatArray | None,
-                    previous: RouteTrees | None = None) -> tuple[HopArray, FloatArray]:
-    """(next_hop, weighted distance), both (D, N), from one many-source shortest-path call.
+                    previous: RouteTrees | None = None
+                    ) -> tuple[HopArray, FloatArray, HopArray | None]:
+    """(next_hop, weighted distance), both (D, N), from one many-source shortest-path call, and
+    the order the trees were labelled in (for the next tick's call; None if not repaired).
 
     The trees of ``previous`` seed the search (far fewer nodes to settle when few routes
     changed); the answer is the same without them.
     """
     if destinations.size == 0 or graph.n_nodes == 0:
         return (np.full((destinations.size, graph.n_nodes), NO_ROUTE, dtype=np.int32),
-                np.full((destinations.size, graph.n_nodes), np.inf))
+                np.full((destinations.size, graph.n_nodes), np.inf), None)
+    seed = _hints(previous, destinations, graph.n_nodes)
+    hints, order = (None, None) if seed is None else seed
     # Links are undirected, so a node's parent in the tree grown from d is its next hop toward d.
-    return shortest_path_trees(*graph._csr_arrays(weights), destinations,
-                               transit=graph.transit,
-                               hints=_hints(previous, destinations, graph.n_nodes))
+    next_hop, dist = shortest_path_trees(*graph._csr_arrays(weights), destinations,
+                                         transit=graph.transit, hints=hints, order=order)
+    return next_hop, dist, order
 
 
 @dataclass(frozen=True)
@@ -139,8 +156,8 @@ class ShortestDelay:
               previous: RouteTrees | None = None) -> RouteTrees:
         """Least-delay trees toward ``destinations`` (``previous``: a hint, see the protocol)."""
         dst = _check_destinations(graph, destinations)
-        next_hop, distance_s = _dijkstra_trees(graph, dst, None, previous)
-        return RouteTrees(dst, next_hop, distance_s)
+        next_hop, distance_s, order = _dijkstra_trees(graph, dst, None, previous)
+        return _with_order(RouteTrees(dst, next_hop, distance_s), order)
 
 
 @dataclass(frozen=True)
@@ -161,13 +178,15 @@ class MinHop:
         dst = _check_destinations(graph, destinations)
         max_delay_s = float(graph.delay_s.max()) if graph.n_edges else 0.0
         scale_s = 2.0 * max(graph.n_nodes, 1) * max(max_delay_s, MIN_WEIGHT)
-        next_hop, weight = _dijkstra_trees(graph, dst, 1.0 + graph.delay_s / scale_s, previous)
+        next_hop, weight, order = _dijkstra_trees(graph, dst, 1.0 + graph.delay_s / scale_s,
+                                                  previous)
         hop_float = weight - 0.25
         np.rint(hop_float, out=hop_float)
         hop_float[np.isinf(hop_float)] = NO_ROUTE
         distance_s = weight - hop_float  # inf - NO_ROUTE stays inf where there is no route
         distance_s *= scale_s
-        return RouteTrees.with_hops(dst, next_hop, distance_s, hop_float.astype(np.int32))
+        return _with_order(RouteTrees.with_hops(dst, next_hop, distance_s,
+                                                hop_float.astype(np.int32)), order)
 
 
 STRATEGIES: Mapping[str, RoutingStrategy] = {
@@ -265,11 +284,16 @@ class Router:
         next_hop = np.full((dst.size, self.graph.n_nodes), NO_ROUTE, dtype=np.int32)
         distance_s = np.full(next_hop.shape, np.inf)
         next_hop[rows], distance_s[rows] = part.next_hop, part.distance_s
+        order = _order_of(part)
+        if order is not None:  # the labelling order goes with the rows, for the next tick
+            order_rows = np.full(next_hop.shape, -1, dtype=np.int32)
+            order_rows[rows] = order
+            order = order_rows
         if "hops" not in part.__dict__:  # not derived yet: leave it lazy
-            return RouteTrees(dst, next_hop, distance_s)
+            return _with_order(RouteTrees(dst, next_hop, distance_s), order)
         hops = np.full(next_hop.shape, NO_ROUTE, dtype=np.int32)
         hops[rows] = part.hops
-        return RouteTrees.with_hops(dst, next_hop, distance_s, hops)
+        return _with_order(RouteTrees.with_hops(dst, next_hop, distance_s, hops), order)
 
     def _strategy_trees(self, graph: LinkGraph, dst: IntArray,
                         previous: RouteTrees | None) -> RouteTrees:
