@@ -86,9 +86,9 @@ def _stage_run(args: argparse.Namespace) -> dict[str, Any]:
     _pass_kernel.scan_block = _timed(stages, "elevations_and_refinement_s",  # type: ignore
                                      _pass_kernel.scan_block)
     Assembler.close = _timed(stages, "pairing_s", Assembler.close)  # type: ignore
-    json_rows, table_rows = PassTable.json_rows, PassTable.table_rows
-    PassTable.json_rows = _timed(stages, "output_formatting_s",  # type: ignore
-                                 lambda self: list(json_rows(self)))
+    json_text, table_rows = PassTable.json_text, PassTable.table_rows
+    PassTable.json_text = _timed(stages, "output_formatting_s",  # type: ignore
+                                 json_text)
     PassTable.table_rows = _timed(stages, "output_formatting_s",  # type: ignore
                                   lambda self, w: list(table_rows(self, w)))
     ns = _parser().parse_args(["contacts", args.scenario, "--format", args.format, "--end",

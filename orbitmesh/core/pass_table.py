@@ -108,6 +108,20 @@ class PassTable:
         ms = (self._stamps(offsets_s) + np.timedelta64(500, "us")).astype("datetime64[ms]")
         return _iso_ms(ms)
 
+    def json_text(self, sep: str = ",\n  ") -> str:
+        """The rows of :meth:`json_rows` joined by ``sep``, built by numpy (same bytes)."""
+        from orbitmesh.core._pass_text import json_text
+
+        ms = [(self._stamps(c) + np.timedelta64(500, "us")).astype("datetime64[ms]")
+              for c in (self.aos_s, self.tca_s, self.los_s)]
+        stamps = [_iso_bytes(m) for m in ms]
+        if len(self) and all(s is not None for s in stamps):
+            text = json_text(self.station_ids, self.satellite_ids, self.station, self.satellite,
+                             [s for s in stamps if s is not None], self.max_elevation_deg, sep)
+            if text is not None:
+                return text
+        return sep.join(self.json_rows())
+
     def json_rows(self) -> Iterator[str]:
         """One compact JSON object per pass, as :func:`passes_to_json` spells it."""
         st = [json.dumps(n) for n in self.station_ids]
@@ -149,34 +163,53 @@ def _iso_ms(ms: NDArray[np.datetime64], sep: str = "T", *,
     """``datetime_as_string(ms, unit="ms")``, spelled out digit by digit (several times faster).
 
     With ``milliseconds=False`` the time is cut to whole seconds (floored), ``unit="s"``'s
-    form; ``sep`` goes between date and time. A day's passes share their date: it is formatted
-    once per distinct day and the time of day is written as digits into a byte matrix, which
-    numpy turns into strings in one go.
+    form; ``sep`` goes between date and time.
+    """
+    width = 23 if milliseconds else 19
+    out = _iso_bytes(ms, sep, milliseconds=milliseconds)
+    if out is None:  # years beyond 0..9999
+        text = np.datetime_as_string(ms, unit="ms" if milliseconds else "s")
+        return np.char.replace(text, "T", sep) if sep != "T" else text
+    return out.view(f"S{width}").reshape(-1).astype(f"U{width}")
+
+
+def _iso_bytes(ms: NDArray[np.datetime64], sep: str = "T", *,
+               milliseconds: bool = True) -> NDArray[np.uint8] | None:
+    """:func:`_iso_ms` as an ASCII byte matrix ``(P, 23)`` (``(P, 19)`` without milliseconds).
+
+    None for no rows or years beyond 0..9999. A day's passes share their date: it is formatted
+    once per distinct day and the time of day is written as digits into the matrix.
     """
     count = np.asarray(ms, dtype="datetime64[ms]").astype(np.int64)
     day, tod = np.divmod(count, 86_400_000)
-    days, which = np.unique(day, return_inverse=True)
+    if len(count) == 0:
+        return None
+    first, last = int(day.min()), int(day.max())
+    if last - first < 4096:  # a short window: every day of it, not a sort for the distinct ones
+        days, which = np.arange(first, last + 1), day - first
+    else:
+        days, which = np.unique(day, return_inverse=True)
     dates = np.datetime_as_string(days.astype("datetime64[D]"))
-    width = 23 if milliseconds else 19
-    if len(count) == 0 or any(len(d) != 10 for d in dates.tolist()):  # years beyond 0..9999
-        text = np.datetime_as_string(ms, unit="ms" if milliseconds else "s")
-        return np.char.replace(text, "T", sep) if sep != "T" else text
-    out = np.empty((len(count), width), dtype=np.uint8)
-    out[:, :10] = np.frombuffer("".join(dates.tolist()).encode("ascii"),
-                                dtype=np.uint8).reshape(-1, 10)[which.reshape(-1)]
-    out[:, 10] = ord(sep)
-    out[:, 13] = out[:, 16] = ord(":")
+    if any(len(d) != 10 for d in dates.tolist()):
+        return None
     hh, rest = np.divmod(tod, 3_600_000)
     mm, rest = np.divmod(rest, 60_000)
     ss, frac = np.divmod(rest, 1000)
-    fields = [(11, hh, 2), (14, mm, 2), (17, ss, 2)]
+    # One record of fixed-width byte fields per row: each field is one gather from a table.
+    out = np.empty(len(count), _STAMP_MS if milliseconds else _STAMP_S)
+    out["date"] = dates.astype("S10")[which.reshape(-1)]
+    out["sep"], out["c1"], out["c2"] = sep.encode("ascii"), b":", b":"
+    out["hh"], out["mm"], out["ss"] = _TWO_DIGITS[hh], _TWO_DIGITS[mm], _TWO_DIGITS[ss]
     if milliseconds:
-        out[:, 19] = ord(".")
-        fields.append((20, frac, 3))
-    for col, value, digits in fields:
-        for k in range(digits):
-            out[:, col + digits - 1 - k] = ord("0") + (value // 10 ** k) % 10
-    return out.view(f"S{width}").reshape(-1).astype(f"U{width}")
+        out["dot"], out["ms"] = b".", _THREE_DIGITS[frac]
+    return out.view(np.uint8).reshape(len(count), out.dtype.itemsize)
+
+
+_TWO_DIGITS = np.array([f"{i:02d}".encode("ascii") for i in range(100)], dtype="S2")
+_THREE_DIGITS = np.array([f"{i:03d}".encode("ascii") for i in range(1000)], dtype="S3")
+_STAMP_S = np.dtype([("date", "S10"), ("sep", "S1"), ("hh", "S2"), ("c1", "S1"), ("mm", "S2"),
+                     ("c2", "S1"), ("ss", "S2")])
+_STAMP_MS = np.dtype([*_STAMP_S.descr, ("dot", "S1"), ("ms", "S3")])
 
 
 _HEADER = ("station", "satellite", "AOS (UTC)", "TCA (UTC)", "LOS (UTC)", "duration", "max el")

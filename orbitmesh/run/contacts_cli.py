@@ -122,8 +122,7 @@ def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str], *,
                 if args.format == "table":
                     out.write("".join(table.table_rows(widths)))
                 else:
-                    out.write(("\n  " if written == 0 else ",\n  ")
-                              + ",\n  ".join(table.json_rows()))
+                    out.write(("\n  " if written == 0 else ",\n  ") + table.json_text())
                 written += len(table)
                 out.flush()  # each chunk is final: let a reader start on it
                 if on_rows is not None:
