@@ -3,9 +3,11 @@
 The unit test checks the stack file's shape. The ``docker`` test needs a docker daemon and the
 orbitmesh image (as tests/test_docker.py; skipped without them unless ORBITMESH_REQUIRE_DOCKER=1).
 It makes a one-node swarm on 127.0.0.1 when the daemon is in none (and leaves it afterwards),
-deploys the demo, injects a live fault through the stack's attachable network, waits for the
-controller, checks the summary on the bind-mounted results directory, removes the stack with
-`docker stack rm` and then finds nothing left with the run's label.
+deploys the demo (its broker locked down: each service sees only its own Swarm secret, an
+anonymous client on the stack's network is refused), injects a live fault through that network
+as the operator, waits for the controller, checks the summary on the bind-mounted results
+directory, removes the stack with `docker stack rm` and then finds nothing left with the run's
+label (services, containers, networks, volumes, secrets).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any
 import pytest
 import yaml
 
+from broker.url import parse_broker_url
 from orbitmesh.run.cli import main
 from orbitmesh.run.launch.compose import ComposeOptions
+from orbitmesh.run.launch.compose_secrets import secrets_dir
 from orbitmesh.run.launch.docker import LABEL_ROLE, LABEL_RUN
 from orbitmesh.run.launch.stack import render_stack, write_stack
 from tests.test_docker import _docker_or_skip
@@ -111,13 +115,61 @@ def _labelled(client: Any, run_id: str) -> list[str]:
     return ([f"service {s.name}" for s in client.services.list(filters=label)]
             + [f"container {','.join(c.attrs.get('Names') or [c.id])}" for c in containers]
             + [f"network {n.name}" for n in client.networks.list(filters=label)]
-            + [f"volume {v.name}" for v in client.volumes.list(filters=label)])
+            + [f"volume {v.name}" for v in client.volumes.list(filters=label)]
+            + [f"secret {x.name}" for x in client.secrets.list(filters=label)])
 
 
 def _controller(client: Any, run_id: str) -> Any | None:
     found = client.containers.list(all=True, filters={"label": [f"{LABEL_RUN}={run_id}",
                                                                 f"{LABEL_ROLE}=controller"]})
     return found[0] if found else None
+
+
+ANONYMOUS = """
+import asyncio
+from broker.client import MqttTransport
+from broker.url import parse_broker_url
+from orbitmesh.errors import BrokerError
+
+async def main():
+    async with MqttTransport(parse_broker_url("mqtt://broker:1883"), client_id="t-anon"):
+        print("admitted")
+
+try:
+    asyncio.run(main())
+except BrokerError as exc:
+    print(exc)
+"""
+
+
+def _check_locked(client: Any, tag: str, run_id: str, folder: Path) -> None:
+    """Each service has only its own secret, anonymous clients are refused, and no password
+    is in `docker inspect` of a service or a container."""
+    label = {"label": f"{LABEL_RUN}={run_id}"}
+    services = {s.name.removeprefix(f"{run_id}_"): s for s in client.services.list(filters=label)}
+    own = {name: sorted(x["SecretName"].removeprefix(f"{run_id}_") for x in s.attrs["Spec"][
+        "TaskTemplate"]["ContainerSpec"].get("Secrets", [])) for name, s in services.items()}
+    assert own == {"broker": ["broker-acl", "broker-passwords"],
+                   "controller": ["controller.url"], "worker-0": ["worker-0.url"],
+                   "worker-1": ["worker-1.url"], "supervisor": ["operator.json"]}
+    made = sorted(x.name.removeprefix(f"{run_id}_") for x in client.secrets.list(filters=label))
+    assert made == sorted({n for names in own.values() for n in names}), made  # labelled
+    worker = client.containers.list(filters={"label": [f"{LABEL_RUN}={run_id}",
+                                                       f"{LABEL_ROLE}=worker",
+                                                       "orbitmesh.worker=1"]})[0]
+    listing = worker.exec_run(["ls", "-l", "/run/secrets"]).output.decode()
+    assert "worker-1.url" in listing and "worker-0.url" not in listing, listing
+    assert listing.count(".url") == 1 and "-r-------- " in listing, listing
+    reply = client.containers.run(tag, ["python", "-c", ANONYMOUS], network=f"{run_id}_default",
+                                  labels={LABEL_RUN: run_id, LABEL_ROLE: "test"}, remove=True,
+                                  stdout=True, stderr=True).decode()
+    assert "not authorised" in reply, reply
+    passwords = [url.password for url in (parse_broker_url(p.read_text().strip())
+                                          for p in folder.glob("*.url")) if url.password]
+    assert len(passwords) == 3  # controller and two workers
+    shown = [json.dumps(s.attrs) for s in services.values()] + [
+        json.dumps(c.attrs) for c in client.containers.list(filters=label)]
+    assert not any(p in text for p in passwords for text in shown)
 
 
 def _stack_rm(name: str) -> None:
@@ -148,13 +200,17 @@ def test_stack_deploy_runs_the_demo_takes_a_fault_and_leaves_nothing(
             assert time.monotonic() < deadline, f"the stack never started its clock: " \
                 f"{subprocess.run(['docker', 'stack', 'ps', run_id], capture_output=True, text=True, check=False).stdout}"  # noqa: E501
             time.sleep(0.5)
+        _check_locked(client, tag, run_id, secrets_dir(stack))
         # A one-off container on the stack's attachable network: `orbitmesh fault RUN_DIR`
-        # as an operator would type it, reaching broker:1883 by the service's name.
+        # as an operator would type it, reaching broker:1883 by the service's name, with the
+        # operator's secret file mounted where run.json says it is.
+        operator = secrets_dir(stack) / "operator.json"
         reply = client.containers.run(
             tag, ["orbitmesh", "fault", str(run_dir), "link_down", "tokyo", "--id",
                   "swarm-fault", "--for", "6"],
             network=f"{run_id}_default", labels={LABEL_RUN: run_id, LABEL_ROLE: "operator"},
-            volumes={str(results.resolve()): {"bind": str(results.resolve()), "mode": "rw"}},
+            volumes={str(results.resolve()): {"bind": str(results.resolve()), "mode": "rw"},
+                     str(operator): {"bind": "/run/secrets/operator.json", "mode": "ro"}},
             remove=True, stdout=True, stderr=True)
         assert b"swarm-fault" in reply or reply == b"", reply
         time.sleep(8.0)  # the fault comes and goes (--for 6)
