@@ -240,17 +240,21 @@ def test_stack_deploy_runs_the_demo_takes_a_fault_and_leaves_nothing(
 @pytest.mark.docker
 def test_down_removes_a_stack_by_its_label(swarm: tuple[Any, str], tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    """`orbitmesh down RUN` on a stack: services first (else Swarm replaces their containers)."""
+    """`orbitmesh down RUN` on a stack: services first (else Swarm replaces their containers),
+    then its secrets."""
     client, tag = swarm
     run_id = f"swarm-down-{uuid.uuid4().hex[:8]}"
     labels = {LABEL_RUN: run_id, LABEL_ROLE: "broker"}
     stack = tmp_path / "tiny.yml"
+    (tmp_path / "pw").write_text("secret\n")
     stack.write_text(yaml.safe_dump({
         "version": "3.8",
         "services": {"broker": {"image": tag, "command": ["sleep", "600"], "labels": labels,
+                                "secrets": ["pw"],
                                 "deploy": {"labels": labels,
                                            "restart_policy": {"condition": "any"}}}},
-        "networks": {"default": {"driver": "overlay", "labels": {LABEL_RUN: run_id}}}}))
+        "networks": {"default": {"driver": "overlay", "labels": {LABEL_RUN: run_id}}},
+        "secrets": {"pw": {"file": "./pw", "labels": {LABEL_RUN: run_id}}}}))
     try:
         subprocess.run(["docker", "stack", "deploy", "--resolve-image", "never", "-c",
                         str(stack), run_id], capture_output=True, check=True)
@@ -261,6 +265,7 @@ def test_down_removes_a_stack_by_its_label(swarm: tuple[Any, str], tmp_path: Pat
         assert main(["down", run_id]) == 0
         out = capsys.readouterr().out
         assert f"removed service {run_id}_broker" in out
+        assert f"removed secret {run_id}_pw" in out  # a locked stack's secrets go too
         deadline = time.monotonic() + GONE_WAIT_S
         while (left := _labelled(client, run_id)) and time.monotonic() < deadline:
             time.sleep(1.0)

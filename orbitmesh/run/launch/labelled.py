@@ -43,17 +43,22 @@ def save_logs(client: Any, run_id: str, run_dir: Path) -> list[Path]:
 
 
 def down(client: Any, run_id: str, *, volumes: bool = False) -> dict[str, list[str]]:
-    """Remove every service, container and network labelled with the run id, and its volumes
-    when ``volumes`` (else they are listed under ``kept``); their names."""
+    """Remove every service, Swarm secret, container and network labelled with the run id, and
+    its volumes when ``volumes`` (else they are listed under ``kept``); their names."""
     from docker.errors import APIError, NotFound
 
     label = {"label": f"{LABEL_RUN}={run_id}"}
     removed: dict[str, list[str]] = {"services": [], "containers": [], "networks": [],
-                                     "volumes": [], "kept": []}
+                                     "secrets": [], "volumes": [], "kept": []}
     for service in _run_services(client, label):  # first: else Swarm replaces their containers
         with contextlib.suppress(NotFound):
             service.remove()
             removed["services"].append(service.name)
+    # A stack's broker secrets (compose_secrets.py); free once their services are gone.
+    for secret in _run_services(client, label, kind="secrets"):
+        with contextlib.suppress(NotFound):
+            secret.remove()
+            removed["secrets"].append(secret.name)
     for container in run_containers(client, run_id):
         try:
             container.remove(force=True, v=True)
@@ -80,12 +85,13 @@ def down(client: Any, run_id: str, *, volumes: bool = False) -> dict[str, list[s
     return removed
 
 
-def _run_services(client: Any, label: dict[str, str]) -> list[Any]:
-    """Swarm services of a run (none when this daemon is not a swarm manager)."""
+def _run_services(client: Any, label: dict[str, str], kind: str = "services") -> list[Any]:
+    """Swarm services (or ``kind="secrets"``) of a run (none when this daemon is not a swarm
+    manager)."""
     from docker.errors import APIError
 
     try:
-        return list(client.services.list(filters=label))
+        return list(getattr(client, kind).list(filters=label))
     except APIError:  # "This node is not a swarm manager"
         return []
 
