@@ -91,6 +91,13 @@ def test_each_service_sees_only_its_own_secret_and_no_password_is_in_the_file(
     assert "per-run users and ACL, anonymous refused" in text
 
 
+def test_without_a_supervisor_the_operator_file_is_still_written(tmp_path: Path) -> None:
+    doc, text, folder = _write(tmp_path, supervisor=False)
+    assert "operator.json" not in doc["secrets"] and "supervisor" not in doc["services"]
+    assert load_operator(folder / "operator.json").username == "orbitmesh-operator"
+    assert "docs/containers.md" in text  # how to inject faults without the supervisor
+
+
 def test_acl_and_users_do_not_name_the_run_id(tmp_path: Path) -> None:
     _, _, folder = _write(tmp_path, run_id="written-id")
     acl = (folder / "broker-acl").read_text()

@@ -3,10 +3,13 @@
 The file (compose format 3.8) has services ``broker`` (unless an external ``--broker`` is
 given), ``controller``, ``worker-<k>`` (one per plane, or per N nodes) and ``supervisor`` (carries
 out container faults through the docker socket; single host only), all from the image built by
-``orbitmesh image build``. The file is self-contained: the scenario (with the TLE/OMM files it
-names) and the broker config travel inside it as environment variables, which every container's
-prelude (``python -m orbitmesh.run.launch.compose``) writes to ``/tmp/orbitmesh-input`` before it
-waits for the broker and execs the real command. Results go to the named volume ``run`` under
+``orbitmesh image build``. The scenario (with the TLE/OMM files it names) and the broker config
+travel inside the file as environment variables, which every container's prelude (``python -m
+orbitmesh.run.launch.compose``) writes to ``/tmp/orbitmesh-input`` before it waits for the broker
+and execs the real command. The broker is locked down (per-run users, ACL, anonymous refused):
+its password file and ACL and each service's own broker URL are compose ``secrets:``, files
+beside the compose file (:mod:`orbitmesh.run.launch.compose_secrets`); ``--broker-insecure``
+gives the open broker of old. Results go to the named volume ``run`` under
 ``/run/orbitmesh/<run id>``. It runs with ``docker compose up`` (or ``docker-compose``) and
 deploys to Swarm with ``docker stack deploy`` (each service has a ``deploy`` section; Swarm needs
 the image on every node and puts the services on an overlay network).
@@ -263,6 +266,9 @@ def broker_note(opts: ComposeOptions, secrets: ComposeSecrets | None, swarm: boo
     if secrets is None:
         return ["broker: OPEN (--broker-insecure): anonymous clients, no ACL; anything on "
                 f"{network} can inject frames, forge the clock or stop the run"]
+    if not opts.supervisor:
+        faults = "faults: a container on the run's network with this file mounted, see " \
+                 "docs/containers.md"
     return ["broker: per-run users and ACL, anonymous refused; the passwords are secrets in "
             f"{folder}/ (mode 0600, keep them with this file), each service sees only its own",
             f"operator credentials: {folder / OPERATOR} ({faults})"]

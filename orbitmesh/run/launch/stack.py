@@ -12,6 +12,9 @@ It is the compose file (:mod:`orbitmesh.run.launch.compose`) changed where Swarm
   container waits for the broker itself);
 * the network is an overlay that is ``attachable``, so that a one-off container (`orbitmesh
   fault`, `orbitmesh faults`) can join the run's network and reach ``broker:1883``;
+* the broker's secrets (:mod:`orbitmesh.run.launch.compose_secrets`) become Swarm secrets,
+  labelled with the run id, each mounted into its one service as 0400 owned by that service's
+  user;
 * results go to a bind mount of a host directory at the same absolute path inside, so that
   ``<results>/<run id>`` is the run directory on the host too. On one node that is all; on
   several the controller must read every worker's stats file, so the directory must be shared
