@@ -227,6 +227,9 @@ def screen_block(pos_km: FloatArray, site_km: FloatArray, site_unit: FloatArray,
     broken = np.zeros(n_sats, np.bool_)
     for s in range(n_sats):
         prev0 = prev1 = prev2 = 0.0
+        # arccos is decreasing: the largest step angle is the arccos of the smallest cosine,
+        # so one arccos a satellite, not one a sample.
+        cos_min = 2.0
         for t in range(n_t):
             x, y, z = pos_km[s, t, 0], pos_km[s, t, 1], pos_km[s, t, 2]
             r = math.sqrt(x * x + y * y + z * z)
@@ -236,23 +239,42 @@ def screen_block(pos_km: FloatArray, site_km: FloatArray, site_unit: FloatArray,
             r_max[s] = max(r_max[s], r)
             u0, u1, u2 = x / r, y / r, z / r
             if t > 0 and math.isfinite(prev0):
-                cos_step = min(max(u0 * prev0 + u1 * prev1 + u2 * prev2, -1.0), 1.0)
-                rate[s] = max(rate[s], math.acos(cos_step))
+                cos_min = min(cos_min, max(u0 * prev0 + u1 * prev1 + u2 * prev2, -1.0), 1.0)
             prev0, prev1, prev2 = u0, u1, u2
             for c in range(n_c):
                 if checks[c] == t:
                     unit[s, c, 0], unit[s, c, 1], unit[s, c, 2] = u0, u1, u2
+        if cos_min <= 1.0:
+            rate[s] = math.acos(cos_min)
+    # The loosest reach of any satellite: a pair farther than that from every check sample is
+    # out without its own arccos and cosine (most pairs are; the kept set is the same).
+    r_top, rate_top = 0.0, 0.0
+    for s in range(n_sats):
+        r_top = max(r_top, r_max[s])
+        rate_top = max(rate_top, rate[s])
     g_out = np.empty(n_gs * n_sats, np.int64)
     s_out = np.empty(n_gs * n_sats, np.int64)
     n = 0
     for g in range(n_gs):
         e = math.radians(masks_deg[g] - 0.2)
         cos_e = math.cos(e)
+        cos_loose = -1.0
+        if r_top > 0.0 and site_km[g] * cos_e / r_top < 1.0:
+            loose = math.acos(max(site_km[g] * cos_e / r_top, -1.0)) - e + rate_safety * (
+                rate_top * (half_span + 1)) + margin_rad
+            # A hair looser than the exact rule computes it, so rounding cannot drop a pair.
+            cos_loose = math.cos(min(loose + 1e-9, math.pi)) if loose > 0.0 else 2.0
         for s in range(n_sats):
             keep = broken[s]
             if not keep and r_max[s] > 0.0:
+                near = False
+                for c in range(n_c):
+                    if (site_unit[g, 0] * unit[s, c, 0] + site_unit[g, 1] * unit[s, c, 1]
+                            + site_unit[g, 2] * unit[s, c, 2]) >= cos_loose:
+                        near = True
+                        break
                 ratio = site_km[g] * cos_e / r_max[s]
-                if ratio < 1.0:
+                if near and ratio < 1.0:
                     reach = math.acos(max(ratio, -1.0)) - e + rate_safety * rate[s] * (
                         half_span + 1) + margin_rad
                     if reach > 0.0:
