@@ -186,6 +186,14 @@ def test_stack_secrets_are_swarm_secrets_owned_by_the_services_user(tmp_path: Pa
     assert not any(p in path.read_text() for p in _passwords(secrets_dir(path)).values())
 
 
+def test_an_insecure_stack_has_no_secrets_and_says_so(tmp_path: Path) -> None:
+    path = write_stack(ComposeOptions(DEMO, tmp_path / "open.yml", broker_insecure=True),
+                       tmp_path / "results")
+    text = path.read_text()
+    assert "OPEN (--broker-insecure)" in text and "stack's network" in text
+    assert "secrets" not in yaml.safe_load(text) and not secrets_dir(path).exists()
+
+
 # -- the generated password file and ACL, enforced by a real mosquitto -------------------------
 
 
