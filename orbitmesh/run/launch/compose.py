@@ -165,8 +165,7 @@ def compose_document(opts: ComposeOptions, files: dict[str, str],
     run_dir = f"{run_root}/{run_id_var}"
     url = parse_broker_url(opts.broker or f"mqtt://broker:{BROKER_PORT}")  # fail here, once
     secrets = broker_secrets(opts, url, workers)
-    bare = url.to_text(show_password=False) if secrets is None else dataclasses.replace(
-        url, username=None, password=None).to_text()
+    bare = dataclasses.replace(url, username=None, password=None).to_text()  # argv and env
 
     def broker_args(role: str) -> list[str]:
         if secrets is None:
