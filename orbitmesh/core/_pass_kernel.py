@@ -28,6 +28,8 @@ ScanResult = tuple[IntArray, FloatArray, BoolArray, FloatArray, IntArray, FloatA
 
 _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0
 _PEAK_MARGIN_DEG = 45.0  # local maxima further below the mask than this cannot become passes
+_PEAK_SPEED_SAFETY = 1.25  # speed varies within a step (eccentric orbits); bound it loosely
+_PEAK_SLACK_DEG = 0.5
 _DEG_PER_RAD = 180.0 / math.pi
 
 
@@ -127,6 +129,45 @@ def _sines(pos_km: FloatArray, sites: FloatArray, ups: FloatArray, pg: IntArray,
 
 
 @njit(cache=True, nogil=True)
+def _peak_floors(pos_km: FloatArray, sites: FloatArray, masks_deg: FloatArray, pg: IntArray,
+                 ps: IntArray) -> FloatArray:
+    """Per pair, the sine of elevation at or below which a sampled maximum cannot be a pass.
+
+    A pass's top lies within half a step of a sample, and the line of sight turns at most
+    ``speed / range`` radians a second, so the sample is at most ``speed * step / 2 / range``
+    below the top. Speed is bounded by the largest chord between samples (times
+    ``_PEAK_SPEED_SAFETY``), range by the satellite's least radius (less a chord, for the dip
+    between samples) minus the site's radius; ``_PEAK_SLACK_DEG`` covers the interpolant the
+    refinement uses. Never looser than ``_PEAK_MARGIN_DEG`` below the mask, as before.
+    """
+    n_sats, n_t = pos_km.shape[0], pos_km.shape[1]
+    chord = np.zeros(n_sats)
+    r_min = np.full(n_sats, np.inf)
+    for s in range(n_sats):
+        for t in range(n_t):
+            x, y, z = pos_km[s, t, 0], pos_km[s, t, 1], pos_km[s, t, 2]
+            r_min[s] = min(r_min[s], math.sqrt(x * x + y * y + z * z))
+            if t > 0:
+                dx, dy, dz = x - pos_km[s, t - 1, 0], y - pos_km[s, t - 1, 1], \
+                    z - pos_km[s, t - 1, 2]
+                chord[s] = max(chord[s], math.sqrt(dx * dx + dy * dy + dz * dz))
+    floor = np.empty(len(pg))
+    for p in range(len(pg)):
+        g, s = pg[p], ps[p]
+        margin_deg = _PEAK_MARGIN_DEG
+        low_r = r_min[s] * r_min[s] - chord[s] * chord[s]
+        site_r = math.sqrt(sites[g, 0] ** 2 + sites[g, 1] ** 2 + sites[g, 2] ** 2)
+        if low_r > 0.0 and math.isfinite(low_r) and math.isfinite(chord[s]):
+            range_km = math.sqrt(low_r) - site_r
+            if range_km > 0.0:
+                turn_deg = _PEAK_SPEED_SAFETY * 0.5 * chord[s] / range_km * _DEG_PER_RAD
+                margin_deg = min(margin_deg, turn_deg + _PEAK_SLACK_DEG)
+        low_deg = masks_deg[g] - margin_deg
+        floor[p] = math.sin(math.radians(low_deg)) if low_deg > -90.0 else -1.5
+    return floor
+
+
+@njit(cache=True, nogil=True)
 def scan_block(pos_km: FloatArray, sites: FloatArray, ups: FloatArray, masks_deg: FloatArray,
                sin_masks: FloatArray, pg: IntArray, ps: IntArray, grid_s: FloatArray,
                step_s: float, lo: int, a: int, b: int, n_cross: int, n_golden: int,
@@ -138,10 +179,7 @@ def scan_block(pos_km: FloatArray, sites: FloatArray, ups: FloatArray, masks_deg
     """
     n_sats, n_t = pos_km.shape[0], pos_km.shape[1]
     f = _sines(pos_km, sites, ups, pg, ps)
-    floor = np.empty(len(masks_deg))  # peaks at or below these sines cannot become passes
-    for g in range(len(masks_deg)):
-        low_deg = masks_deg[g] - _PEAK_MARGIN_DEG
-        floor[g] = math.sin(math.radians(low_deg)) if low_deg > -90.0 else -1.5
+    floor = _peak_floors(pos_km, sites, masks_deg, pg, ps)
     ja, jb = a - lo, b - lo
     jm = max(a, 2) - lo
     n_pairs = len(pg)
@@ -152,7 +190,7 @@ def scan_block(pos_km: FloatArray, sites: FloatArray, ups: FloatArray, masks_deg
             if (f[p, j] >= sin_masks[g]) != (f[p, j + 1] >= sin_masks[g]):
                 n_cross_ev += 1
         for j in range(jm, jb):
-            if f[p, j] > f[p, j - 1] and f[p, j + 1] <= f[p, j] and f[p, j] > floor[g]:
+            if f[p, j] > f[p, j - 1] and f[p, j + 1] <= f[p, j] and f[p, j] > floor[p]:
                 n_peak_ev += 1
     c_key = np.empty(n_cross_ev + 2 * n_peak_ev, np.int64)
     c_t = np.empty(n_cross_ev + 2 * n_peak_ev)
@@ -184,7 +222,7 @@ def scan_block(pos_km: FloatArray, sites: FloatArray, ups: FloatArray, masks_deg
             nc += 1
         for j in range(jm, jb):
             centre = f[p, j]
-            if not (centre > f[p, j - 1] and f[p, j + 1] <= centre and centre > floor[g]):
+            if not (centre > f[p, j - 1] and f[p, j + 1] <= centre and centre > floor[p]):
                 continue
             _poly(coef, peak_basis, pos_km, s, j - 2, sites, ups, g)
             x, el, rng = _maximise(coef, 5, n_golden)

@@ -12,8 +12,10 @@ Method
    compiled loop of :mod:`orbitmesh.core._pass_kernel` (numba), which compares the sine of the
    elevation with the sine of the mask (no arcsine per sample). Rises and sets are the sign
    changes of ``elevation - mask`` between samples. Passes too short to contain a sample are
-   caught from the discrete local maxima of the elevation: each one is refined, and one that
-   tops the mask between two samples that are both below it adds a rise and a set.
+   caught from the discrete local maxima of the elevation: each one that can reach the mask is
+   refined (a sample sits at most ``speed * step / 2 / range`` radians below the top it is
+   nearest, bounded per pair and block), and one that tops the mask between two samples that
+   are both below it adds a rise and a set.
 2. **Refinement.** Between samples, positions come from the SGP4 samples by Lagrange
    interpolation in the Earth-fixed frame (4 points around a crossing, 5 around a maximum). At
    LEO that is good to 0.2 m over a 30 s grid (3 m at 60 s, 50 m at 120 s), so crossings are
