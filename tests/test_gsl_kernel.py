@@ -105,3 +105,56 @@ def test_compiled_isls_equal_numpy_isls(monkeypatch: pytest.MonkeyPatch) -> None
             cut += len(topology.isl_pairs) - len(got[0])
         if "max_range_km: 3000" in text:
             assert cut > 0  # some candidates were cut, so the cut itself was compared
+
+
+def test_neighbour_lists_hold_every_satellite_in_reach_until_rebuilt() -> None:
+    from orbitmesh.core._gsl_near import NearLists
+
+    rng = np.random.default_rng(8)
+    stations = rng.normal(size=(40, 3))
+    stations *= 6371.0 / np.linalg.norm(stations, axis=1, keepdims=True)
+    pos = rng.normal(size=(600, 3))
+    pos *= 6921.0 / np.linalg.norm(pos, axis=1, keepdims=True)
+    usable = rng.random(600) > 0.05
+    near = NearLists(stations, margin_km=150.0)
+    reach_km = 1200.0
+    for step in range(80):
+        # small moves (the lists are kept), a jump past the margin at 30 and 60, and satellites
+        # that become usable at 15 and 45 (they are on no list)
+        pos = pos + rng.normal(scale=400.0 if step in (30, 60) else 3.0, size=pos.shape)
+        if step in (15, 45):
+            usable = rng.random(600) > 0.05
+        lists = near.lists(pos, usable, reach_km)
+        assert lists is not None  # lists that served several calls are rebuilt, not paused
+        seg, sats = lists
+        gap = np.linalg.norm(pos[None, :, :] - stations[:, None, :], axis=2)
+        for g in range(len(stations)):
+            want = np.flatnonzero(usable & (gap[g] <= reach_km))
+            listed = sats[seg[g]:seg[g + 1]]
+            assert np.all(np.diff(listed) > 0)  # index order, each satellite once
+            assert np.isin(want, listed).all(), f"station {g} misses a satellite in reach"
+    assert near.rebuilds == 5  # at the start, and at each jump and each newly usable set
+    for _ in range(3):  # stale at once, call after call: the cube grid's turn for a while
+        pos = pos + rng.normal(scale=400.0, size=pos.shape)
+        last = near.lists(pos, usable, reach_km)
+    assert last is None and near.rebuilds == 6
+
+
+def test_links_from_neighbour_lists_equal_numpy_links_second_by_second(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    topology = build_topology(parse_scenario(scenario_text(60), Path("/tmp/gsl.yaml")))
+    compiled, plain = LinkEngine(topology), LinkEngine(topology)
+    failed = np.zeros(topology.n_nodes, dtype=bool)
+    failed[[7, 90, topology.n_satellites + 2]] = True
+    times = [*np.arange(0.0, 40.0, 1.0), 35.0, 900.0, 901.0, 902.0]  # and back, and far ahead
+    for t_s in times:
+        down = failed if 10.0 <= t_s < 20.0 else None
+        with monkeypatch.context() as patch:
+            patch.setattr(links, "_compiled", lambda: None)
+            patch.setattr(gsl_assign, "_compiled", lambda: None)
+            want = plain.state_at(float(t_s), failed=down)
+        got = compiled.state_at(float(t_s), failed=down)
+        np.testing.assert_array_equal(got.a, want.a)
+        np.testing.assert_array_equal(got.b, want.b)
+        np.testing.assert_array_equal(got.delay_s, want.delay_s)
+    assert compiled._near is not None and compiled._near.rebuilds <= 6  # the lists were used

@@ -8,7 +8,8 @@ Candidates come from a grid of cubes whose side is the longest slant range any s
 a satellite within reach of a station lies in the station's cube or one of its 26 neighbours, so a
 station checks the few hundred satellites there instead of all of them, and only pairs that pass
 every visibility test leave the kernel (no k-d tree to build each tick, no candidate arrays that
-are mostly thrown away).
+are mostly thrown away). On second-by-second ticks the per-station lists of
+:mod:`orbitmesh.core._gsl_near` stand in for the grid between their rebuilds.
 """
 
 from __future__ import annotations

@@ -65,6 +65,13 @@ def compile_kernels() -> None:
                          np.zeros(1), np.full(1, np.inf), 2000.0, np.ones((1, 1), bool), one,
                          False)
     kernel.in_previous(one, one, one, one, 1, 1)
+    from orbitmesh.core import _gsl_near
+
+    ok = np.ones(1, bool)
+    seg, sats = _gsl_near.near_lists(pos, ok, pos * 0.9, 2000.0)
+    _gsl_near.max_shift_km(pos, ok, pos, ok)
+    _gsl_near.visible_near(pos, ok, seg, sats, pos * 0.9, pos / 7000.0, ok, np.zeros(1),
+                           np.full(1, np.inf), 2000.0, np.ones((1, 1), bool), one, False)
     from orbitmesh.core._isl_kernel import live_isls
 
     live_isls(np.vstack([pos, -pos]), np.array([[0, 1]], np.int64), np.inf, 6378.0)

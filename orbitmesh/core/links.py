@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,6 +37,9 @@ from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL, IntArray, Topology
 
 __all__ = ["HAVE_NUMBA", "LinkDiff", "LinkEngine", "LinkState", "LinkTracker", "assign_gsl",
            "make_state"]  # assign_gsl lives in gsl_assign; links hands it out too
+
+if TYPE_CHECKING:
+    from orbitmesh.core._gsl_near import NearLists
 
 KindArray = NDArray[np.int8]
 
@@ -162,6 +166,7 @@ class LinkEngine:
         self._sat_group = np.ascontiguousarray(topology.sat_constellation, dtype=np.int64)
         first = topology.n_satellites
         self._station_nodes = np.arange(first, first + topology.n_stations, dtype=np.int64)
+        self._near: NearLists | None = None  # per-station satellite lists, made on first use
 
     def positions_ecef_km(self, t_s: float) -> FloatArray:
         """Satellite positions ``(S, 3)`` at ``t_s`` seconds after the scenario epoch."""
@@ -228,10 +233,12 @@ class LinkEngine:
     def _visible_compiled(self, kernel: ModuleType, pos: FloatArray,
                           failed: NDArray[np.bool_] | None
                           ) -> tuple[IntArray, IntArray, FloatArray]:
-        """The same pairs as :meth:`_visible`, from the compiled cube grid (stations in order)."""
+        """The same pairs as :meth:`_visible`, compiled (stations in order): from each station's
+        neighbour list while the lists hold, else from the cube grid."""
         topo = self.topology
         finite = np.isfinite(pos).all(axis=1)
-        sat_ok = finite & self._gsl_capable
+        usable = finite & self._gsl_capable
+        sat_ok = usable.copy()
         station_ok = self._has_antenna.copy()
         if failed is not None:
             sat_ok &= ~failed[:topo.n_satellites]
@@ -240,10 +247,24 @@ class LinkEngine:
             empty = np.empty(0, dtype=np.int64)
             return empty, empty, np.empty(0)
         stations = topo.stations
+        pos = np.ascontiguousarray(pos, dtype=np.float64)
+        reach_km = self._reach_km(pos[finite]) + 1.0
+        if self._near is None:
+            from orbitmesh.core._gsl_near import NearLists
+
+            self._near = NearLists(stations.positions_ecef_km)
+        near = self._near.lists(pos, usable, reach_km)
+        if near is not None:
+            from orbitmesh.core._gsl_near import visible_near
+
+            listed: tuple[IntArray, IntArray, FloatArray] = visible_near(
+                pos, sat_ok, near[0], near[1], stations.positions_ecef_km, stations.up,
+                station_ok, self._sin_mask, self._max_range_km, reach_km, self._allows,
+                self._sat_group, self._restricted)
+            return listed
         result: tuple[IntArray, IntArray, FloatArray] = kernel.visible_pairs(
-            np.ascontiguousarray(pos), sat_ok, stations.positions_ecef_km, stations.up,
-            station_ok, self._sin_mask, self._max_range_km, self._reach_km(pos[finite]) + 1.0,
-            self._allows, self._sat_group, self._restricted)
+            pos, sat_ok, stations.positions_ecef_km, stations.up, station_ok, self._sin_mask,
+            self._max_range_km, reach_km, self._allows, self._sat_group, self._restricted)
         return result
 
     def _reach_km(self, pos: FloatArray) -> float:
