@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,14 +37,22 @@ def _constant(text: str, n: int) -> ByteMatrix:
     return np.broadcast_to(raw, (n, len(raw)))
 
 
-def _lookup(texts: Sequence[str], index: IntArray, *, right: bool = False) -> ByteMatrix:
-    """The ``index``-th of ``texts`` for every row, NUL-padded on the left if ``right``."""
+@lru_cache(maxsize=8)
+def _name_table(texts: tuple[str, ...], right: bool) -> ByteMatrix:
+    """``texts`` as rows of a NUL-padded byte matrix (on the left if ``right``); a search's
+    ids are the same for every chunk, so this is built once."""
     encoded = [t.encode("ascii") for t in texts]
     width = max([1, *map(len, encoded)])
     table = np.zeros((len(encoded), width), dtype=np.uint8)
     for i, raw in enumerate(encoded):
         table[i, width - len(raw) if right else 0:][:len(raw)] = np.frombuffer(raw, np.uint8)
-    return table[index]
+    table.setflags(write=False)
+    return table
+
+
+@lru_cache(maxsize=8)
+def _json_names(ids: tuple[str, ...], before: str, after: str) -> tuple[str, ...]:
+    return tuple(before + json.dumps(i) + after for i in ids)
 
 
 def _digits(value: IntArray, count: int) -> ByteMatrix:
@@ -99,12 +108,12 @@ def json_text(station_ids: Sequence[str], satellite_ids: Sequence[str], station:
     elevation = _elevation(np.round(max_elevation_deg, 3), "}" + sep)
     if elevation is None:
         return None
-    names_st = [f'{{"station": {json.dumps(s)}, "satellite": ' for s in station_ids]
-    names_sat = [f'{json.dumps(s)}, "aos": "' for s in satellite_ids]
+    names_st = _json_names(tuple(station_ids), '{"station": ', ', "satellite": ')
+    names_sat = _json_names(tuple(satellite_ids), "", ', "aos": "')
     try:
         # The station's padding comes first and the fraction's last, so that one row's
         # padding runs into the next one's: one run of NULs to drop per row, mostly.
-        pieces = [_lookup(names_st, station, right=True), _lookup(names_sat, satellite)]
+        pieces = [_name_table(names_st, True)[station], _name_table(names_sat, False)[satellite]]
     except UnicodeEncodeError:  # json.dumps escapes non-ASCII; this is for safety only
         return None
     pieces += [stamps[0], _constant('Z", "tca": "', n), stamps[1], _constant('Z", "los": "', n),
