@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nodes.runtime import BROKER_FAULT
-from orbitmesh.run.launch.local import UNPLANNED_BROKER_ID
+from orbitmesh.run.launch.local_broker import UNPLANNED_BROKER_ID
 from tests.test_live import pid_alive, wait_for_clock
 from tests.test_process_failures import recorded_pids, start
 

@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from broker.embedded import find_mosquitto, free_loopback_port, probe_connack
-from orbitmesh.run.launch.local import UNPLANNED_BROKER_ID
+from orbitmesh.run.launch.local_broker import UNPLANNED_BROKER_ID
 from tests.conftest import require_mosquitto
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

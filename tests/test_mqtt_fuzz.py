@@ -45,7 +45,7 @@ from orbitmesh.protocol.wire import (
     new_frame,
 )
 from orbitmesh.run.controller import Controller
-from orbitmesh.run.launch.local import _LocalRun
+from orbitmesh.run.launch.local_run import LocalRun
 from orbitmesh.run.report import build_summary
 from tests.fuzz_payloads import (
     BLOB_B,
@@ -225,8 +225,8 @@ async def memory_run(out: Path, junk: list[tuple[str, bytes]], seed: int) -> Out
     async with MemoryTransport(broker, "controller") as control, asyncio.TaskGroup() as tg:
         controller = Controller(topology, control, topics, duration_s=scenario.duration_s,
                                 speed=scenario.speed, out_dir=out, wall=wall, workers=WORKERS)
-        launcher = _LocalRun(topology, out, RUN, None, WORKERS,  # type: ignore[arg-type]
-                             scenario.duration_s, scenario.speed, None)
+        launcher = LocalRun(topology, out, RUN, None, WORKERS,  # type: ignore[arg-type]
+                            scenario.duration_s, scenario.speed, None)
         launcher.transport, launcher.controller = control, controller  # type: ignore[assignment]
         await control.subscribe(topics.worker_status_all, topics.control)
         listener = tg.create_task(launcher._listen(), name="launcher.listen")

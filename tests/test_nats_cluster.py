@@ -22,7 +22,7 @@ from broker.nats_cluster import NatsCluster, find_nats_server, render_member_con
 from broker.url import BrokerURL, parse_broker_urls
 from orbitmesh.errors import BrokerError
 from orbitmesh.run.launch.cluster_watch import member_urls_for
-from orbitmesh.run.launch.local import UNPLANNED_BROKER_ID
+from orbitmesh.run.launch.local_broker import UNPLANNED_BROKER_ID
 from orbitmesh.run.trace import MANIFEST
 
 PROJECT = Path(__file__).resolve().parents[1]
