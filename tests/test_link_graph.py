@@ -56,3 +56,17 @@ def test_compiled_layout_of_a_tick_and_of_an_empty_graph() -> None:
     empty = np.empty(0, dtype=np.int64)
     layouts_equal(LinkGraph(5, empty, empty, np.empty(0)))
     layouts_equal(LinkGraph(0, empty, empty, np.empty(0)))
+
+
+def test_key_order_is_the_stable_argsort_of_the_keys() -> None:
+    from orbitmesh.core._csr_kernel import key_order
+
+    rng = np.random.default_rng(4)
+    for _ in range(40):
+        n = int(rng.integers(1, 200))
+        lo = rng.integers(0, n, int(rng.integers(0, 500)))
+        hi = rng.integers(0, n, lo.size)
+        if rng.random() < 0.5:  # many repeated keys: ties keep their input order
+            hi = hi % 3
+        np.testing.assert_array_equal(key_order(lo, hi, n),
+                                      np.argsort(lo * n + hi, kind="stable"))

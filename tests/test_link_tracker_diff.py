@@ -1,8 +1,10 @@
-"""LinkTracker's diff (matched by one binary search) equals the diff by numpy set operations."""
+"""LinkTracker's diff (one merge when compiled, else one binary search) equals the diff by numpy set
+operations, and the compiled diff the numpy one tick after tick."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from orbitmesh.core.links import LinkState, LinkTracker, make_state
 
@@ -31,3 +33,38 @@ def test_diff_equals_the_set_operations_answer() -> None:
         np.testing.assert_array_equal(diff.down_a, before.a[down])
         np.testing.assert_array_equal(diff.down_b, before.b[down])
         np.testing.assert_array_equal(diff.delay_changed, ic[drift])
+
+
+def test_compiled_diff_equals_the_numpy_diff_tick_after_tick(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from orbitmesh.core import links
+
+    if not links.HAVE_NUMBA:
+        return
+    rng = np.random.default_rng(6)
+    compiled, plain = LinkTracker(2e-3), LinkTracker(2e-3)
+    state = random_state(rng, 0.0, 40)
+    for step in range(60):
+        # links drift (announced delays build up), some go, some come; now and then a state
+        # whose keys are out of order (a recorded timeline need not sort them)
+        keep = rng.random(len(state)) > 0.1
+        extra = random_state(rng, float(step), 40)
+        state = make_state(float(step), 40, np.r_[state.a[keep], extra.a],
+                           np.r_[state.b[keep], extra.b], np.r_[state.kind[keep], extra.kind],
+                           np.r_[state.delay_s[keep] + rng.normal(0, 1e-3, keep.sum()),
+                                 extra.delay_s])
+        _, first = np.unique(state.key, return_index=True)
+        state = make_state(float(step), 40, state.a[first], state.b[first], state.kind[first],
+                           state.delay_s[first])
+        shown = state
+        if step % 13 == 5:
+            flip = rng.permutation(len(state))
+            shown = LinkState(state.t_s, 40, state.a[flip], state.b[flip], state.kind[flip],
+                              state.delay_s[flip])
+        got = compiled.update(shown)
+        with monkeypatch.context() as patch:
+            patch.setattr(links, "HAVE_NUMBA", False)
+            want = plain.update(shown)
+        for name in ("up", "down_a", "down_b", "down_kind", "delay_changed"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+        np.testing.assert_array_equal(compiled._announced_delay, plain._announced_delay)

@@ -1,5 +1,5 @@
-"""The CSR layout of a tick's link graph by counting sorts (numba); :mod:`orbitmesh.core.link_graph`
-explains the layout.
+"""The CSR layout of a tick's link graph, and its links' key order, by counting sorts (numba);
+:mod:`orbitmesh.core.link_graph` explains the layout.
 
 Arrays: each undirected link once, ``a (E,)``, ``b (E,)``; the layout's ``indptr (N+1,)`` and
 ``indices (A,)`` (one arc per distinct (row, col), both directions stored), ``edge_of_arc (A',)``
@@ -116,3 +116,11 @@ def csr_layout(a: IntArray, b: IntArray,
             indices[m] = cols[j]
             m += 1
     return indptr, indices, edge_of_arc, fresh
+
+
+@njit(cache=True, nogil=True)
+def key_order(lo: IntArray, hi: IntArray, n: int) -> IntArray:
+    """The permutation a stable argsort of ``lo * n + hi`` gives (both in 0..n-1), by two stable
+    counting sorts: how a tick's raw links are put in key order."""
+    count = np.empty(n + 1, np.int64)
+    return _stable_by(lo, _stable_by(hi, np.arange(lo.size), n, count), n, count)

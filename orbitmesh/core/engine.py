@@ -72,9 +72,13 @@ def compile_kernels() -> None:
     _gsl_near.max_shift_km(pos, ok, pos, ok)
     _gsl_near.visible_near(pos, ok, seg, sats, pos * 0.9, pos / 7000.0, ok, np.zeros(1),
                            np.full(1, np.inf), 2000.0, np.ones((1, 1), bool), one, False)
-    from orbitmesh.core._csr_kernel import csr_layout
+    from orbitmesh.core._csr_kernel import csr_layout, key_order
 
     csr_layout(np.array([0]), np.array([1]), 2)
+    key_order(one, one, 1)
+    from orbitmesh.core._diff_kernel import diff_sorted
+
+    diff_sorted(one, np.zeros(1), one, np.zeros(1), 1e-3)
     from orbitmesh.core._isl_kernel import live_isls
 
     live_isls(np.vstack([pos, -pos]), np.array([[0, 1]], np.int64), np.inf, 6378.0)

@@ -80,7 +80,13 @@ def make_state(t_s: float, n_nodes: int, a: IntArray, b: IntArray, kind: KindArr
                delay_s: FloatArray) -> LinkState:
     """Normalise (a < b) and sort raw link arrays into a :class:`LinkState`."""
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    order = np.argsort(lo * n_nodes + hi, kind="stable")
+    if HAVE_NUMBA and lo.size and int(lo.min()) >= 0 and int(hi.max()) < n_nodes:
+        from orbitmesh.core._csr_kernel import key_order
+
+        order = key_order(lo.astype(np.int64, copy=False), hi.astype(np.int64, copy=False),
+                          n_nodes)  # the argsort's permutation, by counting sorts
+    else:
+        order = np.argsort(lo * n_nodes + hi, kind="stable")
     return LinkState(t_s, n_nodes, lo[order], hi[order], kind[order].astype(np.int8),
                      delay_s[order])
 
@@ -118,6 +124,17 @@ class LinkTracker:
             return LinkDiff(state.t_s, np.arange(len(state)), empty, empty,
                             np.empty(0, dtype=np.int8), empty)
         prev, prev_key, cur_key = self._announced, self._announced.key, state.key
+        if HAVE_NUMBA:  # one merge of the two sorted key arrays
+            from orbitmesh.core._diff_kernel import diff_sorted
+
+            done, up, down, changed, announced = diff_sorted(
+                prev_key, np.ascontiguousarray(self._announced_delay, dtype=np.float64),
+                cur_key, np.ascontiguousarray(state.delay_s, dtype=np.float64),
+                float(self.threshold_s))
+            if done:
+                self._announced, self._announced_delay = state, announced
+                return LinkDiff(state.t_s, up, prev.a[down], prev.b[down], prev.kind[down],
+                                changed)
         # Both key arrays are sorted and unique: one binary search matches them (intersect1d
         # would concatenate and sort them again).
         at = np.minimum(np.searchsorted(prev_key, cur_key), max(len(prev_key) - 1, 0))
