@@ -125,3 +125,32 @@ def test_progress_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
                 report(i + 1)
         assert ("searching passes" in err.getvalue()) == tty
 
+
+
+def test_cli_sgp4_step_interpolates_and_bad_values_exit_2(capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    """--sgp4-step 60: the same passes, times within a few ms; 45 s or a plan format: exit 2."""
+    from orbitmesh.run.cli import _load, main
+    from orbitmesh.run.contacts_cli import write_passes
+
+    topology = _load(str(DEMO))
+    args = _contacts_args("json", 8.0)
+    exact, fast = io.StringIO(), io.StringIO()
+    write_passes(topology, args, exact, workers=0)
+    args.sgp4_step = 60.0
+    write_passes(topology, args, fast, workers=0)
+    a, b = json.loads(exact.getvalue()), json.loads(fast.getvalue())
+    assert len(a) == len(b) > 50
+    assert [(r["station"], r["satellite"]) for r in a] == [(r["station"], r["satellite"])
+                                                            for r in b]
+
+    def stamp(text: str) -> float:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+    worst_s = max(abs(stamp(x[k]) - stamp(y[k])) for x, y in zip(a, b, strict=True)
+                  for k in ("aos", "tca", "los"))
+    assert worst_s < 0.05
+    for extra in (["--format", "json", "--sgp4-step", "45"],
+                  ["--format", "ion", "--sgp4-step", "60"]):
+        assert main(["contacts", str(DEMO), "--end", "2026-01-01T01:00:00Z", *extra]) == 2
+        assert "--sgp4-step" in capsys.readouterr().err

@@ -230,6 +230,12 @@ class Propagator:
         err, r, _v = self._array.sgp4(np.atleast_1d(jd), np.atleast_1d(fr))
         return r, err
 
+    def teme_state_km(self, jd: FloatArray, fr: FloatArray
+                      ) -> tuple[FloatArray, FloatArray, NDArray[np.uint8]]:
+        """TEME positions ``(S, T, 3)``, velocities ``(S, T, 3)`` in km/s and error codes."""
+        err, r, v = self._array.sgp4(np.atleast_1d(jd), np.atleast_1d(fr))
+        return r, v, err
+
     def ecef_km(self, jd: FloatArray | float, fr: FloatArray | float) -> FloatArray:
         """Earth-fixed positions ``(S, T, 3)``; failed satellites come back as NaN rows."""
         jd_a, fr_a = np.atleast_1d(jd), np.atleast_1d(fr)

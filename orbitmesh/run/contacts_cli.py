@@ -66,11 +66,12 @@ def _span(topology: Topology, args: argparse.Namespace, default_s: float
 
 
 def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str], *,
-                 workers: int | None = None, on_rows: Callable[[int], None] | None = None
-                 ) -> int:
+                 workers: int | None = None, on_rows: Callable[[int], None] | None = None,
+                 sgp4_step_s: float | None = None) -> int:
     """The pass table (``table``) or JSON array (``json``, one pass per line), written as the
     search finds the passes; returns how many. ``workers`` processes scan (0: this one; None:
-    two for a search big enough to repay their start)."""
+    two for a search big enough to repay their start); ``sgp4_step_s`` as in
+    :func:`orbitmesh.core.passes.iter_pass_tables` (None: SGP4 at every grid sample)."""
     from orbitmesh.core.geometry import Propagator, Stations
     from orbitmesh.core.pass_table import table_header, table_widths
     from orbitmesh.core.passes import iter_pass_tables, search_chunks
@@ -99,6 +100,11 @@ def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str], *,
     # that the workers and this process overlap well; a worker holds one chunk (~3 MB).
     # Its memory is numba (~130 MB), not the chunk: larger chunks barely change it.
     chunk_samples = 64
+    if sgp4_step_s is None:
+        sgp4_step_s = getattr(args, "sgp4_step", None)
+    if sgp4_step_s is not None and sgp4_step_s not in (30.0, 60.0, 90.0, 120.0):
+        raise ScenarioError(f"--sgp4-step {sgp4_step_s:g}: expected 60, 90 or 120 seconds "
+                            "(two to four steps of the 30 s search grid), or 30 for none")
     total = search_chunks(start, end, len(sats), chunk_samples=chunk_samples)
     if workers is None:
         workers = 2 if len(sats) * total * chunk_samples >= _FORK_FROM_SAMPLES else 0
@@ -111,7 +117,7 @@ def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str], *,
                                    [st[g].alt_m / 1000.0 for g in stations]),
             station_ids, [st[g].min_elevation_deg for g in stations], start, end,
             runner=forked_runner(workers),
-            chunk_samples=chunk_samples)
+            chunk_samples=chunk_samples, sgp4_step_s=sgp4_step_s)
         if args.format == "table":
             widths = table_widths(station_ids, sat_ids, (end - start).total_seconds())
             out.write(table_header(widths))
@@ -146,6 +152,9 @@ def write_plan(topology: Topology, args: argparse.Namespace, out: IO[str]) -> No
     from orbitmesh.core.engine import LinkSource
     from orbitmesh.core.faults import Fault, random_faults, scheduled_faults
 
+    if getattr(args, "sgp4_step", None) is not None:
+        raise ScenarioError("--sgp4-step applies to passes (--format table or json); a contact "
+                            "plan samples the emulator's own link states")
     scenario = topology.scenario
     source: LinkSource | None = None
     faults: list[Fault] = []
