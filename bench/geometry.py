@@ -5,14 +5,18 @@
 Prints one JSON object per case with: case, satellites, stations, destinations, ticks,
 median_ms, p95_ms, sgp4_ms (raw SatrecArray time of the same tick: the physics floor),
 links_ms, routes_ms, cpu_ms (median CPU time of a tick, all threads: steadier than wall time on
-a shared machine, and above it when the routing threads run in parallel), peak_rss_mb. Stations
-are seeded pseudo-random sites between 60 S and 70 N.
+a shared machine, and above it when the routing threads run in parallel), cpu_min_ms (the least
+CPU time of a tick: what the tick costs when nothing else competes for caches and cores),
+peak_rss_mb, and load_1m (the 1-minute load average before and after the case: the figures of a
+loaded machine are not the quiet machine's). Stations are seeded pseudo-random sites between
+60 S and 70 N.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -70,6 +74,7 @@ def run_case(name: str, shells: list[tuple[int, int, float, float]], n_stations:
     if n_destinations is not None:
         dest = dest[np.linspace(0, len(dest) - 1, n_destinations).astype(np.int64)]
     engine = TickEngine(topology, destinations=dest)
+    load_before = os.getloadavg()[0]
     engine.step(0.0)  # warm caches
     total, sgp4_ms, links_ms, cpu_ms = [], [], [], []
     for k in range(1, ticks + 1):
@@ -93,7 +98,9 @@ def run_case(name: str, shells: list[tuple[int, int, float, float]], n_stations:
             "sgp4_ms": round(float(np.median(sgp4_ms)), 3),
             "links_ms": round(links, 3), "routes_ms": round(max(0.0, median - links), 3),
             "cpu_ms": round(float(np.median(cpu_ms)), 3),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "cpu_min_ms": round(float(np.min(cpu_ms)), 3),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "load_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 CASES = {
