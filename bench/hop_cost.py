@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/hop_cost.py [--frames 20000] [--chain 9] [--repeats 5]
                                        [--step-us 100] [--cases local,wire] [--no-events]
-                                       [--profile N]
+                                       [--profile N] [--plane python|batched|both]
 
 The scenario is bench/messaging.py's: a chain of ``--chain`` operations centres joined by 1 ms
 fibre, frames of 200 B offered at both ends for the other end (``chain - 1`` hops each), with
@@ -17,6 +17,10 @@ Cases (one JSON line each):
 * ``wire``: two runtimes, chain nodes dealt round-robin (as bench/messaging.py does), so every
   hop is handed over to the other runtime through ``encode_batch`` and ``receive_batch``
   (``decode_batch`` + the per-frame check): the worker's share of a live hop, minus MQTT.
+
+``--plane``: ``python`` (NodeRuntime, the reference), ``batched`` (nodes/plane.py's
+PlaneRuntime: common frames in the compiled lane, columnar batches) or ``both`` (default),
+alternated repeat by repeat; each line says which (``plane``).
 
 Each case runs ``--repeats`` times; ``us_per_hop`` is the median of process CPU seconds / hops
 (``time.process_time``: less sensitive to other load than wall time), with every repeat's figure
@@ -54,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, machine
 from messaging import FRAME_BYTES, scenario_yaml
 
+from nodes.plane import PlaneRuntime
 from nodes.runtime import NodeRuntime
 from nodes.stats import Stats
 from orbitmesh.core.engine import TickEngine
@@ -77,6 +82,8 @@ class Impl(NamedTuple):
 
 
 THIS = Impl(NodeRuntime, Stats)
+BATCHED = Impl(PlaneRuntime, Stats)
+"""The batched plane (nodes/plane.py): the compiled lane for common frames."""
 
 
 def _load(name: str, path: Path) -> ModuleType:
@@ -250,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=int, default=0, metavar="N")
     p.add_argument("--guard-us", type=float, default=None,
                    help="coalesced hand-over: NodeRuntime.handover_guard_s, in µs (default off)")
+    p.add_argument("--plane", choices=("python", "batched", "both"), default="both",
+                   help="python: NodeRuntime; batched: nodes/plane.py's PlaneRuntime; both "
+                        "(alternated, default)")
     p.add_argument("--baseline", type=Path, metavar="DIR",
                    help="another checkout to alternate with (its runtime, stats and wire)")
     args = p.parse_args(argv)
@@ -262,7 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"--cases: unknown {sorted(unknown)}; expected local and/or wire")
     topology = chain_topology(args.chain)
-    variants = {"this": THIS}
+    variants = {}
+    if args.plane in ("python", "both"):
+        variants["this"] = THIS
+    if args.plane in ("batched", "both"):
+        variants["batched"] = BATCHED
+        build(cases[0], topology, args.chain, 200, None, None, BATCHED).run(
+            args.step_us * 1e-6)  # compile (or load the cache) before anything is timed
     if args.baseline is not None:
         variants["baseline"] = baseline(args.baseline)
     sink = None if args.no_events else open(os.devnull, "wb")  # noqa: SIM115 (closed below)
@@ -290,7 +306,9 @@ def _record(case: str, variant: str, runs: list[tuple[float, float, int, Harness
     last = runs[-1][3]
     late = [rt.stats.hop_late_ms for rt in last.runtimes]
     return {
-        "case": case, "variant": variant if variant == "this" else str(args.baseline),
+        "case": case,
+        "variant": variant if variant in ("this", "batched") else str(args.baseline),
+        "plane": "batched" if variant == "batched" else "python",
         "us_per_hop": round(statistics.median(cpu), 3), "us_per_hop_min": round(min(cpu), 3),
         "us_per_hop_runs": [round(x, 3) for x in cpu],
         "wall_us_per_hop": round(statistics.median(r[1] for r in runs), 3),

@@ -31,6 +31,7 @@ from collections import Counter, defaultdict, deque
 from typing import IO, Any
 
 import msgpack
+import numpy as np
 
 from orbitmesh.core.histogram import Histogram
 from orbitmesh.protocol.wire import (
@@ -218,6 +219,34 @@ class Stats:
         if self._packer is not None:
             self._event(["hop", arrival_wall, frame[F_ID], frame[F_FLOW], u, v, frame[F_SIZE]])
 
+    def hop_block(self, late_ms: np.ndarray, records: bytes | None) -> None:
+        """Many hops at once (nodes/plane.py): their lateness, and their ``hop`` records
+        already packed (:func:`hop_records`)."""
+        if not len(late_ms):
+            return
+        self.window_late_ms = max(self.window_late_ms, float(late_ms.max()))
+        self.hop_late_ms.add_many(late_ms)
+        if records:
+            self.write_raw(records)
+
+    def write_raw(self, data: bytes) -> None:
+        """Append whole packed records to the event log."""
+        if self._events is None:
+            return
+        if self._written_b - self._marks[-1] >= MARK_EVERY_B:
+            self._marks.append(self._written_b)
+        try:
+            self._events.write(data)
+        except OSError as exc:
+            self._events_failed(exc)
+            return
+        self._written_b += len(data)
+
+    @property
+    def logging_events(self) -> bool:
+        """True while the event log is being written."""
+        return self._packer is not None
+
     def remote_sent(self, frame: list[Any]) -> None:
         """``frame`` left for another worker."""
         self.flows[frame[F_FLOW]].remote_out += 1
@@ -280,3 +309,22 @@ def _cut_at_record(path: str, marks: deque[int]) -> int | None:
             return end
     except OSError:
         return None
+
+
+HOP_RECORD = np.dtype([("head", "u1"), ("tag", "S4"), ("tt", "u1"), ("t", ">f8"),
+                       ("ti", "u1"), ("id", ">i8"), ("tf", "u1"), ("flow", ">i8"),
+                       ("tu", "u1"), ("u", ">i8"), ("tv", "u1"), ("v", ">i8"),
+                       ("ts", "u1"), ("size", ">i8")])
+"""``["hop", arrival_wall, id, flow, from, to, size]`` as fixed-width msgpack (float64 and
+int64 markers): any msgpack reader reads it as the record Stats.hop writes."""
+
+
+def hop_records(arrival_wall: np.ndarray, ids: np.ndarray, flows: np.ndarray, u: np.ndarray,
+                v: np.ndarray, size: np.ndarray) -> bytes:
+    """Packed ``hop`` records for many hops, one array operation per field."""
+    out = np.empty(len(ids), dtype=HOP_RECORD)
+    out["head"], out["tag"], out["tt"], out["ti"] = 0x97, b"\xa3hop", 0xCB, 0xD3
+    out["tf"], out["tu"], out["tv"], out["ts"] = 0xD3, 0xD3, 0xD3, 0xD3
+    out["t"], out["id"], out["flow"] = arrival_wall, ids, flows
+    out["u"], out["v"], out["size"] = u, v, size
+    return out.tobytes()

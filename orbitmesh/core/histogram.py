@@ -47,6 +47,13 @@ class Histogram:
         if len(pending) >= EXACT_SAMPLES:
             self._fold()
 
+    def add_many(self, values: np.ndarray) -> None:
+        """Record an array of samples (one fold per EXACT_SAMPLES, not one call per sample)."""
+        pending = self._pending
+        pending.extend(values.tolist())
+        if len(pending) >= EXACT_SAMPLES:
+            self._fold()
+
     def extend(self, values: Iterable[float]) -> None:
         """Record many samples."""
         for value in values:

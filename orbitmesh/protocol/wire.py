@@ -18,6 +18,9 @@ import msgpack
 from orbitmesh.errors import RunError
 
 WIRE_VERSION = 2
+"""Version of the list batch ``[2, [[to_node, frame], ...]]`` (what clients inject)."""
+COLUMNS_VERSION = 3
+"""Version of the columnar batch (orbitmesh/protocol/wire_columns.py) the batched plane sends."""
 
 # Frame kinds
 DATA, TELEMETRY, TELECOMMAND, ACK = 0, 1, 2, 3
@@ -69,6 +72,22 @@ def batch_packer() -> msgpack.Packer:
     return msgpack.Packer(use_bin_type=True)
 
 
+def unpack_batch(payload: bytes) -> list[Any]:
+    """The msgpack body of a frame batch of a version this orbitmesh reads (ValueError if not).
+    """
+    try:
+        body = msgpack.unpackb(payload, raw=False, strict_map_key=False,
+                               max_array_len=MAX_BATCH_FRAMES)
+    except Exception as exc:
+        raise ValueError(f"not a frame batch: {exc}") from exc
+    if type(body) is not list or not body:
+        raise ValueError("not a frame batch: expected [version, ...]")
+    if body[0] not in (WIRE_VERSION, COLUMNS_VERSION):
+        raise ValueError(f"frame batch version {body[0]}, this orbitmesh reads {WIRE_VERSION} "
+                         f"and {COLUMNS_VERSION}")
+    return body
+
+
 def decode_batch(payload: bytes, n_nodes: int | None = None
                  ) -> tuple[list[list[Any]], list[str]]:
     """Unpack a batch into ``[to_node, frame]`` pairs and the reasons of the frames refused.
@@ -77,13 +96,14 @@ def decode_batch(payload: bytes, n_nodes: int | None = None
     non-finite times, sizes or TTLs out of range, nodes outside ``0..n_nodes-1``) is left out
     and its reason returned, so the rest of the batch goes on.
     """
-    try:
-        version, items = msgpack.unpackb(payload, raw=False, strict_map_key=False,
-                                         max_array_len=MAX_BATCH_FRAMES)
-    except Exception as exc:
-        raise ValueError(f"not a frame batch: {exc}") from exc
-    if version != WIRE_VERSION:
-        raise ValueError(f"frame batch version {version}, this orbitmesh reads {WIRE_VERSION}")
+    body = unpack_batch(payload)
+    if body[0] == COLUMNS_VERSION:  # the columnar batch of nodes/plane.py, read as lists
+        from orbitmesh.protocol.wire_columns import decode_columns, rows_to_items
+        rows, policies, rare, reasons = decode_columns(body, n_nodes or 1 << 31)
+        return rows_to_items(rows, policies) + rare, reasons
+    if len(body) != 2:
+        raise ValueError("frame batch version 2: expected [2, [[to_node, frame], ...]]")
+    items = body[1]
     if not isinstance(items, list):
         raise ValueError("frame batch: expected a list of [to_node, frame]")
     bad: list[str] = []

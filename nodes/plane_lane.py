@@ -1,0 +1,312 @@
+"""The arrays of the batched message plane's compiled lane and the calls that keep them.
+
+:class:`Lane` owns every array nodes/plane_kernel.py works on (its module docstring has the
+layout). They live in two buffers, one int64 and one float64, with a table of where each array
+starts (``lay``): a numba call pays for each array argument it unboxes (~0.3 µs), and the lane
+is called once per loop turn and per frame Python originates, so three arrays beat forty.
+The named attributes are views into the buffers; assigning a new array to one marks the
+buffers for repacking before the next call (link states, growth). It knows nothing of stats,
+the event log or the wire: nodes/plane.py reads what a call returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nodes import plane_kernel as K
+
+OUT_ROWS = 4096
+"""Output records (deliveries, drops, ...) per kernel call before it returns to Python."""
+LATE_ROWS = 16384
+"""Hop lateness samples (and hop records) per kernel call before it returns to Python."""
+HAND_ROWS = 4096
+"""Rows handed over to one worker before the lane returns them to Python (under the
+receivers' MAX_BATCH_FRAMES)."""
+
+INT_FIELDS = ("meta", "fi", "hseq", "hslot", "free", "lptr", "lnbr", "lkind", "lxfault",
+              "cut_key", "cut_fault", "tkey", "tslot", "toff", "tcap", "thead", "tcnt", "owner",
+              "watch", "down_local", "down_all", "cut_node", "dest_row", "table", "qlim", "oi",
+              "hand", "hcnt", "fcnt", "log", "rng", "bad")
+FLOAT_FIELDS = ("fmeta", "ff", "hdue", "ldelay_s", "lcap_bps", "lxloss", "tbusy", "pool", "of",
+                "rate_bps", "loss", "late")
+_PACKED = frozenset(INT_FIELDS + FLOAT_FIELDS)
+assert len(INT_FIELDS) == K.N_INT and len(FLOAT_FIELDS) == K.N_FLOAT
+
+
+class Lane:
+    """State of the compiled lane of one worker."""
+
+    meta: np.ndarray
+    fi: np.ndarray
+    hseq: np.ndarray
+    hslot: np.ndarray
+    free: np.ndarray
+    lptr: np.ndarray
+    lnbr: np.ndarray
+    lkind: np.ndarray
+    lxfault: np.ndarray
+    cut_key: np.ndarray
+    cut_fault: np.ndarray
+    tkey: np.ndarray
+    tslot: np.ndarray
+    toff: np.ndarray
+    tcap: np.ndarray
+    thead: np.ndarray
+    tcnt: np.ndarray
+    owner: np.ndarray
+    watch: np.ndarray
+    down_local: np.ndarray
+    down_all: np.ndarray
+    cut_node: np.ndarray
+    dest_row: np.ndarray
+    table: np.ndarray
+    qlim: np.ndarray
+    oi: np.ndarray
+    hand: np.ndarray
+    hcnt: np.ndarray
+    fcnt: np.ndarray
+    log: np.ndarray
+    rng: np.ndarray
+    bad: np.ndarray
+    fmeta: np.ndarray
+    ff: np.ndarray
+    hdue: np.ndarray
+    ldelay_s: np.ndarray
+    lcap_bps: np.ndarray
+    lxloss: np.ndarray
+    tbusy: np.ndarray
+    pool: np.ndarray
+    of: np.ndarray
+    rate_bps: np.ndarray
+    loss: np.ndarray
+    late: np.ndarray
+
+    def __init__(self, n_nodes: int, worker: int, owner: np.ndarray, *, workers: int,
+                 flows: int, speed: float, seed: int, rate_bps: tuple[float, ...],
+                 loss: tuple[float, ...], queue_frames: tuple[int, ...]) -> None:
+        self.dirty = True
+        self.n = n_nodes
+        self.workers = workers
+        meta = np.zeros(K.M_LEN, dtype=np.int64)
+        meta[K.M_WORKER], meta[K.M_N], meta[K.M_WORKERS] = worker, n_nodes, workers
+        meta[K.M_HCAP], meta[K.M_FLOW0] = HAND_ROWS, 4  # built-in flows are -4..-1
+        meta[K.M_NFLOWS], meta[K.M_BLAME] = flows + 4, -1
+        meta[K.M_NP], meta[K.M_ND] = 1, 1
+        self.meta = meta
+        self.fmeta = np.array([float(speed)])
+        self.owner = np.asarray(owner, dtype=np.int64).copy()
+        self.rate_bps = np.asarray(rate_bps, dtype=np.float64)
+        self.loss = np.asarray(loss, dtype=np.float64)
+        self.qlim = np.asarray(queue_frames, dtype=np.int64)
+        self.rng = np.array([(seed * 1_000_003 + worker) & (2**63 - 1)], dtype=np.int64)
+        self.fi = np.zeros(0, dtype=np.int64)
+        self._slots(1024)
+        self._tx(256)
+        self.pool = np.zeros(max(1 << 16, 4 * int(self.qlim.max())), dtype=np.float64)
+        self.oi = np.zeros(OUT_ROWS * K.OI_COLS, dtype=np.int64)
+        self.of = np.zeros(OUT_ROWS * K.OF_COLS, dtype=np.float64)
+        self.late = np.zeros(LATE_ROWS, dtype=np.float64)
+        self.log = np.zeros(LATE_ROWS * K.HOP_RECORD_B // 8 + 64, dtype=np.int64)
+        self.hand = np.zeros(workers * HAND_ROWS * K.W_COLS, dtype=np.int64)
+        self.hcnt = np.zeros(workers, dtype=np.int64)
+        self.fcnt = np.zeros(2 * (flows + 4), dtype=np.int64)
+        self.bad = np.zeros(len(K.REFUSED), dtype=np.int64)
+        self.watch = np.zeros(n_nodes, dtype=np.int64)
+        none = np.full(n_nodes, -1, dtype=np.int64)
+        self.down_local, self.down_all, self.cut_node = none.copy(), none.copy(), none.copy()
+        self.dest_row = none.copy()
+        self.table = np.full(n_nodes, -1, dtype=np.int64)
+        self.cut_key = np.zeros(0, dtype=np.int64)
+        self.cut_fault = np.zeros(0, dtype=np.int64)
+        self.set_links(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                       np.zeros(0))
+        self._no_req_i = np.zeros((0, K.FI_COLS + 2), dtype=np.int64)
+        self._no_req_f = np.zeros((0, K.FF_COLS + 1), dtype=np.float64)
+        self._no_rows = np.zeros((0, K.W_COLS), dtype=np.int64)
+        self._no_pol = np.full(1, -1, dtype=np.int64)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PACKED:
+            object.__setattr__(self, "dirty", True)
+        object.__setattr__(self, name, value)
+
+    def _pack(self) -> None:
+        """Copy every array into the two buffers and point the attributes at their views."""
+        lay = np.zeros(2 * (K.N_INT + K.N_FLOAT), dtype=np.int64)
+        buffers = []
+        for base, names, dtype in ((0, INT_FIELDS, np.int64), (K.N_INT, FLOAT_FIELDS,
+                                                               np.float64)):
+            arrays = [getattr(self, name) for name in names]
+            at = 0
+            for k, a in enumerate(arrays):
+                lay[2 * (base + k)], lay[2 * (base + k) + 1] = at, a.size
+                at += a.size
+            buf = np.zeros(max(at, 1), dtype=dtype)
+            for k, (name, a) in enumerate(zip(names, arrays, strict=True)):
+                o = lay[2 * (base + k)]
+                view = buf[o:o + a.size].reshape(a.shape)
+                view[...] = a
+                object.__setattr__(self, name, view)
+            buffers.append(buf)
+        self.I, self.F, self.lay = buffers[0], buffers[1], lay
+        object.__setattr__(self, "dirty", False)
+
+    # --- room ----------------------------------------------------------------------------------
+
+    def _slots(self, count: int) -> None:
+        """Frame slots and heap arrays for ``count`` frames (keeping what is there)."""
+        have = len(self.fi)
+        fi = np.zeros((count, K.FI_COLS), dtype=np.int64)
+        ff = np.zeros((count, K.FF_COLS), dtype=np.float64)
+        hdue = np.zeros(count, dtype=np.float64)
+        hseq = np.zeros(count, dtype=np.int64)
+        hslot = np.zeros(count, dtype=np.int64)
+        free = np.zeros(count, dtype=np.int64)
+        added = np.arange(count - 1, have - 1, -1)
+        free[:len(added)] = added
+        if have:
+            fi[:have], ff[:have] = self.fi, self.ff
+            size = self.meta[K.M_HEAP]
+            hdue[:size], hseq[:size], hslot[:size] = (self.hdue[:size], self.hseq[:size],
+                                                      self.hslot[:size])
+            nfree = int(self.meta[K.M_FREE])
+            free[len(added):len(added) + nfree] = self.free[:nfree]
+        else:
+            nfree = 0
+        self.meta[K.M_FREE] = nfree + len(added)
+        self.fi, self.ff, self.hdue, self.hseq, self.hslot, self.free = (
+            fi, ff, hdue, hseq, hslot, free)
+
+    def _tx(self, count: int) -> None:
+        """Room for ``count`` transmitters (the hash is rebuilt at twice that, a power of 2)."""
+        fresh = "tbusy" not in self.__dict__
+        have = 0 if fresh else int(self.meta[K.M_NTX])
+        size = 1 << max(4, int(2 * count - 1).bit_length())
+        keys_old = None if fresh else self.tkey[self.tkey >= 0]
+        slots_old = None if fresh else self.tslot[self.tkey >= 0]
+        for name, dtype in (("tbusy", np.float64), ("toff", np.int64), ("tcap", np.int64),
+                            ("thead", np.int64), ("tcnt", np.int64)):
+            a = np.zeros(count, dtype=dtype)
+            if not fresh:
+                a[:have] = getattr(self, name)[:have]
+            setattr(self, name, a)
+        tkey = np.full(size, -1, dtype=np.int64)
+        tslot = np.zeros(size, dtype=np.int64)
+        if keys_old is not None and slots_old is not None:
+            for key, slot in zip(keys_old.tolist(), slots_old.tolist(), strict=True):
+                h = K.tx_find(tkey, key)
+                tkey[h], tslot[h] = key, slot
+        self.tkey, self.tslot = tkey, tslot
+
+    def _pool(self) -> None:
+        """Compact the rings into a pool with room to grow (twice the live rings, at least)."""
+        ntx = int(self.meta[K.M_NTX])
+        caps = self.tcap[:ntx]
+        need = int(caps.sum()) + 4 * int(self.qlim.max())
+        pool = np.zeros(max(2 * need, len(self.pool)), dtype=np.float64)
+        at = 0
+        for t in range(ntx):  # rare: only when the pool is full
+            cap = int(caps[t])
+            pool[at:at + cap] = self.pool[self.toff[t]:self.toff[t] + cap]
+            self.toff[t] = at
+            at += cap
+        self.pool = pool
+        self.meta[K.M_POOL] = at
+
+    # --- link state ----------------------------------------------------------------------------
+
+    def set_links(self, a: np.ndarray, b: np.ndarray, kind: np.ndarray, delay_s: np.ndarray,
+                  degraded: dict[tuple[int, int], tuple[float, float, float, int]] | None = None
+                  ) -> None:
+        """Live links (both directions) as CSR arrays; ``degraded`` pair -> (extra_loss,
+        extra_delay_s, rate cap bps, fault index)."""
+        src = np.concatenate([a, b]).astype(np.int64)
+        dst = np.concatenate([b, a]).astype(np.int64)
+        order = np.argsort(src * self.n + dst, kind="stable")
+        src = src[order]
+        lnbr = np.ascontiguousarray(dst[order])
+        lptr = np.searchsorted(src, np.arange(self.n + 1)).astype(np.int64)
+        m = len(src)
+        lcap, lxloss, lxfault = np.zeros(m), np.zeros(m), np.full(m, -1, dtype=np.int64)
+        for (x, y), (extra_loss, _delay, cap, fault) in (degraded or {}).items():
+            for p, q in ((x, y), (y, x)):
+                i = K.find_link(lptr, lnbr, p, q)
+                if i >= 0:
+                    lcap[i], lxloss[i], lxfault[i] = cap, extra_loss, fault
+        self.lnbr, self.lptr = lnbr, lptr
+        self.ldelay_s = np.concatenate([delay_s, delay_s]).astype(np.float64)[order]
+        self.lkind = np.concatenate([kind, kind]).astype(np.int64)[order]
+        self.lcap_bps, self.lxloss, self.lxfault = lcap, lxloss, lxfault
+
+    def set_cut(self, pairs: list[tuple[int, int]], faults: list[int]) -> None:
+        """Links removed by faults: undirected keys, sorted, with their fault index."""
+        keys = np.array([min(x, y) * self.n + max(x, y) for x, y in pairs], dtype=np.int64)
+        order = np.argsort(keys)
+        self.cut_key = keys[order]
+        self.cut_fault = np.asarray(faults, dtype=np.int64)[order]
+
+    def set_table(self, table: np.ndarray) -> None:
+        """Next-hop tables ``[policy, row, node]``."""
+        self.meta[K.M_NP], self.meta[K.M_ND] = table.shape[0], table.shape[1]
+        self.table = table.ravel()
+
+    # --- running -------------------------------------------------------------------------------
+
+    def run(self, bound_due: float, bound_seq: int, now: float,
+            req_i: np.ndarray | None = None, req_f: np.ndarray | None = None,
+            rows: np.ndarray | None = None, rows_pol: np.ndarray | None = None,
+            sink: Any = None) -> None:
+        """Kernel passes until done (see :func:`nodes.plane_kernel.run_packed`), growing room
+        as asked; ``sink(lane)`` reads the outputs after every pass."""
+        if req_i is None or req_f is None:
+            req_i, req_f = self._no_req_i, self._no_req_f
+        if rows is None or rows_pol is None:
+            rows, rows_pol = self._no_rows, self._no_pol
+        while True:
+            if self.dirty:
+                self._pack()
+            status, took_req, took_rows = K.run_packed(
+                bound_due, bound_seq, now, self.I, self.F, self.lay, req_i, req_f, rows,
+                rows_pol)
+            sink(self)
+            if status == K.S_DONE:
+                return
+            req_i, req_f, rows = req_i[took_req:], req_f[took_req:], rows[took_rows:]
+            if status == K.S_NEED_SLOTS:
+                self._slots(2 * len(self.fi))
+            elif status == K.S_NEED_TX:
+                self._tx(2 * len(self.tbusy))
+            elif status == K.S_NEED_POOL:
+                self._pool()
+
+    def in_flight_slots(self) -> np.ndarray:
+        """Slots of the frames on the lane heap (in heap order)."""
+        return self.hslot[:int(self.meta[K.M_HEAP])].copy()
+
+    def remove(self, keep: np.ndarray) -> None:
+        """Keep only the heap entries where ``keep`` (a mask over the heap) is true."""
+        size = int(self.meta[K.M_HEAP])
+        due, seq, slot = self.hdue[:size], self.hseq[:size], self.hslot[:size]
+        gone = slot[~keep]
+        due, seq, slot = due[keep], seq[keep], slot[keep]
+        order = np.lexsort((seq, due))  # a sorted array is a valid heap
+        k = len(order)
+        self.hdue[:k], self.hseq[:k], self.hslot[:k] = due[order], seq[order], slot[order]
+        self.meta[K.M_HEAP] = k
+        nfree = int(self.meta[K.M_FREE])
+        self.free[nfree:nfree + len(gone)] = gone
+        self.meta[K.M_FREE] = nfree + len(gone)
+        self.meta[K.M_INFLIGHT] -= len(gone)
+
+    def reset_transmitters(self, nodes: np.ndarray) -> None:
+        """Transmitters leaving ``nodes`` start afresh (a failed node's queues are lost)."""
+        used = self.tkey >= 0
+        hit = np.isin(self.tkey[used] // self.n, nodes)
+        for t in self.tslot[used][hit].tolist():
+            self.tbusy[t], self.tcnt[t], self.thead[t] = 0.0, 0, 0
+
+    def next_due(self) -> float | None:
+        """Due time of the lane's earliest frame."""
+        return float(self.hdue[0]) if self.meta[K.M_HEAP] else None
