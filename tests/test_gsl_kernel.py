@@ -158,3 +158,14 @@ def test_links_from_neighbour_lists_equal_numpy_links_second_by_second(
         np.testing.assert_array_equal(got.b, want.b)
         np.testing.assert_array_equal(got.delay_s, want.delay_s)
     assert compiled._near is not None and compiled._near.rebuilds <= 6  # the lists were used
+
+
+def test_compiled_slant_ranges_equal_numpy_norms_bit_for_bit() -> None:
+    from orbitmesh.core._gsl_near import slant_km
+
+    rng = np.random.default_rng(21)
+    pos = rng.normal(size=(3000, 3)) * 7000.0
+    stations = rng.normal(size=(200, 3)) * 6371.0
+    g, s = rng.integers(0, 200, 50_000), rng.integers(0, 3000, 50_000)
+    np.testing.assert_array_equal(slant_km(pos, stations, g, s),
+                                  np.linalg.norm(pos[s] - stations[g], axis=1))

@@ -204,3 +204,16 @@ class NearLists:
         self.served = 1
         self.rebuilds += 1
         return self.seg, self.sats
+
+
+@njit(cache=True, nogil=True)
+def slant_km(pos: FloatArray, station_pos: FloatArray, g: IntArray, s: IntArray) -> FloatArray:
+    """Station ``g[i]`` to satellite ``s[i]`` distances, summed as ``np.linalg.norm(pos[s] -
+    station_pos[g], axis=1)`` sums them (x, y, z in turn), without its (K, 3) temporaries."""
+    out = np.empty(g.size, np.float64)
+    for i in range(g.size):
+        dx = pos[s[i], 0] - station_pos[g[i], 0]
+        dy = pos[s[i], 1] - station_pos[g[i], 1]
+        dz = pos[s[i], 2] - station_pos[g[i], 2]
+        out[i] = np.sqrt(dx * dx + dy * dy + dz * dz)
+    return out

@@ -70,6 +70,7 @@ def compile_kernels() -> None:
     ok = np.ones(1, bool)
     seg, sats = _gsl_near.near_lists(pos, ok, pos * 0.9, 2000.0)
     _gsl_near.max_shift_km(pos, ok, pos, ok)
+    _gsl_near.slant_km(pos, pos * 0.9, one, one)
     _gsl_near.visible_near(pos, ok, seg, sats, pos * 0.9, pos / 7000.0, ok, np.zeros(1),
                            np.full(1, np.inf), 2000.0, np.ones((1, 1), bool), one, False)
     from orbitmesh.core._csr_kernel import csr_layout, key_order

@@ -50,8 +50,8 @@ def _compiled_rounds(kernel: ModuleType, cg: IntArray, cs: IntArray, cel: FloatA
     cg, cs = np.asarray(cg, dtype=np.int64), np.asarray(cs, dtype=np.int64)
     cel = np.asarray(cel, dtype=np.float64)
     antennas, sat_limit = np.asarray(antennas, np.int64), np.asarray(sat_limit, np.int64)
-    by_station = np.argsort(cg, kind="stable")  # candidates grouped by station, in order
-    grouped = not np.any(cg[1:] < cg[:-1])
+    grouped = not np.any(cg[1:] < cg[:-1])  # the compiled candidates come grouped already
+    by_station = np.arange(len(cg)) if grouped else np.argsort(cg, kind="stable")
     if not grouped:
         cg, cs, cel, chosen_view = cg[by_station], cs[by_station], cel[by_station], \
             chosen[by_station]

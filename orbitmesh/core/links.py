@@ -228,8 +228,16 @@ class LinkEngine:
             keep = self._in_previous(cg, cs)
         chosen = assign_gsl(cg, cs, cel, keep, topo.station_antennas, topo.sat_max_gsl)
         g, s = cg[chosen], cs[chosen]
-        self._count_handovers(g, s)
-        rng_km = np.linalg.norm(pos[s] - topo.stations.positions_ecef_km[g], axis=1)
+        # Sticky: a chosen pair held a GSL last tick exactly when it was kept (every previous
+        # pair still visible is), so the look-up need not run again.
+        self._count_handovers(g, s, keep[chosen] if sticky and len(self._prev_gsl) else None)
+        if kernel is not None:
+            from orbitmesh.core._gsl_near import slant_km
+
+            rng_km = slant_km(np.ascontiguousarray(pos, dtype=np.float64),
+                              topo.stations.positions_ecef_km, g, s)
+        else:
+            rng_km = np.linalg.norm(pos[s] - topo.stations.positions_ecef_km[g], axis=1)
         return g, s, rng_km / C_KM_S
 
     def _visible(self, pos: FloatArray, failed: NDArray[np.bool_] | None
@@ -332,9 +340,10 @@ class LinkEngine:
         n_s = self.topology.n_satellites
         return np.isin(g * n_s + s, prev[:, 0] * n_s + prev[:, 1])
 
-    def _count_handovers(self, g: IntArray, s: IntArray) -> None:
+    def _count_handovers(self, g: IntArray, s: IntArray,
+                         held: NDArray[np.bool_] | None = None) -> None:
         prev = self._prev_gsl
-        new = ~self._in_previous(g, s)
+        new = ~(self._in_previous(g, s) if held is None else held)
         had = np.bincount(prev[:, 0], minlength=self.topology.n_stations) > 0
         self.last_handovers = int(np.count_nonzero(new & had[g]))
         self.handovers_total += self.last_handovers
