@@ -1,14 +1,15 @@
 """`orbitmesh contacts` on a big shell: wall time, peak RSS, time to the first row, per stage; JSON.
 
     .venv/bin/python bench/contacts.py [--scenario scenarios/starlink-shell1.yaml]
-        [--end 2026-01-02T00:00:00Z] [--format json|table]
+        [--end 2026-01-02T00:00:00Z] [--format json|table] [--sgp4-step 60]
 
 Two runs. The first is the real command in a child process, as a user runs it (imports
 included): wall seconds, peak RSS of the command and of its largest worker (the kernel reports
 the largest reaped descendant; ``cpu_s`` is all of them), the rows written and when the first
 one reached the pipe. The second runs the same search in this process with each stage timed
 (CPU seconds; this process then scans every chunk itself: no workers). Issue 14's target:
-shell 1, 68 stations, 24 h in <= 5 s and <= 200 MB.
+shell 1, 68 stations, 24 h in <= 5 s and <= 200 MB. ``--sgp4-step`` passes the command's option
+(SGP4 every that many seconds, cubic Hermite between; default: SGP4 at every 30 s sample).
 Run it alone on the machine for figures worth recording.
 """
 
@@ -32,7 +33,7 @@ from _common import PROJECT_ROOT, emit, machine
 def _child_run(args: argparse.Namespace) -> dict[str, Any]:
     """The CLI in a child process: wall, peak RSS, rows, time to the first row."""
     cmd = [sys.executable, "-m", "orbitmesh.run.cli", "contacts", args.scenario, "--format",
-           args.format, "--end", args.end]
+           args.format, "--end", args.end, *_step_args(args)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -50,6 +51,10 @@ def _child_run(args: argparse.Namespace) -> dict[str, Any]:
     return {"wall_s": round(wall_s, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
             "passes": rows, "first_row_s": None if first_row_s is None else round(first_row_s, 3),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 3)}
+
+
+def _step_args(args: argparse.Namespace) -> list[str]:
+    return [] if args.sgp4_step is None else ["--sgp4-step", f"{args.sgp4_step:g}"]
 
 
 def _timed(stages: dict[str, float], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -82,6 +87,7 @@ def _stage_run(args: argparse.Namespace) -> dict[str, Any]:
 
     stages: dict[str, float] = {"imports_s": imports_s, "numba_start_s": numba_start_s}
     passes.ecef_valid_km = _timed(stages, "propagation_s", passes.ecef_valid_km)
+    passes.hermite_ecef_km = _timed(stages, "propagation_s", passes.hermite_ecef_km)
     passes.candidate_pairs = _timed(stages, "screen_s", passes.candidate_pairs)
     _pass_kernel.scan_block = _timed(stages, "elevations_and_refinement_s",  # type: ignore
                                      _pass_kernel.scan_block)
@@ -92,7 +98,7 @@ def _stage_run(args: argparse.Namespace) -> dict[str, Any]:
     PassTable.table_rows = _timed(stages, "output_formatting_s",  # type: ignore
                                   lambda self, w: list(table_rows(self, w)))
     ns = _parser().parse_args(["contacts", args.scenario, "--format", args.format, "--end",
-                               args.end])
+                               args.end, *_step_args(args)])
     t = time.process_time()
     topology = _load(args.scenario)
     stages["load_scenario_s"] = time.process_time() - t
@@ -110,9 +116,12 @@ def main() -> None:
     parser.add_argument("--scenario", default="scenarios/starlink-shell1.yaml")
     parser.add_argument("--end", default="2026-01-02T00:00:00Z")
     parser.add_argument("--format", choices=("json", "table"), default="json")
+    parser.add_argument("--sgp4-step", type=float, help="seconds between SGP4 calls (60: Hermite "
+                        "between; default: SGP4 at every grid sample)")
     args = parser.parse_args()
     record: dict[str, Any] = {"bench": "contacts", "scenario": args.scenario, "end": args.end,
-                              "format": args.format, "machine": machine()}
+                              "format": args.format, "sgp4_step_s": args.sgp4_step,
+                              "machine": machine()}
     record.update(_child_run(args))
     record["stages"] = _stage_run(args)
     emit(record)

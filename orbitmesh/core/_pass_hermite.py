@@ -36,30 +36,48 @@ def knots(n_samples: int, every: int, lo: int, hi: int) -> list[int]:
     return out
 
 
+def _hermite(tau: float, h_s: float, r0: FloatArray, v0: FloatArray, r1: FloatArray,
+             v1: FloatArray) -> FloatArray:
+    """The cubic Hermite curve at ``tau`` in [0, 1] of a segment ``h_s`` seconds long."""
+    tau2, tau3 = tau * tau, tau * tau * tau
+    return ((2.0 * tau3 - 3.0 * tau2 + 1.0) * r0 + ((tau3 - 2.0 * tau2 + tau) * h_s) * v0
+            + (-2.0 * tau3 + 3.0 * tau2) * r1 + ((tau3 - tau2) * h_s) * v1)
+
+
 def hermite_ecef_km(propagator: Propagator, ref: datetime, grid_s: FloatArray, lo: int, hi: int,
                     every: int) -> FloatArray:
     """Earth-fixed positions ``(S, hi - lo, 3)`` of grid samples ``lo .. hi - 1``; NaN where SGP4
     failed at a sample's knot or at either knot around it."""
     idx = np.asarray(knots(len(grid_s), every, lo, hi))
-    t_knot = grid_s[idx]
-    r, v, err = propagator.teme_state_km(*offsets_to_jd(ref, t_knot))
-    samples = np.arange(lo, hi)
-    left = np.minimum(np.searchsorted(idx, samples, side="right") - 1, len(idx) - 2)
-    left = np.maximum(left, 0)
-    right = np.minimum(left + 1, len(idx) - 1)
-    h_s = t_knot[right] - t_knot[left]
-    tau = np.where(h_s > 0, (grid_s[samples] - t_knot[left]) / np.where(h_s > 0, h_s, 1.0), 0.0)
-    tau2, tau3 = tau * tau, tau * tau * tau
-    h00 = 2.0 * tau3 - 3.0 * tau2 + 1.0
-    h10 = (tau3 - 2.0 * tau2 + tau) * h_s
-    h01 = -2.0 * tau3 + 3.0 * tau2
-    h11 = (tau3 - tau2) * h_s
-    pos = (h00[None, :, None] * r[:, left] + h10[None, :, None] * v[:, left]
-           + h01[None, :, None] * r[:, right] + h11[None, :, None] * v[:, right])
-    on_knot = tau == 0.0
-    pos[:, on_knot] = r[:, left[on_knot]]  # SGP4's own bits where it ran
-    failed = (err[:, left] != 0) | ((err[:, right] != 0) & ~on_knot[None, :])
+    first = int(idx[0])
+    r, v, err = propagator.teme_state_km(*offsets_to_jd(ref, grid_s[idx]))
+    bad = err != 0
+    teme = np.empty((r.shape[0], int(idx[-1]) - first + 1, 3))
+    failed = np.empty((r.shape[0], teme.shape[1]), dtype=bool)
+    # Segment lengths from the grid's step, not from differences of its times, so that every
+    # chunking of the grid interpolates with the same bits.
+    step_s = float(grid_s[1] - grid_s[0]) if len(grid_s) > 1 else 0.0
+    lengths = np.diff(idx)
+    full = len(lengths) if len(lengths) and lengths[-1] == every else len(lengths) - 1
+    on_knots = slice(0, every * full + 1, every)
+    teme[:, on_knots], failed[:, on_knots] = r[:, :full + 1], bad[:, :full + 1]  # SGP4's bits
+    teme[:, -1], failed[:, -1] = r[:, -1], bad[:, -1]
+    # Full segments: each offset into them is one strided slice of the output, and the
+    # segments' ends are views of the knots.
+    for j in range(1, every if full > 0 else 1):
+        cols = slice(j, j + every * full, every)
+        teme[:, cols] = _hermite(j / every, every * step_s, r[:, :full], v[:, :full],
+                                 r[:, 1:full + 1], v[:, 1:full + 1])
+        failed[:, cols] = bad[:, :full] | bad[:, 1:full + 1]
+    if full < len(lengths):  # the short segment to the grid's last sample
+        length = int(lengths[-1])
+        for j in range(1, length):
+            col = int(idx[-2]) - first + j
+            teme[:, col] = _hermite(j / length, length * step_s, r[:, -2], v[:, -2], r[:, -1],
+                                    v[:, -1])
+            failed[:, col] = bad[:, -2] | bad[:, -1]
+    part = slice(lo - first, hi - first)
     jd, fr = offsets_to_jd(ref, grid_s[lo:hi])
-    out = teme_to_ecef(pos, jd, fr)
-    out[failed] = np.nan
+    out = teme_to_ecef(teme[:, part], jd, fr)
+    out[failed[:, part]] = np.nan
     return out
