@@ -5,7 +5,9 @@ Method
 1. **Coarse scan.** All satellites are propagated together (one ``SatrecArray`` call per time
    chunk, via :class:`Propagator`) on a grid of ``coarse_step_s`` that starts two steps before
    ``start`` and ends two steps after ``end``; samples where SGP4 reports an error (e.g. 6,
-   decayed) are dropped. The search runs over blocks of 32 samples; in each block
+   decayed) are dropped. With ``sgp4_step_s`` (off by default) SGP4 runs only every few samples
+   and :mod:`orbitmesh.core._pass_hermite` interpolates the rest (0.34 m at 60 s at LEO).
+   The search runs over blocks of 32 samples; in each block
    :func:`orbitmesh.core._pass_screen.candidate_pairs` keeps only the (station, satellite) pairs
    that can reach the mask there (a few per cent of them in a LEO shell; the others have no
    events, so results are unchanged), and elevations are computed for those pairs only, by the
