@@ -173,8 +173,8 @@ def image_cmd(args: argparse.Namespace) -> int:
 def up_cmd(args: argparse.Namespace) -> int:
     """`orbitmesh up SCENARIO --backend docker`."""
     from orbitmesh.run.launch.docker import UpOptions
+    from orbitmesh.run.launch.docker_up import up
     from orbitmesh.run.launch.image import default_image, docker_client
-    from orbitmesh.run.launch.supervise import up
 
     client = docker_client()
     image = args.image or default_image(client)
@@ -191,10 +191,10 @@ def status_cmd(args: argparse.Namespace) -> int:
     from broker.url import parse_broker_url
     from orbitmesh.run.launch.docker import RECORD, nodes_per_worker
     from orbitmesh.run.launch.docker_secrets import as_operator
+    from orbitmesh.run.launch.docker_up import load_run
     from orbitmesh.run.launch.image import docker_client
     from orbitmesh.run.launch.labelled import container_rows
     from orbitmesh.run.launch.lifecycle import client_or_none, find_run
-    from orbitmesh.run.launch.supervise import load_run
 
     client = client_or_none()
     ref = find_run(args.run, client)  # an unknown run is bad input (exit 2), daemon or not
@@ -351,8 +351,8 @@ def _warn_missing_image(tag: str) -> None:
 def supervise_cmd(args: argparse.Namespace) -> int:
     """`orbitmesh supervise`: act on a run's delegated container faults until it ends."""
     from orbitmesh.run.launch.docker import DockerRun
+    from orbitmesh.run.launch.docker_up import load_run, supervise_detached
     from orbitmesh.run.launch.image import docker_client
-    from orbitmesh.run.launch.supervise import load_run, supervise_detached
 
     client = docker_client()
     if args.run:
