@@ -180,3 +180,19 @@ def test_routes_hand_their_labelling_order_to_the_next_tick() -> None:
     fresh = compute_routes(engine.graph(engine.links.state_at(2.0)), engine.destinations,
                            engine.strategy)[None]
     np.testing.assert_array_equal(third.distance_s, fresh.distance_s)
+
+
+@pytest.mark.parametrize("chunks", [1, 3, 7])
+def test_slices_taken_in_turn_leave_no_tree_out(chunks: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(chunks)
+    graph = awkward_graph(rng, "continuous")
+    sources = rng.choice(graph.n_nodes, size=min(graph.n_nodes, 70), replace=False)
+    _, want = _sssp.shortest_path_trees(*graph._csr_arrays(), sources, backend="scipy")
+    monkeypatch.setattr(_sssp, "CHUNKS_PER_THREAD", chunks)
+    for threads in (1, 2, 3):
+        pred, dist = _sssp.shortest_path_trees(*graph._csr_arrays(), sources, backend="numba",
+                                               threads=threads)
+        np.testing.assert_array_equal(dist, want)
+        _, dist = hinted(graph, sources, pred, threads=threads)
+        np.testing.assert_array_equal(dist, want)

@@ -111,6 +111,11 @@ THREADS = min(2, _available_cpus())
 MIN_SOURCES_PER_THREAD = 8
 """Fewer sources than this per thread and a hand-off costs more than it saves."""
 
+CHUNKS_PER_THREAD = 2
+"""Slices of sources per thread, taken in turn: with more than one, a thread the OS runs late
+does less of the work instead of all of its fixed share (each slice pays the kernel's per-node
+passes once, so slices of fewer than :data:`MIN_SOURCES_PER_THREAD` sources are not made)."""
+
 
 class _Helpers:
     """The kernel's helper threads: created on first use, forgotten by a forked child."""
@@ -232,7 +237,8 @@ def shortest_path_trees(indptr: Int32Array, indices: Int32Array, weights: FloatA
             RESCANS * n + 64 if budget is None else budget)
     parts = max(1, min(THREADS if threads is None else threads,
                        src.size // MIN_SOURCES_PER_THREAD))
-    bounds = [src.size * i // parts for i in range(parts + 1)]
+    chunks = max(parts, min(parts * CHUNKS_PER_THREAD, src.size // MIN_SOURCES_PER_THREAD))
+    bounds = [src.size * i // chunks for i in range(chunks + 1)]
     pieces = [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
     kernel = _kernel(hints is not None)
     if hints is not None:
@@ -253,10 +259,23 @@ def shortest_path_trees(indptr: Int32Array, indices: Int32Array, weights: FloatA
             for part in pieces]
     else:
         work = [(src[part], *tune, dist[part], pred[part]) for part in pieces]
-    # The kernel releases the GIL: helpers grow the later slices while this thread grows the first.
-    futures = [_HELPERS.pool(parts - 1).submit(kernel, *args, *rest) for rest in work[1:]]
+    # The kernel releases the GIL: this thread and the helpers take slices in turn until none is
+    # left, so a helper that the OS does not run soon (a busy machine) leaves its share to the
+    # others instead of holding the tick up.
+    taken = itertools.count()
+    lock = threading.Lock()
+
+    def run_slices() -> None:
+        while True:
+            with lock:
+                i = next(taken)
+            if i >= len(work):
+                return
+            kernel(*args, *work[i])
+
+    futures = [_HELPERS.pool(parts - 1).submit(run_slices) for _ in range(parts - 1)]
     try:
-        kernel(*args, *work[0])
+        run_slices()
     finally:
         for future in futures:
             future.result()
