@@ -13,10 +13,10 @@ a :class:`McsBridge`:
   delivers (it carries the loop's lateness); a client that falls ``tcp_buffer_bytes`` behind is
   disconnected (counted), so one stuck MCS never holds the worker's memory.
 * TC: space packets arriving on ``tc_udp`` (one per datagram) or ``tc_tcp`` (back to back) are
-  routed by APID (nodes/mcs_packets.py) and originated at the centre as TELECOMMAND frames with
-  the packet as payload; the satellite's acknowledgement comes back as TM. A UDP telecommand
-  enters the scenario when the kernel received it (``SO_TIMESTAMPNS``), not when the loop read
-  it; a TCP one when the loop read it.
+  read (nodes/mcs_tc_input.py), routed by APID (nodes/mcs_packets.py) and originated at the
+  centre as TELECOMMAND frames with the packet as payload; the satellite's acknowledgement
+  comes back as TM. A UDP telecommand enters the scenario when the kernel received it
+  (``SO_TIMESTAMPNS``), not when the loop read it; a TCP one when the loop read it.
 
 Nothing is lost silently: every packet refused, every failed send, every dropped client is
 counted in the worker's stats file under ``mcs`` (docs/mcs.md). The tasks (accept loops, one
@@ -37,8 +37,9 @@ from typing import Any
 
 from nodes.mcs_pacer import MAX_MESSAGE
 from nodes.mcs_pacer_handle import Pacer
-from nodes.mcs_packets import StreamSplitter, TcRouter, datagram_packet
-from nodes.mcs_tm_stream import TmStream, kernel_wall, open_socket
+from nodes.mcs_packets import TcRouter
+from nodes.mcs_tc_input import tc_datagrams, tc_stream_client
+from nodes.mcs_tm_stream import TmStream, open_socket
 from nodes.roles import Roles
 from orbitmesh.core.histogram import Histogram
 from orbitmesh.core.mcs_spec import McsSpec, check_routes, tc_routes
@@ -46,7 +47,6 @@ from orbitmesh.errors import RunError
 from orbitmesh.protocol.wire import ACK, F_DST, F_KIND, F_PAYLOAD, TELEMETRY
 
 log = logging.getLogger("orbitmesh.mcs")
-READ_BYTES = 65_536
 TC_LOG_LIMIT = 100_000
 """Telecommands kept in the stats file for pairing (frame id, APID, count, wall)."""
 
@@ -195,10 +195,14 @@ class McsBridge:
                 tg.create_task(self._accept(tg, self._listeners["tm_tcp"], self.stream.client),
                                name=f"{name}.tm_tcp.accept")
             if "tc_tcp" in self._listeners:
-                tg.create_task(self._accept(tg, self._listeners["tc_tcp"], self._tc_client),
+                client = functools.partial(tc_stream_client, on_packet=self.telecommand_in,
+                                           on_truncated=self._truncated)
+                tg.create_task(self._accept(tg, self._listeners["tc_tcp"], client),
                                name=f"{name}.tc_tcp.accept")
             if "tc_udp" in self._listeners:
-                tg.create_task(self._tc_datagrams(self._listeners["tc_udp"]),
+                tg.create_task(tc_datagrams(self._listeners["tc_udp"],
+                                            on_packet=self.telecommand_in,
+                                            on_bad=self._bad_datagram),
                                name=f"{name}.tc_udp")
             if self.pacer is not None:
                 tg.create_task(self._pacer_reports(self.pacer), name=f"{name}.pacer")
@@ -219,68 +223,17 @@ class McsBridge:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             tg.create_task(handler(sock, peer), name=f"mcs{self.node}.client.{peer[1]}")
 
-    async def _tc_client(self, sock: socket.socket, peer: Any) -> None:
-        # recvmsg for the kernel's receive time of the segment read last (SO_TIMESTAMPNS works
-        # on TCP too): a command enters the scenario when it arrived, not when the loop read it.
-        loop = asyncio.get_running_loop()
-        splitter = StreamSplitter()
-        readable = asyncio.Event()
-        loop.add_reader(sock.fileno(), readable.set)
-        try:
-            while True:
-                await readable.wait()
-                readable.clear()
-                try:
-                    data, ancillary, _flags, _peer = sock.recvmsg(READ_BYTES, 64)
-                except BlockingIOError:
-                    continue
-                if not data:
-                    break
-                at_wall = kernel_wall(ancillary)
-                for packet in splitter.feed(data):
-                    self.telecommand_in(packet, "tcp", at_wall)
-        except OSError as exc:
-            log.info("mcs tc_tcp client %s gone: %s", peer, exc)
-        finally:
-            loop.remove_reader(sock.fileno())
-            if splitter.pending_bytes:
-                self.router.refused["truncated"] += 1
-                self._say_refused()
-            sock.close()
+    def _truncated(self) -> None:
+        """A ``tc_tcp`` client hung up in the middle of a packet."""
+        self.router.refused["truncated"] += 1
+        self._say_refused()
 
-    async def _tc_datagrams(self, sock: socket.socket) -> None:
-        # recvmsg, not sock_recvfrom: the kernel's receive time comes as ancillary data, so a
-        # telecommand enters the scenario when it arrived, however late the loop reads it.
-        loop = asyncio.get_running_loop()
-        readable = asyncio.Event()
-        loop.add_reader(sock.fileno(), readable.set)
-        try:
-            while True:
-                await readable.wait()
-                readable.clear()
-                while self._tc_datagram(sock):
-                    pass
-        finally:
-            loop.remove_reader(sock.fileno())
-
-    def _tc_datagram(self, sock: socket.socket) -> bool:
-        """Handle one queued TC datagram; False when none is left."""
-        try:
-            datagram, ancillary, _flags, _peer = sock.recvmsg(READ_BYTES + 16, 64)
-        except BlockingIOError:
-            return False
-        except OSError as exc:  # an ICMP error queued on the socket: keep reading
-            log.info("mcs tc_udp: %s", exc)
-            return True
-        packet, why = datagram_packet(datagram)
-        if packet is None:
-            self.tc_in["udp"] += 1
-            self.changed.set()
-            self.router.refused[why or "bad"] += 1
-            self._say_refused()
-            return True
-        self.telecommand_in(packet, "udp", kernel_wall(ancillary))
-        return True
+    def _bad_datagram(self, why: str) -> None:
+        """A ``tc_udp`` datagram that is not one whole packet."""
+        self.tc_in["udp"] += 1
+        self.changed.set()
+        self.router.refused[why] += 1
+        self._say_refused()
 
     async def until(self, condition: Callable[[], bool]) -> None:
         """Return once ``condition()`` holds, re-checking whenever the bridge sees something."""
