@@ -2,6 +2,17 @@
 
 :class:`TickEngine` is what the controller, ``orbitmesh path`` and the geometry benchmark drive.
 It is pure computation (no I/O); call :meth:`TickEngine.step` with increasing scenario times.
+
+What a tick costs (``bench/geometry.py``; CPU time, least of 150 ticks on a shared 2-core machine,
+2026-12-02): shell 1 + 100 stations ~6.5 ms, of which SGP4 with the frame rotation ~1.1 ms (the
+floor), links ~0.8 ms and routes ~4 ms; Gen1 + 1,000 stations ~13 ms (SGP4 ~2.5, links ~2.7,
+routes ~7). Only the routes run on two threads (:data:`orbitmesh.core._sssp.THREADS`), the rest
+on the caller's. In a live run that caller is the controller's tick thread, beside the worker
+processes on the same two cores: for the ~2 ms (shell 1) or ~3.5 ms (Gen1) a tick's routes take
+on two threads both cores are the tick's, and a worker's hop due then can be that much late when
+no core is idle. At one tick a second that is ~0.3 % of two cores for shell 1 and ~0.7 % for
+Gen1; a speed-10 run pays it ten times as often. The route slices are taken in turn, so when the
+workers hold one core the tick goes on with the other instead of waiting for it.
 """
 
 from __future__ import annotations

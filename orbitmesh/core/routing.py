@@ -23,14 +23,18 @@ demand with :meth:`Router.to`.
 
 Cost (2 cores; ``bench/geometry.py``): the trees come from the bucket kernel in
 :mod:`orbitmesh.core._sssp` (numba; scipy's Dijkstra when numba is missing), whose distances equal
-scipy's bit for bit. 105 destinations on the 1,700-node / 3,600-link Starlink shell-1 graph take
-~3.5 ms on two threads (~6 ms on one; scipy: ~18 ms), 50 destinations on 5,400 nodes / 12,500
-links ~7 ms (scipy: ~32 ms); the sparse layout (~0.15 ms) and diffs (~0.3 ms) are small beside
-it. Given the previous tick's tables (``previous=``, as :class:`~orbitmesh.core.engine.TickEngine`
-passes them), trees are repaired instead (:mod:`orbitmesh.core._repair_kernel`): same answer,
-about 40 % less CPU on shell 1 (single thread, measured on a loaded machine: ~7.5 against ~12 ms).
-Each policy adds one more run over its allowed destinations. ``RouteTrees.hops`` is derived
-lazily (~5 ms at 105 x 1,700) because forwarding never needs it.
+scipy's bit for bit. Given the previous tick's tables (``previous=``, as
+:class:`~orbitmesh.core.engine.TickEngine` passes them), trees are repaired instead
+(:mod:`orbitmesh.core._repair_kernel`): same answer, a fraction of the work. Measured 2026-12-02
+on a shared machine (CPU time, least of 100 ticks): 105 destinations on the 1,700-node /
+3,600-link Starlink shell-1 graph ~4 ms of CPU a tick, split over two threads (grown afresh:
+~14 ms on one thread; scipy: ~18 ms); 50 destinations on Gen1 + 1,000 stations (5,400 nodes /
+12,500 links) ~7 ms. Of a repair (shell 1), summing today's weights down yesterday's trees is
+~40 %, the neighbour pass over all trees with its two transposes ~30 %, finding each hinted
+parent's link ~15 %, the heap search from the improved nodes the rest. The sparse layout
+(~0.07 ms on shell 1, by counting sort) and the diffs (~0.3 ms) are small beside it. Each policy
+adds one more run over its allowed destinations. ``RouteTrees.hops`` is derived lazily (~5 ms at
+105 x 1,700) because forwarding never needs it.
 """
 
 from __future__ import annotations
