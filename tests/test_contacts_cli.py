@@ -151,6 +151,7 @@ def test_cli_sgp4_step_interpolates_and_bad_values_exit_2(capsys: pytest.Capture
                   for k in ("aos", "tca", "los"))
     assert worst_s < 0.05
     for extra in (["--format", "json", "--sgp4-step", "45"],
+                  ["--format", "json", "--sgp4-step", "120"],
                   ["--format", "ion", "--sgp4-step", "60"]):
         assert main(["contacts", str(DEMO), "--end", "2026-01-01T01:00:00Z", *extra]) == 2
         assert "--sgp4-step" in capsys.readouterr().err

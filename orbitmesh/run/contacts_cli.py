@@ -102,9 +102,9 @@ def write_passes(topology: Topology, args: argparse.Namespace, out: IO[str], *,
     chunk_samples = 64
     if sgp4_step_s is None:
         sgp4_step_s = getattr(args, "sgp4_step", None)
-    if sgp4_step_s is not None and sgp4_step_s not in (30.0, 60.0, 90.0, 120.0):
-        raise ScenarioError(f"--sgp4-step {sgp4_step_s:g}: expected 60, 90 or 120 seconds "
-                            "(two to four steps of the 30 s search grid), or 30 for none")
+    if sgp4_step_s is not None and sgp4_step_s not in (30.0, 60.0):
+        raise ScenarioError(f"--sgp4-step {sgp4_step_s:g}: expected 60 (SGP4 every other step "
+                            "of the 30 s search grid) or 30 (every step, the default)")
     total = search_chunks(start, end, len(sats), chunk_samples=chunk_samples)
     if workers is None:
         workers = 2 if len(sats) * total * chunk_samples >= _FORK_FROM_SAMPLES else 0
