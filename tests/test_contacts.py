@@ -130,14 +130,16 @@ def _oracle(sat: EarthSatellite, site: Site, start: datetime, end: datetime
     return out
 
 
+# sgp4_step_s 60: SGP4 every other sample, cubic Hermite between (orbitmesh.core._pass_hermite).
+@pytest.mark.parametrize("sgp4_step_s", [None, 60.0])
 @pytest.mark.parametrize("name,line1,line2,start", REAL_TLES, ids=[t[0] for t in REAL_TLES])
 def test_passes_match_skyfield_for_real_tles(name: str, line1: str, line2: str,
-                                             start: datetime) -> None:
+                                             start: datetime, sgp4_step_s: float | None) -> None:
     sites = _network()
     end = start + timedelta(days=1)
     passes = find_passes(Propagator([Satrec.twoline2rv(line1, line2)]), [name],
                          _stations(sites), [s.name for s in sites],
-                         [s.mask_deg for s in sites], start, end)
+                         [s.mask_deg for s in sites], start, end, sgp4_step_s=sgp4_step_s)
     sat = EarthSatellite(line1, line2, name, TS)
     compared = 0
     for site in sites:
@@ -155,7 +157,8 @@ def test_passes_match_skyfield_for_real_tles(name: str, line1: str, line2: str,
     assert compared > 0
 
 
-def test_walker_shell_matches_skyfield() -> None:
+@pytest.mark.parametrize("sgp4_step_s", [None, 60.0])
+def test_walker_shell_matches_skyfield(sgp4_step_s: float | None) -> None:
     epoch = datetime(2026, 1, 1, tzinfo=UTC)
     sats = walker_satrecs(epoch=epoch, total=24, planes=4, phasing=1, inclination_deg=53.0,
                           altitude_km=550.0)
@@ -163,7 +166,8 @@ def test_walker_shell_matches_skyfield() -> None:
     start, end = epoch + timedelta(hours=1), epoch + timedelta(hours=13)
     ids = [f"sat-{i}" for i in range(len(sats))]
     passes = find_passes(Propagator(sats), ids, _stations(sites), [s.name for s in sites],
-                         [s.mask_deg for s in sites], start, end, epoch=epoch)
+                         [s.mask_deg for s in sites], start, end, epoch=epoch,
+                         sgp4_step_s=sgp4_step_s)
     for i in (0, 7, 13, 22):
         sat = EarthSatellite.from_satrec(sats[i], TS)
         for site in sites:
