@@ -99,7 +99,8 @@ def assign_gsl(cg: IntArray, cs: IntArray, cel: FloatArray, keep: NDArray[np.boo
     if compiled and kernel is None:
         raise ImportError("the compiled GSL assignment needs numba")
     if kernel is not None:
-        if len(cg):
+        # A sticky tick often has every antenna held already: then no round can place a pair.
+        if len(cg) and np.any(used_g < antennas) and np.any(used_s < sat_limit):
             _compiled_rounds(kernel, cg, cs, cel, chosen, antennas, sat_limit, used_g, used_s)
         return chosen
     while True:

@@ -273,7 +273,7 @@ class LinkEngine:
             return empty, empty, np.empty(0)
         stations = topo.stations
         pos = np.ascontiguousarray(pos, dtype=np.float64)
-        reach_km = self._reach_km(pos[finite]) + 1.0
+        reach_km = self._reach_km(pos if finite.all() else pos[finite]) + 1.0
         if self._near is None:
             from orbitmesh.core._gsl_near import NearLists
 
