@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orbitmesh.core.engine import TickEngine
 from orbitmesh.core.geometry import offsets_to_jd
+from orbitmesh.core.links import LinkEngine
 from orbitmesh.core.scenario import parse_scenario
 from orbitmesh.core.topology import build_topology
 
@@ -74,6 +75,8 @@ def run_case(name: str, shells: list[tuple[int, int, float, float]], n_stations:
     if n_destinations is not None:
         dest = dest[np.linspace(0, len(dest) - 1, n_destinations).astype(np.int64)]
     engine = TickEngine(topology, destinations=dest)
+    link_engine = engine.links
+    assert isinstance(link_engine, LinkEngine)  # geometry, not a recorded timeline
     load_before = os.getloadavg()[0]
     engine.step(0.0)  # warm caches
     total, sgp4_ms, links_ms, cpu_ms = [], [], [], []
@@ -81,7 +84,7 @@ def run_case(name: str, shells: list[tuple[int, int, float, float]], n_stations:
         t = float(k)
         jd, fr = offsets_to_jd(scenario.epoch, [t])
         started = time.perf_counter()
-        engine.links.propagator.teme_km(jd, fr)
+        link_engine.propagator.teme_km(jd, fr)
         sgp4_ms.append((time.perf_counter() - started) * 1000.0)
         started, cpu_started = time.perf_counter(), time.process_time()
         engine.step(t)
