@@ -128,9 +128,10 @@ class LinkTracker:
             from orbitmesh.core._diff_kernel import diff_sorted
 
             done, up, down, changed, announced = diff_sorted(
-                prev_key, np.ascontiguousarray(self._announced_delay, dtype=np.float64),
-                cur_key, np.ascontiguousarray(state.delay_s, dtype=np.float64),
-                float(self.threshold_s))
+                np.ascontiguousarray(prev_key, dtype=np.int64),
+                np.ascontiguousarray(self._announced_delay, dtype=np.float64),
+                np.ascontiguousarray(cur_key, dtype=np.int64),
+                np.ascontiguousarray(state.delay_s, dtype=np.float64), float(self.threshold_s))
             if done:
                 self._announced, self._announced_delay = state, announced
                 return LinkDiff(state.t_s, up, prev.a[down], prev.b[down], prev.kind[down],
