@@ -15,8 +15,8 @@ a :class:`McsBridge`:
 * TC: space packets arriving on ``tc_udp`` (one per datagram) or ``tc_tcp`` (back to back) are
   read (nodes/mcs_tc_input.py), routed by APID (nodes/mcs_packets.py) and originated at the
   centre as TELECOMMAND frames with the packet as payload; the satellite's acknowledgement
-  comes back as TM. A UDP telecommand enters the scenario when the kernel received it
-  (``SO_TIMESTAMPNS``), not when the loop read it; a TCP one when the loop read it.
+  comes back as TM. A telecommand enters the scenario when the kernel received it
+  (``SO_TIMESTAMPNS``; on TCP, the segment read last), not when the loop read it.
 
 Nothing is lost silently: every packet refused, every failed send, every dropped client is
 counted in the worker's stats file under ``mcs`` (docs/mcs.md). The tasks (accept loops, one
