@@ -169,3 +169,33 @@ def test_compiled_slant_ranges_equal_numpy_norms_bit_for_bit() -> None:
     g, s = rng.integers(0, 200, 50_000), rng.integers(0, 3000, 50_000)
     np.testing.assert_array_equal(slant_km(pos, stations, g, s),
                                   np.linalg.norm(pos[s] - stations[g], axis=1))
+
+
+def test_a_tick_after_compile_kernels_compiles_nothing_more() -> None:
+    # A kernel a tick calls with argument types compile_kernels did not use would compile on
+    # the run's first tick (seconds with a cold cache): the signatures must not grow.
+    import numba
+
+    from orbitmesh.core import (
+        _bucket_kernel,
+        _csr_kernel,
+        _diff_kernel,
+        _gsl_kernel,
+        _gsl_near,
+        _isl_kernel,
+        _repair_kernel,
+    )
+    from orbitmesh.core.engine import TickEngine, compile_kernels
+    from tests.test_links import SHELL1
+
+    compile_kernels()
+    dispatchers = [getattr(module, name) for module in (
+        _bucket_kernel, _csr_kernel, _diff_kernel, _gsl_kernel, _gsl_near, _isl_kernel,
+        _repair_kernel) for name in dir(module)
+        if isinstance(getattr(module, name), numba.core.registry.CPUDispatcher)]
+    before = {d: len(d.signatures) for d in dispatchers}
+    engine = TickEngine(build_topology(parse_scenario(SHELL1, Path("/tmp/shell1.yaml"))))
+    for t_s in (0.0, 1.0, 2.0):
+        engine.step(t_s)
+    grown = [d.__name__ for d in dispatchers if len(d.signatures) != before[d]]
+    assert not grown, f"compiled on a tick, not by compile_kernels: {grown}"
