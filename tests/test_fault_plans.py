@@ -267,7 +267,7 @@ async def test_a_flood_of_fault_commands_is_refused_past_the_rate_limit(mixed: T
     """7,700 link_degrade commands once stretched a 30 s run to 6.5 minutes: now a burst past
     the limit is answered on control/error and never applied."""
     from orbitmesh.protocol.clock import FakeWallClock
-    from orbitmesh.run.controller import CONTROL_BURST
+    from orbitmesh.run.control_commands import CONTROL_BURST
 
     flood = [json.dumps({"cmd": "fault", "kind": "node_down", "node": "west", "for_s": 1,
                          "id": f"f{i}"}).encode() for i in range(CONTROL_BURST + 50)]

@@ -39,11 +39,18 @@ from orbitmesh.protocol.messages import (
     ClockMessage,
     ControlCommand,
     ControlError,
-    FaultInfo,
     FaultListing,
 )
 from orbitmesh.protocol.transport import Transport
 from orbitmesh.protocol.wire import Topics
+from orbitmesh.run.control_commands import (
+    CONTROL_BURST,
+    CONTROL_RATE_PER_S,
+    TokenBucket,
+    check_target,
+    end_fault,
+    fault_info,
+)
 from orbitmesh.run.files import DiskError
 from orbitmesh.run.ticking import Prepared, TickRunner
 from orbitmesh.run.timeline import LinkTimeline
@@ -51,9 +58,6 @@ from orbitmesh.run.timeline import LinkTimeline
 log = logging.getLogger("orbitmesh.run.controller")
 START_LEAD_S = 0.5
 """Wall seconds between publishing the clock and scenario time 0."""
-CONTROL_RATE_PER_S = 20.0
-CONTROL_BURST = 100
-"""Fault/clear commands the controller takes: a sustained rate, and how many at once."""
 
 
 class Controller:
@@ -76,7 +80,7 @@ class Controller:
         self.clock: RunClock | None = None
         """Set when the run starts (``run``)."""
         self.workers: int | None = workers
-        self._bucket = _TokenBucket(CONTROL_RATE_PER_S, CONTROL_BURST)
+        self._bucket = TokenBucket(CONTROL_RATE_PER_S, CONTROL_BURST)
         self.seq = 0
         """The last state snapshot's ``seq`` published."""
         self._encoded = 0
@@ -121,10 +125,10 @@ class Controller:
     def handle_control(self, payload: bytes) -> None:
         """A message on the control topic: fault / clear / list; errors are answered and counted.
 
-        Fault and clear commands are rate-limited (:data:`CONTROL_RATE_PER_S`, bursts of
-        :data:`CONTROL_BURST`): a flood is answered on ``control/error``, never applied, so it
-        cannot stretch the run. ``finish`` and ``stop_traffic`` are the launcher's alone (it
-        sends them on the ``launcher`` topic); here they are refused.
+        Fault and clear commands are rate-limited (:mod:`orbitmesh.run.control_commands`): a
+        flood is answered on ``control/error``, never applied, so it cannot stretch the run.
+        ``finish`` and ``stop_traffic`` are the launcher's alone (it sends them on the
+        ``launcher`` topic); here they are refused.
         """
         try:
             command = ControlCommand.decode(payload)
@@ -144,11 +148,11 @@ class Controller:
                                            f"live{self._live_count}", now_s)
                 if any(f.id == fault.id for f in self.faults):
                     raise CommandError(f"fault id {fault.id!r} is already in use")
-                self.overlay_check(fault)
+                check_target(fault, self.engine.overlay, self.workers)
                 self.faults.append(fault)
                 log.warning("live fault %s: %s", fault.id, fault.describe())
             elif command.cmd == "clear":
-                self.clear(command.fault_id or "", now_s)
+                end_fault(self.faults, command.fault_id or "", now_s)
             self.refresh()
         except Exception as exc:  # a bad command must never stop the run
             if not isinstance(exc, ValueError):  # CommandError and MessageError are answers
@@ -157,33 +161,6 @@ class Controller:
             self.transport.publish(self.topics.control_error, ControlError(
                 str(exc), payload[:500].decode("utf-8", "replace"),
                 self.control_errors).encode())
-
-    def overlay_check(self, fault: Fault) -> None:
-        """Reject a fault whose target matches nothing (a typo would otherwise do nothing)."""
-        spec = fault.spec
-        overlay = self.engine.overlay
-        if spec.kind in PROCESS_KINDS:
-            worker = spec.worker
-            if worker is not None and self.workers is not None and worker >= self.workers:
-                raise CommandError(f"{spec.kind}: worker {worker} does not exist; this run has "
-                                   f"workers 0..{self.workers - 1}")
-            return
-        nodes = overlay.nodes_of(fault)
-        if nodes is not None and not nodes.any():
-            target = ", ".join(f"{k}={v}" for k, v in fault.describe()["target"].items())
-            raise CommandError(f"{spec.kind}: {target} matches no node")
-        if spec.kind in ("link_down", "link_degrade") and (
-                not overlay.match(spec.a or "*").any() or not overlay.match(spec.b or "*").any()):
-            raise CommandError(f"{spec.kind}: a/b patterns match no node")
-
-    def clear(self, fault_id: str, now_s: float) -> None:
-        """End an active fault now."""
-        for i, fault in enumerate(self.faults):
-            if fault.id == fault_id and fault.active(now_s):
-                self.faults[i] = Fault(fault.id, fault.spec, fault.start_s, now_s, fault.origin)
-                return
-        raise CommandError(f"no active fault with id {fault_id!r}; active: "
-                           f"{[f.id for f in self.faults if f.active(now_s)]}")
 
     def worker_lost(self, nodes: list[int], fault_id: str) -> None:
         """A worker died: its nodes count as failed (by ``fault_id``) until it is back."""
@@ -389,30 +366,3 @@ class Controller:
         """Set when the disk filled up under the link timeline (the run reports it at the end)."""
         return self.timeline.write_error
 
-
-def fault_info(fault: Fault, active: bool) -> FaultInfo:
-    """A fault as the faults topic lists it."""
-    d = fault.describe()
-    return FaultInfo(fault.id, fault.spec.kind, fault.origin, d["start_s"], d["end_s"], active,
-                     tuple(sorted(d["target"].items())))
-
-
-class _TokenBucket:
-    """``rate_per_s`` tokens a second, at most ``burst`` saved up."""
-
-    def __init__(self, rate_per_s: float, burst: int) -> None:
-        self.rate_per_s = rate_per_s
-        self.burst = burst
-        self.tokens = float(burst)
-        self.last_wall: float | None = None
-
-    def take(self, now_wall: float) -> bool:
-        """One token if there is one."""
-        if self.last_wall is not None:
-            self.tokens = min(self.burst, self.tokens + (now_wall - self.last_wall)
-                              * self.rate_per_s)
-        self.last_wall = now_wall
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
