@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/messaging.py [--load 50000] [--duration 20] [--chain 9] [--flows 8]
                                         [--workers 2] [--profile DIR] [--keep DIR]
+                                        [--plane batched|python]
 
 Prints one JSON object per line:
 
@@ -245,7 +246,8 @@ def live_case(name: str, *, load: float, chain: int, flows: int, duration_s: flo
     cpu = dict(procs.cpu_s)
     cpu["controller"] = cpu.get("controller", 0.0) - tap.cpu_s  # the tap thread is not ours
     return {
-        "case": name, "offered_load_hops_per_s": load, "chain_nodes": chain,
+        "case": name, "plane": os.environ.get("ORBITMESH_PLANE", "python"),
+        "offered_load_hops_per_s": load, "chain_nodes": chain,
         "hops_per_frame": chain - 1, "flows": flows, "workers": workers,
         "duration_s": duration_s, "frame_bytes": FRAME_BYTES, "hop_delay_ms": HOP_DELAY_MS,
         "frame_hops_per_s": steady["frame_hops_per_s"],
@@ -392,12 +394,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated subset of raw,full,half,peak (peak: 2 x --load)")
     p.add_argument("--profile", type=Path, help="cProfile the workers, write results here")
     p.add_argument("--keep", type=Path, help="keep the run directories here (default: temp)")
+    p.add_argument("--plane", choices=("batched", "python"), default="batched",
+                   help="the workers' message plane (ORBITMESH_PLANE): batched (nodes/plane.py,"
+                        " default) or python (NodeRuntime, the reference)")
     args = p.parse_args(argv)
+    os.environ["ORBITMESH_PLANE"] = args.plane  # the workers inherit it
     if args.chain < 2:
         p.error("--chain needs at least 2 nodes")
     cases = set(args.cases.split(","))
     bench_started = time.perf_counter()
-    emit({"case": "machine", **machine()})
+    emit({"case": "machine", "plane": args.plane, **machine()})
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="orbitmesh-bench-msg-") as tmp:
         out_root = args.keep.resolve() if args.keep else Path(tmp)
@@ -424,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
               "top_tottime": _profile_report(args.profile)})
     full, half, raw = results.get("full"), results.get("half"), results.get("raw")
     verdict: dict[str, Any] = {
-        "case": "verdict",
+        "case": "verdict", "plane": args.plane,
         "frame_hops_per_s": full["frame_hops_per_s"] if full else None,
         "broker_raw_msgs_per_s": raw["broker_raw_msgs_per_s"] if raw else None,
         "unexplained_loss": sum(r["unexplained_loss"] for r in (full, half) if r),

@@ -26,208 +26,27 @@ State layout (every array is owned by :class:`nodes.plane.Lane`):
 * routing: ``table[policy, row, node]`` (next hop, -1 none, -2 unreachable by a fault).
 """
 
+# ruff: noqa: F403, F405
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-# frame int columns
-FI_ID, FI_KIND, FI_FLOW, FI_SRC, FI_DST, FI_SIZE, FI_HOPS, FI_TTL, FI_POLICY, FI_U, FI_V = range(11)
-FI_COLS = 11
-# frame float columns
-FF_CREATED, FF_DUE, FF_WAIT, FF_PROP = range(4)
-FF_COLS = 4
-# wire row (orbitmesh/protocol/wire_columns.py): the FI_* columns (FI_V is the node it is for,
-# FI_U the node it crosses from), then the FF_* columns as float64 bits
-W_COLS = FI_COLS + FF_COLS
-# meta counters and settings (int buffer, first field)
-(M_HEAP, M_FREE, M_SEQ, M_INFLIGHT, M_OUT, M_NTX, M_POOL, M_LOG, M_NLATE, M_BLAME, M_WORKER,
- M_N, M_WORKERS, M_HCAP, M_FLOW0, M_NFLOWS, M_LOGGING, M_NP, M_ND, M_HFULL, M_HROWS,
- M_BAD) = range(22)
-M_LEN = 22
-# int buffer fields, in order
-(I_META, I_FI, I_HSEQ, I_HSLOT, I_FREE, I_LPTR, I_LNBR, I_LKIND, I_LXFAULT, I_CUTK, I_CUTF,
- I_TKEY, I_TSLOT, I_TOFF, I_TCAP, I_THEAD, I_TCNT, I_OWNER, I_WATCH, I_DLOCAL, I_DALL, I_CUTN,
- I_DROW, I_TABLE, I_QLIM, I_OI, I_HAND, I_HCNT, I_FCNT, I_LOG, I_RNG, I_BAD) = range(32)
-N_INT = 32
-# float buffer fields, in order
-(F_META, F_FF, F_HDUE, F_LDELAY, F_LCAP, F_LXLOSS, F_TBUSY, F_POOL, F_OF, F_RATE, F_LOSS,
- F_LATE) = range(12)
-N_FLOAT = 12
-FM_SPEED = 0
-# request kinds (rows of the request arrays)
-REQ_COMMON, REQ_RARE = 0, 1
-# output record kinds
-O_DELIVER, O_DROP, O_RARE, O_WATCH, O_SLOW = range(5)
-# output int columns: kind, aux (reason / worker), node, fault, seq, log offset, FI_* columns
-OI_KIND, OI_AUX, OI_NODE, OI_FAULT, OI_SEQ, OI_LOG = range(6)
-OI_FRAME = 6
-OI_COLS = OI_FRAME + FI_COLS
-# output float columns: event wall, late_ms, then the FF_* columns
-OF_T, OF_LATE = range(2)
-OF_FRAME = 2
-OF_COLS = OF_FRAME + FF_COLS
-# drop reasons (index into REASONS)
-R_TTL, R_NO_ROUTE, R_FAULT, R_LINK_DOWN, R_QUEUE, R_LOSS, R_LINK_LOST = range(7)
-REASONS = ("ttl", "no_route", "fault", "link_down", "queue", "loss", "link_lost")
-# why a received row was refused (index into REFUSED)
-REFUSED = ("to_node is not a node index", "src/dst are not node indices", "kind is not 0..3",
-           "size is not 1..65535", "hops/ttl are not 0..255", "policy is not listed",
-           "a time is not finite", "frame for a node not hosted here",
-           "handed-over frame without its link or due time")
-# status of a call
-S_DONE, S_OUT_FULL, S_NEED_SLOTS, S_NEED_TX, S_NEED_POOL, S_HAND_FULL = range(6)
-FAULT_UNREACHABLE = -2
-RING_START = 8
-"""Finishing times a new transmitter's ring holds before it doubles (up to its queue limit)."""
-HOP_RECORD_B = 58
-"""``["hop", wall, id, flow, from, to, size]`` in fixed-width msgpack (nodes/stats.py)."""
-MAX_FRAME_BYTES, MAX_TTL, FINITE_WALL = 65_535, 255, 1e11
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _less(d1: float, s1: int, d2: float, s2: int) -> bool:
-    return d1 < d2 or (d1 == d2 and s1 < s2)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def heap_push(hdue, hseq, hslot, meta, due, seq, slot):  # type: ignore[no-untyped-def]
-    """Push (due, seq) -> slot."""
-    i = meta[M_HEAP]
-    meta[M_HEAP] = i + 1
-    while i > 0:
-        p = (i - 1) >> 1
-        if _less(due, seq, hdue[p], hseq[p]):
-            hdue[i], hseq[i], hslot[i] = hdue[p], hseq[p], hslot[p]
-            i = p
-        else:
-            break
-    hdue[i], hseq[i], hslot[i] = due, seq, slot
-
-
-@njit(cache=True, nogil=True, inline="always")
-def heap_pop(hdue, hseq, hslot, meta):  # type: ignore[no-untyped-def]
-    """Remove the head (the caller read it)."""
-    n = meta[M_HEAP] - 1
-    meta[M_HEAP] = n
-    if n == 0:
-        return
-    due, seq, slot = hdue[n], hseq[n], hslot[n]
-    i = 0
-    while True:
-        c = 2 * i + 1
-        if c >= n:
-            break
-        if c + 1 < n and _less(hdue[c + 1], hseq[c + 1], hdue[c], hseq[c]):
-            c += 1
-        if _less(hdue[c], hseq[c], due, seq):
-            hdue[i], hseq[i], hslot[i] = hdue[c], hseq[c], hslot[c]
-            i = c
-        else:
-            break
-    hdue[i], hseq[i], hslot[i] = due, seq, slot
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _rand(rng) -> float:  # type: ignore[no-untyped-def]
-    """splitmix64 -> uniform [0, 1): the lane's own seeded stream."""
-    rng[0] += np.uint64(0x9E3779B97F4A7C15)
-    z = rng[0]
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    return float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def find_link(lptr, lnbr, u, v):  # type: ignore[no-untyped-def]
-    """Index of live link u->v in the CSR arrays, or -1."""
-    for i in range(lptr[u], lptr[u + 1]):
-        if lnbr[i] == v:
-            return i
-    return -1
-
-
-@njit(cache=True, nogil=True, inline="always")
-def find_cut(cut_key, cut_fault, key):  # type: ignore[no-untyped-def]
-    """Fault index that cut the undirected link ``key`` (min * n + max), or -1."""
-    i = np.searchsorted(cut_key, key)
-    if i < len(cut_key) and cut_key[i] == key:
-        return cut_fault[i]
-    return -1
-
-
-@njit(cache=True, nogil=True, inline="always")
-def tx_find(tkey, key):  # type: ignore[no-untyped-def]
-    """Hash position of transmitter ``key`` (u * n + v), or of the empty cell it would take."""
-    mask = len(tkey) - 1
-    h = (key * 0x9E3779B1) & mask
-    while tkey[h] != -1 and tkey[h] != key:
-        h = (h + 1) & mask
-    return h
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _iv(ints, lay, k):  # type: ignore[no-untyped-def]
-    return ints[lay[2 * k]:lay[2 * k] + lay[2 * k + 1]]
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _fv(F, lay, k):  # type: ignore[no-untyped-def]
-    return F[lay[2 * (N_INT + k)]:lay[2 * (N_INT + k)] + lay[2 * (N_INT + k) + 1]]
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _emit(S, kind, aux, node, fault, seq, t, late, s):  # type: ignore[no-untyped-def]
-    meta, fi, ff, oi, of = S[0], S[1], S[2], S[3], S[4]
-    k = meta[M_OUT]
-    meta[M_OUT] = k + 1
-    oi[k, OI_KIND] = kind
-    oi[k, OI_AUX] = aux
-    oi[k, OI_NODE] = node
-    oi[k, OI_FAULT] = fault
-    oi[k, OI_SEQ] = seq
-    oi[k, OI_LOG] = meta[M_LOG]
-    for c in range(FI_COLS):
-        oi[k, OI_FRAME + c] = fi[s, c]
-    of[k, OF_T] = t
-    of[k, OF_LATE] = late
-    for c in range(FF_COLS):
-        of[k, OF_FRAME + c] = ff[s, c]
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _release(S, s):  # type: ignore[no-untyped-def]
-    meta, free = S[0], S[5]
-    free[meta[M_FREE]] = s
-    meta[M_FREE] += 1
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _put_be(log, at, value):  # type: ignore[no-untyped-def]
-    for i in range(8):
-        log[at + i] = (value >> (56 - 8 * i)) & 0xFF
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _hop_record(S, scratch, s, t):  # type: ignore[no-untyped-def]
-    """Append the ``hop`` record of slot ``s`` arriving at ``t`` to the log buffer."""
-    meta, fi, log = S[0], S[1], S[6]
-    at = meta[M_LOG]
-    log[at] = 0x97
-    log[at + 1] = 0xA3
-    log[at + 2] = 104  # h
-    log[at + 3] = 111  # o
-    log[at + 4] = 112  # p
-    log[at + 5] = 0xCB
-    scratch[0] = t
-    _put_be(log, at + 6, scratch.view(np.int64)[0])
-    at += 14
-    for col in (FI_ID, FI_FLOW, FI_U, FI_V, FI_SIZE):
-        log[at] = 0xD3
-        _put_be(log, at + 1, fi[s, col])
-        at += 9
-    meta[M_LOG] = at
+from nodes.plane_layout import *  # the names the kernel and its callers index by
+from nodes.plane_prims import (
+    _emit,
+    _fv,
+    _hop_record,
+    _iv,
+    _less,
+    _rand,
+    _release,
+    find_cut,
+    find_link,
+    heap_pop,
+    heap_push,
+    tx_find,
+)
 
 
 @njit(cache=True, nogil=True, inline="always")

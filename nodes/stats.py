@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from typing import IO, Any
 
 import msgpack
@@ -127,6 +128,9 @@ class Stats:
         self.event_wall = 0.0
         self.now_wall = 0.0
         """Wall time at which the worker is really handling the current event."""
+        self.before_read: list[Callable[[], None]] = []
+        """Called before the counters are read (:meth:`as_dict`): nodes/plane.py's lane keeps
+        some counts in arrays and folds them in then, not on every loop turn."""
 
     def clock(self, event_wall: float, now_wall: float | None = None) -> None:
         """Wall time stamped on the events that follow (and the real time, if it differs)."""
@@ -264,6 +268,8 @@ class Stats:
 
     def as_dict(self, samples: bool = True) -> dict[str, Any]:
         """JSON-ready form of everything counted (``samples=False``: counters only)."""
+        for sync in self.before_read:
+            sync()
         out: dict[str, Any] = {
             "flows": {str(k): v.as_dict(samples) for k, v in sorted(self.flows.items())},
             "malformed": self.malformed_count,

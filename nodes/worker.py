@@ -64,6 +64,23 @@ SNAPSHOT_EVERY = 2
 """Heartbeats between stats snapshots: what survives if this process is killed."""
 
 
+PLANES = ("python", "batched")
+"""Message planes a worker can run: NodeRuntime (the reference) or nodes/plane.py's
+PlaneRuntime (common frames in a compiled lane)."""
+DEFAULT_PLANE = "python"
+
+
+def runtime_class() -> type[NodeRuntime]:
+    """The runtime ``ORBITMESH_PLANE`` asks for (python or batched; default python)."""
+    name = os.environ.get("ORBITMESH_PLANE", DEFAULT_PLANE)
+    if name == "python":
+        return NodeRuntime
+    if name == "batched":
+        from nodes.plane import PlaneRuntime  # numba: loaded only by the workers that use it
+        return PlaneRuntime
+    raise OrbitmeshError(f"ORBITMESH_PLANE={name!r}: expected one of {', '.join(PLANES)}")
+
+
 class Worker:
     """Drives one :class:`NodeRuntime` from asyncio and a transport."""
 
@@ -85,8 +102,9 @@ class Worker:
         events = (out_dir / f"events-{tag}.msgpack").open("wb") if out_dir else None
         self.stats = Stats(events, speed=speed)
         self._events = events
-        self.runtime = NodeRuntime(topology, worker, self.owner, send=self._send, speed=speed,
-                                   seed=topology.scenario.seed, stats=self.stats)
+        self.runtime = runtime_class()(topology, worker, self.owner, send=self._send,
+                                       speed=speed, seed=topology.scenario.seed,
+                                       stats=self.stats)
         self.roles = Roles(self.runtime, duration_s=duration_s, generation=generation,
                            replay=read_replay(out_dir) if out_dir else None)
         connected = getattr(transport, "connected", None)

@@ -157,9 +157,12 @@ class Run:
     def books(self) -> dict[str, Any]:
         """Counters to compare: per flow offered/delivered/dropped by reason, per fault."""
         offered, delivered, dropped, faults = Counter(), Counter(), Counter(), Counter()
+        crossed: Counter[int] = Counter()
         for rt in self.runtimes:
+            rt.stats.as_dict()  # what a worker writes: the plane folds its counts in first
             for flow, fs in rt.stats.flows.items():
                 offered[flow] += fs.offered
+                crossed[flow] += fs.remote_out * 1_000_000 + fs.remote_in
                 delivered[flow] += fs.delivered
                 for reason, count in fs.dropped.items():
                     dropped[(flow, reason)] += count
@@ -168,7 +171,7 @@ class Run:
                     faults[(fault, flow)] += count
         held = sum(len(rt.held_frames()) for rt in self.runtimes)
         return {"offered": offered, "delivered": delivered, "dropped": dropped,
-                "faults": faults, "held": held,
+                "faults": faults, "held": held, "crossed": crossed,
                 "malformed": sum(rt.stats.malformed_count for rt in self.runtimes)}
 
     def hop_records(self) -> Counter[tuple[Any, ...]]:
@@ -250,6 +253,7 @@ def test_the_cases_meet_what_they_claim_to() -> None:
         books = run.books()
         for (_flow, reason), count in books["dropped"].items():
             totals[reason] += count
+        # remote_out below is read after books() had every runtime's counters folded in
         totals["remote"] += sum(fs.remote_out for rt in run.runtimes
                                 for fs in rt.stats.flows.values())
     assert totals["queue"] > 0 and totals["fault"] > 0 and totals["remote"] > 0
