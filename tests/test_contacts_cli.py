@@ -155,3 +155,23 @@ def test_cli_sgp4_step_interpolates_and_bad_values_exit_2(capsys: pytest.Capture
                   ["--format", "ion", "--sgp4-step", "60"]):
         assert main(["contacts", str(DEMO), "--end", "2026-01-01T01:00:00Z", *extra]) == 2
         assert "--sgp4-step" in capsys.readouterr().err
+
+
+def test_refused_options_leave_the_output_file_as_it_was(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """Bad input loses nothing: no empty -o file, and an earlier one keeps its bytes."""
+    from orbitmesh.run.cli import main
+
+    fresh, earlier = tmp_path / "fresh.json", tmp_path / "earlier.json"
+    earlier.write_text("earlier passes\n")
+    for out in (fresh, earlier):
+        assert main(["contacts", str(DEMO), "--end", "2026-01-01T01:00:00Z", "--format",
+                     "json", "--sgp4-step", "45", "-o", str(out)]) == 2
+    assert "--sgp4-step" in capsys.readouterr().err
+    assert not fresh.exists()
+    assert earlier.read_text() == "earlier passes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier.json"], "no temporary left"
+    assert main(["contacts", str(DEMO), "--end", "2026-01-01T01:00:00Z", "--format", "json",
+                 "-o", str(fresh)]) == 0
+    assert json.loads(fresh.read_text())

@@ -338,11 +338,13 @@ def _contacts(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from orbitmesh.run.contacts_cli import write_passes, write_plan
+    from orbitmesh.run.files import partial_output
 
     topology = _load(args.scenario)
     with ExitStack() as stack:
-        out = (stack.enter_context(open(args.out, "w", encoding="utf-8"))
-               if args.out else sys.stdout)
+        # -o appears whole at the end or not at all: a refused option or a failed search
+        # leaves no empty or half file (and an earlier file of that name as it was).
+        out = stack.enter_context(partial_output(args.out)) if args.out else sys.stdout
         if args.format in ("table", "json"):
             for name in ("step", "from_run", "node_map"):
                 if getattr(args, name) is not None:
