@@ -76,6 +76,8 @@ class PlaneRuntime(PlaneBooks):
         """Worker -> blocks of :data:`ROW` rows handed over this turn (the rare ones are in
         ``self.outbox`` as lists)."""
         self._lane_watch: frozenset[int] = frozenset()
+        self.min_delay_wall = 0.0
+        """Shortest link delay of the state in force, in wall seconds (0: none known)."""
         self._recv_maps: dict[tuple[str | None, ...], np.ndarray] = {}
         """Sender's policy names -> their lane indices (shifted by one: -1 is None)."""
         self._recv_policies: list[str | None] = []
@@ -116,13 +118,20 @@ class PlaneRuntime(PlaneBooks):
         stats = self.stats
         stats.now_wall = now_wall
         heap = self.heap
+        lane = self.lane
         while True:
             if heap and heap[0][0] <= now_wall:
                 bound_due, bound_seq = heap[0][0], heap[0][1]
+                # Queued transmits may wait for the next pass while this Python event comes
+                # before anything they can make happen (their frames arrive one link delay
+                # after they leave at the earliest) and before the lane's own next event: the
+                # outcome is the same, with one lane call for many originations.
+                if not (self._req_i and not self._rows
+                        and bound_due < self._req_f[0][-1] + self.min_delay_wall
+                        and (not lane.meta[K.M_HEAP] or bound_due < lane.hdue[0])):
+                    self._run_lane(bound_due, bound_seq, now_wall)
             else:
-                bound_due, bound_seq = now_wall, _NO_SEQ
-            self._run_lane(bound_due, bound_seq, now_wall)
-            if not heap or heap[0][0] > now_wall:
+                self._run_lane(now_wall, _NO_SEQ, now_wall)
                 break
             due, _seq, code, a, b = _heappop(heap)
             stats.event_wall = due

@@ -33,6 +33,7 @@ class PlaneBooks(NodeRuntime):
     _out_rows: dict[int, list[bytes]]
     _recv_policies: list[str | None]
     _lane_watch: frozenset[int]
+    min_delay_wall: float
 
     def _drain(self) -> None:
         """Take the lane's queued input now (PlaneRuntime's)."""
@@ -204,6 +205,7 @@ class PlaneBooks(NodeRuntime):
             self._policy(name)
         super().apply_state(t_s, a, b, kind, delay_s, destinations, next_hop, now=now,
                             down=down, cut=cut, degraded=degraded, blame=blame)
+        self.min_delay_wall = float(np.min(delay_s)) / self.speed if len(delay_s) else 0.0
         lane.set_links(a, b, kind, delay_s,
                        {pair: (x_loss, x_delay, cap, self._fault(f))
                         for pair, (x_loss, x_delay, cap, f) in self.degraded.items()})
