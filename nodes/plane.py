@@ -92,6 +92,9 @@ class PlaneRuntime(PlaneBooks):
         # Load the compiled kernel now (numba's cache: ~1 s, more under load), while the worker
         # is starting, not at the first frame of the run.
         self.lane.run(-np.inf, 0, 0.0, sink=self._sink)
+        no_rows = np.frombuffer(b"", dtype=np.int64).reshape(-1, K.W_COLS)  # read-only: its
+        self.lane.run(-np.inf, 0, 0.0, rows=no_rows, rows_pol=self._rows_pol,  # own signature
+                      sink=self._sink)
         K.tx_find(self.lane.tkey, 0)
 
     def sync_stats(self) -> None:
@@ -105,6 +108,8 @@ class PlaneRuntime(PlaneBooks):
     @property
     def next_due(self) -> float | None:
         """Wall time of the earliest pending item, on either heap."""
+        if self._rows:  # received rows count from when they arrived: put them on the lane heap
+            self._drain()
         lane = self.lane.next_due()
         if self.heap:
             due = self.heap[0][0]
