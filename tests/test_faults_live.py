@@ -51,6 +51,10 @@ still be on its way (the longest path here takes ~120 ms), and workers apply a s
 milliseconds after its time."""
 DETECTION_S = 2.0
 """Wall seconds within which a killed worker must be noticed and routed around."""
+RETURN_S_WALL = 2.0
+"""Wall seconds within which traffic is back on a restarted worker's nodes once it is ready."""
+IN_FLIGHT_S = 0.5
+"""Scenario seconds a frame already on its way may still take (the longest path: ~120 ms)."""
 RECONNECT_S = 2.0
 """Longest wait between reconnection attempts (broker/client.py, wall seconds): after a broker
 outage the workers are back within this."""
@@ -424,11 +428,19 @@ def test_worker_kill_is_detected_routed_around_and_restarted(tmp_path: Path) -> 
     # Routed around: darmstadt carries the traffic within DETECTION_S (wall) of the kill ...
     detour = sorted(t for t, _f, a, b in ev.hops if "darmstadt" in (a, b))
     assert detour and killed_s < detour[0] < killed_s + DETECTION_S * ev.speed
-    assert detour[-1] < restarted_s + 1.0  # ... until the worker is back
+    # ... until the worker is back: the traffic returns to singapore once the controller's next
+    # tick routes through it again. When that lands depends on the machine (the tick after
+    # "ready", then its publication and application), so the return is read from the trace and
+    # bounded loosely; after it, only the frames already on the detour may still cross it.
+    back_s = min((t for t, _f, a, b in ev.hops if "singapore" in (a, b) and t > restarted_s),
+                 default=None)
+    assert back_s is not None, "no frame crossed singapore after the restart"
+    assert back_s < restarted_s + RETURN_S_WALL * ev.speed
+    assert detour[-1] < back_s + IN_FLIGHT_S
     # The restarted worker (generation 1) serves singapore again and writes its own stats.
     stats = json.loads((run_dir / "stats-w1-g1.json").read_text())
     assert (stats["worker"], stats["generation"], stats["final"]) == (1, 1, True)
-    assert ev.nodes_hopped(restarted_s + 1.0, 16.0) == {"tokyo", "singapore", "perth"}
+    assert ev.nodes_hopped(back_s + IN_FLIGHT_S, 16.0) == {"tokyo", "singapore", "perth"}
     # Every frame offered once it is back is delivered (25 frames/s; how long the restart took
     # depends on the machine, so the window's length is read, not assumed).
     after = ev.offered(0, restarted_s + 1.0, 15.5)
