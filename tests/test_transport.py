@@ -392,3 +392,21 @@ async def test_tls_with_an_untrusted_certificate_says_tls_failed(tls_broker: Bro
     with pytest.raises(BrokerError, match="TLS failed"):
         await check_broker(untrusted, timeout_s=5)
 
+
+
+async def test_a_memory_client_whose_connection_dropped_counts_what_it_still_publishes() -> None:
+    """A process whose connection was cut (abort) may publish once more before it stops, as a
+    worker's heartbeat did in test_choreography: counted as dropped, like MqttTransport's drops
+    while its connection is lost; publishing after leaving ``async with`` still raises."""
+    broker = MemoryBroker()
+    async with MemoryTransport(broker, "watcher") as watcher:
+        await watcher.subscribe("run/status")
+        client = MemoryTransport(broker, "dying", will=("run/status", b"lost", False))
+        async with client:
+            await client.abort()
+            client.publish("run/status", b"still beating")
+            assert client.dropped_publishes == 1
+        with pytest.raises(BrokerError, match="not connected"):
+            client.publish("run/status", b"after exit")
+        batch = await asyncio.wait_for(anext(watcher.batches()), GUARD_S)
+    assert [m.payload for m in batch] == [b"lost"]

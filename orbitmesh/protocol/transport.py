@@ -179,9 +179,11 @@ class MemoryTransport:
         self._error: BrokerError | None = None
         self.published = 0
         self.received = 0
+        self.dropped_publishes = 0
+        self._lost = False
 
     async def __aenter__(self) -> Self:
-        self._open, self._error = True, None
+        self._open, self._error, self._lost = True, None, False
         self.broker.attach(self)
         return self
 
@@ -191,12 +193,14 @@ class MemoryTransport:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._lost = False
         self._disconnect()
 
     async def abort(self) -> None:
         """End the connection as a crash would: the broker publishes the will."""
         was_open = self._open
         self._disconnect()
+        self._lost = was_open
         if was_open and self._will is not None:
             self.broker.route(*self._will)
 
@@ -234,7 +238,15 @@ class MemoryTransport:
                 self._deliver(message)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 0) -> None:
-        """Deliver at once to every matching subscriber on the broker."""
+        """Deliver at once to every matching subscriber on the broker.
+
+        After :meth:`abort` the message is counted in ``dropped_publishes``, as MqttTransport
+        counts what is published while its connection is lost (the client still runs until it
+        leaves its ``async with``).
+        """
+        if self._lost and self._error is None:
+            self.dropped_publishes += 1
+            return
         self._check_open()
         self.broker.route(topic, bytes(payload), retain)
         self.published += 1
