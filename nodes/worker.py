@@ -68,10 +68,12 @@ PLANES = ("python", "batched")
 """Message planes a worker can run: NodeRuntime (the reference) or nodes/plane.py's
 PlaneRuntime (common frames in a compiled lane)."""
 DEFAULT_PLANE = "python"
+"""Not yet batched: its kernel takes ~56 s to compile cold (a fresh clone, an image without
+the warm-up) and ~0.5 s to load, and numba ~1.5 s to import, which a restarted worker pays."""
 
 
 def runtime_class() -> type[NodeRuntime]:
-    """The runtime ``ORBITMESH_PLANE`` asks for (python or batched; default python)."""
+    """The runtime ``ORBITMESH_PLANE`` asks for (python, the default, or batched)."""
     name = os.environ.get("ORBITMESH_PLANE", DEFAULT_PLANE)
     if name == "python":
         return NodeRuntime
