@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from nodes.runtime import NodeRuntime
+from orbitmesh.protocol.frames import frame_problem, frame_problem_slowly
 from orbitmesh.protocol.wire import (
     ACK,
     F_CREATED,
@@ -27,8 +28,6 @@ from orbitmesh.protocol.wire import (
     F_REF,
     F_WAIT,
     WIRE_VERSION,
-    _frame_problem,
-    _frame_problem_slowly,
     batch_packer,
     decode_batch,
     encode_batch,
@@ -90,7 +89,7 @@ def test_the_quick_check_agrees_with_the_field_by_field_one() -> None:
     accepted = refused = 0
     for _ in range(20_000):
         item = mutated(rng)
-        quick, slow = _frame_problem(item, N_NODES), _frame_problem_slowly(item, N_NODES)
+        quick, slow = frame_problem(item, N_NODES), frame_problem_slowly(item, N_NODES)
         assert quick == slow, item
         accepted += quick is None
         refused += quick is not None
@@ -101,7 +100,7 @@ def test_good_frames_take_the_quick_path_and_pass() -> None:
     rng = random.Random(2)
     for _ in range(2_000):
         item = [rng.randrange(N_NODES), good_frame(rng)]
-        assert _frame_problem(item, N_NODES) is None
+        assert frame_problem(item, N_NODES) is None
 
 
 def test_a_batch_keeps_its_good_frames_in_order_and_names_the_bad_ones() -> None:

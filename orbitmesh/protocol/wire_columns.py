@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from orbitmesh.protocol.wire import (
+from orbitmesh.protocol.frames import (
     ACK,
     COLUMNS_VERSION,
     DATA,
@@ -23,7 +23,7 @@ from orbitmesh.protocol.wire import (
     MAX_BATCH_FRAMES,
     MAX_FRAME_BYTES,
     MAX_TTL,
-    _frame_problem,
+    frame_problem,
 )
 
 ROW = np.dtype([("id", "<i8"), ("kind", "<i8"), ("flow", "<i8"), ("src", "<i8"),
@@ -97,7 +97,7 @@ def decode_columns(body: list[Any], n_nodes: int
         ok &= good
     good_rare: list[Any] = []
     for item in rare:
-        problem = _frame_problem(item, n_nodes)
+        problem = frame_problem(item, n_nodes)
         if problem is None:
             good_rare.append(item)
         else:
