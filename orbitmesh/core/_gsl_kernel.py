@@ -23,6 +23,49 @@ IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def cube_grid(pos: FloatArray, ok: BoolArray, side_km: float
+              ) -> tuple[FloatArray, IntArray, IntArray, IntArray]:
+    """(lo, dims, start, members): the ``ok`` satellites bucketed in cubes ``side_km`` wide from
+    corner ``lo``; cube ``(ix * dims[1] + iy) * dims[2] + iz`` holds ``members[start[c]:start[c +
+    1]]``, in index order. ``dims`` is all zero when no satellite is ``ok`` or the side is not
+    positive. A satellite within ``side_km`` of a point lies in the point's cube or one of its 26
+    neighbours."""
+    n_sat = pos.shape[0]
+    lo = np.full(3, np.inf)
+    hi = np.full(3, -np.inf)
+    for s in range(n_sat):
+        if ok[s]:
+            for k in range(3):
+                lo[k] = min(lo[k], pos[s, k])
+                hi[k] = max(hi[k], pos[s, k])
+    dims = np.zeros(3, np.int64)
+    if not lo[0] <= hi[0] or not side_km > 0.0:
+        return lo, dims, np.zeros(1, np.int64), np.empty(0, np.int64)
+    for k in range(3):
+        dims[k] = np.int64((hi[k] - lo[k]) / side_km) + 1
+    n_cells = dims[0] * dims[1] * dims[2]
+    cell_of = np.full(n_sat, -1, np.int64)
+    start = np.zeros(n_cells + 1, np.int64)
+    for s in range(n_sat):
+        if ok[s]:
+            c = ((np.int64((pos[s, 0] - lo[0]) / side_km) * dims[1]
+                  + np.int64((pos[s, 1] - lo[1]) / side_km)) * dims[2]
+                 + np.int64((pos[s, 2] - lo[2]) / side_km))
+            cell_of[s] = c
+            start[c + 1] += 1
+    for c in range(n_cells):
+        start[c + 1] += start[c]
+    members = np.empty(start[n_cells], np.int64)
+    fill = start[:-1].copy()
+    for s in range(n_sat):  # satellites of a cell in index order
+        c = cell_of[s]
+        if c >= 0:
+            members[fill[c]] = s
+            fill[c] += 1
+    return lo, dims, start, members
+
+
 @njit(cache=True, nogil=True)
 def visible_pairs(pos: FloatArray, eligible_sat: BoolArray, station_pos: FloatArray,
                   station_up: FloatArray, eligible_station: BoolArray, sin_mask: FloatArray,
@@ -30,46 +73,18 @@ def visible_pairs(pos: FloatArray, eligible_sat: BoolArray, station_pos: FloatAr
                   sat_group: IntArray, restricted: bool) -> tuple[IntArray, IntArray, FloatArray]:
     """(station, satellite, sin elevation) of every pair above the station's mask, within its
     range and allowed to it, stations in order; ``reach_km`` bounds every such slant range."""
-    n_sat = pos.shape[0]
     n_st = station_pos.shape[0]
-    lo = np.full(3, np.inf)
-    hi = np.full(3, -np.inf)
-    for s in range(n_sat):
-        if eligible_sat[s]:
-            for k in range(3):
-                lo[k] = min(lo[k], pos[s, k])
-                hi[k] = max(hi[k], pos[s, k])
-    empty_i = np.empty(0, np.int64)
-    if not lo[0] <= hi[0] or not reach_km > 0.0:
+    lo, dims, start, members = cube_grid(pos, eligible_sat, reach_km)
+    if dims[0] == 0:
+        empty_i = np.empty(0, np.int64)
         return empty_i, empty_i.copy(), np.empty(0, np.float64)
     side = reach_km
-    dims = np.empty(3, np.int64)
-    for k in range(3):
-        dims[k] = np.int64((hi[k] - lo[k]) / side) + 1
-    n_cells = dims[0] * dims[1] * dims[2]
-    cell_of = np.full(n_sat, -1, np.int64)
-    start = np.zeros(n_cells + 1, np.int64)
-    for s in range(n_sat):
-        if eligible_sat[s]:
-            c = ((np.int64((pos[s, 0] - lo[0]) / side) * dims[1]
-                  + np.int64((pos[s, 1] - lo[1]) / side)) * dims[2]
-                 + np.int64((pos[s, 2] - lo[2]) / side))
-            cell_of[s] = c
-            start[c + 1] += 1
-    for c in range(n_cells):
-        start[c + 1] += start[c]
-    members = np.empty(start[n_cells], np.int64)
-    px = np.empty(start[n_cells], np.float64)  # positions in cell order: the scan runs along
-    py = np.empty(start[n_cells], np.float64)  # memory instead of jumping about ``pos``
-    pz = np.empty(start[n_cells], np.float64)
-    fill = start[:-1].copy()
-    for s in range(n_sat):  # satellites of a cell in index order
-        c = cell_of[s]
-        if c >= 0:
-            m = fill[c]
-            members[m] = s
-            px[m], py[m], pz[m] = pos[s, 0], pos[s, 1], pos[s, 2]
-            fill[c] += 1
+    px = np.empty(members.size, np.float64)  # positions in cell order: the scan runs along
+    py = np.empty(members.size, np.float64)  # memory instead of jumping about ``pos``
+    pz = np.empty(members.size, np.float64)
+    for m in range(members.size):
+        s = members[m]
+        px[m], py[m], pz[m] = pos[s, 0], pos[s, 1], pos[s, 2]
     reach2 = reach_km * reach_km
     cap = max(1024, 64 * n_st)
     out_g = np.empty(cap, np.int64)

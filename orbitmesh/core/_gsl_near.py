@@ -20,6 +20,8 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
+from orbitmesh.core._gsl_kernel import cube_grid
+
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
@@ -29,41 +31,12 @@ BoolArray = NDArray[np.bool_]
 def near_lists(pos: FloatArray, ok_sat: BoolArray, station_pos: FloatArray,
                radius_km: float) -> tuple[IntArray, IntArray]:
     """(seg, sats): each station's ``ok_sat`` satellites within ``radius_km``, in index order."""
-    n_sat = pos.shape[0]
     n_st = station_pos.shape[0]
     seg = np.zeros(n_st + 1, np.int64)
-    lo = np.full(3, np.inf)
-    hi = np.full(3, -np.inf)
-    for s in range(n_sat):
-        if ok_sat[s]:
-            for k in range(3):
-                lo[k] = min(lo[k], pos[s, k])
-                hi[k] = max(hi[k], pos[s, k])
-    if not lo[0] <= hi[0] or not radius_km > 0.0 or n_st == 0:
+    lo, dims, start, members = cube_grid(pos, ok_sat, radius_km)
+    if dims[0] == 0 or n_st == 0:
         return seg, np.empty(0, np.int64)
     side = radius_km  # a satellite within reach of a station is in one of the 27 cubes around it
-    dims = np.empty(3, np.int64)
-    for k in range(3):
-        dims[k] = np.int64((hi[k] - lo[k]) / side) + 1
-    n_cells = dims[0] * dims[1] * dims[2]
-    cell_of = np.full(n_sat, -1, np.int64)
-    start = np.zeros(n_cells + 1, np.int64)
-    for s in range(n_sat):
-        if ok_sat[s]:
-            c = ((np.int64((pos[s, 0] - lo[0]) / side) * dims[1]
-                  + np.int64((pos[s, 1] - lo[1]) / side)) * dims[2]
-                 + np.int64((pos[s, 2] - lo[2]) / side))
-            cell_of[s] = c
-            start[c + 1] += 1
-    for c in range(n_cells):
-        start[c + 1] += start[c]
-    members = np.empty(start[n_cells], np.int64)
-    fill = start[:-1].copy()
-    for s in range(n_sat):
-        c = cell_of[s]
-        if c >= 0:
-            members[fill[c]] = s
-            fill[c] += 1
     radius2 = radius_km * radius_km
     cap = max(1024, 64 * n_st)
     sats = np.empty(cap, np.int64)
