@@ -17,16 +17,14 @@ from orbitmesh.core._pass_hermite import hermite_ecef_km, knots
 from orbitmesh.core.geometry import Propagator, Stations, walker_satrecs
 from orbitmesh.core.passes import ecef_valid_km, find_passes, iter_pass_tables
 from orbitmesh.errors import GeometryError
+from tests.orbits import ISS_2018 as ISS
+from tests.orbits import MOLNIYA
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 one_metre_km = 1e-3
 twenty_metres_km = 2e-2  # 13 m measured near a Molniya perigee at 120 s
 five_milliseconds_s = 5e-3
 one_millidegree = 1e-3
-ISS = ("1 25544U 98067A   18184.80969102  .00001614  00000-0  31745-4 0  9993",
-       "2 25544  51.6414 295.8524 0003435 262.6267 204.2868 15.54005638121106")
-MOLNIYA = ("1 25485U 98054A   26001.00000000  .00000000  00000-0  00000-0 0  9990",
-           "2 25485  63.4000 100.0000 7000000 270.0000  10.0000  2.00600000    07")
 
 
 def _sats() -> list[Satrec]:

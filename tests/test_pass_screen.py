@@ -15,11 +15,9 @@ from sgp4.api import Satrec
 from orbitmesh.core._pass_screen import candidate_pairs
 from orbitmesh.core.geometry import Propagator, Stations, walker_satrecs
 from orbitmesh.core.passes import ecef_valid_km
+from tests.orbits import MOLNIYA
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
-# Molniya 1-91 (e ~ 0.7): its radius and speed vary by a factor of several within a block.
-MOLNIYA = ("1 25485U 98054A   26001.00000000  .00000000  00000-0  00000-0 0  9990",
-           "2 25485  63.4000 100.0000 7000000 270.0000  10.0000  2.00600000    07")
 
 
 def _constellation() -> list[Satrec]:
