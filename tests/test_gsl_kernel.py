@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from orbitmesh.core import gsl_assign, links
-from orbitmesh.core.links import LinkEngine, assign_gsl
+from orbitmesh.core.links import LinkEngine, LinkState, assign_gsl
 from orbitmesh.core.scenario import parse_scenario
 from orbitmesh.core.topology import build_topology
 
@@ -39,6 +39,21 @@ def scenario_text(n_stations: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _states_agree(compiled: LinkEngine, plain: LinkEngine, t_s: float,
+                  down: np.ndarray | None, monkeypatch: pytest.MonkeyPatch
+                  ) -> LinkState:
+    """The compiled state at ``t_s``, asserted equal to the numpy one link for link."""
+    with monkeypatch.context() as patch:
+        patch.setattr(links, "_compiled", lambda: None)
+        patch.setattr(gsl_assign, "_compiled", lambda: None)
+        want = plain.state_at(t_s, failed=down)
+    got = compiled.state_at(t_s, failed=down)
+    np.testing.assert_array_equal(got.a, want.a)
+    np.testing.assert_array_equal(got.b, want.b)
+    np.testing.assert_array_equal(got.delay_s, want.delay_s)
+    return got
+
+
 @pytest.mark.parametrize("handover", ["sticky", "best"])
 def test_compiled_links_equal_numpy_links_tick_after_tick(
         handover: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,15 +65,7 @@ def test_compiled_links_equal_numpy_links_tick_after_tick(
     gsl_seen = 0
     for t_s in np.arange(0.0, 600.0, 20.0):
         down = failed if 200.0 <= t_s < 300.0 else None
-        want_state = None
-        with monkeypatch.context() as patch:
-            patch.setattr(links, "_compiled", lambda: None)
-            patch.setattr(gsl_assign, "_compiled", lambda: None)
-            want_state = plain.state_at(float(t_s), failed=down)
-        got_state = compiled.state_at(float(t_s), failed=down)
-        np.testing.assert_array_equal(got_state.a, want_state.a)
-        np.testing.assert_array_equal(got_state.b, want_state.b)
-        np.testing.assert_array_equal(got_state.delay_s, want_state.delay_s)
+        got_state = _states_agree(compiled, plain, float(t_s), down, monkeypatch)
         assert compiled.last_handovers == plain.last_handovers
         gsl_seen += int(np.count_nonzero(got_state.b >= topology.n_satellites))
     assert gsl_seen > 1000  # the case is not vacuous: many GSLs were placed
@@ -149,14 +156,7 @@ def test_links_from_neighbour_lists_equal_numpy_links_second_by_second(
     times = [*np.arange(0.0, 40.0, 1.0), 35.0, 900.0, 901.0, 902.0]  # and back, and far ahead
     for t_s in times:
         down = failed if 10.0 <= t_s < 20.0 else None
-        with monkeypatch.context() as patch:
-            patch.setattr(links, "_compiled", lambda: None)
-            patch.setattr(gsl_assign, "_compiled", lambda: None)
-            want = plain.state_at(float(t_s), failed=down)
-        got = compiled.state_at(float(t_s), failed=down)
-        np.testing.assert_array_equal(got.a, want.a)
-        np.testing.assert_array_equal(got.b, want.b)
-        np.testing.assert_array_equal(got.delay_s, want.delay_s)
+        _states_agree(compiled, plain, float(t_s), down, monkeypatch)
     assert compiled._near is not None and compiled._near.rebuilds <= 6  # the lists were used
 
 
