@@ -25,20 +25,18 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from orbitmesh.core.endpoint_spec import EndpointContainer, Endpoints, IpEndpoint, UdpPipe
+from orbitmesh.core.fault_spec import FaultSpec, MtbfSpec, RandomFaults
 from orbitmesh.core.mcs_spec import McsSpec
 from orbitmesh.core.scenario import (
     Constellation,
-    FaultSpec,
     Fidelity,
     Flow,
     GslRules,
     IslRules,
     LinkClass,
     LinkRules,
-    MtbfSpec,
     OpsCentre,
     Policy,
-    RandomFaults,
     Routing,
     Scenario,
     SizeSpec,

@@ -24,8 +24,9 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
+from orbitmesh.core.fault_spec import FaultSpec, MtbfSpec
 from orbitmesh.core.links import LinkState, make_state
-from orbitmesh.core.scenario import FaultSpec, MtbfSpec, Scenario
+from orbitmesh.core.scenario import Scenario
 from orbitmesh.core.topology import (
     LINK_CLASSES,
     OPS_CENTRE,

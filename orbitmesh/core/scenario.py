@@ -4,18 +4,18 @@ A scenario describes a network to emulate: constellations (Walker shells or TLE/
 stations, operations centres, link rules, routing policies and traffic. ``load_scenario`` returns a
 :class:`Scenario` or raises :class:`ScenarioError` listing *every* problem as
 ``<file>:<line>: <field.path>: <what was expected>``. docs/scenarios.md documents every key.
+The faults sections live in fault_spec.py, the shared field types in scenario_fields.py and the
+checks across sections in scenario_checks.py.
 """
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -24,34 +24,15 @@ from pydantic import (
 )
 
 from orbitmesh.core import limits as L
-from orbitmesh.core.endpoint_spec import Endpoints, endpoint_problems
-from orbitmesh.core.mcs_spec import McsSpec, mcs_problems
+from orbitmesh.core.endpoint_spec import Endpoints
+from orbitmesh.core.fault_spec import FaultSpec, RandomFaults
+from orbitmesh.core.mcs_spec import McsSpec
+from orbitmesh.core.scenario_checks import cross_check
+from orbitmesh.core.scenario_fields import NodeName, UtcTime
 from orbitmesh.core.yaml_load import dotted as _dotted
 from orbitmesh.core.yaml_load import line_of as _line_of
 from orbitmesh.core.yaml_load import load_yaml, read_text
 from orbitmesh.errors import ScenarioError
-
-NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-NodeName = Annotated[str, Field(pattern=NODE_ID_RE.pattern)]
-
-
-def _utc_time(value: object) -> object:
-    # pydantic reads 1000000000 (and "1000000000") as seconds since 1970; a scenario never means
-    # that, so only a YAML timestamp, a date or an ISO-8601 string is a time.
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.strip())
-        except ValueError:
-            pass
-    raise ValueError(f"expected an ISO-8601 UTC time such as 2026-01-01T00:00:00Z, got "
-                     f"{value!r}; a number is not read as seconds since 1970")
-
-
-UtcTime = Annotated[datetime, BeforeValidator(_utc_time)]
 
 
 class _Model(BaseModel):
@@ -254,75 +235,6 @@ class Flow(_Model):
     policy: NodeName | None = None
 
 
-FaultKind = Literal["link_down", "link_degrade", "node_down", "node_restart", "station_outage",
-                    "region_outage", "plane_outage", "operator_withdrawal", "worker_kill",
-                    "broker_outage", "container_kill", "container_pause", "container_unpause",
-                    "container_restart"]
-LinkClassName = Literal["isl", "gsl", "terrestrial"]
-
-_FAULT_TARGETS: dict[str, tuple[str, ...]] = {
-    "link_down": ("a",), "link_degrade": ("a",), "node_down": ("node",),
-    "node_restart": ("node",), "station_outage": ("station",),
-    "region_outage": ("lat_deg", "lon_deg", "radius_km"),
-    "plane_outage": ("constellation", "plane"), "operator_withdrawal": ("operator",),
-    "worker_kill": ("worker",), "broker_outage": ("for_s",),
-    "container_kill": ("worker",), "container_pause": ("worker",),
-    "container_unpause": ("worker",), "container_restart": ("worker",),
-}
-
-
-class FaultSpec(_Model):
-    """One fault: what breaks, when (``at_s`` after the start, or ``at``), and for how long."""
-
-    kind: FaultKind
-    id: NodeName | None = None
-    at_s: float | None = Field(default=None, ge=0.0, le=L.MAX_DURATION_S)
-    at: UtcTime | None = None
-    for_s: float | None = Field(default=None, gt=0.0, le=L.MAX_DURATION_S)
-    a: str | None = None
-    b: str | None = None
-    link_class: LinkClassName | None = None
-    node: str | None = None
-    station: NodeName | None = None
-    lat_deg: float | None = Field(default=None, ge=-90.0, le=90.0)
-    lon_deg: float | None = Field(default=None, ge=-180.0, le=360.0)
-    radius_km: float | None = Field(default=None, gt=0.0, le=20_038.0)
-    constellation: NodeName | None = None
-    plane: int | None = Field(default=None, ge=0, le=L.MAX_SATELLITES)
-    operator: NodeName | None = None
-    worker: int | None = Field(default=None, ge=0, le=100_000)
-    restart: bool = False
-    extra_loss: float = Field(default=0.0, ge=0.0, le=1.0)
-    extra_delay_ms: float = Field(default=0.0, ge=0.0, le=L.MAX_DELAY_MS)
-    rate_cap_bps: float | None = Field(default=None, gt=0.0, le=L.MAX_RATE_BPS)
-
-    @model_validator(mode="after")
-    def _targets(self) -> FaultSpec:
-        missing = [k for k in _FAULT_TARGETS[self.kind] if getattr(self, k) is None]
-        if missing:
-            raise ValueError(f"a {self.kind} fault needs {', '.join(missing)}")
-        if self.at_s is not None and self.at is not None:
-            raise ValueError("give either at_s or at, not both")
-        return self
-
-
-class MtbfSpec(_Model):
-    """Mean time between failures and mean time to repair, scenario seconds."""
-
-    mtbf_s: float = Field(ge=1.0)
-    mttr_s: float = Field(ge=0.001)
-
-
-class RandomFaults(_Model):
-    """Random failures per link class and node class, drawn from the scenario seed."""
-
-    isl: MtbfSpec | None = None
-    gsl: MtbfSpec | None = None
-    terrestrial: MtbfSpec | None = None
-    satellite: MtbfSpec | None = None
-    station: MtbfSpec | None = None
-    ops_centre: MtbfSpec | None = None
-
 
 class Fidelity(_Model):
     """How far a live run's timing may drift from the modelled network before it fails."""
@@ -432,7 +344,7 @@ def parse_scenario(text: str, source: Path) -> Scenario:
                             f"{_describe(err)}")
         raise ScenarioError(f"{source}: {len(problems)} problem(s) in scenario", problems) from exc
     problems = [f"{source}:{_line_of(lines, loc) or '?'}: {_dotted(loc)}: {msg}"
-                for loc, msg in [*L.check_totals(scenario), *_cross_check(scenario)]]
+                for loc, msg in [*L.check_totals(scenario), *cross_check(scenario)]]
     if problems:
         raise ScenarioError(f"{source}: {len(problems)} problem(s) in scenario", problems)
     return scenario
@@ -455,96 +367,3 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file."""
     path = Path(path).resolve()
     return parse_scenario(read_text(path), path)
-
-
-def _cross_check(s: Scenario) -> list[tuple[tuple[str | int, ...], str]]:
-    """References between sections: unique names, known stations/constellations/policies."""
-    problems: list[tuple[tuple[str | int, ...], str]] = []
-    if not s.constellations:
-        problems.append((("constellations",), "needs at least one constellation"))
-    owners: dict[str, tuple[str | int, ...]] = {}
-    flow_names: dict[str, tuple[str | int, ...]] = {}
-    constellations = {c.name for c in s.constellations}
-    stations = {g.name for g in s.stations}
-    centres = {o.name for o in s.ops_centres}
-    sections: list[tuple[str, tuple[Any, ...]]] = [
-        ("constellations", s.constellations), ("stations", s.stations),
-        ("ops_centres", s.ops_centres), ("traffic", s.traffic)]
-    for section, items in sections:
-        for i, item in enumerate(items):
-            loc = (section, i, "name")
-            seen = flow_names if section == "traffic" else owners
-            if item.name in seen:
-                problems.append((loc, f"name {item.name!r} is already used at "
-                                      f"{_dotted(seen[item.name])}; names must be unique"))
-            seen.setdefault(item.name, loc)
-    for i, g in enumerate(s.stations):
-        for c in g.constellations or ():
-            if c not in constellations:
-                problems.append((("stations", i, "constellations"),
-                                 f"unknown constellation {c!r}; expected one of "
-                                 f"{sorted(constellations)}"))
-    for i, o in enumerate(s.ops_centres):
-        for c in o.constellations:
-            if c not in constellations:
-                problems.append((("ops_centres", i, "constellations"),
-                                 f"unknown constellation {c!r}; expected one of "
-                                 f"{sorted(constellations)}"))
-        if isinstance(o.stations, tuple):
-            for st in o.stations:
-                if st not in stations:
-                    problems.append((("ops_centres", i, "stations"),
-                                     f"unknown station {st!r}; expected one of {sorted(stations)}"))
-        for p in o.peers:
-            if p not in centres or p == o.name:
-                problems.append((("ops_centres", i, "peers"),
-                                 f"unknown peer {p!r}; expected another operations centre"))
-        if o.mcs is not None:
-            walkers = [c.walker for c in s.constellations if c.name in o.constellations]
-            n_sats = (sum(w.satellites for w in walkers if w is not None)
-                      if all(w is not None for w in walkers) else None)
-            problems += mcs_problems(o.mcs, ("ops_centres", i, "mcs"), o.constellations, n_sats)
-    for i, f in enumerate(s.traffic):
-        for key in ("source", "destination"):
-            node = getattr(f, key)
-            if node not in stations | centres and not _is_satellite_ref(s, node):
-                problems.append((("traffic", i, key),
-                                 f"unknown node {node!r}; expected a station, an "
-                                 "operations centre or a satellite id"))
-        if f.source == f.destination:
-            problems.append((("traffic", i, "destination"), "must differ from source"))
-        if f.policy is not None and f.policy not in s.routing.policies:
-            problems.append((("traffic", i, "policy"),
-                             f"unknown policy {f.policy!r}; expected one of "
-                             f"{sorted(s.routing.policies)}"))
-        if f.stop_s is not None and f.stop_s <= f.start_s:
-            problems.append((("traffic", i, "stop_s"), "must be after start_s"))
-    fault_ids: dict[str, int] = {}
-    for i, fault in enumerate(s.faults):
-        if fault.id is not None:
-            if fault.id in fault_ids:
-                problems.append((("faults", i, "id"), f"fault id {fault.id!r} is already used "
-                                                      f"by faults[{fault_ids[fault.id]}]"))
-            fault_ids.setdefault(fault.id, i)
-        if fault.station is not None and fault.station not in stations:
-            problems.append((("faults", i, "station"),
-                             f"unknown station {fault.station!r}; expected one of "
-                             f"{sorted(stations)}"))
-        if fault.constellation is not None and fault.constellation not in constellations:
-            problems.append((("faults", i, "constellation"),
-                             f"unknown constellation {fault.constellation!r}; expected one of "
-                             f"{sorted(constellations)}"))
-        if fault.operator is not None and fault.operator not in s.operators:
-            problems.append((("faults", i, "operator"),
-                             f"unknown operator {fault.operator!r}; expected one of "
-                             f"{list(s.operators)}"))
-        if fault.at is not None and fault.at < s.epoch:
-            problems.append((("faults", i, "at"), "is before the scenario epoch"))
-    known = stations | centres
-    problems += endpoint_problems(s.endpoints,
-                                  lambda n: n in known or _is_satellite_ref(s, n))
-    return problems
-
-
-def _is_satellite_ref(s: Scenario, node: str) -> bool:
-    return any(node.startswith(f"{c.name}-") for c in s.constellations)

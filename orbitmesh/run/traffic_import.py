@@ -27,7 +27,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from orbitmesh.core.scenario import NODE_ID_RE
+from orbitmesh.core.scenario_fields import NODE_ID_RE
 from orbitmesh.errors import ScenarioError
 from orbitmesh.run.trace import Offered
 
