@@ -1,11 +1,13 @@
 """A compose file's locked-down broker under a real `docker-compose up`, attacked from its network.
 
-One deployment for the module (the demo, 2 worker services, a short run): it must end with its
-summary; a container the test starts on the compose network is refused without a credential,
-and with worker 0's it cannot forge the state or the clock; a live fault goes in through the
-supervisor's operator secret; no password is in any container's `docker inspect` or in the
-file; `down -v` leaves nothing labelled with the run id. Needs a docker daemon, docker-compose
-and the orbitmesh image (skipped without them unless ORBITMESH_REQUIRE_DOCKER=1).
+One deployment for the module (the demo with ``--tls``, 2 worker services, a short run): it must
+end with its summary; a container the test starts on the compose network finds no plain-text
+listener, is refused over TLS without a credential (and with a certificate check that fails for
+another host name), and with worker 0's credential it cannot forge the state or the clock; a
+live fault goes in through the supervisor's operator secret; no password is in any container's
+`docker inspect` or in the file; `down -v` leaves nothing labelled with the run id. Needs a
+docker daemon, docker-compose and the orbitmesh image (skipped without them unless
+ORBITMESH_REQUIRE_DOCKER=1).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ DURATION_S = 30
 RUN_WAIT_S = 240.0
 
 PROBE = r"""
-import asyncio, json, sys
+import asyncio, dataclasses, json, socket, ssl, sys
 from pathlib import Path
 from broker.client import MqttTransport
 from broker.credentials import load_operator
@@ -43,12 +45,33 @@ from broker.url import parse_broker_url, resolve_broker_urls
 from orbitmesh.errors import BrokerError
 from orbitmesh.protocol.wire import Topics
 
-HOST = parse_broker_url("mqtt://broker:1883")
+HOST = parse_broker_url("mqtts://broker:8883?ca=/run/secrets/broker-ca.pem")
 SECRETS, RUN, WAIT_S = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 
 
+def handshake(name):  # the TLS handshake, checking the broker's certificate for host name
+    context = ssl.create_default_context(cafile=str(SECRETS / "broker-ca.pem"))
+    try:
+        with socket.create_connection(("broker", 8883), timeout=5) as sock, \
+                context.wrap_socket(sock, server_hostname=name):
+            return "ok"
+    except (OSError, ssl.SSLError) as exc:
+        return type(exc).__name__ + ": " + str(exc)
+
+
 async def main():
-    out = {}
+    out = {"tls_as_broker": handshake("broker"), "tls_as_other": handshake("other")}
+    try:
+        with socket.create_connection(("broker", 1883), timeout=5):
+            out["plain_1883"] = "connected"
+    except OSError as exc:
+        out["plain_1883"] = type(exc).__name__
+    try:
+        async with MqttTransport(dataclasses.replace(HOST, scheme="mqtt", ca_file=None),
+                                 client_id="t-plain"):
+            out["plain_8883"] = "admitted"
+    except (BrokerError, OSError) as exc:
+        out["plain_8883"] = type(exc).__name__ + ": " + str(exc)
     try:
         async with MqttTransport(HOST, client_id="t-anon"):
             out["anonymous"] = "admitted"
@@ -131,15 +154,15 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     path = tmp / "demo.yml"
     assert main(["compose", str(scenario), "-o", str(path), "--image", tag,
                  "--nodes-per-container", "35", "--duration", str(DURATION_S), "--speed", "1",
-                 "--run-id", "written"]) == 0
+                 "--run-id", "written", "--tls"]) == 0
     try:
         up = _compose(tool, run_id, path, "up", "-d")
         assert up.returncode == 0, up.stderr
         folder = secrets_dir(path)
         out = client.containers.run(
-            tag, ["python", "-c", PROBE, "/probe", run_id, str(RUN_WAIT_S)],
+            tag, ["python", "-c", PROBE, "/run/secrets", run_id, str(RUN_WAIT_S)],
             network=f"{run_id}_default", remove=True, stdout=True, stderr=True,
-            volumes={str(folder): {"bind": "/probe", "mode": "ro"}},
+            volumes={str(folder): {"bind": "/run/secrets", "mode": "ro"}},
             labels={LABEL_RUN: run_id, LABEL_ROLE: "test"})
         probe = json.loads(out.decode().strip().splitlines()[-1])
         run_dir = f"/run/orbitmesh/{run_id}"
@@ -180,9 +203,13 @@ def test_locked_compose_run_ends_with_its_summary_and_takes_a_live_fault(
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_anonymous_clients_are_refused_and_a_worker_cannot_forge_the_state(
+def test_only_tls_is_spoken_anonymous_clients_are_refused_and_a_worker_cannot_forge_the_state(
         deployment: Deployment) -> None:
-    assert "not authorised" in deployment.probe["anonymous"]
+    assert "not authorised" in deployment.probe["anonymous"]  # over TLS, as the URL says
+    assert deployment.probe["tls_as_broker"] == "ok"
+    assert "certificate verify failed" in deployment.probe["tls_as_other"]
+    assert deployment.probe["plain_1883"] == "ConnectionRefusedError"
+    assert deployment.probe["plain_8883"] != "admitted"
     seen = [tuple(m) for m in deployment.probe["seen"]]
     sentinel = f"orbitmesh/{deployment.run_id}/node/zz-sentinel/out"
     assert (sentinel, "mine") in seen  # the worker's allowed publish arrived

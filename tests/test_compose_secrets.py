@@ -8,8 +8,11 @@ the file was written. tests/test_compose_lockdown.py runs the file under docker-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from broker.certs import ServerTLS
 from broker.client import MqttTransport
 from broker.credentials import load_operator
 from broker.embedded import (
@@ -33,7 +37,7 @@ from orbitmesh.protocol.wire import Topics
 from orbitmesh.run.cli import main
 from orbitmesh.run.launch import compose
 from orbitmesh.run.launch.compose import ComposeOptions, prelude, write_compose
-from orbitmesh.run.launch.compose_secrets import secrets_dir
+from orbitmesh.run.launch.compose_secrets import CA, SERVER_CERT, SERVER_KEY, secrets_dir
 from orbitmesh.run.launch.control import locate
 from orbitmesh.run.launch.stack import write_stack
 from tests.conftest import require_mosquitto
@@ -153,7 +157,7 @@ def test_an_external_brokers_password_goes_into_secret_files_only(tmp_path: Path
 
 def test_the_controllers_prelude_names_the_operator_secret_in_run_json(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compose, "probe_connack", lambda host, port: host == "broker")
+    monkeypatch.setattr(compose, "probe_connack", lambda host, port, tls=None: host == "broker")
     doc, _, folder = _write(tmp_path)
     env = {k: v.replace("${ORBITMESH_RUN_ID:-demo}", "r1")
            for k, v in doc["services"]["controller"]["environment"].items()}
@@ -194,30 +198,107 @@ def test_an_insecure_stack_has_no_secrets_and_says_so(tmp_path: Path) -> None:
     assert "secrets" not in yaml.safe_load(text) and not secrets_dir(path).exists()
 
 
-# -- the generated password file and ACL, enforced by a real mosquitto -------------------------
+def test_tls_gives_the_broker_a_certificate_and_every_service_the_ca(tmp_path: Path) -> None:
+    doc, text, folder = _write(tmp_path, tls=True)
+    services = doc["services"]
+    assert {CA, SERVER_CERT, SERVER_KEY} <= set(services["broker"]["secrets"])
+    for name, service in services.items():
+        if name != "broker":
+            assert CA in service["secrets"] and SERVER_KEY not in service["secrets"], name
+    for path in folder.glob("*.url"):
+        url = resolve_broker_urls(None, path)[0]
+        assert (url.scheme, url.host, url.port, url.ca_file) == (
+            "mqtts", "broker", 8883, f"/run/secrets/{CA}"), path.name
+    conf = dict(zip(*[iter(services["broker"]["environment"].values())] * 2, strict=True))
+    lines = conf["mosquitto.conf"].splitlines()
+    assert "listener 8883" in lines and f"certfile /run/secrets/{SERVER_CERT}" in lines
+    assert not any("1883" in line for line in lines)  # no plain-text listener
+    assert "PRIVATE KEY" not in text and "TLS only" in text
+    assert not any("ca.key" in p.name for p in folder.iterdir())  # the CA signs nothing more
+
+
+@pytest.mark.parametrize("extra", [{"broker": "mqtt://elsewhere:1883"},
+                                   {"broker_insecure": True}])
+def test_tls_is_refused_where_it_cannot_hold(tmp_path: Path, extra: dict[str, Any]) -> None:
+    with pytest.raises(BrokerError, match="--tls is for the compose file's own"):
+        _write(tmp_path, tls=True, **extra)
+    assert not (tmp_path / "demo.yml").exists()
+
+
+# -- the generated password file, ACL and TLS files, enforced by a real mosquitto --------------
+
+
+@contextlib.contextmanager
+def _mosquitto(tmp_path: Path, folder: Path, tls: ServerTLS | None = None) -> Iterator[int]:
+    """mosquitto with a compose file's secrets (host paths) on a loopback port; the port."""
+    require_mosquitto()
+    port = free_loopback_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(render_mosquitto_config(port, security=security_lines(
+        password_file=folder / "broker-passwords", acl_file=folder / "broker-acl", tls=tls)))
+    mosquitto = find_mosquitto()
+    assert mosquitto is not None
+    ready = None
+    if tls is not None:  # readiness only: the certificate names "broker", not 127.0.0.1
+        ready = ssl.create_default_context(cafile=str(tls.ca_file))
+        ready.check_hostname = False
+    log = tmp_path / "mosquitto.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([mosquitto, "-c", str(conf)], stderr=err)
+    try:
+        while not probe_connack("127.0.0.1", port, timeout_s=0.2, tls=ready):  # a CONNACK
+            assert proc.poll() is None, log.read_text()
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture
 def compose_broker(tmp_path: Path) -> Iterator[tuple[BrokerURL, Path]]:
     """mosquitto with a compose file's password file and ACL (host paths), on loopback."""
-    require_mosquitto()
     _, _, folder = _write(tmp_path, run_id="written-id")
-    port = free_loopback_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(render_mosquitto_config(port, security=security_lines(
-        password_file=folder / "broker-passwords", acl_file=folder / "broker-acl")))
-    mosquitto = find_mosquitto()
-    assert mosquitto is not None
-    log = tmp_path / "mosquitto.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen([mosquitto, "-c", str(conf)], stderr=err)
-    try:
-        while not probe_connack("127.0.0.1", port, timeout_s=0.2):  # readiness: a CONNACK
-            assert proc.poll() is None, log.read_text()
+    with _mosquitto(tmp_path, folder) as port:
         yield parse_broker_url(f"mqtt://127.0.0.1:{port}"), folder
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+
+
+def _handshake(port: int, ca_file: Path, name: str) -> str:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, \
+                context.wrap_socket(sock, server_hostname=name):
+            return "ok"
+    except ssl.SSLCertVerificationError as exc:
+        return exc.verify_message
+
+
+def test_the_tls_files_serve_the_broker_host_name_and_refuse_plain_text(tmp_path: Path) -> None:
+    _, _, folder = _write(tmp_path, tls=True)
+    tls = ServerTLS(folder / CA, folder / SERVER_CERT, folder / SERVER_KEY)
+    with _mosquitto(tmp_path, folder, tls) as port:
+        assert _handshake(port, folder / CA, "broker") == "ok"
+        assert "mismatch" in _handshake(port, folder / CA, "localhost")
+        worker = resolve_broker_urls(None, folder / "worker-0.url")[0]
+        here = dataclasses.replace(worker, host="127.0.0.1", port=port, ca_file=str(folder / CA),
+                                   tls_insecure=True)  # the host check: done above
+        seen = asyncio.run(_round_trip(here))
+        assert seen == [b"over tls"]
+        with pytest.raises(BrokerError):
+            asyncio.run(_round_trip(dataclasses.replace(here, scheme="mqtt", ca_file=None,
+                                                        tls_insecure=False)))
+
+
+async def _round_trip(url: BrokerURL) -> list[bytes]:
+    topic = "orbitmesh/r1/node/zz-sentinel/out"  # worker 0 may publish (and read) it
+    async with MqttTransport(url, client_id="t-tls") as client, \
+            MqttTransport(url, client_id="t-tls-watch") as watch:
+        await watch.subscribe(topic)
+        client.publish(topic, b"over tls")
+        await client.flush()
+        async with asyncio.timeout(SETTLE_S):
+            async for batch in watch.batches():
+                return [m.payload for m in batch]
+    return []
 
 
 def _as(folder: Path, name: str, host: BrokerURL) -> BrokerURL:

@@ -8,11 +8,12 @@ travel inside the file as environment variables, which every container's prelude
 orbitmesh.run.launch.compose``) writes to ``/tmp/orbitmesh-input`` before it waits for the broker
 and execs the real command. The broker is locked down (per-run users, ACL, anonymous refused):
 its password file and ACL and each service's own broker URL are compose ``secrets:``, files
-beside the compose file (:mod:`orbitmesh.run.launch.compose_secrets`); ``--broker-insecure``
-gives the open broker of old. Results go to the named volume ``run`` under
-``/run/orbitmesh/<run id>``. It runs with ``docker compose up`` (or ``docker-compose``) and
-deploys to Swarm with ``docker stack deploy`` (each service has a ``deploy`` section; Swarm needs
-the image on every node and puts the services on an overlay network).
+beside the compose file (:mod:`orbitmesh.run.launch.compose_secrets`); ``--tls`` adds a
+certificate for it and TLS-only URLs; ``--broker-insecure`` gives the open broker of old.
+Results go to the named volume ``run`` under ``/run/orbitmesh/<run id>``. It runs with ``docker
+compose up`` (or ``docker-compose``) and deploys to Swarm with ``docker stack deploy`` (each
+service has a ``deploy`` section; Swarm needs the image on every node and puts the services on an
+overlay network).
 
 The run id defaults to the one written into the file; set ``ORBITMESH_RUN_ID`` to give each run
 its own results directory and topics.
@@ -32,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from broker import tls_context
+from broker.certs import ServerTLS
 from broker.embedded import probe_connack, render_mosquitto_config, security_lines
 from broker.url import BrokerURL, parse_broker_url
 from orbitmesh.core.limits import run_clock
@@ -41,8 +44,12 @@ from orbitmesh.core.topology import build_topology
 from orbitmesh.errors import BrokerError, RunError
 from orbitmesh.run.launch.compose_secrets import (
     ACL,
+    BROKER_HOST,
+    CA,
     OPERATOR,
     PASSWORDS,
+    SERVER_CERT,
+    SERVER_KEY,
     ComposeSecrets,
     external_secrets,
     inside,
@@ -65,6 +72,7 @@ COMPOSE_VERSION = "3.8"
 RUN_ROOT = "/run/orbitmesh"
 INPUT_DIR = "/tmp/orbitmesh-input"
 BROKER_PORT = 1883
+TLS_PORT = 8883
 DOCKER_SOCKET = "/var/run/docker.sock"
 PRELUDE = ("python", "-m", "orbitmesh.run.launch.compose")
 MAX_FILE_BYTES = 100_000
@@ -89,6 +97,8 @@ class ComposeOptions:
     supervisor: bool = True
     broker_insecure: bool = False
     """The broker service without users or ACL (today's open broker, said in the header)."""
+    tls: bool = False
+    """The broker service speaks TLS only, with a certificate of its own CA (secrets)."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,10 @@ def broker_secrets(opts: ComposeOptions, broker: BrokerURL, workers: int
                    ) -> ComposeSecrets | None:
     """The secrets a file needs: fresh users for its own broker (unless ``--broker-insecure``),
     or an external URL's ``user:pass@``; None when no password is involved."""
+    if opts.tls and (opts.broker is not None or opts.broker_insecure):
+        raise BrokerError("--tls is for the compose file's own, locked broker service: an "
+                          "external --broker brings its own TLS (mqtts://...), and "
+                          "--broker-insecure admits anyone on the network with or without TLS")
     if opts.broker is not None:
         if opts.broker_insecure:
             raise BrokerError("--broker-insecure opens the compose file's own broker service; "
@@ -136,16 +150,18 @@ def broker_secrets(opts: ComposeOptions, broker: BrokerURL, workers: int
     return None if opts.broker_insecure else locked_secrets(broker, workers)
 
 
-def _broker_service(image: str, run_id_var: str, locked: bool) -> dict[str, Any]:
+def _broker_service(image: str, run_id_var: str, locked: bool, tls: bool) -> dict[str, Any]:
     security = None
     if locked:
+        server = ServerTLS(Path(inside(CA)), Path(inside(SERVER_CERT)), Path(inside(SERVER_KEY)))
         security = security_lines(password_file=Path(inside(PASSWORDS)),
-                                  acl_file=Path(inside(ACL)))
+                                  acl_file=Path(inside(ACL)), tls=server if tls else None)
         # The container runs as root (compose) or as the caller (Swarm); as root mosquitto
         # would drop to its own user before reading the secrets, which it could not read then.
         if "user root" not in security:
             security.append("user root")
-    conf = render_mosquitto_config(BROKER_PORT, bind=None, security=security)
+    conf = render_mosquitto_config(TLS_PORT if tls else BROKER_PORT, bind=None,
+                                   security=security)
     return _service(image, "broker", run_id_var,
                     [*PRELUDE, "/usr/sbin/mosquitto", "-c", f"{INPUT_DIR}/mosquitto.conf"],
                     "unless-stopped", "any",
@@ -163,7 +179,9 @@ def compose_document(opts: ComposeOptions, files: dict[str, str],
     workers = worker_count(topology, mode, 1)
     run_id_var = f"${{ORBITMESH_RUN_ID:-{safe_run_id(opts.run_id or scenario.name)}}}"
     run_dir = f"{run_root}/{run_id_var}"
-    url = parse_broker_url(opts.broker or f"mqtt://broker:{BROKER_PORT}")  # fail here, once
+    own = (f"mqtts://{BROKER_HOST}:{TLS_PORT}?ca={inside(CA)}" if opts.tls else
+           f"mqtt://{BROKER_HOST}:{BROKER_PORT}")
+    url = parse_broker_url(opts.broker or own)  # fail here, once
     secrets = broker_secrets(opts, url, workers)
     bare = dataclasses.replace(url, username=None, password=None).to_text()  # argv and env
 
@@ -181,7 +199,8 @@ def compose_document(opts: ComposeOptions, files: dict[str, str],
     services: dict[str, Any] = {}
     depends: dict[str, Any] = {}
     if opts.broker is None:
-        services["broker"] = _broker_service(opts.image, run_id_var, secrets is not None)
+        services["broker"] = _broker_service(opts.image, run_id_var, secrets is not None,
+                                             opts.tls)
         depends = {"depends_on": ["broker"]}
     mounts = {"volumes": [f"run:{run_root}"], "environment": environment}
     controller_env = dict(environment)
@@ -268,8 +287,11 @@ def broker_note(opts: ComposeOptions, secrets: ComposeSecrets | None, swarm: boo
     if not opts.supervisor:
         faults = "faults: a container on the run's network with this file mounted, see " \
                  "docs/containers.md"
+    wire = (f"TLS only (port {TLS_PORT}, a certificate of this file's own CA, {CA})" if opts.tls
+            else f"no TLS: passwords and frames cross {network} in clear text (--tls)")
     return ["broker: per-run users and ACL, anonymous refused; the passwords are secrets in "
-            f"{folder}/ (mode 0600, keep them with this file), each service sees only its own",
+            f"{folder}/ (mode 0600, keep them with this file), each service sees only its own; "
+            + wire,
             f"operator credentials: {folder / OPERATOR} ({faults})"]
 
 
@@ -347,7 +369,12 @@ def prelude(argv: list[str], environ: dict[str, str] | None = None,
     if env.get("ORBITMESH_WAIT_BROKER"):
         url = parse_broker_url(env["ORBITMESH_WAIT_BROKER"])
         deadline = time.monotonic() + BROKER_WAIT_S
-        while url.scheme == "mqtt" and not probe_connack(url.host, url.port):
+        try:
+            tls = tls_context(url) if url.tls else None
+        except BrokerError as exc:  # e.g. an external broker's ca= names a file on the host
+            print(exc, file=sys.stderr)
+            return 2
+        while not probe_connack(url.host, url.port, tls=tls):
             if time.monotonic() > deadline:
                 print(f"broker {url.address} did not answer within {BROKER_WAIT_S:g} s",
                       file=sys.stderr)

@@ -13,7 +13,16 @@ secret                 service                    what
 ``controller.url``     controller                 the broker URL with the controller's password
 ``worker-K.url``       worker-K                   worker K's password only
 ``operator.json``      supervisor                 the operator (also for one-off ``fault`` runs)
+``broker-cert.pem``    broker                     with ``--tls``: the broker's certificate
+``broker-key.pem``     broker                     with ``--tls``: its private key
+``broker-ca.pem``      every service              with ``--tls``: the CA that signed it
 =====================  =========================  =============================================
+
+With ``--tls`` the broker listens for TLS only (port 8883) with a certificate for the host name
+``broker``, signed by a CA made for this file alone; the CA's private key is dropped once the
+certificate is signed, so nothing else can be issued under it. Every URL names the CA
+(``mqtts://broker:8883?ca=/run/secrets/broker-ca.pem``), so passwords and frames are never on
+the network in clear text.
 
 With docker compose the secrets are read-only bind mounts of those files; ``docker stack
 deploy`` turns them into Swarm secrets. Either way no password is in the file's environment, in
@@ -29,9 +38,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.certs import make_run_tls
 from broker.credentials import (
     Credential,
     RunCredentials,
@@ -50,7 +61,12 @@ ANY_RUN_ROOT = "orbitmesh/+"
 PASSWORDS = "broker-passwords"
 ACL = "broker-acl"
 OPERATOR = "operator.json"
-_OURS = (".url", PASSWORDS, ACL, OPERATOR)
+CA = "broker-ca.pem"
+SERVER_CERT = "broker-cert.pem"
+SERVER_KEY = "broker-key.pem"
+BROKER_HOST = "broker"
+"""The broker service's name: the host name in every URL and in the TLS certificate."""
+_OURS = (".url", PASSWORDS, ACL, OPERATOR, CA, SERVER_CERT, SERVER_KEY)
 
 
 def url_secret(role: str) -> str:
@@ -104,7 +120,8 @@ class ComposeSecrets:
 
 
 def locked_secrets(broker: BrokerURL, workers: int) -> ComposeSecrets:
-    """Fresh users for the file's own broker service at ``broker`` (as the services reach it)."""
+    """Fresh users for the file's own broker service at ``broker`` (as the services reach it);
+    with an ``mqtts://`` URL also the TLS files (:func:`tls_files`)."""
     creds = RunCredentials.generate(USER_PREFIX, workers)
     files = {PASSWORDS: render_password_file(creds), ACL: any_run_acl(creds),
              url_secret("controller"): _url_text(creds.controller.on(broker))}
@@ -115,7 +132,19 @@ def locked_secrets(broker: BrokerURL, workers: int) -> ComposeSecrets:
         services[f"worker-{k}"] = (url_secret(f"worker-{k}"),)
     files[OPERATOR] = _operator_text(creds.operator, broker)
     services["supervisor"] = (OPERATOR,)
+    if broker.tls:
+        files.update(tls_files(BROKER_HOST))
+        services = {name: (*given, SERVER_CERT, SERVER_KEY, CA) if name == "broker" else
+                    (*given, CA) for name, given in services.items()}
     return ComposeSecrets(files, services, tuple(c.password for c in creds.all()))
+
+
+def tls_files(host: str) -> dict[str, str]:
+    """A fresh CA and a certificate for ``host`` signed by it (CA key dropped): texts by name."""
+    with tempfile.TemporaryDirectory(prefix="orbitmesh-tls-") as tmp:
+        tls = make_run_tls(Path(tmp), "compose", (host,))
+        return {CA: tls.ca_file.read_text(), SERVER_CERT: tls.cert_file.read_text(),
+                SERVER_KEY: tls.key_file.read_text()}
 
 
 def external_secrets(broker: BrokerURL, workers: int) -> ComposeSecrets:

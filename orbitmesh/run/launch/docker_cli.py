@@ -95,6 +95,9 @@ def add_parsers(sub: Any) -> dict[str, Handler]:
     c.add_argument("--broker-insecure", action="store_true",
                    help="broker service without per-run users and ACL (open to anything on the "
                    "run's network; said on stderr and in the file)")
+    c.add_argument("--tls", action="store_true",
+                   help="the broker service speaks TLS only, with a certificate from a CA made "
+                   "for this file (secrets beside it; port 8883)")
     c.add_argument("--image", default="orbitmesh:latest",
                    help="image tag of every service (default orbitmesh:latest)")
     c.add_argument("--nodes-per-container", type=int,
@@ -316,7 +319,7 @@ def compose_cmd(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     opts = ComposeOptions(Path(args.scenario), out, args.image, args.broker,
                           args.nodes_per_container, args.duration, args.speed, args.run_id,
-                          not args.no_supervisor, args.broker_insecure)
+                          not args.no_supervisor, args.broker_insecure, args.tls)
     _warn_missing_image(args.image)
     if args.swarm:
         from orbitmesh.run.launch.stack import write_stack
