@@ -19,8 +19,8 @@ import pytest
 from nodes.stats import Stats
 from orbitmesh.protocol.wire import new_frame
 from orbitmesh.run.cli import main
-from orbitmesh.run.export import format_info, trace_info
 from orbitmesh.run.trace import FULL_DISK
+from orbitmesh.run.trace_info import format_info, trace_info
 
 DISK_SIZE = "300k"
 FRAMES = 20_000

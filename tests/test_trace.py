@@ -27,20 +27,11 @@ from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import build_topology
 from orbitmesh.errors import ScenarioError
 from orbitmesh.run.compare import check_thresholds, compare_runs, format_comparison, run_compare
-from orbitmesh.run.export import (
-    EVENT_COLUMNS,
-    export_csv,
-    export_jsonl,
-    export_node_map,
-    export_pcap,
-    flow_port,
-    format_info,
-    iter_event_rows,
-    node_address,
-    trace_info,
-)
+from orbitmesh.run.export import EVENT_COLUMNS, export_csv, export_jsonl, iter_event_rows
 from orbitmesh.run.launch.local import RunOptions, RunResult, run
+from orbitmesh.run.pcap_export import export_node_map, export_pcap, flow_port, node_address
 from orbitmesh.run.trace import Offered, offered_traffic, read_manifest
+from orbitmesh.run.trace_info import format_info, trace_info
 from orbitmesh.run.traffic_import import load_address_map, load_traffic_csv, load_traffic_pcap
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,11 +24,12 @@ import pytest
 
 from orbitmesh.core.scenario import load_scenario
 from orbitmesh.run.cli import main
-from orbitmesh.run.export import export_csv, trace_info
+from orbitmesh.run.export import export_csv
 from orbitmesh.run.files import DiskError, atomic_write
 from orbitmesh.run.records import TraceError
 from orbitmesh.run.report import fault_impact
 from orbitmesh.run.trace import iter_events, read_link_timeline
+from orbitmesh.run.trace_info import trace_info
 
 ROOT = Path(__file__).resolve().parent.parent
 PASS = ROOT / "tests" / "data" / "live" / "pass.yaml"

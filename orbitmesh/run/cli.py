@@ -415,16 +415,17 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    from orbitmesh.run import export
+    from orbitmesh.run import export, pcap_export
     from orbitmesh.run.files import DiskError, partial_output
     from orbitmesh.run.run_report import resolve_run
     from orbitmesh.run.trace import Damage
+    from orbitmesh.run.trace_info import format_info, trace_info
 
     run = resolve_run(args.run)
     try:
         if args.trace_command == "info":
-            info = export.trace_info(run, salvage=args.salvage)
-            print(json.dumps(info, indent=2) if args.format == "json" else export.format_info(info))
+            info = trace_info(run, salvage=args.salvage)
+            print(json.dumps(info, indent=2) if args.format == "json" else format_info(info))
             if info["damage"] and not args.salvage:
                 print(f"error: {Damage(**info['damage'][0]).describe()}; the trace is damaged "
                       "(--salvage reads past the damage)", file=sys.stderr)
@@ -432,7 +433,7 @@ def _trace(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.node_map:
             with partial_output(args.node_map, "w") as fh:
-                export.export_node_map(run, fh)
+                pcap_export.export_node_map(run, fh)
         damage: list[Damage] = []
         if args.format == "links-csv":
             warnings: list[str] = []
@@ -450,10 +451,10 @@ def _trace(args: argparse.Namespace) -> int:
                                     "redirect standard output")
             if args.out:
                 with partial_output(args.out, "wb") as fh:
-                    count = export.export_pcap(run, fh, salvage=args.salvage, damage=damage)
+                    count = pcap_export.export_pcap(run, fh, salvage=args.salvage, damage=damage)
             else:
-                count = export.export_pcap(run, sys.stdout.buffer, salvage=args.salvage,
-                                           damage=damage)
+                count = pcap_export.export_pcap(run, sys.stdout.buffer, salvage=args.salvage,
+                                                damage=damage)
             print(f"{count} packets", file=sys.stderr)
         else:
             writer = export.export_jsonl if args.format == "jsonl" else export.export_csv

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from orbitmesh.protocol.wire import ACK, TELECOMMAND
-from orbitmesh.run.export import _Trace, iter_sorted_events
+from orbitmesh.run.export import TraceView, iter_sorted_events
 from orbitmesh.run.records import Damage
 
 
@@ -24,7 +24,7 @@ def telecommand_round_trips(run_dir: Path, *, salvage: bool = False,
     ``rtt_ms`` (scenario ms, sent to acknowledged: the summary's TC RTT samples) or
     ``ack_dropped``. Fields that do not apply are None.
     """
-    trace = _Trace(run_dir)
+    trace = TraceView(run_dir)
     rows: dict[int, dict[str, Any]] = {}
     by_ack: dict[int, dict[str, Any]] = {}
     for r in iter_sorted_events(run_dir, salvage=salvage, damage=damage):
