@@ -13,6 +13,7 @@ lateness, latency and age are never negative).
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -33,7 +34,10 @@ class Histogram:
     __slots__ = ("_pending", "count", "counts", "max", "min", "sum")
 
     def __init__(self) -> None:
-        self._pending: list[float] = []
+        # Doubles in an array, not a list of float objects: 8 bytes a sample instead of 32, so a
+        # slow figure filling its exact part (a 3-pps flow's latency: 23 minutes) grows a worker
+        # by a quarter as much (bench/soak_virtual.py).
+        self._pending: array[float] = array("d")
         self.counts: np.ndarray | None = None
         self.count = 0
         self.sum = 0.0
@@ -50,7 +54,7 @@ class Histogram:
     def add_many(self, values: np.ndarray) -> None:
         """Record an array of samples (one fold per EXACT_SAMPLES, not one call per sample)."""
         pending = self._pending
-        pending.extend(values.tolist())
+        pending.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
         if len(pending) >= EXACT_SAMPLES:
             self._fold()
 
@@ -63,8 +67,8 @@ class Histogram:
         pending = self._pending
         if not pending:
             return
-        values = np.maximum(np.asarray(pending, dtype=np.float64), 0.0)
-        self._pending = []
+        values = np.maximum(np.array(pending, dtype=np.float64), 0.0)
+        self._pending = array("d")
         self.count += len(values)
         self.sum += float(values.sum())
         self.min = min(self.min, float(values.min()))
