@@ -66,6 +66,11 @@ class PlaneRuntime(PlaneBooks):
                          rate_bps=self.rate_bps, loss=self.loss, queue_frames=self.queue_frames)
         self._req_i: list[tuple[int, ...]] = []
         self._req_f: list[tuple[float, ...]] = []
+        self._req_keys: set[int] = set()
+        """Links (u * n + v) of the queued transmit requests."""
+        self._payloads: dict[int, bytes] = {}
+        """Payload key -> bytes of the lane's frames that carry one (telemetry, for one)."""
+        self._pay_next = 0
         self._rare: dict[int, tuple[int, int, Frame]] = {}
         """seq -> (u, v, frame) of rare frames whose transmit request is queued."""
         self.policies: list[str | None] = []
@@ -95,7 +100,7 @@ class PlaneRuntime(PlaneBooks):
         no_rows = np.frombuffer(b"", dtype=np.int64).reshape(-1, K.W_COLS)  # read-only: its
         self.lane.run(-np.inf, 0, 0.0, rows=no_rows, rows_pol=self._rows_pol,  # own signature
                       sink=self._sink)
-        K.tx_find(self.lane.tkey, 0)
+        K.backlog_packed(self.lane.I, self.lane.F, self.lane.lay, 0, 0.0)
 
     def sync_stats(self) -> None:
         """Fold what the lane counted (hop lateness, remote_in / remote_out) into the stats."""
@@ -156,6 +161,7 @@ class PlaneRuntime(PlaneBooks):
             req_i = np.array(self._req_i, dtype=np.int64)
             req_f = np.array(self._req_f, dtype=np.float64)
             self._req_i, self._req_f = [], []
+            self._req_keys.clear()
         if self._rows:
             raw = self._rows[0] if len(self._rows) == 1 else b"".join(self._rows)
             rows = np.frombuffer(raw, dtype=np.int64).reshape(-1, K.W_COLS)
@@ -178,7 +184,7 @@ class PlaneRuntime(PlaneBooks):
     # --- frames -------------------------------------------------------------------------------
 
     def _common(self, frame: Frame) -> bool:
-        return (not frame[F_ROUTE] and frame[F_REF] is None and not frame[F_PAYLOAD]
+        return (not frame[F_ROUTE] and frame[F_REF] is None
                 and frame[F_POLICY] in self._policy_index)
 
     def transmit(self, u: int, v: int, frame: Frame, at_wall: float) -> bool:
@@ -187,11 +193,17 @@ class PlaneRuntime(PlaneBooks):
         self._seq += 1
         seq = self._seq
         common = self._common(frame)
+        pay = -1
+        if common and frame[F_PAYLOAD]:  # the bytes stay here; the lane carries their key
+            pay = self._pay_next
+            self._pay_next = pay + 1
+            self._payloads[pay] = frame[F_PAYLOAD]
         self._req_i.append((frame[0], frame[1], frame[2], frame[3], frame[4], frame[5],
                             frame[7], frame[8],
                             self._policy_index[frame[F_POLICY]] if common else 0, u, v,
-                            K.REQ_COMMON if common else K.REQ_RARE, seq))
+                            K.REQ_COMMON if common else K.REQ_RARE, seq, pay))
         self._req_f.append((frame[6], frame[F_DUE], frame[F_WAIT], frame[F_PROP], at_wall))
+        self._req_keys.add(u * self.n_nodes + v)
         if common:
             return True
         self._rare[seq] = (u, v, frame)
@@ -200,16 +212,16 @@ class PlaneRuntime(PlaneBooks):
 
     def backlog(self, u: int, v: int, at_wall: float) -> int:
         """Frames waiting on link u->v."""
-        self._drain()
+        key = u * self.n_nodes + v
+        # Only a queued transmit on this very link changes its ring (received rows go to the
+        # lane heap, and lane events before now have run): a satellite asking before each
+        # telemetry frame costs no lane pass.
+        if key in self._req_keys:
+            self._drain()
         lane = self.lane
-        h = K.tx_find(lane.tkey, u * self.n_nodes + v)
-        if lane.tkey[h] < 0:
-            return 0
-        t = int(lane.tslot[h])
-        off, cap, head, cnt = (int(lane.toff[t]), int(lane.tcap[t]), int(lane.thead[t]),
-                               int(lane.tcnt[t]))
-        ring = [lane.pool[off + (head + i) % cap] for i in range(cnt)]
-        return sum(1 for done in ring if done > at_wall)
+        if lane.dirty:
+            lane.pack()
+        return int(K.backlog_packed(lane.I, lane.F, lane.lay, key, at_wall))
 
     def receive_batch(self, payload: bytes, now_wall: float, *, injected: bool = False,
                       topic: str = "frames", run: bool = True) -> None:
@@ -296,7 +308,8 @@ class PlaneRuntime(PlaneBooks):
         self.sync_stats()
         self._take_hand()
         lane = self.lane
-        held = [self._frame(lane.fi[s].tolist(), lane.ff[s].tolist())
+        held = [self._frame(lane.fi[s].tolist(), lane.ff[s].tolist(), pay=int(lane.fpay[s]),
+                            keep=True)
                 for s in lane.in_flight_slots().tolist()]
         for blocks in self._out_rows.values():
             for block in blocks:

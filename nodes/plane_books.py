@@ -30,6 +30,7 @@ class PlaneBooks(NodeRuntime):
     _policy_index: dict[str | None, int]
     _fault_index: dict[str, int]
     _rare: dict[int, tuple[int, int, Frame]]
+    _payloads: dict[int, bytes]
     _out_rows: dict[int, list[bytes]]
     _recv_policies: list[str | None]
     _lane_watch: frozenset[int]
@@ -57,12 +58,15 @@ class PlaneBooks(NodeRuntime):
 
     # --- output records -----------------------------------------------------------------------
 
-    def _frame(self, fi: list[int], ff: list[float], policy: Any = False) -> Frame:
-        """A lane row as the list NodeRuntime passes around."""
+    def _frame(self, fi: list[int], ff: list[float], policy: Any = False, *, pay: int = -1,
+               keep: bool = False) -> Frame:
+        """A lane row as the list NodeRuntime passes around; its payload (key ``pay``) leaves
+        ``_payloads`` unless ``keep`` (the frame is only looked at)."""
+        payload = b"" if pay < 0 else (self._payloads[pay] if keep else self._payloads.pop(pay))
         return [fi[K.FI_ID], fi[K.FI_KIND], fi[K.FI_FLOW], fi[K.FI_SRC], fi[K.FI_DST],
                 fi[K.FI_SIZE], ff[K.FF_CREATED], fi[K.FI_HOPS], fi[K.FI_TTL],
                 self.policies[fi[K.FI_POLICY]] if policy is False else policy, None,
-                ff[K.FF_DUE], None, b"", -1, ff[K.FF_WAIT], ff[K.FF_PROP]]
+                ff[K.FF_DUE], None, payload, -1, ff[K.FF_WAIT], ff[K.FF_PROP]]
 
     def _sink(self, lane: Lane) -> None:
         """After a lane pass: deliveries and drops (between the hop records around them, as
@@ -145,13 +149,13 @@ class PlaneBooks(NodeRuntime):
         fi, ff = ri[_FRAME_I], rf[K.OF_FRAME:]
         stats = self.stats
         if code == K.O_DELIVER:
-            frame = self._frame(fi, ff)
+            frame = self._frame(fi, ff, pay=ri[K.OI_PAY])
             stats.deliver(frame, t)
             if self.on_deliver is not None:
                 self.on_deliver(ri[K.OI_NODE], frame, t)
         elif code == K.O_DROP:
             rare = self._rare.get(ri[K.OI_SEQ])
-            frame = rare[2] if rare is not None else self._frame(fi, ff)
+            frame = rare[2] if rare is not None else self._frame(fi, ff, pay=ri[K.OI_PAY])
             fault = ri[K.OI_FAULT]
             stats.event_wall = t
             stats.drop(frame, K.REASONS[ri[K.OI_AUX]], ri[K.OI_NODE],
@@ -167,8 +171,8 @@ class PlaneBooks(NodeRuntime):
             NodeRuntime.receive_batch(
                 self, msgpack.packb([WIRE_VERSION, [[fi[K.FI_V], frame]]], use_bin_type=True),
                 self.now_wall, run=False)
-        elif code == K.O_WATCH:
-            frame = self._frame(fi, ff)
+        elif code == K.O_WATCH or code == K.O_AWAY:  # noqa: PLR1714 (ints, not a set)
+            frame = self._frame(fi, ff, pay=ri[K.OI_PAY])
             self._scheduled(fi[K.FI_U], fi[K.FI_V], frame, ri[K.OI_SEQ], t, ff)
 
     def _scheduled(self, u: int, v: int, frame: Frame, seq: int, due: float,
@@ -243,7 +247,8 @@ class PlaneBooks(NodeRuntime):
             u = lane.fi[slots, K.FI_U]
             hit = np.isin(u, list(failed))
             for s in slots[hit].tolist():
-                frame = self._frame(lane.fi[s].tolist(), lane.ff[s].tolist())
+                frame = self._frame(lane.fi[s].tolist(), lane.ff[s].tolist(),
+                                    pay=int(lane.fpay[s]))
                 node = int(lane.fi[s, K.FI_U])
                 self.stats.drop(frame, "fault", node, failed[node])
             if hit.any():

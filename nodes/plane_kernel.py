@@ -10,8 +10,9 @@ Python turns them into stats, the event log and wire batches.
 
 State layout (every array is owned by :class:`nodes.plane.Lane`):
 
-* frame slots: ``fi[slot, FI_*]`` (int64) and ``ff[slot, FF_*]`` (float64); free slots on the
-  stack ``free[:meta[M_FREE]]``.
+* frame slots: ``fi[slot, FI_*]`` (int64) and ``ff[slot, FF_*]`` (float64), ``fpay[slot]`` the
+  key of the frame's payload in nodes/plane.py's ``_payloads`` (-1: none; the kernel only
+  carries it); free slots on the stack ``free[:meta[M_FREE]]``.
 * lane heap: ``hdue``, ``hseq``, ``hslot`` (binary min-heap on (due, seq), ``meta[M_HEAP]``
   entries).
 * live links: CSR over nodes, ``lptr[u]..lptr[u+1]`` index ``lnbr`` (neighbour), ``ldelay_s``,
@@ -126,6 +127,9 @@ def _transmit(S, L, T, s, u, v, at, seq, rare):  # type: ignore[no-untyped-def]
     if rare:
         _emit(S, O_RARE, w, v, -1, seq, due, 0.0, s)
         _release(S, s)
+    elif w != meta[M_WORKER] and S[8][s] >= 0:  # its payload cannot ride in a row
+        _emit(S, O_AWAY, w, v, -1, seq, due, 0.0, s)
+        _release(S, s)
     elif w != meta[M_WORKER]:
         row = w * meta[M_HCAP] + hcnt[w]
         hcnt[w] += 1
@@ -188,7 +192,8 @@ def run_packed(bound_due, bound_seq, now, ints, F, lay, req_i, req_f, recv, recv
     free = _iv(ints, lay, I_FREE)
     log = _iv(ints, lay, I_LOG).view(np.uint8)
     fmeta = _fv(F, lay, F_META)
-    S = (meta, fi, ff, oi, of, free, log, fmeta)
+    fpay = _iv(ints, lay, I_FPAY)
+    S = (meta, fi, ff, oi, of, free, log, fmeta, fpay)
     L = (_iv(ints, lay, I_LPTR), _iv(ints, lay, I_LNBR), _fv(F, lay, F_LDELAY),
          _iv(ints, lay, I_LKIND),
          _fv(F, lay, F_LCAP), _fv(F, lay, F_LXLOSS), _iv(ints, lay, I_LXFAULT),
@@ -240,8 +245,9 @@ def run_packed(bound_due, bound_seq, now, ints, F, lay, req_i, req_f, recv, recv
             fi[s, c] = req_i[r, c]
         for c in range(FF_COLS):
             ff[s, c] = req_f[r, c]
-        _transmit(S, L, T, s, fi[s, FI_U], fi[s, FI_V], req_f[r, FF_COLS], req_i[r, FI_COLS + 1],
-                  req_i[r, FI_COLS] == REQ_RARE)
+        fpay[s] = req_i[r, RQ_PAY]
+        _transmit(S, L, T, s, fi[s, FI_U], fi[s, FI_V], req_f[r, FF_COLS], req_i[r, RQ_SEQ],
+                  req_i[r, RQ_KIND] == REQ_RARE)
 
     n_pol = len(recv_pol) - 1
     for r in range(len(recv)):
@@ -265,6 +271,7 @@ def run_packed(bound_due, bound_seq, now, ints, F, lay, req_i, req_f, recv, recv
             fi[s, c] = row[c]
         for c in range(FF_COLS):
             ff[s, c] = rowf[FI_COLS + c]
+        fpay[s] = -1
         pol = recv_pol[row[FI_POLICY] + 1]
         flow = row[FI_FLOW] + flow0
         if pol < 0 or flow < 0 or flow >= nflows or watch[row[FI_V]]:
@@ -341,3 +348,21 @@ def run_packed(bound_due, bound_seq, now, ints, F, lay, req_i, req_f, recv, recv
         meta[M_SEQ] += 1
         _transmit(S, L, T, s, v, nh, due, meta[M_SEQ], False)
     return S_DONE, taken_req, taken_rows
+
+
+@njit(cache=True, nogil=True)
+def backlog_packed(ints, F, lay, key, at):  # type: ignore[no-untyped-def]
+    """Frames still queued or serialising at ``at`` on transmitter ``key`` (u * n + v)."""
+    tkey = _iv(ints, lay, I_TKEY)
+    h = tx_find(tkey, key)
+    if tkey[h] < 0:
+        return 0
+    t = _iv(ints, lay, I_TSLOT)[h]
+    off, cap = _iv(ints, lay, I_TOFF)[t], _iv(ints, lay, I_TCAP)[t]
+    head, cnt = _iv(ints, lay, I_THEAD)[t], _iv(ints, lay, I_TCNT)[t]
+    pool = _fv(F, lay, F_POOL)
+    waiting = 0
+    for i in range(cnt):
+        if pool[off + (head + i) % cap] > at:
+            waiting += 1
+    return waiting

@@ -28,7 +28,7 @@ receivers' MAX_BATCH_FRAMES)."""
 INT_FIELDS = ("meta", "fi", "hseq", "hslot", "free", "lptr", "lnbr", "lkind", "lxfault",
               "cut_key", "cut_fault", "tkey", "tslot", "toff", "tcap", "thead", "tcnt", "owner",
               "watch", "down_local", "down_all", "cut_node", "dest_row", "table", "qlim", "oi",
-              "hand", "hcnt", "fcnt", "log", "rng", "bad")
+              "hand", "hcnt", "fcnt", "log", "rng", "bad", "fpay")
 FLOAT_FIELDS = ("fmeta", "ff", "hdue", "ldelay_s", "lcap_bps", "lxloss", "tbusy", "pool", "of",
                 "rate_bps", "loss", "late")
 _PACKED = frozenset(INT_FIELDS + FLOAT_FIELDS)
@@ -70,6 +70,7 @@ class Lane:
     log: np.ndarray
     rng: np.ndarray
     bad: np.ndarray
+    fpay: np.ndarray
     fmeta: np.ndarray
     ff: np.ndarray
     hdue: np.ndarray
@@ -122,7 +123,7 @@ class Lane:
         self.cut_fault = np.zeros(0, dtype=np.int64)
         self.set_links(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
                        np.zeros(0))
-        self._no_req_i = np.zeros((0, K.FI_COLS + 2), dtype=np.int64)
+        self._no_req_i = np.zeros((0, K.RQ_COLS), dtype=np.int64)
         self._no_req_f = np.zeros((0, K.FF_COLS + 1), dtype=np.float64)
         self._no_rows = np.zeros((0, K.W_COLS), dtype=np.int64)
         self._no_pol = np.full(1, -1, dtype=np.int64)
@@ -132,7 +133,7 @@ class Lane:
             object.__setattr__(self, "dirty", True)
         object.__setattr__(self, name, value)
 
-    def _pack(self) -> None:
+    def pack(self) -> None:
         """Copy every array into the two buffers and point the attributes at their views."""
         lay = np.zeros(2 * (K.N_INT + K.N_FLOAT), dtype=np.int64)
         buffers = []
@@ -160,6 +161,7 @@ class Lane:
         have = len(self.fi)
         fi = np.zeros((count, K.FI_COLS), dtype=np.int64)
         ff = np.zeros((count, K.FF_COLS), dtype=np.float64)
+        fpay = np.full(count, -1, dtype=np.int64)
         hdue = np.zeros(count, dtype=np.float64)
         hseq = np.zeros(count, dtype=np.int64)
         hslot = np.zeros(count, dtype=np.int64)
@@ -167,7 +169,7 @@ class Lane:
         added = np.arange(count - 1, have - 1, -1)
         free[:len(added)] = added
         if have:
-            fi[:have], ff[:have] = self.fi, self.ff
+            fi[:have], ff[:have], fpay[:have] = self.fi, self.ff, self.fpay
             size = self.meta[K.M_HEAP]
             hdue[:size], hseq[:size], hslot[:size] = (self.hdue[:size], self.hseq[:size],
                                                       self.hslot[:size])
@@ -176,8 +178,8 @@ class Lane:
         else:
             nfree = 0
         self.meta[K.M_FREE] = nfree + len(added)
-        self.fi, self.ff, self.hdue, self.hseq, self.hslot, self.free = (
-            fi, ff, hdue, hseq, hslot, free)
+        self.fi, self.ff, self.fpay, self.hdue, self.hseq, self.hslot, self.free = (
+            fi, ff, fpay, hdue, hseq, hslot, free)
 
     def _tx(self, count: int) -> None:
         """Room for ``count`` transmitters (the hash is rebuilt at twice that, a power of 2)."""
@@ -266,7 +268,7 @@ class Lane:
             rows, rows_pol = self._no_rows, self._no_pol
         while True:
             if self.dirty:
-                self._pack()
+                self.pack()
             status, took_req, took_rows = K.run_packed(
                 bound_due, bound_seq, now, self.I, self.F, self.lay, req_i, req_f, rows,
                 rows_pol)

@@ -22,20 +22,24 @@ M_LEN = 22
 # int buffer fields, in order
 (I_META, I_FI, I_HSEQ, I_HSLOT, I_FREE, I_LPTR, I_LNBR, I_LKIND, I_LXFAULT, I_CUTK, I_CUTF,
  I_TKEY, I_TSLOT, I_TOFF, I_TCAP, I_THEAD, I_TCNT, I_OWNER, I_WATCH, I_DLOCAL, I_DALL, I_CUTN,
- I_DROW, I_TABLE, I_QLIM, I_OI, I_HAND, I_HCNT, I_FCNT, I_LOG, I_RNG, I_BAD) = range(32)
-N_INT = 32
+ I_DROW, I_TABLE, I_QLIM, I_OI, I_HAND, I_HCNT, I_FCNT, I_LOG, I_RNG, I_BAD, I_FPAY) = range(33)
+N_INT = 33
 # float buffer fields, in order
 (F_META, F_FF, F_HDUE, F_LDELAY, F_LCAP, F_LXLOSS, F_TBUSY, F_POOL, F_OF, F_RATE, F_LOSS,
  F_LATE) = range(12)
 N_FLOAT = 12
 FM_SPEED = 0
-# request kinds (rows of the request arrays)
+# request kinds (rows of the request arrays: the FI_* columns, then kind, seq, payload key)
 REQ_COMMON, REQ_RARE = 0, 1
-# output record kinds
-O_DELIVER, O_DROP, O_RARE, O_WATCH, O_SLOW = range(5)
-# output int columns: kind, aux (reason / worker), node, fault, seq, log offset, FI_* columns
-OI_KIND, OI_AUX, OI_NODE, OI_FAULT, OI_SEQ, OI_LOG = range(6)
-OI_FRAME = 6
+RQ_KIND, RQ_SEQ, RQ_PAY = FI_COLS, FI_COLS + 1, FI_COLS + 2
+RQ_COLS = FI_COLS + 3
+# output record kinds (O_AWAY: a frame with a payload leaving for another worker, which the
+# rows of a columnar batch cannot carry: Python hands it over as a list frame)
+O_DELIVER, O_DROP, O_RARE, O_WATCH, O_SLOW, O_AWAY = range(6)
+# output int columns: kind, aux (reason / worker), node, fault, seq, log offset, payload key
+# (-1: none; the bytes stay in Python, nodes/plane.py's ``_payloads``), FI_* columns
+OI_KIND, OI_AUX, OI_NODE, OI_FAULT, OI_SEQ, OI_LOG, OI_PAY = range(7)
+OI_FRAME = 7
 OI_COLS = OI_FRAME + FI_COLS
 # output float columns: event wall, late_ms, then the FF_* columns
 OF_T, OF_LATE = range(2)

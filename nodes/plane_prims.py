@@ -31,6 +31,7 @@ from nodes.plane_layout import (
     OI_KIND,
     OI_LOG,
     OI_NODE,
+    OI_PAY,
     OI_SEQ,
 )
 
@@ -129,7 +130,7 @@ def _fv(F, lay, k):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, nogil=True, inline="always")
 def _emit(S, kind, aux, node, fault, seq, t, late, s):  # type: ignore[no-untyped-def]
-    meta, fi, ff, oi, of = S[0], S[1], S[2], S[3], S[4]
+    meta, fi, ff, oi, of, fpay = S[0], S[1], S[2], S[3], S[4], S[8]
     k = meta[M_OUT]
     meta[M_OUT] = k + 1
     oi[k, OI_KIND] = kind
@@ -138,6 +139,7 @@ def _emit(S, kind, aux, node, fault, seq, t, late, s):  # type: ignore[no-untype
     oi[k, OI_FAULT] = fault
     oi[k, OI_SEQ] = seq
     oi[k, OI_LOG] = meta[M_LOG]
+    oi[k, OI_PAY] = fpay[s]
     for c in range(FI_COLS):
         oi[k, OI_FRAME + c] = fi[s, c]
     of[k, OF_T] = t

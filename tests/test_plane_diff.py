@@ -30,7 +30,7 @@ from nodes.runtime import NodeRuntime
 from nodes.stats import Stats
 from orbitmesh.core.scenario import parse_scenario
 from orbitmesh.core.topology import TERRESTRIAL, Topology, build_topology
-from orbitmesh.protocol.wire import DATA, F_HOPS, F_ID, new_frame
+from orbitmesh.protocol.wire import DATA, F_HOPS, F_ID, F_PAYLOAD, new_frame
 
 T0_WALL = 1_000.0
 ONE_NANOSECOND_S = 1e-9
@@ -99,7 +99,7 @@ class Run:
         workers = int(owner.max()) + 1
         self.inbox: list[list[bytes]] = [[] for _ in range(workers)]
         self.logs = [io.BytesIO() for _ in range(workers)]
-        self.delivered: list[tuple[int, float, int]] = []
+        self.delivered: list[tuple[int, float, int, bytes]] = []
         self.runtimes = []
         for k in range(workers):
             rt = cls(topo, k, owner, send=self._sender(), speed=1.0, seed=3,
@@ -115,7 +115,7 @@ class Run:
 
     def _recorder(self) -> Callable[[int, list[Any], float], None]:
         def record(_node: int, frame: list[Any], at: float) -> None:
-            self.delivered.append((frame[F_ID], at, frame[F_HOPS]))
+            self.delivered.append((frame[F_ID], at, frame[F_HOPS], frame[F_PAYLOAD]))
         return record
 
     def state(self, at_wall: float, links: Links, **faults: Any) -> None:
@@ -129,10 +129,11 @@ class Run:
             else:
                 rt.call_at(at_wall, apply, first=True)
 
-    def offer(self, src: int, dst: int, fid: int, flow: int, size: int, at_wall: float) -> None:
-        """Node ``src`` originates a frame at ``at_wall``."""
+    def offer(self, src: int, dst: int, fid: int, flow: int, size: int, at_wall: float,
+              payload: bytes = b"") -> None:
+        """Node ``src`` originates a frame (with ``payload``) at ``at_wall``."""
         rt = self.runtimes[int(rt_owner(self.runtimes[0], src))]
-        frame = new_frame(fid, DATA, flow, src, dst, size, at_wall)
+        frame = new_frame(fid, DATA, flow, src, dst, size, at_wall, payload=payload)
 
         def fire(due: float) -> None:
             if not rt.suppressed(flow, src):
@@ -156,7 +157,10 @@ class Run:
 
     def books(self) -> dict[str, Any]:
         """Counters to compare: per flow offered/delivered/dropped by reason, per fault."""
-        offered, delivered, dropped, faults = Counter(), Counter(), Counter(), Counter()
+        offered: Counter[Any] = Counter()
+        delivered: Counter[Any] = Counter()
+        dropped: Counter[Any] = Counter()
+        faults: Counter[Any] = Counter()
         crossed: Counter[int] = Counter()
         for rt in self.runtimes:
             rt.stats.as_dict()  # what a worker writes: the plane folds its counts in first
@@ -190,8 +194,10 @@ def rt_owner(rt: NodeRuntime, node: int) -> int:
 
 
 def build_case(cls: type[NodeRuntime], seed: int, workers: int, *, loss: float = 0.0,
-               frames: int = 300) -> Run:
-    """A random case: mesh, traffic, state changes and faults, all drawn from ``seed``."""
+               frames: int = 300, payloads: bool = False, churn: int = 0) -> Run:
+    """A random case: mesh, traffic, state changes and faults, all drawn from ``seed``;
+    ``payloads``: every other frame carries bytes of its own; ``churn``: that many more link
+    states, dense and sparse in turn, so links come and go again and again."""
     rng = random.Random(seed)
     n = rng.randint(4, 9)
     topo = scenario(n, loss=loss, queue=rng.choice([2, 4, 1000]))
@@ -203,7 +209,8 @@ def build_case(cls: type[NodeRuntime], seed: int, workers: int, *, loss: float =
     for i in range(frames):  # bursts make queues overflow
         src, dst = rng.sample(range(n), 2)
         at = T0_WALL + 1e-3 + rng.random() * span_s
-        run.offer(src, dst, i, rng.randrange(2), rng.choice([100, 400, 1500]), at)
+        payload = i.to_bytes(4, "big") * (1 + i % 7) if payloads and i % 2 else b""
+        run.offer(src, dst, i, rng.randrange(2), rng.choice([100, 400, 1500]), at, payload)
         if rng.random() < 0.2:  # a burst from the same source
             for j in range(rng.randint(2, 8)):
                 run.offer(src, dst, 10_000 + i * 10 + j, 0, 1500, at)
@@ -215,6 +222,10 @@ def build_case(cls: type[NodeRuntime], seed: int, workers: int, *, loss: float =
         pair = (int(state.a[0]), int(state.b[0]))
         run.state(T0_WALL + span_s * 0.5, state.without(pair), cut={pair: "cut-1"},
                   degraded={(int(state.a[-1]), int(state.b[-1])): (0.0, 0.0, 2e5, "slow-1")})
+    for k in range(churn):  # many states, each with many links, mid-traffic
+        extra = n * (n - 1) // 2 if k % 2 else rng.randint(0, 2)
+        run.state(T0_WALL + span_s * (0.05 + 0.9 * (k + 0.5) / churn),
+                  Links(topo.n_nodes, random_pairs(n, rng, extra), rng))
     if rng.random() < 0.6:  # a node fails
         node = rng.randrange(n)
         run.state(T0_WALL + span_s * 0.7, Links(topo.n_nodes, random_pairs(n, rng, n), rng),
@@ -225,8 +236,25 @@ def build_case(cls: type[NodeRuntime], seed: int, workers: int, *, loss: float =
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("seed", range(12))
 def test_the_plane_does_what_the_reference_does(seed: int, workers: int) -> None:
-    ref = build_case(NodeRuntime, seed, workers)
-    new = build_case(PlaneRuntime, seed, workers)
+    assert_agree(build_case(NodeRuntime, seed, workers), build_case(PlaneRuntime, seed, workers))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("seed", range(100, 106))
+def test_payloads_and_link_churn_as_the_reference(seed: int, workers: int) -> None:
+    """Frames with payloads (kept beside the lane, handed over as list frames) and link states
+    that change many times, links going and coming back while frames are on them."""
+    ref = build_case(NodeRuntime, seed, workers, payloads=True, churn=10)
+    new = build_case(PlaneRuntime, seed, workers, payloads=True, churn=10)
+    assert_agree(ref, new)
+    assert any(pay for *_rest, pay in ref.delivered)
+    for rt in new.runtimes:
+        assert isinstance(rt, PlaneRuntime)
+        assert not rt._payloads  # every payload left with its frame
+
+
+def assert_agree(ref: Run, new: Run) -> None:
+    """Both implementations' books, deliveries and hop records are the same."""
     ref.run()
     new.run()
     ref_books, new_books = ref.books(), new.books()
@@ -237,9 +265,10 @@ def test_the_plane_does_what_the_reference_does(seed: int, workers: int) -> None
     assert sum(ref_books["offered"].values()) == (sum(ref_books["delivered"].values())
                                                   + sum(ref_books["dropped"].values()))
     assert len(new.delivered) == len(ref.delivered)
-    for (rid, rat, rhops), (nid, nat, nhops) in zip(sorted(ref.delivered),
-                                                    sorted(new.delivered), strict=True):
-        assert (nid, nhops) == (rid, rhops)
+    for (rid, rat, rhops, rpay), (nid, nat, nhops, npay) in zip(sorted(ref.delivered),
+                                                                sorted(new.delivered),
+                                                                strict=True):
+        assert (nid, nhops, npay) == (rid, rhops, rpay)
         assert math.isclose(nat, rat, rel_tol=0.0, abs_tol=ONE_NANOSECOND_S)
     assert new.hop_records() == ref.hop_records()
 
@@ -268,7 +297,7 @@ def test_loss_is_drawn_at_the_configured_rate() -> None:
     new.run()
     for run in (ref, new):
         books = run.books()
-        dropped = Counter()
+        dropped: Counter[str] = Counter()
         for (_f, reason), c in books["dropped"].items():
             dropped[reason] += c
         lost = dropped["loss"]
