@@ -16,22 +16,26 @@ Times: ``*_wall`` are wall-clock seconds, shared by every process of a run; the 
 (``Stats.hop_late_ms``) but never compounds along the path. A frame bound for a node of another
 worker is handed over as soon as it leaves its transmitter, stamped with its due arrival, so the
 broker's transit hides behind the emulated propagation delay instead of adding to it.
+
+The live links are nodes/link_slots.py's (updated by difference from one state to the next);
+the faults in force and the drops charged to them, nodes/fault_books.py's.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from nodes.fault_books import ARRIVE, CALL, FaultBooks
+from nodes.link_slots import LinkSlots, Transmitter
 from nodes.stats import Stats
 from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL, Topology
 from orbitmesh.protocol.clock import RunClock
-from orbitmesh.protocol.state import FAULT_UNREACHABLE, TickSnapshot
+from orbitmesh.protocol.state import TickSnapshot
 from orbitmesh.protocol.wire import (
     F_DST,
     F_DUE,
@@ -49,7 +53,8 @@ from orbitmesh.protocol.wire import (
     encode_batch,
 )
 
-ARRIVE, CALL = 0, 1
+__all__ = ["ARRIVE", "BROKER_FAULT", "CALL", "Frame", "NodeRuntime", "Transmitter"]
+
 BROKER_FAULT = "unplanned_broker_outage"
 """Fault id of frames a worker could not hand over because its broker connection was down and
 no broker_outage fault was in force (the launcher names that event when its broker dies)."""
@@ -58,24 +63,7 @@ _heappush, _heappop = heapq.heappush, heapq.heappop
 """Bound once: the per-hop path calls them for every frame."""
 
 
-class Transmitter:
-    """One direction of one link: when it is free and which frames are still serialising."""
-
-    __slots__ = ("busy_until", "finishing")
-
-    def __init__(self) -> None:
-        self.busy_until = 0.0
-        self.finishing: deque[float] = deque()
-
-    def backlog(self, at_wall: float) -> int:
-        """Frames queued or serialising at ``at_wall``."""
-        finishing = self.finishing
-        while finishing and finishing[0] <= at_wall:
-            finishing.popleft()
-        return len(finishing)
-
-
-class NodeRuntime:
+class NodeRuntime(LinkSlots, FaultBooks):
     """Forwarding state of the nodes one worker hosts."""
 
     def __init__(self, topology: Topology, worker: int, owner: np.ndarray, *,
@@ -102,7 +90,8 @@ class NodeRuntime:
         self.queue_frames = tuple(by_kind[k].queue_frames for k in (ISL, GSL, TERRESTRIAL))
         self.owner_of: list[int] = owner.tolist()
         """``owner`` as a list: Python ints, no numpy scalar per hop."""
-        self.links: dict[tuple[int, int], tuple[float, int]] = {}
+        self._init_links()
+        self._init_faults()
         self.next_hop: dict[str | None, np.ndarray] = {}
         self.dest_row: dict[int, int] = {}
         self.state_t_s = -1.0
@@ -132,14 +121,8 @@ class NodeRuntime:
         self.on_suppressed: Callable[[int, str], None] | None = None
         self.on_node_down: Callable[[int, str, float], None] | None = None
         self.connected: Callable[[], bool] = lambda: True
-        self.down_nodes: dict[int, str] = {}  # failed node -> fault id
-        self.cut: dict[tuple[int, int], str] = {}  # link removed by a fault -> fault id
-        self.degraded: dict[tuple[int, int], tuple[float, float, float, str]] = {}
-        self.down_all: dict[int, str] = {}  # every failed node of the run -> fault id
-        self.cut_at_node: dict[int, str] = {}  # node with a fault-cut link -> fault id
         self.broker_fault_id = BROKER_FAULT
         self._broker_down = False
-        self.blame: str | None = None
         self.arrival_watch: frozenset[int] = frozenset()
         """Nodes whose scheduled arrivals ``on_arrival(u, v, frame, due)`` hears of, and
         ``on_barrier(due)`` of every link state scheduled (nodes/mcs_bridge.py's pacer)."""
@@ -210,25 +193,12 @@ class NodeRuntime:
 
         ``now`` is the wall time the state takes effect (its due time).
         """
-        self.links = dict(zip(zip(a.tolist(), b.tolist(), strict=True),
-                              zip(delay_s.tolist(), kind.tolist(), strict=True), strict=True))
+        self._set_links(a, b, kind, delay_s)
         self._forget_idle_transmitters(now)
         self.dest_row = {int(d): i for i, d in enumerate(destinations.tolist())}
         self.next_hop = next_hop
         self.state_t_s = t_s
-        self.cut = cut or {}
-        self.degraded = degraded or {}
-        self.blame = blame
-        down = down or {}
-        newly_down = {n: f for n, f in down.items() if n not in self.down_all}
-        self.down_all = down
-        self.cut_at_node = {}
-        for (x, y), fault in self.cut.items():
-            self.cut_at_node.setdefault(x, fault)
-            self.cut_at_node.setdefault(y, fault)
-        self.down_nodes = {n: f for n, f in down.items() if n in self.local}
-        if newly_down:
-            self._fail_nodes(newly_down, now)
+        self._set_faults(down, cut, degraded, blame, now)
 
     def _forget_idle_transmitters(self, at_wall: float) -> None:
         """Drop the transmitters idle since the previous link state took effect (a tick ago): a
@@ -245,35 +215,6 @@ class NodeRuntime:
                          state.destinations, dict(state.next_hop), now=at_wall,
                          down=dict(state.down), cut=dict(state.cut),
                          degraded=dict(state.degraded), blame=state.blame)
-
-    def _fail_nodes(self, failed: dict[int, str], at_wall: float) -> None:
-        """Failed nodes lose their queues and the frames they are transmitting.
-
-        Frames sent by a failed node may be in flight on this worker's heap even when the node
-        lives on another worker (they are handed over ahead of their arrival), so every newly
-        failed node of the run is looked for, not only the local ones.
-        """
-        kept = []
-        for item in self.heap:
-            if item[2] == ARRIVE and item[3][0] in failed:
-                self.stats.in_flight -= 1
-                self.stats.drop(item[4], "fault", item[3][0], failed[item[3][0]])
-            else:
-                kept.append(item)
-        if len(kept) != len(self.heap):
-            # In place: run_due may be iterating over this very list.
-            self.heap[:] = kept
-            heapq.heapify(self.heap)
-        for (u, v) in [k for k in self.tx if k[0] in failed]:
-            del self.tx[(u, v)]
-        if self.on_node_down is not None:
-            for node, fault_id in failed.items():
-                if node in self.local:
-                    self.on_node_down(node, fault_id, at_wall)
-
-    def link(self, u: int, v: int) -> tuple[float, int] | None:
-        """(delay_s, kind) of the live link u-v, or None."""
-        return self.links.get((u, v) if u < v else (v, u))
 
     def route_next(self, u: int, frame: Frame) -> int:
         """Next hop of ``frame`` at node ``u``; -1 when there is no route."""
@@ -314,14 +255,6 @@ class NodeRuntime:
         self.stats.offer(frame)
         self.forward(u, frame, at_wall)
 
-    def suppressed(self, flow: int, src: int) -> bool:
-        """True (and counted) when ``src`` cannot offer a frame of ``flow`` because it is down."""
-        fault = self.down_nodes.get(src)
-        if fault is None:
-            return False
-        self.stats.suppress(flow, src, fault)
-        return True
-
     def forward(self, u: int, frame: Frame, at_wall: float) -> None:
         """Frame is at node ``u`` at ``at_wall``: deliver it or put it on the next transmitter."""
         if frame[F_DST] == u:
@@ -344,29 +277,20 @@ class NodeRuntime:
             return
         self.transmit(u, v, frame, at_wall)
 
-    def drop_no_route(self, u: int, frame: Frame, next_hop: int = -1) -> None:
-        """Drop a frame that has no route, blaming the fault that took the route away if any."""
-        fault = self.down_all.get(frame[F_DST]) or self.cut_at_node.get(u)
-        if fault is None and next_hop == FAULT_UNREACHABLE:
-            fault = self.blame or "fault"
-        if fault is not None:
-            self.stats.drop(frame, "fault", u, fault)
-        else:
-            self.stats.drop(frame, "no_route", u)
-
     def transmit(self, u: int, v: int, frame: Frame, at_wall: float) -> bool:
         """Emulate link u->v for ``frame`` entering it at ``at_wall``; False if dropped."""
         hop = (u, v)
         key = hop if u < v else (v, u)
-        live = self.links.get(key)
-        if live is None:
+        slot = self.links.get(key)
+        if slot is None:
             fault = self.cut.get(key)
             if fault is not None:
                 self.stats.drop(frame, "fault", u, fault)
             else:
                 self.stats.drop(frame, "link_down", u)
             return False
-        delay_s, kind = live
+        delay_s = self.link_delay_s[slot]
+        kind = self.link_kind[slot]
         rate_bps = self.rate_bps[kind]
         if self.degraded:
             degraded = self.degraded.get(key)
