@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from orbitmesh.run.launch import image as image_mod
+from orbitmesh.run.launch import image_build
 from orbitmesh.run.launch.compose import ComposeOptions, input_environment, prelude, render_compose
 from orbitmesh.run.launch.docker import LABEL_RUN, placement_mode, safe_run_id, stage_scenario
 from tests.conftest import LOOSE_FIDELITY
@@ -87,7 +88,7 @@ def test_source_files_need_a_checkout(tmp_path: Path) -> None:
 
 
 def test_manylinux_platforms_cover_older_glibc() -> None:
-    words = image_mod.manylinux_platforms("2.36", "x86_64")
+    words = image_build.manylinux_platforms("2.36", "x86_64")
     tags = words[1::2]
     assert set(words[0::2]) == {"--platform"}
     assert {"manylinux_2_36_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"} <= set(tags)
@@ -123,7 +124,7 @@ class _FakeClient:
 
 def _fake_builds(monkeypatch: pytest.MonkeyPatch, client: _FakeClient) -> list[str]:
     built: list[str] = []
-    monkeypatch.setattr(image_mod, "apt_source",
+    monkeypatch.setattr(image_build, "apt_source",
                         lambda: image_mod.AptSource("http://mirror.invalid/debian", "bookworm"))
 
     def base(_client: Any, tag: str, *_args: Any) -> None:
@@ -134,8 +135,8 @@ def _fake_builds(monkeypatch: pytest.MonkeyPatch, client: _FakeClient) -> list[s
         built.append(tag)
         client.images.present.add(tag)
 
-    monkeypatch.setattr(image_mod, "build_base", base)
-    monkeypatch.setattr(image_mod, "build_project", project)
+    monkeypatch.setattr(image_build, "build_base", base)
+    monkeypatch.setattr(image_build, "build_project", project)
     return built
 
 
@@ -145,15 +146,15 @@ def test_build_offline_builds_once_then_uses_the_cache(monkeypatch: pytest.Monke
     _mini_project(tmp_path)
     client = _FakeClient(set())
     built = _fake_builds(monkeypatch, client)
-    first = image_mod.build_offline(client, root=tmp_path)
+    first = image_build.build_offline(client, root=tmp_path)
     assert first.base_built and first.image_built
     assert built == [first.base_tag, first.tag]
-    again = image_mod.build_offline(client, root=tmp_path)
+    again = image_build.build_offline(client, root=tmp_path)
     assert not again.base_built and not again.image_built and again.tag == first.tag
     (tmp_path / "orbitmesh" / "a.py").write_text("A = 3\n")
-    changed = image_mod.build_offline(client, root=tmp_path)
+    changed = image_build.build_offline(client, root=tmp_path)
     assert not changed.base_built and changed.image_built and changed.tag != first.tag
-    forced = image_mod.build_offline(client, root=tmp_path, force=True)
+    forced = image_build.build_offline(client, root=tmp_path, force=True)
     assert forced.base_built and forced.image_built
     assert len(built) == 5
 

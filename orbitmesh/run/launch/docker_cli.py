@@ -140,7 +140,7 @@ def _say(line: str) -> None:
 
 def image_cmd(args: argparse.Namespace) -> int:
     """`orbitmesh image build|list`."""
-    from orbitmesh.run.launch import image
+    from orbitmesh.run.launch import image, image_build
 
     client = image.docker_client()
     if args.image_command == "list":
@@ -162,8 +162,8 @@ def image_cmd(args: argparse.Namespace) -> int:
                        "compose/Dockerfile: docker build -f compose/Dockerfile -t "
                        "orbitmesh:latest .")
     started = time.monotonic()
-    result = image.build_offline(client, force=args.force, progress=_say,
-                                 cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    result = image_build.build_offline(client, force=args.force, progress=_say,
+                                       cache_dir=Path(args.cache_dir) if args.cache_dir else None)
     removed = image.prune_project_images(client, keep=max(1, args.keep))
     if removed:
         _say(f"removed older images: {', '.join(removed)}")
