@@ -188,7 +188,8 @@ def shortest_path_trees(indptr: Int32Array, indices: Int32Array, weights: FloatA
                         capacity: int | None = None, budget: int | None = None,
                         transit: NDArray[np.bool_] | None = None,
                         hints: Int32Array | None = None, repair_budget: int | None = None,
-                        order: Int32Array | None = None) -> tuple[Int32Array, FloatArray]:
+                        order: Int32Array | None = None, arcs: Int32Array | None = None,
+                        old_arc: Int32Array | None = None) -> tuple[Int32Array, FloatArray]:
     """(pred, dist), both (D, N), of the trees grown from ``sources`` over a CSR graph.
 
     ``transit`` (N,), if given, marks the nodes that may relay; the others are only ever a path's
@@ -211,6 +212,12 @@ def shortest_path_trees(indptr: Int32Array, indices: Int32Array, weights: FloatA
     Summing today's weights down a tree in that order is one linear pass instead of a walk up
     from every node. The call rewrites it in place for the next call (see
     :mod:`orbitmesh.core._repair_kernel`); like ``hints`` it changes the speed, never the answer.
+
+    ``arcs`` (D, N) int32, with ``hints``, is rewritten in place with each node's arc (an index
+    into ``indices``) to its parent, -1 at sources and unreached nodes. Given with ``old_arc``
+    (:func:`~orbitmesh.core._repair_kernel.arc_map` from the graph the last call ran on to this
+    one), it holds the last call's arcs, so each hinted parent's link is found by a look-up
+    instead of a search; like ``order`` it changes the speed, never the answer.
     """
     n = indptr.size - 1
     backend = backend or BACKEND
@@ -254,9 +261,20 @@ def shortest_path_trees(indptr: Int32Array, indices: Int32Array, weights: FloatA
                 or not order.flags.c_contiguous or not order.flags.writeable:
             raise RoutingError(f"order has shape {order.shape} and dtype {order.dtype}; expected "
                                f"a writable, C-contiguous int32 ({src.size}, {n}) array")
+        carried = arcs is not None and old_arc is not None
+        if arcs is None:
+            arcs = np.empty((src.size, n), dtype=np.int32)
+        elif arcs.shape != (src.size, n) or arcs.dtype != np.int32 \
+                or not arcs.flags.c_contiguous or not arcs.flags.writeable:
+            raise RoutingError(f"arcs have shape {arcs.shape} and dtype {arcs.dtype}; expected "
+                               f"a writable, C-contiguous int32 ({src.size}, {n}) array")
+        arc_of = (np.asarray(old_arc, dtype=np.int32) if carried and old_arc is not None
+                  else np.empty(0, np.int32))
+        if not arc_of.flags.writeable:
+            arc_of = arc_of.copy()  # one compiled signature: writable arrays only
         work: list[tuple[object, ...]] = [
-            (src[part], hint_rows[part], *tune, repair, dist[part], pred[part], order[part])
-            for part in pieces]
+            (src[part], hint_rows[part], *tune, repair, dist[part], pred[part], order[part],
+             arcs[part], arc_of, carried) for part in pieces]
     else:
         work = [(src[part], *tune, dist[part], pred[part]) for part in pieces]
     # The kernel releases the GIL: this thread and the helpers take slices in turn until none is

@@ -69,6 +69,14 @@ def compile_kernels() -> None:
     source = np.array([0])
     pred, _ = _sssp.shortest_path_trees(indptr, indices, np.ones(2), source, backend="numba")
     _sssp.shortest_path_trees(indptr, indices, np.ones(2), source, backend="numba", hints=pred)
+    from orbitmesh.core._repair_kernel import arc_map
+
+    graph_indptr, graph_indices, _ = LinkGraph(2, np.array([0]), np.array([1]),
+                                               np.ones(1))._csr_arrays()
+    arcs = np.zeros((1, 2), np.int32)
+    _sssp.shortest_path_trees(indptr, indices, np.ones(2), source, backend="numba", hints=pred,
+                              arcs=arcs, old_arc=arc_map(graph_indptr, graph_indices,
+                                                         graph_indptr, graph_indices))
     one, pos = np.zeros(1, np.int64), np.array([[7000.0, 0.0, 0.0]])
     kernel = links._compiled()
     assert kernel is not None

@@ -146,10 +146,18 @@ class RouteTrees:
         return path
 
 
-def _with_order(trees: RouteTrees, order: HopArray | None) -> RouteTrees:
-    """``trees`` carrying the order their rows were labelled in (a hint for the next tick)."""
+Csr = tuple[NDArray[np.int32], NDArray[np.int32]]
+"""(indptr, indices) of the graph some trees were grown on: what their arcs index."""
+
+
+def _with_order(trees: RouteTrees, order: HopArray | None, arcs: HopArray | None = None,
+                csr: Csr | None = None) -> RouteTrees:
+    """``trees`` carrying the order their rows were labelled in and each node's arc to its
+    parent in the graph ``csr`` (hints for the next tick's repair)."""
     if order is not None:
         trees.__dict__["_order"] = order  # private: never part of the tables' value
+    if arcs is not None and csr is not None:
+        trees.__dict__["_arcs"] = (arcs, csr)
     return trees
 
 
@@ -157,6 +165,21 @@ def _order_of(trees: RouteTrees) -> HopArray | None:
     """The order :func:`_with_order` attached, or None."""
     order: HopArray | None = trees.__dict__.get("_order")
     return order
+
+
+def _arcs_of(trees: RouteTrees) -> tuple[HopArray, Csr] | None:
+    """The parent arcs and their graph's CSR that :func:`_with_order` attached, or None."""
+    arcs: tuple[HopArray, Csr] | None = trees.__dict__.get("_arcs")
+    return arcs
+
+
+def _take_hints(trees: RouteTrees) -> tuple[HopArray | None, tuple[HopArray, Csr] | None]:
+    """The attached order and arcs, detached: the repair rewrites them in place, so a second
+    repair from the same trees (a faulted tick's fault-free twin) starts without them instead of
+    from arrays that already describe another graph."""
+    order: HopArray | None = trees.__dict__.pop("_order", None)
+    arcs: tuple[HopArray, Csr] | None = trees.__dict__.pop("_arcs", None)
+    return order, arcs
 
 
 def _changed_mask(prev: RouteTrees | None, cur: RouteTrees) -> BoolArray:

@@ -31,7 +31,9 @@ on a shared machine (CPU time, least of 100 ticks): 105 destinations on the 1,70
 ~14 ms on one thread; scipy: ~18 ms); 50 destinations on Gen1 + 1,000 stations (5,400 nodes /
 12,500 links) ~7 ms. Of a repair (shell 1), summing today's weights down yesterday's trees is
 ~40 %, the neighbour pass over all trees with its two transposes ~30 %, finding each hinted
-parent's link ~15 %, the heap search from the improved nodes the rest. The sparse layout
+parent's link ~15 % (now a look-up of the arc the last repair recorded, carried to today's CSR
+by :func:`~orbitmesh.core._repair_kernel.arc_map`), the heap search from the improved nodes the
+rest. The sparse layout
 (~0.07 ms on shell 1, by counting sort) and the diffs (~0.3 ms) are small beside it. Each policy
 adds one more run over its allowed destinations. ``RouteTrees.hops`` is derived lazily (~5 ms at
 105 x 1,700) because forwarding never needs it.
@@ -41,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -50,9 +52,10 @@ from orbitmesh.core._sssp import shortest_path_trees
 from orbitmesh.core.link_graph import MIN_WEIGHT, LinkGraph
 from orbitmesh.core.route_trees import (
     NO_ROUTE,
+    Csr,
     RouteTrees,
-    _order_of,
     _readonly,
+    _take_hints,
     _with_order,
     changed_entries,
     route_changes,
@@ -102,20 +105,44 @@ def _check_destinations(graph: LinkGraph, destinations: ArrayLike) -> IntArray:
     return dst
 
 
-def _hints(previous: RouteTrees | None, destinations: IntArray,
-           n_nodes: int) -> tuple[HopArray, HopArray] | None:
-    """(D, N) next hops of ``previous`` by destination (rows of NO_ROUTE where it had none), and
-    the order its trees were labelled in (rows of -1 where unknown): writable copies."""
+class _Seed(NamedTuple):
+    """What the last tick's trees hand the repair: writable arrays, rows as ``destinations``."""
+
+    hints: HopArray
+    """(D, N) next hops (rows of NO_ROUTE where the last tick had no tree)."""
+    order: HopArray
+    """(D, N) the order each tree was labelled in (rows starting -1 where unknown)."""
+    arcs: HopArray | None
+    """(D, N) each node's arc to its parent in the graph ``csr`` (None: unknown)."""
+    csr: Csr | None
+
+
+def _writable(array: HopArray) -> HopArray:
+    """``array``'s own writable base when it is a plain read-only view of it, else a copy: the
+    kernel only reads the hints, and a read-only argument would compile a second signature."""
+    base = array.base
+    if (isinstance(base, np.ndarray) and base.dtype == np.int32 and base.shape == array.shape
+            and base.flags.writeable and base.flags.c_contiguous
+            and base.ctypes.data == array.ctypes.data and array.flags.c_contiguous):
+        return base
+    return np.array(array, dtype=np.int32)
+
+
+def _hints(previous: RouteTrees | None, destinations: IntArray, n_nodes: int) -> _Seed | None:
+    """The last tick's trees as hints for this tick's repair (None: nothing to repair from).
+
+    The attached order and arcs are taken (detached, then rewritten by the repair)."""
     if previous is None or previous.n_nodes != n_nodes:
         return None
-    known = _order_of(previous)
+    known, carried = _take_hints(previous)
     if np.array_equal(previous.destinations, destinations):
-        hints = np.array(previous.next_hop, dtype=np.int32)  # a writable copy for the kernel
-        if known is not None:
-            return hints, np.array(known, dtype=np.int32)
-        order = np.empty(hints.shape, dtype=np.int32)
-        order[:, :1] = -1
-        return hints, order
+        hints = _writable(previous.next_hop)
+        if known is None:
+            known = np.empty(hints.shape, dtype=np.int32)
+            known[:, :1] = -1
+        if carried is None:
+            return _Seed(hints, known, None, None)
+        return _Seed(hints, known, carried[0], carried[1])
     rows = [(i, previous._row_of[int(d)]) for i, d in enumerate(destinations)
             if int(d) in previous._row_of]
     if not rows:
@@ -127,27 +154,45 @@ def _hints(previous: RouteTrees | None, destinations: IntArray,
     hints[cur_rows] = previous.next_hop[prev_rows]
     if known is not None:
         order[cur_rows] = known[prev_rows]
-    return hints, order
+    if carried is None:
+        return _Seed(hints, order, None, None)
+    arcs = np.full((destinations.size, n_nodes), -1, dtype=np.int32)
+    arcs[cur_rows] = carried[0][prev_rows]
+    return _Seed(hints, order, arcs, carried[1])
 
 
 def _dijkstra_trees(graph: LinkGraph, destinations: IntArray, weights: FloatArray | None,
                     previous: RouteTrees | None = None
-                    ) -> tuple[HopArray, FloatArray, HopArray | None]:
-    """(next_hop, weighted distance), both (D, N), from one many-source shortest-path call, and
-    the order the trees were labelled in (for the next tick's call; None if not repaired).
+                    ) -> tuple[HopArray, FloatArray, HopArray | None, HopArray | None, Csr]:
+    """(next_hop, weighted distance), both (D, N), from one many-source shortest-path call; the
+    order the trees were labelled in and each node's arc to its parent (for the next tick's
+    call; None if not repaired); and the CSR those arcs index.
 
     The trees of ``previous`` seed the search (far fewer nodes to settle when few routes
     changed); the answer is the same without them.
     """
+    indptr, indices, data = graph._csr_arrays(weights)
     if destinations.size == 0 or graph.n_nodes == 0:
         return (np.full((destinations.size, graph.n_nodes), NO_ROUTE, dtype=np.int32),
-                np.full((destinations.size, graph.n_nodes), np.inf), None)
+                np.full((destinations.size, graph.n_nodes), np.inf), None, None,
+                (indptr, indices))
     seed = _hints(previous, destinations, graph.n_nodes)
-    hints, order = (None, None) if seed is None else seed
+    if seed is None:
+        next_hop, dist = shortest_path_trees(indptr, indices, data, destinations,
+                                             transit=graph.transit)
+        return next_hop, dist, None, None, (indptr, indices)
+    arcs, old_arc = seed.arcs, None
+    if arcs is not None and seed.csr is not None:
+        from orbitmesh.core._repair_kernel import arc_map
+
+        old_arc = arc_map(seed.csr[0], seed.csr[1], indptr, indices)
+    else:
+        arcs = np.empty(seed.hints.shape, dtype=np.int32)
     # Links are undirected, so a node's parent in the tree grown from d is its next hop toward d.
-    next_hop, dist = shortest_path_trees(*graph._csr_arrays(weights), destinations,
-                                         transit=graph.transit, hints=hints, order=order)
-    return next_hop, dist, order
+    next_hop, dist = shortest_path_trees(indptr, indices, data, destinations,
+                                         transit=graph.transit, hints=seed.hints,
+                                         order=seed.order, arcs=arcs, old_arc=old_arc)
+    return next_hop, dist, seed.order, arcs, (indptr, indices)
 
 
 @dataclass(frozen=True)
@@ -160,8 +205,8 @@ class ShortestDelay:
               previous: RouteTrees | None = None) -> RouteTrees:
         """Least-delay trees toward ``destinations`` (``previous``: a hint, see the protocol)."""
         dst = _check_destinations(graph, destinations)
-        next_hop, distance_s, order = _dijkstra_trees(graph, dst, None, previous)
-        return _with_order(RouteTrees(dst, next_hop, distance_s), order)
+        next_hop, distance_s, order, arcs, csr = _dijkstra_trees(graph, dst, None, previous)
+        return _with_order(RouteTrees(dst, next_hop, distance_s), order, arcs, csr)
 
 
 @dataclass(frozen=True)
@@ -182,15 +227,15 @@ class MinHop:
         dst = _check_destinations(graph, destinations)
         max_delay_s = float(graph.delay_s.max()) if graph.n_edges else 0.0
         scale_s = 2.0 * max(graph.n_nodes, 1) * max(max_delay_s, MIN_WEIGHT)
-        next_hop, weight, order = _dijkstra_trees(graph, dst, 1.0 + graph.delay_s / scale_s,
-                                                  previous)
+        next_hop, weight, order, arcs, csr = _dijkstra_trees(
+            graph, dst, 1.0 + graph.delay_s / scale_s, previous)
         hop_float = weight - 0.25
         np.rint(hop_float, out=hop_float)
         hop_float[np.isinf(hop_float)] = NO_ROUTE
         distance_s = weight - hop_float  # inf - NO_ROUTE stays inf where there is no route
         distance_s *= scale_s
         return _with_order(RouteTrees.with_hops(dst, next_hop, distance_s,
-                                                hop_float.astype(np.int32)), order)
+                                                hop_float.astype(np.int32)), order, arcs, csr)
 
 
 STRATEGIES: Mapping[str, RoutingStrategy] = {
@@ -288,16 +333,21 @@ class Router:
         next_hop = np.full((dst.size, self.graph.n_nodes), NO_ROUTE, dtype=np.int32)
         distance_s = np.full(next_hop.shape, np.inf)
         next_hop[rows], distance_s[rows] = part.next_hop, part.distance_s
-        order = _order_of(part)
+        order, carried = _take_hints(part)
         if order is not None:  # the labelling order goes with the rows, for the next tick
             order_rows = np.full(next_hop.shape, -1, dtype=np.int32)
             order_rows[rows] = order
             order = order_rows
+        arcs, csr = None, None
+        if carried is not None:  # and so do the parent arcs
+            arcs = np.full(next_hop.shape, -1, dtype=np.int32)
+            arcs[rows], csr = carried
         if "hops" not in part.__dict__:  # not derived yet: leave it lazy
-            return _with_order(RouteTrees(dst, next_hop, distance_s), order)
+            return _with_order(RouteTrees(dst, next_hop, distance_s), order, arcs, csr)
         hops = np.full(next_hop.shape, NO_ROUTE, dtype=np.int32)
         hops[rows] = part.hops
-        return _with_order(RouteTrees.with_hops(dst, next_hop, distance_s, hops), order)
+        return _with_order(RouteTrees.with_hops(dst, next_hop, distance_s, hops), order, arcs,
+                           csr)
 
     def _strategy_trees(self, graph: LinkGraph, dst: IntArray,
                         previous: RouteTrees | None) -> RouteTrees:
