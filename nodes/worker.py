@@ -5,37 +5,33 @@
 It subscribes to its frame topic, its nodes' inboxes, the run's clock, state and control topics,
 reports ``ready`` on its retained status topic (its last will says ``lost``), starts its nodes'
 generators once the controller's clock arrives, applies each link/route state at the scenario
-time it is stamped with, and on ``finish`` (or SIGTERM/SIGINT) writes ``stats-w<K>.json`` and
-reports ``done``.
+time it is stamped with, and on ``finish`` (or SIGTERM/SIGINT) drains what the other workers
+sent (nodes/drain.py), writes ``stats-w<K>.json`` and reports ``done``.
+
+Heartbeats, status and the stats file are nodes/worker_books.py's; the process's arguments,
+connection and signals nodes/worker_cli.py's (this module's ``__main__`` hands over to it).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import logging
 import os
-import selectors
-import signal
 import sys
-import threading
-from collections.abc import Sequence
 from pathlib import Path
 
-from broker.client import MqttTransport
-from broker.lifetime import die_with_parent, exit_if_orphaned
-from broker.url import resolve_broker_urls
+from nodes.drain import drain_cap_s, drain_frames
 from nodes.endpoints import EndpointHost
-from nodes.heartbeat import flow_progress
+from nodes.event_loop import precise_loop
 from nodes.mcs_bridge import McsBridges
 from nodes.roles import Roles
 from nodes.runtime import NodeRuntime
 from nodes.stats import Stats
+from nodes.worker_books import WorkerBooks
 from orbitmesh.core.placement import place
-from orbitmesh.core.scenario import load_scenario
-from orbitmesh.core.topology import Topology, build_topology
+from orbitmesh.core.topology import Topology
 from orbitmesh.errors import OrbitmeshError
 from orbitmesh.protocol.clock import WallClock, WallSource
 from orbitmesh.protocol.messages import (
@@ -43,25 +39,18 @@ from orbitmesh.protocol.messages import (
     ControlCommand,
     EndMarker,
     FaultListing,
-    WorkerProgress,
-    WorkerState,
-    WorkerStatus,
 )
 from orbitmesh.protocol.state import TickSnapshot, decode_state
 from orbitmesh.protocol.transport import Message, Transport
 from orbitmesh.protocol.wire import F_FLOW, WIRE_VERSION, Topics, decode_batch
-from orbitmesh.run.files import DiskError, atomic_write
+from orbitmesh.run.files import atomic_write
 from orbitmesh.run.launch.netns import read_plan
 from orbitmesh.run.trace import read_replay
 
+__all__ = ["DEFAULT_PLANE", "PLANES", "Worker", "precise_loop", "runtime_class"]
+
 log = logging.getLogger("orbitmesh.worker")
-HEARTBEAT_S = 0.5
-DRAIN_TIMEOUT_S = 3.0
 FLUSH_TIMEOUT_S = 3.0
-EXIT_GRACE_S = 5.0
-"""Wall seconds a finished worker waits for its broker connection to close before it leaves."""
-SNAPSHOT_EVERY = 2
-"""Heartbeats between stats snapshots: what survives if this process is killed."""
 
 
 PLANES = ("python", "batched")
@@ -83,7 +72,7 @@ def runtime_class() -> type[NodeRuntime]:
     raise OrbitmeshError(f"ORBITMESH_PLANE={name!r}: expected one of {', '.join(PLANES)}")
 
 
-class Worker:
+class Worker(WorkerBooks):
     """Drives one :class:`NodeRuntime` from asyncio and a transport."""
 
     def __init__(self, topology: Topology, *, worker: int, workers: int, run_id: str,
@@ -127,8 +116,7 @@ class Worker:
         outranks the copy it replaces, whichever the loop runs last."""
         self._last_counts = (0, 0.0)
         self._window_apply_late_ms = 0.0
-        self._stats_lock = threading.Lock()
-        self._stats_final = False
+        self._init_books()
         self._early: list[tuple[bytes, bool]] = []
         """Frame batches received before the first link state (a restarted worker's)."""
         self.endpoints: EndpointHost | None = None
@@ -138,10 +126,6 @@ class Worker:
 
     def _send(self, worker: int, payload: bytes) -> None:
         self.transport.publish(self.topics.worker_frames(worker), payload)
-
-    def now(self) -> float:
-        """Wall-clock seconds (the clock every process of a run shares)."""
-        return self.wall.now_wall()
 
     def _arm(self) -> None:
         """Make sure the runtime is serviced at its next due time."""
@@ -233,45 +217,38 @@ class Worker:
             log.warning("final status not confirmed by the broker: %s", exc)
 
     async def _drain(self) -> None:
-        """Count the frames other workers sent us before they stopped, as still in flight.
-
-        Every worker sends an end marker to every other one after it stops forwarding; MQTT keeps
-        one publisher's messages in order, so once all markers are in, nothing sent to us is
-        still inside the broker.
-        """
+        """Send our end markers, then count the frames other workers sent us before they
+        stopped, as still in flight (nodes/drain.py: it waits while they keep coming)."""
         others = {k for k in range(self.workers) if k != self.index} - self._ends_seen
         marker = EndMarker(self.index).encode(WIRE_VERSION)
         for k in range(self.workers):
             if k == self.index:
                 continue
             self.transport.publish(self.topics.worker_frames(k), marker)
-        frames_topic = self.topics.worker_frames(self.index)
         if not others:
             return
+        due = self.runtime.next_due
+        behind_s = max(self.behind_s, self.now() - due if due is not None else 0.0)
+        result = await drain_frames(self.transport, self.topics.worker_frames(self.index),
+                                    others, self._count_drained, cap_s=drain_cap_s(behind_s))
+        self.drain = result
+        if result.gave_up is not None:
+            log.warning("drain gave up (%s) after %.1f s (limit %.1f s, %d frames counted): no "
+                        "end marker from worker(s) %s; frames they sent after that are "
+                        "uncounted", result.gave_up, result.waited_s, result.cap_s,
+                        result.frames, result.missing)
+
+    def _count_drained(self, payload: bytes) -> int:
+        """Count one drained batch's frames as in flight, by flow; how many there were."""
         try:
-            async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                async for batch in self.transport.batches():
-                    for message in batch:
-                        if message.topic != frames_topic:
-                            continue
-                        end = EndMarker.sniff(message.payload, WIRE_VERSION)
-                        if end is not None:
-                            others.discard(end.sender)
-                            continue
-                        try:
-                            items, _refused = decode_batch(message.payload,
-                                                           self.runtime.n_nodes)
-                        except ValueError as exc:
-                            self.stats.malformed(str(exc), "frames")
-                            continue
-                        for _node, frame in items:
-                            self.stats.remote_received(frame)
-                            self.drained[frame[F_FLOW]] = self.drained.get(frame[F_FLOW], 0) + 1
-                    if not others:
-                        return
-        except TimeoutError:
-            log.warning("no end marker from worker(s) %s within %.0f s; frames they sent may "
-                        "be uncounted", sorted(others), DRAIN_TIMEOUT_S)
+            items, _refused = decode_batch(payload, self.runtime.n_nodes)
+        except ValueError as exc:
+            self.stats.malformed(str(exc), "frames")
+            return 0
+        for _node, frame in items:
+            self.stats.remote_received(frame)
+            self.drained[frame[F_FLOW]] = self.drained.get(frame[F_FLOW], 0) + 1
+        return len(items)
 
     async def _receive(self) -> None:
         async for batch in self.transport.batches():
@@ -382,210 +359,8 @@ class Worker:
         self.roles.stopped = True
         self.finished.set()
 
-    async def _heartbeat(self) -> None:
-        beats = 0
-        while True:
-            self._status("running", self._progress())
-            beats += 1
-            if beats % SNAPSHOT_EVERY == 0:
-                snapshot = self._stats_document(final=False)
-                if snapshot is not None:
-                    # Off the loop: replacing a file by rename makes ext4 write its data out
-                    # at once (auto_da_alloc), which held the loop for milliseconds.
-                    await asyncio.to_thread(self._save_stats, *snapshot)
-            await asyncio.sleep(HEARTBEAT_S)
-
-    def _progress(self) -> WorkerProgress:
-        flows = self.stats.flows.values()
-        now = self.now()
-        due = self.runtime.next_due
-        behind_ms = (self.runtime.clock.scenario_delay(max(0.0, now - due)) * 1000.0
-                     if self.started and due is not None else 0.0)
-        late_ms = max(self.stats.window_late_ms, behind_ms)
-        apply_late_ms = self._window_apply_late_ms
-        self.stats.window_late_ms = self._window_apply_late_ms = 0.0
-        return WorkerProgress(
-            offered=sum(f.offered for f in flows), delivered=sum(f.delivered for f in flows),
-            dropped=sum(sum(f.dropped.values()) for f in flows), hops=sum(f.hops for f in flows),
-            held_on_board=self.stats.held_on_board, malformed=self.stats.malformed_count,
-            t_s=round(self.runtime.scenario_s(now), 3) if self.started else None,
-            late_ms=round(late_ms, 3), apply_late_ms=round(apply_late_ms, 3),
-            flows=flow_progress(self.stats.flows))
-
-    def _status(self, state: WorkerState, progress: WorkerProgress | None = None,
-                **extra: int) -> None:
-        status = WorkerStatus(self.index, state, self.generation, self.now(),
-                              extra.get("pid"), extra.get("nodes"), progress)
-        self.transport.publish(self.topics.worker_status(self.index), status.encode(),
-                               retain=True)
-
-    def _finish(self) -> None:
-        """Count what is still held and write the final stats file."""
-        self.stats.close_events()  # a full disk truncates the log there, never raises
-        if self.endpoints is not None:
-            self.endpoints.close()
-        if self.mcs is not None:
-            self.mcs.close()
-        self._write_stats(final=True)
-        self._status("done", self._progress())
-
-    def _write_stats(self, *, final: bool) -> None:
-        document = self._stats_document(final=final)
-        if document is not None:
-            self._save_stats(*document)
-
-    def _save_stats(self, path: Path, text: str, final: bool) -> None:
-        # A snapshot still being written on its thread when the run ends must not land after
-        # the final document and replace it with older counts.
-        with self._stats_lock:
-            if self._stats_final and not final:
-                return
-            try:
-                atomic_write(path, text, durable=final)
-            except DiskError as exc:  # the summary then sees the last snapshot, not final
-                log.error("%s", exc)
-            self._stats_final = self._stats_final or final
-
-    def _stats_document(self, *, final: bool) -> tuple[Path, str, bool] | None:
-        """Where this worker's stats file goes and what it holds (None without --out)."""
-        held: dict[int, int] = {}
-        for frame in self.runtime.held_frames():
-            held[frame[F_FLOW]] = held.get(frame[F_FLOW], 0) + 1
-        for store in self.roles.store.values():
-            for frame in store:
-                held[frame[F_FLOW]] = held.get(frame[F_FLOW], 0) + 1
-        for flow, count in self.drained.items():
-            held[flow] = held.get(flow, 0) + count
-        # Snapshots (what survives a SIGKILL) carry counters only: serialising every latency
-        # sample each second would stall the event loop.
-        result = self.stats.as_dict(samples=final)
-        result["worker"] = self.index
-        result["in_flight"] = {str(k): v for k, v in held.items()}
-        result["held_on_board"] = sum(len(s) for s in self.roles.store.values())
-        result["generation"] = self.generation
-        result["final"] = final
-        result["dropped_publishes"] = getattr(self.transport, "dropped_publishes", 0)
-        if self.endpoints is not None:
-            result["endpoints"] = self.endpoints.as_dict()
-        if self.mcs is not None:
-            result["mcs"] = self.mcs.as_dict()
-        if self.out_dir is None:
-            return None
-        return self.out_dir / f"stats-{self.tag}.json", json.dumps(result), final
-
-
-def precise_loop() -> asyncio.AbstractEventLoop:
-    """An event loop whose timers wake within microseconds of when they are due.
-
-    asyncio's default selector (epoll) rounds every timeout up to a whole millisecond, so each
-    hop would be handled 0.5 ms late on average — 2 ms of scenario time at speed 4. select()
-    takes microseconds, and a worker watches a single socket, so it costs nothing here.
-    The process's timer slack goes from Linux's default 50 µs to 1 ns, which the kernel would
-    otherwise add to every select() timeout (measured: select 79 -> 43 µs late, p50, loaded).
-    """
-    _tight_timer_slack()
-    return asyncio.SelectorEventLoop(selectors.SelectSelector())
-
-
-def _tight_timer_slack() -> None:
-    """prctl(PR_SET_TIMERSLACK, 1 ns); a no-op where there is no such call."""
-    import ctypes
-    import ctypes.util
-    if sys.platform != "linux":
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.prctl(29, 1, 0, 0, 0) != 0:  # 29: PR_SET_TIMERSLACK
-        log.warning("prctl(PR_SET_TIMERSLACK) failed: %s", os.strerror(ctypes.get_errno()))
-
-
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m nodes.worker")
-    p.add_argument("--scenario", required=True)
-    p.add_argument("--run-id", required=True)
-    p.add_argument("--broker", help="broker URL without a password (a password belongs in "
-                   "--broker-file or ORBITMESH_BROKER_URL, not on the command line)")
-    p.add_argument("--broker-file", help="file (mode 0600) holding the broker URL with this "
-                   "worker's credentials (one per line: a cluster's members, its own first)")
-    p.add_argument("--worker", type=int, required=True)
-    p.add_argument("--workers", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--duration", type=float)
-    p.add_argument("--speed", type=float)
-    p.add_argument("--generation", default="auto",
-                   help="restart count of this worker; 'auto' (default) counts the stats files "
-                   "earlier incarnations left in --out (a restarted container finds its own)")
-    p.add_argument("--placement", default="blocks", help="blocks, planes or chunks:N")
-    return p.parse_args(argv)
-
-
-def _generation(value: str, out: Path, worker: int) -> int:
-    if value != "auto":
-        return int(value)
-    taken = [0 if p.stem == f"stats-w{worker}" else int(p.stem.rsplit("-g", 1)[1])
-             for p in out.glob(f"stats-w{worker}.json")]
-    taken += [int(p.stem.rsplit("-g", 1)[1]) for p in out.glob(f"stats-w{worker}-g*.json")]
-    return max(taken) + 1 if taken else 0
-
-
-async def amain(args: argparse.Namespace) -> int:
-    """Run one worker until the controller says finish (or a signal arrives)."""
-    args.generation = _generation(str(args.generation), Path(args.out), args.worker)
-    scenario = load_scenario(args.scenario)
-    topology = build_topology(scenario)
-    duration = args.duration or scenario.duration_s
-    speed = args.speed or scenario.speed
-    topics = Topics(args.run_id)
-    will_body = WorkerStatus(args.worker, "lost", args.generation).encode()
-    # A --broker-file may list a cluster's members, this worker's own first: it fails over.
-    transport = MqttTransport(resolve_broker_urls(args.broker, args.broker_file),
-                              client_id=f"orbitmesh-{args.run_id}-w{args.worker}-g{args.generation}",
-                              will=(topics.worker_status(args.worker), will_body, True),
-                              reconnect=True)
-    async with transport:
-        worker = Worker(topology, worker=args.worker, workers=args.workers, run_id=args.run_id,
-                        transport=transport, out_dir=Path(args.out), duration_s=duration,
-                        speed=speed, generation=args.generation, placement=args.placement)
-        loop = asyncio.get_running_loop()
-        # Ctrl-C reaches the whole process group: the launcher drains and finishes the run, so
-        # workers ignore SIGINT and leave on the controller's word (or on SIGTERM).
-        loop.add_signal_handler(signal.SIGINT, lambda: None)
-        loop.add_signal_handler(signal.SIGTERM, worker.finish)
-        await worker.run()
-        # The stats are written and the final status sent: closing the connection is all that is
-        # left. If the broker died with the launcher, that close has been seen to hang; a worker
-        # must not outlive its run for it.
-        leave = threading.Timer(EXIT_GRACE_S, _leave_now)
-        leave.daemon = True
-        leave.start()
-    return 0
-
-
-def _leave_now() -> None:
-    log.warning("the broker connection did not close within %.0f s of the end; leaving",
-                EXIT_GRACE_S)
-    logging.shutdown()
-    os._exit(0)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Process entry point."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(levelname)s "
-                        "%(message)s")
-    args = _parse(argv)
-    parent = os.getppid()
-    if die_with_parent():  # a launcher killed with -9 takes its workers with it
-        exit_if_orphaned(parent)
-    try:
-        with asyncio.Runner(loop_factory=precise_loop) as runner:
-            return runner.run(amain(args))
-    except OrbitmeshError as exc:
-        print(f"worker {args.worker}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
 
 if __name__ == "__main__":
+    from nodes.worker_cli import main
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(main())
-

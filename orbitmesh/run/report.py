@@ -162,6 +162,9 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
         "malformed": sum(w["malformed"] for w in stats),
         "malformed_by_topic": dict(sorted(malformed_by_topic.items())),
         "internal_errors": sum(w.get("internal_errors", 0) for w in stats),
+        # Workers whose shutdown drain gave up before every end marker came (nodes/drain.py).
+        "drains_given_up": [{"worker": w.get("worker"), **w["drain"]} for w in stats
+                            if w.get("drain", {}).get("timed_out")],
         "faults": fault_impact(run_dir, scenario, faults, stats, run_meta, checks, damage),
         # Filled by fault_impact above (dict items evaluate in order): where events were damaged.
         "trace_damage": [d.as_dict() for d in damage],
@@ -328,6 +331,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{c['flow']} ({c['unexplained']} unexplained)" for c in bad)
             + ("" if run["workers_reported"] == run["workers"] else
                f"; only {run['workers_reported']} of {run['workers']} workers reported"))
+    for d in summary.get("drains_given_up", []):
+        out.append(f"DRAIN GAVE UP: worker {d['worker']} ({d['gave_up']}) after {d['waited_s']} s "
+                   f"with no end marker from worker(s) {d['missing_end_markers']}: frames sent "
+                   "to it after that are uncounted")
     if summary.get("internal_errors"):
         out.append(f"INTERNAL ERRORS: {summary['internal_errors']} (survived; tracebacks in the "
                    "worker logs) — please report them")
