@@ -19,7 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker.embedded import EmbeddedBroker, find_mosquitto
+from broker.embedded import EmbeddedBroker
+from broker.mosquitto_conf import find_mosquitto
 from broker.url import BrokerURL
 from orbitmesh.core.links import LinkEngine, LinkState
 from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL, Topology

@@ -16,12 +16,8 @@ import pytest
 
 from broker import check_broker, connect_error
 from broker.connection import BrokerClosedError, ConnackRefusedError
-from broker.embedded import (
-    EmbeddedBroker,
-    free_loopback_port,
-    probe_connack,
-    render_mosquitto_config,
-)
+from broker.embedded import EmbeddedBroker, free_loopback_port, probe_connack
+from broker.mosquitto_conf import render_mosquitto_config
 from broker.url import BrokerURL, parse_broker_url
 from orbitmesh.errors import BrokerError
 from orbitmesh.protocol.mqtt import ProtocolError

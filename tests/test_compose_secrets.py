@@ -24,13 +24,8 @@ import yaml
 from broker.certs import ServerTLS
 from broker.client import MqttTransport
 from broker.credentials import load_operator
-from broker.embedded import (
-    find_mosquitto,
-    free_loopback_port,
-    probe_connack,
-    render_mosquitto_config,
-    security_lines,
-)
+from broker.embedded import free_loopback_port, probe_connack
+from broker.mosquitto_conf import find_mosquitto, render_mosquitto_config, security_lines
 from broker.url import BrokerURL, parse_broker_url, resolve_broker_urls
 from orbitmesh.errors import BrokerError
 from orbitmesh.protocol.wire import Topics

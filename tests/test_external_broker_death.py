@@ -19,7 +19,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from broker.embedded import find_mosquitto, free_loopback_port, probe_connack
+from broker.embedded import free_loopback_port, probe_connack
+from broker.mosquitto_conf import find_mosquitto
 from orbitmesh.run.launch.local_broker import UNPLANNED_BROKER_ID
 from tests.conftest import require_mosquitto
 

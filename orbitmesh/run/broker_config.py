@@ -31,7 +31,7 @@ from broker.credentials import (
     write_operator_file,
     write_private,
 )
-from broker.embedded import security_lines
+from broker.mosquitto_conf import security_lines
 from broker.url import BrokerURL
 
 DEFAULT_PORT = 8883

@@ -35,7 +35,8 @@ import yaml
 
 from broker import tls_context
 from broker.certs import ServerTLS
-from broker.embedded import probe_connack, render_mosquitto_config, security_lines
+from broker.embedded import probe_connack
+from broker.mosquitto_conf import render_mosquitto_config, security_lines
 from broker.url import BrokerURL, parse_broker_url
 from orbitmesh.core.limits import run_clock
 from orbitmesh.core.placement import worker_count

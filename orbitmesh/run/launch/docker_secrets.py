@@ -35,7 +35,7 @@ from broker.credentials import (
     write_operator_file,
     write_private,
 )
-from broker.embedded import render_mosquitto_config, security_lines
+from broker.mosquitto_conf import render_mosquitto_config, security_lines
 from broker.url import BrokerURL
 from orbitmesh.run.launch.control import write_run_file
 from orbitmesh.run.launch.lockdown import CREDENTIALS_FILE, OPERATOR_FILE
