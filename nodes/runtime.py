@@ -18,7 +18,8 @@ worker is handed over as soon as it leaves its transmitter, stamped with its due
 broker's transit hides behind the emulated propagation delay instead of adding to it.
 
 The live links are nodes/link_slots.py's (updated by difference from one state to the next);
-the faults in force and the drops charged to them, nodes/fault_books.py's.
+the faults in force and the drops charged to them, nodes/fault_books.py's; frames to and from
+other workers (the outbox, received batches), nodes/handover.py's.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from nodes.fault_books import ARRIVE, CALL, FaultBooks
+from nodes.handover import BROKER_FAULT, Handover
 from nodes.link_slots import LinkSlots, Transmitter
 from nodes.stats import Stats
 from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL, Topology
@@ -47,23 +49,16 @@ from orbitmesh.protocol.wire import (
     F_SIZE,
     F_TTL,
     F_WAIT,
-    MAX_BATCH_FRAMES,
-    batch_packer,
-    decode_batch,
-    encode_batch,
 )
 
 __all__ = ["ARRIVE", "BROKER_FAULT", "CALL", "Frame", "NodeRuntime", "Transmitter"]
 
-BROKER_FAULT = "unplanned_broker_outage"
-"""Fault id of frames a worker could not hand over because its broker connection was down and
-no broker_outage fault was in force (the launcher names that event when its broker dies)."""
 Frame = list[Any]
 _heappush, _heappop = heapq.heappush, heapq.heappop
 """Bound once: the per-hop path calls them for every frame."""
 
 
-class NodeRuntime(LinkSlots, FaultBooks):
+class NodeRuntime(LinkSlots, FaultBooks, Handover):
     """Forwarding state of the nodes one worker hosts."""
 
     def __init__(self, topology: Topology, worker: int, owner: np.ndarray, *,
@@ -102,27 +97,10 @@ class NodeRuntime(LinkSlots, FaultBooks):
         self.heap: list[tuple[float, int, int, Any, Any]] = []
         """(due_wall, seq, ARRIVE, (u, v), frame) or (due_wall, seq, CALL, fn, None)."""
         self._seq = 0
-        self.outbox: dict[int, list[tuple[int, Frame]]] = {}
-        self._packer = batch_packer()
-        self.handover_guard_s: float | None = None
-        """Coalesced hand-over (None: off, every turn sends what it made). A frame for another
-        worker may then wait in the outbox until this many wall seconds before its due arrival
-        there, so the frames of several turns leave in one message; one due sooner than that
-        leaves at the end of its turn, as without coalescing. A frame that waits is sent by a
-        later turn, often the wake-up at its deadline, and a sleeping worker wakes late by the
-        machine's timer floor (bench/timers.py: p99 ~2 ms on the 2-vCPU VMs): the guard must
-        cover that plus the broker's transit, or coalescing makes frames late at the next hop.
-        With 1 ms hops (bench/messaging.py) no safe guard leaves room to wait."""
-        self._outbox_deadline = float("inf")
-        """Earliest ``due - handover_guard_s`` of the frames in the outbox."""
-        self._flush_wake = float("inf")
-        """Due time of the wake-up on the heap that sends the outbox (inf: none)."""
+        self._init_handover()
         self.on_deliver: Callable[[int, Frame, float], None] | None = None
         self.on_suppressed: Callable[[int, str], None] | None = None
         self.on_node_down: Callable[[int, str, float], None] | None = None
-        self.connected: Callable[[], bool] = lambda: True
-        self.broker_fault_id = BROKER_FAULT
-        self._broker_down = False
         self.arrival_watch: frozenset[int] = frozenset()
         """Nodes whose scheduled arrivals ``on_arrival(u, v, frame, due)`` hears of, and
         ``on_barrier(due)`` of every link state scheduled (nodes/mcs_bridge.py's pacer)."""
@@ -377,84 +355,3 @@ class NodeRuntime(LinkSlots, FaultBooks):
             self.stats.drop(frame, "fault", v, fault)
             return
         self.forward(v, frame, at_wall)
-
-    def receive_batch(self, payload: bytes, now_wall: float, *, injected: bool = False,
-                      topic: str = "frames", run: bool = True) -> None:
-        """Frames handed over by another worker (put in flight until they are due here), or
-        ``injected`` by a client into a node's inbox (offered there, now). Malformed input —
-        the whole batch, or one frame of it — is counted and logged, never fatal."""
-        try:
-            items, refused = decode_batch(payload, self.n_nodes)
-        except ValueError as exc:
-            self.stats.malformed(str(exc), topic)
-            return
-        for why in refused:
-            self.stats.malformed(why, topic)
-        stats = self.stats
-        local, heap = self.local, self.heap
-        for v, frame in items:
-            if v not in local:
-                stats.malformed(f"frame for node {v}, not hosted here", topic)
-                continue
-            if injected:
-                frame[F_DUE] = 0.0
-                frame[F_FROM] = -1
-                stats.clock(now_wall)
-                stats.offer(frame)
-                self.receive(v, frame, now_wall)
-                continue
-            u = frame[F_FROM]
-            if u < 0 or frame[F_DUE] <= 0.0:
-                stats.malformed("handed-over frame without its link or due time", topic)
-                continue
-            stats.remote_received(frame)
-            stats.in_flight += 1
-            self._seq += 1
-            _heappush(heap, (frame[F_DUE], self._seq, ARRIVE, (u, v), frame))
-            if v in self.arrival_watch and self.on_arrival is not None:
-                self.on_arrival(u, v, frame, frame[F_DUE])
-        if run:
-            self.run_due(now_wall)
-
-    def _flush_due(self, now_wall: float) -> None:
-        """End of a turn: send the outbox, unless coalescing lets every frame in it wait; then
-        make sure of a wake-up at the first frame's deadline (the worker arms its timer at
-        :attr:`next_due`), so no frame waits past it."""
-        if not self.outbox:
-            return
-        deadline = self._outbox_deadline
-        if self.handover_guard_s is None or now_wall >= deadline:
-            self.flush()
-        elif deadline < self._flush_wake:
-            self._flush_wake = deadline
-            self.call_at(deadline, self._woken_to_flush)
-
-    def _woken_to_flush(self, at_wall: float) -> None:
-        """The outbox's deadline has come: :meth:`run_due` sends it at the end of this turn."""
-        if at_wall >= self._flush_wake:
-            self._flush_wake = float("inf")
-
-    def flush(self) -> None:
-        """Send batched frames to the workers that host their next hops."""
-        if not self.outbox:
-            return
-        outbox, self.outbox = self.outbox, {}
-        self._outbox_deadline = float("inf")
-        if not self.connected():
-            for items in outbox.values():
-                for _v, frame in items:
-                    self.stats.drop(frame, "fault", -1, self.broker_fault_id)
-            self._broker_down = True
-            return
-        if self._broker_down:  # back: the next outage is nobody's until a fault says so
-            self._broker_down = False
-            self.broker_fault_id = BROKER_FAULT
-        for worker, items in outbox.items():
-            for at in range(0, len(items), MAX_BATCH_FRAMES):  # receivers refuse longer ones
-                self.send(worker, encode_batch(items[at:at + MAX_BATCH_FRAMES], self._packer))
-
-    def held_frames(self) -> list[Frame]:
-        """Frames in flight on this worker's links (for the conservation check), with any
-        that coalescing still holds in the outbox (counted as sent, never received)."""
-        return ([item[4] for item in self.heap if item[2] == ARRIVE]
-                + [frame for items in self.outbox.values() for _v, frame in items])
