@@ -10,6 +10,11 @@ CPU time of a tick: what the tick costs when nothing else competes for caches an
 peak_rss_mb, and load_1m (the 1-minute load average before and after the case: the figures of a
 loaded machine are not the quiet machine's). Stations are seeded pseudo-random sites between
 60 S and 70 N.
+
+``--stages`` adds ``stages_ms``: the median wall time of each stage inside ``engine.step`` (sgp4
+with the frame rotation, isl, gsl, link_state = sorting the links, diff, routes and within it
+sssp = the tree kernel on its threads, route_changes), so where a tick's time goes is read
+beside its total.
 """
 
 from __future__ import annotations
@@ -20,12 +25,18 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from orbitmesh.core import engine as engine_module
+from orbitmesh.core import links as links_module
+from orbitmesh.core import routing as routing_module
 from orbitmesh.core.engine import TickEngine
 from orbitmesh.core.geometry import offsets_to_jd
 from orbitmesh.core.links import LinkEngine
@@ -65,8 +76,46 @@ def scenario_text(shells: list[tuple[int, int, float, float]], n_stations: int,
     return "\n".join(lines) + "\n"
 
 
+@contextmanager
+def stage_timers(engine: TickEngine, link_engine: LinkEngine) -> Iterator[dict[str, list[float]]]:
+    """Wall ms of each call of the tick's stages, by stage name, while the block runs."""
+    laps: dict[str, list[float]] = {}
+    undo: list[tuple[object, str, object]] = []
+
+    def wrap(owner: object, attr: str, stage: str) -> None:
+        inner = getattr(owner, attr)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                laps.setdefault(stage, []).append((time.perf_counter() - started) * 1000.0)
+
+        undo.append((owner, attr, vars(owner).get(attr)))
+        setattr(owner, attr, timed)
+
+    stages: list[tuple[object, str, str]] = [
+        (link_engine, "positions_ecef_km", "sgp4"), (link_engine, "isl", "isl"),
+        (link_engine, "gsl", "gsl"), (links_module, "make_state", "link_state"),
+        (engine.tracker, "update", "diff"), (engine_module, "compute_routes", "routes"),
+        (routing_module, "shortest_path_trees", "sssp"),
+        (engine_module, "route_changes", "route_changes")]
+    for owner, attr, stage in stages:
+        wrap(owner, attr, stage)
+    try:
+        yield laps
+    finally:
+        for owner, attr, before in reversed(undo):
+            if before is None:  # an instance attribute shadowed a method: drop the shadow
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, before)
+
+
 def run_case(name: str, shells: list[tuple[int, int, float, float]], n_stations: int,
-             n_centres: int, n_destinations: int | None, ticks: int) -> dict[str, object]:
+             n_centres: int, n_destinations: int | None, ticks: int,
+             stages: bool = False) -> dict[str, object]:
     """Time ``ticks`` consecutive 1-s ticks and return the figures."""
     scenario = parse_scenario(scenario_text(shells, n_stations, n_centres),
                               Path("/tmp/bench.yaml"))
@@ -80,6 +129,7 @@ def run_case(name: str, shells: list[tuple[int, int, float, float]], n_stations:
     load_before = os.getloadavg()[0]
     engine.step(0.0)  # warm caches
     total, sgp4_ms, links_ms, cpu_ms = [], [], [], []
+    stage_ms: dict[str, list[float]] = {}
     for k in range(1, ticks + 1):
         t = float(k)
         jd, fr = offsets_to_jd(scenario.epoch, [t])
@@ -87,7 +137,13 @@ def run_case(name: str, shells: list[tuple[int, int, float, float]], n_stations:
         link_engine.propagator.teme_km(jd, fr)
         sgp4_ms.append((time.perf_counter() - started) * 1000.0)
         started, cpu_started = time.perf_counter(), time.process_time()
-        engine.step(t)
+        if stages:
+            with stage_timers(engine, link_engine) as laps:
+                engine.step(t)
+            for stage, values in laps.items():
+                stage_ms.setdefault(stage, []).append(sum(values))
+        else:
+            engine.step(t)
         total.append((time.perf_counter() - started) * 1000.0)
         cpu_ms.append((time.process_time() - cpu_started) * 1000.0)
         started = time.perf_counter()
@@ -95,6 +151,9 @@ def run_case(name: str, shells: list[tuple[int, int, float, float]], n_stations:
         links_ms.append((time.perf_counter() - started) * 1000.0)
     median = float(np.median(total))
     links = float(np.median(links_ms))
+    extra: dict[str, object] = {}
+    if stages:
+        extra["stages_ms"] = {k: round(float(np.median(v)), 3) for k, v in stage_ms.items()}
     return {"case": name, "satellites": topology.n_satellites, "stations": topology.n_stations,
             "ops_centres": n_centres, "destinations": len(dest), "ticks": ticks,
             "median_ms": round(median, 3), "p95_ms": round(float(np.percentile(total, 95)), 3),
@@ -103,15 +162,17 @@ def run_case(name: str, shells: list[tuple[int, int, float, float]], n_stations:
             "cpu_ms": round(float(np.median(cpu_ms)), 3),
             "cpu_min_ms": round(float(np.min(cpu_ms)), 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "load_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+            "load_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)], **extra}
 
 
-CASES = {
-    "starlink-shell1": lambda ticks: run_case("starlink-shell1", GEN1_SHELLS[:1], 100, 5, None,
-                                              ticks),
-    "starlink-gen1": lambda ticks: run_case("starlink-gen1", GEN1_SHELLS, 1000, 5, 50, ticks),
-    "gen1-gen2-20k": lambda ticks: run_case("gen1-gen2-20k", GEN1_SHELLS + GEN2_LIKE_SHELLS, 1000,
-                                            5, 50, ticks),
+CASES: dict[str, Callable[[int, bool], dict[str, object]]] = {
+    "starlink-shell1": lambda ticks, stages: run_case("starlink-shell1", GEN1_SHELLS[:1], 100, 5,
+                                                      None, ticks, stages),
+    "starlink-gen1": lambda ticks, stages: run_case("starlink-gen1", GEN1_SHELLS, 1000, 5, 50,
+                                                    ticks, stages),
+    "gen1-gen2-20k": lambda ticks, stages: run_case("gen1-gen2-20k",
+                                                    GEN1_SHELLS + GEN2_LIKE_SHELLS, 1000, 5, 50,
+                                                    ticks, stages),
 }
 
 
@@ -120,9 +181,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ticks", type=int, default=100)
     parser.add_argument("--case", choices=sorted(CASES), action="append")
+    parser.add_argument("--stages", action="store_true",
+                        help="add stages_ms: the median wall time of each stage of a tick")
     args = parser.parse_args()
     for name in args.case or list(CASES):
-        print(json.dumps(CASES[name](args.ticks)), flush=True)
+        print(json.dumps(CASES[name](args.ticks, args.stages)), flush=True)
 
 
 if __name__ == "__main__":
