@@ -10,7 +10,8 @@ from typing import Any
 
 from orbitmesh.run.export import EPOCH0, EVENT_TYPES, TraceView, epoch_us_of, is_event
 from orbitmesh.run.records import Damage, RecordReader
-from orbitmesh.run.trace import FULL_DISK, LINKS_FILE, EventStream, check_link_record
+from orbitmesh.run.trace import FULL_DISK, LINKS_FILE, EventStream
+from orbitmesh.run.trace_records import check_link_record
 
 
 def trace_info(run_dir: Path, *, salvage: bool = False) -> dict[str, Any]:
