@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from broker.client import MqttTransport, wire_client_id
-from broker.nats_cluster import NatsCluster, find_nats_server, render_member_config
+from broker.nats_cluster import NatsCluster
+from broker.nats_config import find_nats_server, render_member_config
 from broker.url import BrokerURL, parse_broker_urls
 from orbitmesh.errors import BrokerError
 from orbitmesh.run.launch.cluster_watch import member_urls_for
@@ -60,7 +61,7 @@ def test_worker_k_starts_on_member_k_mod_m() -> None:
 
 
 def test_a_member_config_routes_to_its_peers_and_replicates_mqtt_state(tmp_path: Path) -> None:
-    from broker.nats_cluster import Member
+    from broker.nats_config import Member
 
     me, a, b = (Member(f"m{i}", 10 + i, 20 + i, 30 + i) for i in range(3))
     text = render_member_config(me, [a, b], "c", tmp_path)
@@ -182,7 +183,7 @@ def test_a_run_survives_a_member_killed_mid_run(tmp_path: Path) -> None:
 
 @needs_nats
 def test_the_installed_server_maps_dots() -> None:
-    from broker.nats_cluster import MIN_VERSION, server_version
+    from broker.nats_config import MIN_VERSION, server_version
 
     binary = find_nats_server()
     assert binary is not None
