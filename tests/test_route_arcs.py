@@ -116,3 +116,19 @@ def test_routes_hand_their_arcs_to_the_next_tick_and_a_second_repair_is_exact() 
                                previous=previous)[None]
         np.testing.assert_array_equal(again.distance_s, fresh.distance_s)
         np.testing.assert_array_equal(again.next_hop, fresh.next_hop)
+
+
+def test_route_changes_count_what_numpy_counts() -> None:
+    from orbitmesh.core.route_trees import RouteTrees, route_changes
+
+    rng = np.random.default_rng(3)
+    dst = np.array([4, 9, 2])
+    old = rng.integers(-1, 12, (3, 12)).astype(np.int32)
+    new = old.copy()
+    flip = rng.random(old.shape) < 0.3
+    new[flip] = rng.integers(-1, 12, int(flip.sum()))
+    prev, cur = RouteTrees(dst, old, np.zeros(old.shape)), RouteTrees(dst, new, np.zeros(new.shape))
+    assert route_changes(prev, cur) == np.count_nonzero(old != new) > 0
+    assert route_changes(prev, prev) == 0
+    shuffled = RouteTrees(dst[::-1], new[::-1], np.zeros(new.shape))  # rows matched by id
+    assert route_changes(prev, shuffled) == np.count_nonzero(old[::-1] != new[::-1])
