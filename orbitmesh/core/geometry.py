@@ -222,6 +222,7 @@ class Propagator:
     def __init__(self, satrecs: Sequence[Satrec]) -> None:
         if not satrecs:
             raise GeometryError("nothing to propagate: the scenario has no satellites")
+        self.satrecs = tuple(satrecs)  # one at a time: the pass search's sparse propagation
         self._array = SatrecArray(list(satrecs))
         self.count = len(satrecs)
 

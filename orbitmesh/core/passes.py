@@ -5,8 +5,12 @@ Method
 1. **Coarse scan.** All satellites are propagated together (one ``SatrecArray`` call per time
    chunk, via :class:`Propagator`) on a grid of ``coarse_step_s`` that starts two steps before
    ``start`` and ends two steps after ``end``; samples where SGP4 reports an error (e.g. 6,
-   decayed) are dropped. With ``sgp4_step_s`` (off by default) SGP4 runs only every few samples
-   and :mod:`orbitmesh.core._pass_hermite` interpolates the rest (0.34 m at 60 s at LEO).
+   decayed) are dropped. By default SGP4's own value is computed only at the samples a pass can
+   use (near a station; about half of them for Starlink shell 1 and 68 stations), the others
+   interpolated between SGP4 knots 8 minutes apart (:mod:`orbitmesh.core._pass_sparse`; the
+   passes are the same bits). With ``sgp4_step_s`` (off by default) SGP4 runs only every few
+   samples and :mod:`orbitmesh.core._pass_hermite` interpolates the rest (0.34 m at 60 s at
+   LEO; times move in the last millisecond digit).
    The search runs over blocks of 32 samples; in each block
    :func:`orbitmesh.core._pass_screen.candidate_pairs` keeps only the (station, satellite) pairs
    that can reach the mask there (a few per cent of them in a LEO shell; the others have no
@@ -97,6 +101,7 @@ class _Grid:
     t_start: float
     t_end: float
     sgp4_every: int = 1  # SGP4 at every k-th sample, cubic Hermite between (_pass_hermite)
+    sparse: bool = True  # SGP4 only where a pass can use it (_pass_sparse; the same bits)
 
 
 def _utc(when: datetime) -> datetime:
@@ -104,12 +109,13 @@ def _utc(when: datetime) -> datetime:
 
 
 def _scan_block(grid: _Grid, pos_km: FloatArray, stations: Stations, masks_deg: FloatArray,
-                *, lo: int, a: int, b: int
+                *, lo: int, a: int, b: int, pairs: tuple[IntArray, IntArray] | None = None
                 ) -> tuple[IntArray, IntArray, tuple[IntArray, FloatArray, NDArray[np.bool_],
                                                      FloatArray],
                            tuple[IntArray, FloatArray, FloatArray, FloatArray],
                            NDArray[np.bool_], NDArray[np.bool_]]:
-    """Screen, find and refine the events in samples ``lo..`` of ``pos_km``; owns [a, b).
+    """Screen (unless ``pairs`` are given), find and refine the events in samples ``lo..`` of
+    ``pos_km``; owns [a, b).
 
     Returns the screened pairs, the crossings, the maxima, and whether each pair is above its
     mask at the grid's second and second-to-last samples (where those fall in the block).
@@ -117,7 +123,7 @@ def _scan_block(grid: _Grid, pos_km: FloatArray, stations: Stations, masks_deg: 
     from orbitmesh.core._pass_kernel import scan_block
 
     step_s = grid.step_s
-    pg, ps = candidate_pairs(pos_km, stations, masks_deg)
+    pg, ps = candidate_pairs(pos_km, stations, masks_deg) if pairs is None else pairs
     n_cross = max(1, math.ceil(math.log2(step_s / _REFINE_TOLERANCE_S)))
     n_golden = max(1, math.ceil(math.log(2 * step_s / _REFINE_TOLERANCE_S) / -math.log(_INV_PHI)))
     (c_key, c_t, c_rise, c_rng, p_key, p_t, p_el, p_rng, first, last) = scan_block(
@@ -179,11 +185,13 @@ def find_passes(propagator: Propagator, satellite_ids: Sequence[str], stations: 
 def search_passes(propagator: Propagator, satellite_ids: Sequence[str], stations: Stations,
                   station_ids: Sequence[str], masks_deg: Sequence[float] | FloatArray,
                   start: datetime, end: datetime, *, epoch: datetime | None = None,
-                  coarse_step_s: float = 30.0, sgp4_step_s: float | None = None) -> PassTable:
+                  coarse_step_s: float = 30.0, sgp4_step_s: float | None = None,
+                  sgp4_everywhere: bool = False) -> PassTable:
     """:func:`find_passes` as a :class:`PassTable` (times in seconds after ``epoch``/start)."""
     return PassTable.concat(list(iter_pass_tables(
         propagator, satellite_ids, stations, station_ids, masks_deg, start, end, epoch=epoch,
-        coarse_step_s=coarse_step_s, sgp4_step_s=sgp4_step_s)))
+        coarse_step_s=coarse_step_s, sgp4_step_s=sgp4_step_s,
+        sgp4_everywhere=sgp4_everywhere)))
 
 
 def search_chunks(start: datetime, end: datetime, n_satellites: int, *,
@@ -204,8 +212,8 @@ def iter_pass_tables(propagator: Propagator, satellite_ids: Sequence[str], stati
                      station_ids: Sequence[str], masks_deg: Sequence[float] | FloatArray,
                      start: datetime, end: datetime, *, epoch: datetime | None = None,
                      coarse_step_s: float = 30.0, runner: ChunkRunner | None = None,
-                     chunk_samples: int | None = None, sgp4_step_s: float | None = None
-                     ) -> Iterator[PassTable]:
+                     chunk_samples: int | None = None, sgp4_step_s: float | None = None,
+                     sgp4_everywhere: bool = False) -> Iterator[PassTable]:
     """The passes of :func:`search_passes`, in its order, as the search finds them.
 
     One table (maybe empty) per chunk of ``chunk_samples`` grid samples, so that output can be
@@ -213,6 +221,8 @@ def iter_pass_tables(propagator: Propagator, satellite_ids: Sequence[str], stati
     ``sgp4_step_s`` (a multiple of ``coarse_step_s``, at most 60 s; default: the grid step)
     runs SGP4 that often and interpolates the samples between (:mod:`._pass_hermite`: about
     a third of the search's time at 60 s on a 30 s grid, AOS/LOS within a millisecond or so).
+    Without it, SGP4 runs only at the samples a pass can use (:mod:`._pass_sparse`, the same
+    bits); ``sgp4_everywhere`` runs it at every sample (the reference that is tested against).
     """
     n_sats, n_gs = propagator.count, len(stations)
     masks = np.asarray(masks_deg, dtype=np.float64).reshape(-1)
@@ -241,17 +251,18 @@ def iter_pass_tables(propagator: Propagator, satellite_ids: Sequence[str], stati
         raise GeometryError("cannot predict passes: " + "; ".join(problems))
     return _search(propagator, satellite_ids, stations, station_ids, masks, start, end,
                    _utc(epoch) if epoch is not None else start, coarse_step_s,
-                   runner or run_here, _chunk(n_sats, chunk_samples), every)
+                   runner or run_here, _chunk(n_sats, chunk_samples), every,
+                   not sgp4_everywhere)
 
 
 def _search(propagator: Propagator, satellite_ids: Sequence[str], stations: Stations,
             station_ids: Sequence[str], masks: FloatArray, start: datetime, end: datetime,
-            ref: datetime, step_s: float, runner: ChunkRunner, chunk: int, every: int = 1
-            ) -> Iterator[PassTable]:
+            ref: datetime, step_s: float, runner: ChunkRunner, chunk: int, every: int = 1,
+            sparse: bool = True) -> Iterator[PassTable]:
     t_start, t_end = (start - ref).total_seconds(), (end - ref).total_seconds()
     n_samples = math.ceil((t_end - t_start) / step_s) + 5
     grid_s = np.asarray(t_start + (np.arange(n_samples) - 2.0) * step_s, dtype=np.float64)
-    grid = _Grid(ref, grid_s, step_s, t_start, t_end, every)
+    grid = _Grid(ref, grid_s, step_s, t_start, t_end, every, sparse)
     edge_el, _az, edge_rng = look_angles(stations, ecef_valid_km(propagator, ref,
                                                                  np.array([t_start, t_end])))
     asm = Assembler(ref, grid_s, t_start, t_end, masks, edge_el, edge_rng, station_ids,
@@ -278,19 +289,31 @@ def _scan_chunk(propagator: Propagator, grid: _Grid, stations: Stations, masks: 
     n_sats, grid_s = propagator.count, grid.grid_s
     n_samples = len(grid_s)
     lo = max(a - 2, 0)
+    blocks = [(a2, min(a2 + BLOCK_SAMPLES, b)) for a2 in range(a, b, BLOCK_SAMPLES)]
+    pairs: list[tuple[IntArray, IntArray] | None] = [None] * len(blocks)
     # Propagation runs in long chunks (few SGP4 calls); the search in short screened blocks.
-    if grid.sgp4_every == 1:
+    if grid.sgp4_every > 1:
+        pos_km = hermite_ecef_km(propagator, grid.ref, grid_s, lo, b + 2, grid.sgp4_every)
+    elif not grid.sparse:
         pos_km = ecef_valid_km(propagator, grid.ref, grid_s[lo:b + 2])
     else:
-        pos_km = hermite_ecef_km(propagator, grid.ref, grid_s, lo, b + 2, grid.sgp4_every)
+        from orbitmesh.core._pass_sparse import SparseChunk
+
+        chunk = SparseChunk(propagator, grid.ref, grid_s, lo, b + 2)
+        site_km = np.linalg.norm(stations.positions_ecef_km, axis=1)
+        site_unit = np.ascontiguousarray(stations.positions_ecef_km / site_km[:, None])
+        for i, (a2, b2) in enumerate(blocks):
+            lo2, hi2 = max(a2 - 2, 0), b2 + 2
+            pg, ps = candidate_pairs(chunk.pos[:, lo2 - lo:hi2 - lo], stations, masks)
+            pairs[i] = chunk.mark(pg, ps, lo2 - lo, hi2 - lo, site_unit, site_km, masks)
+        pos_km = chunk.refine()
     cross: list[tuple[IntArray, FloatArray, NDArray[np.bool_], FloatArray]] = []
     peaks: list[tuple[IntArray, FloatArray, FloatArray, FloatArray]] = []
     first_keys = last_keys = np.zeros(0, np.int64)
-    for a2 in range(a, b, BLOCK_SAMPLES):
-        b2 = min(a2 + BLOCK_SAMPLES, b)
+    for (a2, b2), block_pairs in zip(blocks, pairs, strict=True):
         lo2, hi2 = max(a2 - 2, 0), b2 + 2
         pg, ps, c, p, first, last = _scan_block(grid, pos_km[:, lo2 - lo:hi2 - lo], stations,
-                                                masks, lo=lo2, a=a2, b=b2)
+                                                masks, lo=lo2, a=a2, b=b2, pairs=block_pairs)
         cross.append(c)
         peaks.append(p)
         if a2 == 1:  # in progress at the start: risen at the grid's first sample
