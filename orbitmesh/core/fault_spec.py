@@ -83,4 +83,3 @@ class RandomFaults(_Spec):
     satellite: MtbfSpec | None = None
     station: MtbfSpec | None = None
     ops_centre: MtbfSpec | None = None
-

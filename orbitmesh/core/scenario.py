@@ -235,7 +235,6 @@ class Flow(_Model):
     policy: NodeName | None = None
 
 
-
 class Fidelity(_Model):
     """How far a live run's timing may drift from the modelled network before it fails."""
 

@@ -29,4 +29,3 @@ def _utc_time(value: object) -> object:
 
 
 UtcTime = Annotated[datetime, BeforeValidator(_utc_time)]
-

@@ -85,7 +85,6 @@ class ClockMessage:
                    _get(b, "tick_s", float, "clock", lo=0.0), _get(b, "epoch", str, "clock"))
 
 
-
 # --- control ------------------------------------------------------------------------------------
 
 ControlVerb = Literal["fault", "clear", "list", "finish", "stop_traffic"]

@@ -128,7 +128,6 @@ class Pingresp(NamedTuple):
 Packet = Connack | Publish | Puback | Suback | Unsuback | Pingresp
 
 
-
 # -- decoder -------------------------------------------------------------------------------
 
 

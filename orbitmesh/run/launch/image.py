@@ -59,7 +59,6 @@ class AptSource:
     suite: str
 
 
-
 def apt_source(sources_dir: Path = Path("/etc/apt/sources.list.d"),
                sources_list: Path = Path("/etc/apt/sources.list")) -> AptSource:
     """The first plain Debian suite in this machine's apt sources (deb822 files, then the list)."""
@@ -216,7 +215,6 @@ def default_image(client: Any) -> str:
         return LATEST
     raise RunError("no orbitmesh image on this docker daemon; build one with "
                    "`orbitmesh image build --offline` (or pass --image TAG)")
-
 
 
 def project_images(client: Any) -> list[Any]:

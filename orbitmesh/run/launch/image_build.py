@@ -209,7 +209,6 @@ def _run(command: list[str], say: Progress, what: str) -> None:
     say(f"{what}: done in {time.monotonic() - started:.1f} s")
 
 
-
 def dump(result: BuildResult) -> str:
     """A BuildResult as JSON text."""
     return json.dumps(result.__dict__, indent=2)
