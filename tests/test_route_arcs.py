@@ -132,3 +132,27 @@ def test_route_changes_count_what_numpy_counts() -> None:
     assert route_changes(prev, prev) == 0
     shuffled = RouteTrees(dst[::-1], new[::-1], np.zeros(new.shape))  # rows matched by id
     assert route_changes(prev, shuffled) == np.count_nonzero(old[::-1] != new[::-1])
+
+
+def test_a_faulted_tick_and_its_fault_free_twin_route_as_without_hints() -> None:
+    from orbitmesh.core.route_trees import _order_of, _spare_hints
+
+    topology = build_topology(parse_scenario(SHELL1, Path("/tmp/shell1.yaml")))
+    warm, cold = TickEngine(topology), TickEngine(topology)
+    down = {int(topology.n_satellites // 2): "test", 3: "test"}  # two satellites fail
+    for t_s in (0.0, 1.0, 2.0, 3.0, 4.0):
+        cold._previous = {}  # every tick grown afresh
+        extra = down if t_s >= 3.0 else None
+        if t_s == 3.0:
+            trees = warm._previous[None]
+            spare = _spare_hints(trees)
+            assert _order_of(spare) is not _order_of(trees)
+            np.testing.assert_array_equal(_order_of(spare), _order_of(trees))
+        got, want = warm.step(t_s, extra_down=extra), cold.step(t_s, extra_down=extra)
+        np.testing.assert_array_equal(got.routes[None].next_hop, want.routes[None].next_hop)
+        np.testing.assert_array_equal(got.routes[None].distance_s, want.routes[None].distance_s)
+        assert got.blocked.keys() == want.blocked.keys()
+        for key, value in want.blocked.items():
+            np.testing.assert_array_equal(got.blocked[key], value)
+        if extra:
+            assert want.blocked[None].any()  # the failed satellites cut some routes

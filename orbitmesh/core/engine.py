@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 
 from orbitmesh.core.faults import Fault, FaultOverlay, Overlay
 from orbitmesh.core.links import LinkDiff, LinkEngine, LinkState, LinkTracker
+from orbitmesh.core.route_trees import _spare_hints
 from orbitmesh.core.routing import (
     LinkGraph,
     RouteTrees,
@@ -180,14 +181,17 @@ class TickEngine:
             overlay = self.overlay.apply(raw, faults, extra_down)
             state = overlay.state
         diff = self.tracker.update(state)
+        twin = overlay is not None and bool(overlay.cut or overlay.down_nodes)
+        # A repair takes the hints it rewrites; the fault-free twin below gets copies.
+        spare = {k: _spare_hints(v) for k, v in self._previous.items()} if twin else {}
         # The last tick's trees seed this tick's: same answer, a fraction of the work.
         routes = compute_routes(self.graph(state), self.destinations, self.strategy,
                                 self.policies, self.topology.operator, self._previous)
         blocked: dict[str | None, NDArray[np.bool_]] = {}
-        if overlay is not None and (overlay.cut or overlay.down_nodes):
+        if twin:
             # Where a route exists without the faults but not with them, the fault is to blame.
             intact = compute_routes(self.graph(raw), self.destinations, self.strategy,
-                                    self.policies, self.topology.operator, self._previous)
+                                    self.policies, self.topology.operator, spare)
             blocked = {k: (intact[k].next_hop >= 0) & (v.next_hop < 0)
                        for k, v in routes.items()}
         changes = 0

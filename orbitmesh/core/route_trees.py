@@ -176,6 +176,16 @@ def _arcs_of(trees: RouteTrees) -> tuple[HopArray, Csr] | None:
     return arcs
 
 
+def _spare_hints(trees: RouteTrees) -> RouteTrees:
+    """The same tables carrying copies of the attached order and arcs: for a second repair from
+    one tick (a faulted tick's fault-free twin), which :func:`_take_hints` would leave bare."""
+    spare = RouteTrees(trees.destinations, trees.next_hop, trees.distance_s)
+    order, carried = _order_of(trees), _arcs_of(trees)
+    return _with_order(spare, None if order is None else order.copy(),
+                       None if carried is None else carried[0].copy(),
+                       None if carried is None else carried[1])
+
+
 def _take_hints(trees: RouteTrees) -> tuple[HopArray | None, tuple[HopArray, Csr] | None]:
     """The attached order and arcs, detached: the repair rewrites them in place, so a second
     repair from the same trees (a faulted tick's fault-free twin) starts without them instead of
