@@ -157,10 +157,24 @@ def run_here(scan: Callable[[int], ChunkEvents], count: int) -> Iterator[ChunkEv
 
 
 def load_kernel() -> None:
-    """Load the compiled scan now (e.g. before forking processes that will share it)."""
-    from orbitmesh.core._pass_kernel import warm_up
+    """Load the compiled scan now (e.g. in a worker process, before its first chunk)."""
+    import sys
 
-    warm_up(_CROSS_BASIS, _PEAK_BASIS)
+    # numba's first compiled call sets up its CPU target, and that imports scipy.linalg only to
+    # learn whether np.dot may use BLAS (numba.np.arraymath._check_blas): a third of numba's
+    # start, for nothing the scan uses. Told "no BLAS", numba only lowers np.convolve and
+    # np.correlate of this process without it; a later np.dot or np.linalg kernel still
+    # imports scipy.linalg when it compiles, as the entry is gone by then.
+    blocked = "scipy.linalg.cython_blas" not in sys.modules
+    if blocked:
+        sys.modules["scipy.linalg.cython_blas"] = None  # type: ignore[assignment]
+    try:
+        from orbitmesh.core._pass_kernel import warm_up
+
+        warm_up(_CROSS_BASIS, _PEAK_BASIS)
+    finally:
+        if blocked and sys.modules.get("scipy.linalg.cython_blas", 0) is None:
+            del sys.modules["scipy.linalg.cython_blas"]
 
 
 def ecef_valid_km(propagator: Propagator, ref: datetime, offsets_s: FloatArray) -> FloatArray:

@@ -27,6 +27,7 @@ _WORKER: dict[str, Callable[[int], ChunkEvents]] = {}  # a worker's scan, inheri
 
 def _start_worker(scan: Callable[[int], ChunkEvents]) -> None:
     _WORKER["scan"] = scan
+    load_kernel()  # numba's start, without the scipy import it would make (see load_kernel)
 
 
 def _scan(k: int) -> ChunkEvents:
