@@ -175,3 +175,20 @@ def test_refused_options_leave_the_output_file_as_it_was(tmp_path: Path,
     assert main(["contacts", str(DEMO), "--end", "2026-01-01T01:00:00Z", "--format", "json",
                  "-o", str(fresh)]) == 0
     assert json.loads(fresh.read_text())
+
+
+def test_pass_kernel_loads_without_scipy_linalg() -> None:
+    """A pass worker's numba start skips numba's scipy.linalg probe; np.dot kernels still work."""
+    import subprocess
+
+    code = ("import sys\n"
+            "from orbitmesh.core.passes import load_kernel\n"
+            "load_kernel()\n"
+            "assert 'scipy.linalg' not in sys.modules, 'scipy.linalg imported'\n"
+            "import numba, numpy as np\n"
+            "dot = numba.njit(lambda a, b: np.dot(a, b))\n"
+            "assert dot(np.ones(3), np.ones(3)) == 3.0\n")
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
+                          text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
