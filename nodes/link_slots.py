@@ -57,6 +57,9 @@ class LinkSlots:
         """The last state's keys in its own order, and ``_state_slots`` their slots: a state
         with the same links in the same order (most ticks) reuses them as they are."""
         self._state_slots = _EMPTY
+        self._kind_slots = _EMPTY
+        """The slots and kinds ``link_kind`` was made from (kinds seldom change: kept)."""
+        self._kinds = _EMPTY
 
     def link(self, u: int, v: int) -> tuple[float, int] | None:
         """(delay_s, kind) of the live link u-v, or None."""
@@ -74,10 +77,12 @@ class LinkSlots:
             slots = self._relink(keys)
         by_slot_s = np.zeros(self._n_slots, dtype=np.float64)
         by_slot_s[slots] = delay_s
-        by_slot_kind = np.zeros(self._n_slots, dtype=np.int64)
-        by_slot_kind[slots] = kind
         self.link_delay_s = by_slot_s.tolist()
-        self.link_kind = by_slot_kind.tolist()
+        if slots is not self._kind_slots or not np.array_equal(kind, self._kinds):
+            by_slot_kind = np.zeros(self._n_slots, dtype=np.int64)
+            by_slot_kind[slots] = kind
+            self.link_kind = by_slot_kind.tolist()
+            self._kind_slots, self._kinds = slots, np.array(kind, copy=True)
 
     def _relink(self, keys: np.ndarray) -> np.ndarray:
         """Free the slots of links that went, give slots to links that came; every link's slot
