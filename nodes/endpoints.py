@@ -10,7 +10,8 @@
   needed (IPv4 with DF) / packet too big (IPv6) naming that MTU.
 * UDP pipes: a loopback socket per pipe at its entry node; datagrams become frames for the pipe's
   far node, which sends them to the pipe's ``deliver`` address from a socket of its own; what
-  comes back to that socket returns along the pipe to the last sender.
+  comes back to that socket returns along the pipe to the last sender
+  (nodes/udp_pipes.py holds their sockets).
 * MQTT outboxes: every frame delivered to such a node is published on ``node/<id>/out``.
 
 Packets and datagrams that cannot become frames at all (not IP, outside the prefix, before the
@@ -26,7 +27,6 @@ import ipaddress
 import json
 import logging
 import os
-import socket
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 from nodes import icmp
 from nodes.roles import Roles
 from nodes.tun import open_tun
+from nodes.udp_pipes import MAX_PACKET, READ_BURST, UdpPipes
 from orbitmesh.core.topology import GSL, ISL, TERRESTRIAL
 from orbitmesh.errors import RunError
 from orbitmesh.protocol.transport import Transport
@@ -58,13 +59,11 @@ log = logging.getLogger("orbitmesh.endpoints")
 TRACE_ENV = "ORBITMESH_ENDPOINT_TRACE"
 """Debug: a directory; each worker appends one JSON line per TUN packet in and out there
 (wall stamps of the read, of the due arrival and of the write), for bench/endpoint_stages.py."""
-READ_BURST = 256
-"""Packets read per wake-up of one TUN or socket: bounds how long one endpoint holds the loop."""
-MAX_PACKET = 65_535
-UDP_TAG = "udp"
 
 
-class _NodeCounts:
+class NodeCounts:
+    """What one node's endpoints offered, delivered and refused (by reason)."""
+
     __slots__ = ("delivered", "offered", "refused")
 
     def __init__(self) -> None:
@@ -104,13 +103,11 @@ class EndpointHost:
         local = self.rt.local
         self.ip_entries = [e for e in plan["ip"] if e["index"] in local]
         index = topo.index
-        self.pipes = [(i, index[p["node"]], index[p["to"]], p) for i, p in enumerate(plan["udp"])]
+        self.udp = UdpPipes(self, [(i, index[p["node"]], index[p["to"]], p)
+                                   for i, p in enumerate(plan["udp"])])
         self.mqtt_nodes = {index[n] for n in plan["mqtt"]} & local
         self.tun_fd: dict[int, int] = {}
-        self.listen: dict[int, socket.socket] = {}
-        self.reply: dict[int, socket.socket] = {}
-        self.last_client: dict[int, Any] = {}
-        self.counts: dict[int, _NodeCounts] = {}
+        self.counts: dict[int, NodeCounts] = {}
         self.made: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -120,10 +117,11 @@ class EndpointHost:
         """Kept in memory and written at close: encoding and writing a line between a TUN
         write and the worker's sleep would hold the CPU the woken program is waiting for."""
 
-    def _counts(self, node: int) -> _NodeCounts:
+    def counts_of(self, node: int) -> NodeCounts:
+        """The counters of ``node`` (made on first use)."""
         c = self.counts.get(node)
         if c is None:
-            c = self.counts[node] = _NodeCounts()
+            c = self.counts[node] = NodeCounts()
         return c
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -143,15 +141,7 @@ class EndpointHost:
                     self.made.append(e["namespace"])
                     netns.create(e, self.plan, self.tun_mtu, replace=self.restarted)
                 loop.add_reader(fd, self._read_tun, e["index"], fd)
-            for i, src, dst, p in self.pipes:
-                if src in self.rt.local:
-                    sock = _udp_socket(p["listen"])
-                    self.listen[i] = sock
-                    loop.add_reader(sock.fileno(), self._read_pipe, i, src, dst, sock, 0)
-                if dst in self.rt.local:
-                    sock = _udp_socket(p["deliver"], ephemeral=True)
-                    self.reply[i] = sock
-                    loop.add_reader(sock.fileno(), self._read_pipe, i, dst, src, sock, 1)
+            self.udp.open(loop)
         except Exception:
             self.close()
             raise
@@ -168,7 +158,7 @@ class EndpointHost:
             log.error("endpoint %s: %s", e["node"], exc)
             del self.tun_fd[e["index"]]
             os.close(fd)
-            self._counts(e["index"]).refused["container_attach_failed"] += 1
+            self.counts_of(e["index"]).refused["container_attach_failed"] += 1
             return False
         return True
 
@@ -184,11 +174,7 @@ class EndpointHost:
                     loop.remove_reader(fd)
             with contextlib.suppress(OSError):
                 os.close(fd)
-        for sock in [*self.listen.values(), *self.reply.values()]:
-            if loop is not None and not loop.is_closed():
-                with contextlib.suppress(Exception):
-                    loop.remove_reader(sock.fileno())
-            sock.close()
+        self.udp.close(loop)
         for ns in self.made:
             try:
                 netns.remove(ns)
@@ -204,7 +190,7 @@ class EndpointHost:
     def record(self) -> dict[str, Any]:
         """What this worker made, for ``endpoints-w<K>.json``."""
         return {"pid": os.getpid(), "namespaces": list(self.made),
-                "udp_listen": [self.plan["udp"][i]["listen"] for i in self.listen],
+                "udp_listen": [self.plan["udp"][i]["listen"] for i in self.udp.listen],
                 "mqtt": [self.rt.topology.node_ids[n] for n in sorted(self.mqtt_nodes)]}
 
     def as_dict(self) -> dict[str, Any]:
@@ -226,7 +212,7 @@ class EndpointHost:
                 log.error("reading the TUN of node %d: %s; no longer reading it (frames for the "
                           "node now count as no_tun_here)", node, exc)
                 self._drop_tun(node, fd)
-                self._counts(node).refused[f"tun_gone:{exc.errno}"] += 1
+                self.counts_of(node).refused[f"tun_gone:{exc.errno}"] += 1
                 break
             at_wall = self.now()
             if self._trace is not None:
@@ -245,7 +231,7 @@ class EndpointHost:
 
     def packet_in(self, u: int, packet: bytes, at_wall: float) -> None:
         """An IP packet leaves a program at node ``u``: carry it, or drop it with its reason."""
-        counts = self._counts(u)
+        counts = self.counts_of(u)
         where = icmp.destination(packet)
         if where is None:
             counts.refused["not_ip"] += 1
@@ -255,12 +241,12 @@ class EndpointHost:
         if v is None and ipaddress.ip_address(dst_bytes) not in self.prefixes[version == 6]:
             counts.refused["outside_prefix"] += 1  # multicast, link-local: no router forwards
             return
-        if not self._accepting(u, counts, at_wall):
+        if not self.accepting(u, counts, at_wall):
             return
         if self.rt.suppressed(FLOW_ENDPOINT, u):
             return
         counts.offered += 1
-        frame = self._frame(u, v if v is not None else u, packet, None, at_wall)
+        frame = self.frame(u, v if v is not None else u, packet, None, at_wall)
         if v is None:
             self.rt.stats.offer(frame)
             self.rt.stats.drop(frame, "no_endpoint", u)
@@ -275,7 +261,8 @@ class EndpointHost:
             return
         self.rt.originate(u, frame, at_wall)
 
-    def _accepting(self, u: int, counts: _NodeCounts, at_wall: float) -> bool:
+    def accepting(self, u: int, counts: NodeCounts, at_wall: float) -> bool:
+        """Whether input at ``u`` may become a frame now (else counted as refused)."""
         # The clock message arrives ahead of scenario time 0; before 0 there are no routes yet,
         # so a packet then is refused as early rather than dropped as no_route.
         if not self.started() or self.rt.scenario_s(at_wall) < 0:
@@ -286,7 +273,8 @@ class EndpointHost:
             return False
         return True
 
-    def _frame(self, u: int, v: int, payload: bytes, ref: Any, at_wall: float) -> list[Any]:
+    def frame(self, u: int, v: int, payload: bytes, ref: Any, at_wall: float) -> list[Any]:
+        """A DATA frame of flow FLOW_ENDPOINT carrying ``payload`` from ``u`` to ``v``."""
         rt = self.rt
         route = None
         if v < rt.topology.n_satellites and v not in rt.dest_row:  # satellites: source-routed
@@ -310,33 +298,6 @@ class EndpointHost:
             node = nxt
         return mtu
 
-    def _read_pipe(self, pipe: int, u: int, v: int, sock: socket.socket, direction: int) -> None:
-        for _ in range(READ_BURST):
-            try:
-                data, peer = sock.recvfrom(MAX_PACKET)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:  # e.g. ICMP port unreachable from a previous sendto
-                self._counts(u).refused[f"socket_error:{exc.errno}"] += 1
-                continue
-            if direction == 0:
-                self.last_client[pipe] = peer
-            self.datagram_in(pipe, u, v, data, direction, self.now())
-        self.after_input()
-
-    def datagram_in(self, pipe: int, u: int, v: int, data: bytes, direction: int,
-                    at_wall: float) -> None:
-        """A datagram enters pipe ``pipe`` at node ``u`` for node ``v``."""
-        counts = self._counts(u)
-        if not data:
-            counts.refused["empty_datagram"] += 1
-            return
-        if not self._accepting(u, counts, at_wall) or self.rt.suppressed(FLOW_ENDPOINT, u):
-            return
-        counts.offered += 1
-        self.rt.originate(u, self._frame(u, v, data, [UDP_TAG, pipe, direction], at_wall),
-                          at_wall)
-
     # --- out of the network ---------------------------------------------------------------------
 
     def deliver(self, node: int, frame: list[Any]) -> None:
@@ -346,7 +307,7 @@ class EndpointHost:
                                    encode_batch([(node, frame)]))
         if frame[F_FLOW] != FLOW_ENDPOINT:
             return
-        counts = self._counts(node)
+        counts = self.counts_of(node)
         ref = frame[F_REF]
         if ref is None:
             if node in self.tun_fd:
@@ -361,28 +322,7 @@ class EndpointHost:
             elif node not in self.mqtt_nodes:
                 counts.refused["no_tun_here"] += 1
             return
-        self._pipe_out(node, ref, frame[F_PAYLOAD], counts)
-
-    def _pipe_out(self, node: int, ref: Any, data: bytes, counts: _NodeCounts) -> None:
-        if not (isinstance(ref, list) and len(ref) == 3 and ref[0] == UDP_TAG
-                and isinstance(ref[1], int) and 0 <= ref[1] < len(self.pipes)):
-            counts.refused["unknown_pipe"] += 1
-            return
-        pipe, direction = ref[1], ref[2]
-        peer: Any
-        if direction == 0:
-            sock, peer = self.reply.get(pipe), _address(self.plan["udp"][pipe]["deliver"])
-        else:
-            sock, peer = self.listen.get(pipe), self.last_client.get(pipe)
-        if sock is None or peer is None:
-            counts.refused["pipe_not_here"] += 1
-            return
-        try:
-            sock.sendto(data, peer)
-        except OSError as exc:
-            counts.refused[f"send_failed:{exc.errno}"] += 1
-            return
-        counts.delivered += 1
+        self.udp.deliver(ref, frame[F_PAYLOAD], counts)
 
     def _to_tun(self, node: int, packet: bytes) -> None:
         fd = self.tun_fd.get(node)
@@ -391,24 +331,5 @@ class EndpointHost:
         try:
             os.write(fd, packet)
         except OSError as exc:  # the kernel's TUN queue is full, or the device went away
-            self._counts(node).refused[f"tun_write_failed:{exc.errno}"] += 1
+            self.counts_of(node).refused[f"tun_write_failed:{exc.errno}"] += 1
 
-
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _udp_socket(text: str, *, ephemeral: bool = False) -> socket.socket:
-    """A non-blocking UDP socket bound to ``text`` (or, ``ephemeral``, to any port of its host)."""
-    host, port = _address(text)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    try:
-        sock.bind((host, 0 if ephemeral else port))
-    except OSError as exc:
-        sock.close()
-        raise RunError(f"UDP pipe cannot listen on {text}: {exc.strerror}") from exc
-    return sock
