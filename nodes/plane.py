@@ -49,6 +49,10 @@ from orbitmesh.protocol.wire import (
 from orbitmesh.protocol.wire_columns import ROW, columns_body, encode_columns, rows_to_items
 
 _NO_SEQ = 1 << 62
+LATE_BATCH = 1024
+"""Hop lateness samples gathered before a turn folds them into the stats."""
+LATE_EVERY_S = 0.05
+"""Wall seconds at most between two folds (the heartbeat's window must see every hop)."""
 _FRAME_I = slice(K.OI_FRAME, K.OI_FRAME + K.FI_COLS)
 _LANE_OUT = (K.M_OUT, K.M_LOG, K.M_NLATE, K.M_INFLIGHT, K.M_HFULL)
 
@@ -66,6 +70,7 @@ class PlaneRuntime(PlaneBooks):
                          rate_bps=self.rate_bps, loss=self.loss, queue_frames=self.queue_frames)
         self._req_i: list[tuple[int, ...]] = []
         self._req_f: list[tuple[float, ...]] = []
+        self._late_taken_wall = 0.0
         self._req_keys: set[int] = set()
         """Links (u * n + v) of the queued transmit requests."""
         self._payloads: dict[int, bytes] = {}
@@ -166,8 +171,10 @@ class PlaneRuntime(PlaneBooks):
             raw = self._rows[0] if len(self._rows) == 1 else b"".join(self._rows)
             rows = np.frombuffer(raw, dtype=np.int64).reshape(-1, K.W_COLS)
             self._rows = []
-        elif req_i is None and (not lane.meta[K.M_HEAP] or lane.hdue[0] > now_wall):
-            return
+        elif req_i is None and (not lane.meta[K.M_HEAP] or lane.hdue[0] > now_wall
+                                or lane.hdue[0] > bound_due
+                                or (lane.hdue[0] == bound_due and lane.hseq[0] > bound_seq)):
+            return  # nothing to take and nothing due before the bound: the call would be void
         lane.meta[K.M_SEQ] = self._seq
         lane.run(bound_due, bound_seq, now_wall, req_i, req_f, rows, self._rows_pol,
                  sink=self._sink)
@@ -298,8 +305,13 @@ class PlaneRuntime(PlaneBooks):
         return rows_to_items(np.frombuffer(block, dtype=ROW), self.policies)
 
     def _flush_due(self, now_wall: float) -> None:
-        """End of a turn: send everything handed over (the plane does not coalesce)."""
-        self._take_late()
+        """End of a turn: send everything handed over (the plane does not coalesce); fold hop
+        lateness into the stats when enough gathered or LATE_EVERY_S passed (the heartbeat
+        reads the window's worst, so it must not wait longer)."""
+        if (self.lane.meta[K.M_NLATE] >= LATE_BATCH
+                or now_wall - self._late_taken_wall >= LATE_EVERY_S):
+            self._late_taken_wall = now_wall
+            self._take_late()
         self.flush()
 
     def held_frames(self) -> list[Frame]:

@@ -204,31 +204,28 @@ class PlaneBooks(NodeRuntime):
         """As NodeRuntime's, and the lane's copy of links, tables and faults."""
         self._drain()
         lane = self.lane
-        n = self.n_nodes
         for name in next_hop:
             self._policy(name)
         super().apply_state(t_s, a, b, kind, delay_s, destinations, next_hop, now=now,
                             down=down, cut=cut, degraded=degraded, blame=blame)
         self.min_delay_wall = float(np.min(delay_s)) / self.speed if len(delay_s) else 0.0
+        lane.forget_idle(now, 2 * len(a))
         lane.set_links(a, b, kind, delay_s,
                        {pair: (x_loss, x_delay, cap, self._fault(f))
                         for pair, (x_loss, x_delay, cap, f) in self.degraded.items()})
         lane.set_cut(list(self.cut), [self._fault(f) for f in self.cut.values()])
-        dest_row = np.full(n, -1, dtype=np.int64)
-        dest_row[np.asarray(destinations, dtype=np.int64)] = np.arange(len(destinations))
-        lane.dest_row = dest_row
-        table = np.full((len(self.policies), max(1, len(destinations)), n), -1, dtype=np.int64)
-        for name, tab in next_hop.items():
-            if len(destinations):
-                table[self._policy_index[name]] = tab
-        lane.set_table(table)
+        lane.dest_row[:] = -1
+        lane.dest_row[np.asarray(destinations, dtype=np.int64)] = np.arange(len(destinations))
+        lane.set_tables(len(self.policies), len(destinations),
+                        [(self._policy_index[name], tab) for name, tab in next_hop.items()
+                         if len(destinations)])
         for target, faults in ((lane.down_all, self.down_all), (lane.down_local,
                                                                  self.down_nodes),
                                (lane.cut_node, self.cut_at_node)):
             target[:] = -1
             for node, fault in faults.items():
                 target[node] = self._fault(fault)
-        lane.blame = self._fault(self.blame or "fault")
+        lane.meta[K.M_BLAME] = self._fault(self.blame or "fault")
         self._sync_watch()
 
     def _sync_watch(self) -> None:

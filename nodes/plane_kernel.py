@@ -366,3 +366,12 @@ def backlog_packed(ints, F, lay, key, at):  # type: ignore[no-untyped-def]
         if pool[off + (head + i) % cap] > at:
             waiting += 1
     return waiting
+
+
+@njit(cache=True, nogil=True)
+def tx_rehash(tkey, tslot, keys, slots):  # type: ignore[no-untyped-def]
+    """Put transmitters ``keys`` -> ``slots`` into an emptied hash."""
+    for i in range(len(keys)):
+        h = tx_find(tkey, keys[i])
+        tkey[h] = keys[i]
+        tslot[h] = slots[i]

@@ -21,6 +21,10 @@ OUT_ROWS = 4096
 """Output records (deliveries, drops, ...) per kernel call before it returns to Python."""
 LATE_ROWS = 16384
 """Hop lateness samples (and hop records) per kernel call before it returns to Python."""
+FORGET_SLACK = 4096
+"""Transmitters beyond twice the live links' count before the idle ones are forgotten."""
+NO_KEY = np.iinfo(np.int64).max
+"""Fills the cut-link keys past the last (above every min * n + max)."""
 HAND_ROWS = 4096
 """Rows handed over to one worker before the lane returns them to Python (under the
 receivers' MAX_BATCH_FRAMES)."""
@@ -119,8 +123,8 @@ class Lane:
         self.down_local, self.down_all, self.cut_node = none.copy(), none.copy(), none.copy()
         self.dest_row = none.copy()
         self.table = np.full(n_nodes, -1, dtype=np.int64)
-        self.cut_key = np.zeros(0, dtype=np.int64)
-        self.cut_fault = np.zeros(0, dtype=np.int64)
+        self.cut_key = np.full(16, NO_KEY, dtype=np.int64)
+        self.cut_fault = np.full(16, -1, dtype=np.int64)
         self.set_links(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
                        np.zeros(0))
         self._no_req_i = np.zeros((0, K.RQ_COLS), dtype=np.int64)
@@ -197,17 +201,41 @@ class Lane:
         tkey = np.full(size, -1, dtype=np.int64)
         tslot = np.zeros(size, dtype=np.int64)
         if keys_old is not None and slots_old is not None:
-            for key, slot in zip(keys_old.tolist(), slots_old.tolist(), strict=True):
-                h = K.tx_find(tkey, key)
-                tkey[h], tslot[h] = key, slot
+            K.tx_rehash(tkey, tslot, keys_old, slots_old)
         self.tkey, self.tslot = tkey, tslot
 
-    def _pool(self) -> None:
-        """Compact the rings into a pool with room to grow (twice the live rings, at least)."""
+    def forget_idle(self, now: float, live_links: int) -> int:
+        """Drop every transmitter idle at ``now`` once they outnumber the live links' twice
+        over (GSLs come and go: kept, their rings would grow with the run); returns how many.
+
+        An idle transmitter is as good as a new one for anything from ``now`` on (its ring
+        holds only finishing times already past), so this changes no outcome; NodeRuntime
+        forgets those of gone links at each state."""
+        ntx = int(self.meta[K.M_NTX])
+        if ntx <= 2 * live_links + FORGET_SLACK:
+            return 0
+        used = self.tkey >= 0
+        keys, slots = self.tkey[used], self.tslot[used]
+        keep = self.tbusy[slots] > now
+        keys, slots = keys[keep], slots[keep]
+        k = len(keys)
+        for name in ("tbusy", "toff", "tcap", "thead", "tcnt"):
+            a = getattr(self, name)
+            a[:k] = a[slots]
+        self.meta[K.M_NTX] = k
+        self.tkey[:] = -1
+        K.tx_rehash(self.tkey, self.tslot, keys, np.arange(k, dtype=np.int64))
+        self._pool(shrink=True)
+        return ntx - k
+
+    def _pool(self, shrink: bool = False) -> None:
+        """Compact the rings into a pool with room to grow (twice the live rings, at least;
+        ``shrink``: no larger than that)."""
         ntx = int(self.meta[K.M_NTX])
         caps = self.tcap[:ntx]
         need = int(caps.sum()) + 4 * int(self.qlim.max())
-        pool = np.zeros(max(2 * need, len(self.pool)), dtype=np.float64)
+        size = max(2 * need, 1 << 16) if shrink else max(2 * need, len(self.pool))
+        pool = np.zeros(size, dtype=np.float64)
         at = 0
         for t in range(ntx):  # rare: only when the pool is full
             cap = int(caps[t])
@@ -223,36 +251,61 @@ class Lane:
                   degraded: dict[tuple[int, int], tuple[float, float, float, int]] | None = None
                   ) -> None:
         """Live links (both directions) as CSR arrays; ``degraded`` pair -> (extra_loss,
-        extra_delay_s, rate cap bps, fault index)."""
+        extra_delay_s, rate cap bps, fault index).
+
+        Written in place while they fit (the arrays keep room for twice the links last
+        allocated for; ``lptr`` bounds what is read), so a tick repacks nothing: a repack
+        copies every frame slot and ring too."""
         src = np.concatenate([a, b]).astype(np.int64)
         dst = np.concatenate([b, a]).astype(np.int64)
         order = np.argsort(src * self.n + dst, kind="stable")
         src = src[order]
-        lnbr = np.ascontiguousarray(dst[order])
-        lptr = np.searchsorted(src, np.arange(self.n + 1)).astype(np.int64)
         m = len(src)
-        lcap, lxloss, lxfault = np.zeros(m), np.zeros(m), np.full(m, -1, dtype=np.int64)
+        if "lnbr" not in self.__dict__ or m > len(self.lnbr):
+            room = max(64, 2 * m)
+            self.lnbr, self.lkind = np.zeros(room, np.int64), np.zeros(room, np.int64)
+            self.lxfault = np.full(room, -1, dtype=np.int64)
+            self.ldelay_s, self.lcap_bps, self.lxloss = np.zeros(room), np.zeros(room), \
+                np.zeros(room)
+            self.lptr = np.zeros(self.n + 1, dtype=np.int64)
+        lnbr, lptr = self.lnbr, self.lptr
+        lnbr[:m] = dst[order]
+        lptr[:] = np.searchsorted(src, np.arange(self.n + 1))
+        self.ldelay_s[:m] = np.concatenate([delay_s, delay_s])[order]
+        self.lkind[:m] = np.concatenate([kind, kind])[order]
+        lcap, lxloss, lxfault = self.lcap_bps, self.lxloss, self.lxfault
+        lcap[:m], lxloss[:m], lxfault[:m] = 0.0, 0.0, -1
         for (x, y), (extra_loss, _delay, cap, fault) in (degraded or {}).items():
             for p, q in ((x, y), (y, x)):
                 i = K.find_link(lptr, lnbr, p, q)
                 if i >= 0:
                     lcap[i], lxloss[i], lxfault[i] = cap, extra_loss, fault
-        self.lnbr, self.lptr = lnbr, lptr
-        self.ldelay_s = np.concatenate([delay_s, delay_s]).astype(np.float64)[order]
-        self.lkind = np.concatenate([kind, kind]).astype(np.int64)[order]
-        self.lcap_bps, self.lxloss, self.lxfault = lcap, lxloss, lxfault
 
     def set_cut(self, pairs: list[tuple[int, int]], faults: list[int]) -> None:
-        """Links removed by faults: undirected keys, sorted, with their fault index."""
+        """Links removed by faults: undirected keys, sorted, with their fault index (in place
+        while they fit: the room past them holds a key no link has)."""
         keys = np.array([min(x, y) * self.n + max(x, y) for x, y in pairs], dtype=np.int64)
         order = np.argsort(keys)
-        self.cut_key = keys[order]
-        self.cut_fault = np.asarray(faults, dtype=np.int64)[order]
+        k = len(keys)
+        if k > len(self.cut_key) - 1:
+            self.cut_key = np.full(max(16, 2 * k + 1), NO_KEY, dtype=np.int64)
+            self.cut_fault = np.full(len(self.cut_key), -1, dtype=np.int64)
+        self.cut_key[:] = NO_KEY
+        self.cut_key[:k] = keys[order]
+        self.cut_fault[:k] = np.asarray(faults, dtype=np.int64)[order]
 
-    def set_table(self, table: np.ndarray) -> None:
-        """Next-hop tables ``[policy, row, node]``."""
-        self.meta[K.M_NP], self.meta[K.M_ND] = table.shape[0], table.shape[1]
-        self.table = table.ravel()
+    def set_tables(self, policies: int, rows: int, tables: list[tuple[int, np.ndarray]]
+                   ) -> None:
+        """Next-hop tables ``[policy, row, node]`` (policy index, ``[row, node]`` table); the
+        rest -1. In place when the shape is the last one's."""
+        shape = (max(1, policies), max(1, rows), self.n)
+        if self.table.size != shape[0] * shape[1] * shape[2]:
+            self.table = np.zeros(shape[0] * shape[1] * shape[2], dtype=np.int64)
+        self.meta[K.M_NP], self.meta[K.M_ND] = shape[0], shape[1]
+        view = self.table.reshape(shape)
+        view[...] = -1
+        for index, tab in tables:
+            view[index, :tab.shape[0]] = tab
 
     # --- running -------------------------------------------------------------------------------
 

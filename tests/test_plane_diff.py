@@ -25,6 +25,7 @@ import pytest
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import shortest_path
 
+from nodes import plane_lane
 from nodes.plane import PlaneRuntime
 from nodes.runtime import NodeRuntime
 from nodes.stats import Stats
@@ -224,8 +225,14 @@ def build_case(cls: type[NodeRuntime], seed: int, workers: int, *, loss: float =
                   degraded={(int(state.a[-1]), int(state.b[-1])): (0.0, 0.0, 2e5, "slow-1")})
     for k in range(churn):  # many states, each with many links, mid-traffic
         extra = n * (n - 1) // 2 if k % 2 else rng.randint(0, 2)
-        run.state(T0_WALL + span_s * (0.05 + 0.9 * (k + 0.5) / churn),
-                  Links(topo.n_nodes, random_pairs(n, rng, extra), rng))
+        state = Links(topo.n_nodes, random_pairs(n, rng, extra), rng)
+        at = T0_WALL + span_s * (0.05 + 0.9 * (k + 0.5) / churn)
+        if k % 3 == 2:  # routes to one destination gone only because of a fault (-2)
+            state.table = state.table.copy()
+            state.table[rng.randrange(n)] = -2
+            run.state(at, state, blame="cut-2")
+        else:
+            run.state(at, state)
     if rng.random() < 0.6:  # a node fails
         node = rng.randrange(n)
         run.state(T0_WALL + span_s * 0.7, Links(topo.n_nodes, random_pairs(n, rng, n), rng),
@@ -241,9 +248,14 @@ def test_the_plane_does_what_the_reference_does(seed: int, workers: int) -> None
 
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("seed", range(100, 106))
-def test_payloads_and_link_churn_as_the_reference(seed: int, workers: int) -> None:
-    """Frames with payloads (kept beside the lane, handed over as list frames) and link states
-    that change many times, links going and coming back while frames are on them."""
+@pytest.mark.parametrize("forget", [False, True])
+def test_payloads_and_link_churn_as_the_reference(seed: int, workers: int, forget: bool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames with payloads (kept beside the lane, handed over as list frames), link states
+    that change many times, links going and coming back while frames are on them, routes gone
+    because of a fault; ``forget``: the lane drops its idle transmitters at every state."""
+    if forget:
+        monkeypatch.setattr(plane_lane, "FORGET_SLACK", -1_000_000)
     ref = build_case(NodeRuntime, seed, workers, payloads=True, churn=10)
     new = build_case(PlaneRuntime, seed, workers, payloads=True, churn=10)
     assert_agree(ref, new)
