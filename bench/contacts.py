@@ -9,8 +9,10 @@ the largest reaped descendant; ``cpu_s`` is all of them), the rows written and w
 one reached the pipe. The second runs the same search in this process with each stage timed
 (CPU seconds; this process then scans every chunk itself: no workers). Issue 14's target:
 shell 1, 68 stations, 24 h in <= 5 s and <= 200 MB. ``--sgp4-step`` passes the command's option
-(SGP4 every that many seconds, cubic Hermite between; default: SGP4 at every 30 s sample).
-Run it alone on the machine for figures worth recording.
+(SGP4 every that many seconds, cubic Hermite between; default: SGP4's own value at every 30 s
+sample a pass can use, :mod:`orbitmesh.core._pass_sparse`, whose knots, interpolation and
+SGP4 calls count as ``propagation_s`` and whose near test as ``near_test_s``). Run it alone on
+the machine for figures worth recording.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def _stage_run(args: argparse.Namespace) -> dict[str, Any]:
 
     load_kernel()  # numba's start: once per process that scans (each worker pays it)
     numba_start_s = time.process_time() - t
-    from orbitmesh.core import _pass_kernel, passes
+    from orbitmesh.core import _pass_kernel, _pass_sparse, passes
     from orbitmesh.core._pass_assembly import Assembler
     from orbitmesh.core.pass_table import PassTable
     from orbitmesh.run.cli import _load, _parser
@@ -88,6 +90,11 @@ def _stage_run(args: argparse.Namespace) -> dict[str, Any]:
     stages: dict[str, float] = {"imports_s": imports_s, "numba_start_s": numba_start_s}
     passes.ecef_valid_km = _timed(stages, "propagation_s", passes.ecef_valid_km)
     passes.hermite_ecef_km = _timed(stages, "propagation_s", passes.hermite_ecef_km)
+    # The default's sparse propagation: knots and interpolation, then SGP4 near the stations.
+    sparse = _pass_sparse.SparseChunk
+    sparse.__init__ = _timed(stages, "propagation_s", sparse.__init__)  # type: ignore
+    sparse.refine = _timed(stages, "propagation_s", sparse.refine)  # type: ignore
+    sparse.mark = _timed(stages, "near_test_s", sparse.mark)  # type: ignore
     passes.candidate_pairs = _timed(stages, "screen_s", passes.candidate_pairs)
     _pass_kernel.scan_block = _timed(stages, "elevations_and_refinement_s",  # type: ignore
                                      _pass_kernel.scan_block)
