@@ -62,14 +62,3 @@ def diff_sorted(prev_key: IntArray, announced_s: FloatArray, cur_key: IntArray,
             n_down += 1
     return True, up[:n_up].copy(), down[:n_down].copy(), changed[:n_changed].copy(), announced
 
-
-@njit(cache=True, nogil=True)
-def count_changed(old: NDArray[np.int32], new: NDArray[np.int32]) -> int:
-    """Entries where two route tables of one shape differ: what ``np.count_nonzero(old != new)``
-    gives, without the (D, N) temporary (route diffs count them every tick)."""
-    rows, cols = new.shape
-    count = 0
-    for i in range(rows):
-        for j in range(cols):
-            count += old[i, j] != new[i, j]
-    return count

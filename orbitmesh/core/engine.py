@@ -100,8 +100,6 @@ def compile_kernels() -> None:
     from orbitmesh.core._diff_kernel import diff_sorted
 
     diff_sorted(one, np.zeros(1), one, np.zeros(1), 1e-3)
-    tables = RouteTrees(one, np.zeros((1, 1), np.int32), np.zeros((1, 1)))
-    route_changes(tables, tables)  # read-only tables: the signature a tick's route diff uses
     from orbitmesh.core._isl_kernel import live_isls
 
     live_isls(np.vstack([pos, -pos]), np.array([[0, 1]], np.int64), np.inf, 6378.0)

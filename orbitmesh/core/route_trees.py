@@ -9,7 +9,6 @@ that destination (``inf``: no route); ``hops[i, u]`` counts links (``-1``: no ro
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TypeVar
@@ -23,8 +22,6 @@ IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
 HopArray = NDArray[np.int32]
 BoolArray = NDArray[np.bool_]
-
-_HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 NO_ROUTE = -1
 """``next_hop`` and ``hops`` value of a node that cannot reach the destination."""
@@ -219,11 +216,6 @@ def route_changes(prev: RouteTrees | None, cur: RouteTrees) -> int:
     Rows are matched by destination id; a destination new in ``cur`` (or ``prev`` None) counts
     each of its reachable entries, and a destination that only ``prev`` had is not counted.
     """
-    if (_HAVE_NUMBA and prev is not None and prev.next_hop.shape == cur.next_hop.shape
-            and np.array_equal(prev.destinations, cur.destinations)):
-        from orbitmesh.core._diff_kernel import count_changed  # the usual tick: same rows
-
-        return int(count_changed(prev.next_hop, cur.next_hop))
     return int(np.count_nonzero(_changed_mask(prev, cur)))
 
 
