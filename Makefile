@@ -12,9 +12,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,fallback]'
-	@# numba compiles the geometry and pass kernels once (~20 s) and caches them: here, not in a run
+	@# numba compiles the geometry, pass and batched-plane kernels once (~1.5 min) and caches
+	@# them: here, not in a run
 	$(BIN)/python -c "from orbitmesh.core.engine import compile_kernels; compile_kernels(); \
-		from orbitmesh.core.passes import load_kernel; load_kernel()"
+		from orbitmesh.core.passes import load_kernel; load_kernel(); \
+		from nodes.plane import compile_plane; compile_plane()"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -57,6 +57,27 @@ _FRAME_I = slice(K.OI_FRAME, K.OI_FRAME + K.FI_COLS)
 _LANE_OUT = (K.M_OUT, K.M_LOG, K.M_NLATE, K.M_INFLIGHT, K.M_HFULL)
 
 
+def _load_kernels(lane: Lane, sink: Callable[[Lane], None]) -> None:
+    """Call every compiled function with each signature a run uses (compiling it when
+    numba's cache has none)."""
+    lane.run(-np.inf, 0, 0.0, sink=sink)
+    no_rows = np.frombuffer(b"", dtype=np.int64).reshape(-1, K.W_COLS)  # read-only: its own
+    lane.run(-np.inf, 0, 0.0, rows=no_rows, rows_pol=np.full(1, -1, dtype=np.int64),  # signature
+             sink=sink)
+    K.backlog_packed(lane.I, lane.F, lane.lay, 0, 0.0)
+    K.tx_rehash(np.full(16, -1, dtype=np.int64), np.zeros(16, dtype=np.int64),
+                np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+
+
+def compile_plane() -> None:
+    """Compile the batched plane's kernels into numba's cache (``make venv`` does it once: cold,
+    it takes about a minute, which a run should not pay)."""
+    none3 = (0.0, 0.0, 0.0)
+    lane = Lane(2, 0, np.zeros(2, dtype=np.int64), workers=1, flows=0, speed=1.0, seed=0,
+                rate_bps=(1e6, 1e6, 1e6), loss=none3, queue_frames=(4, 4, 4))
+    _load_kernels(lane, lambda _lane: None)
+
+
 class PlaneRuntime(PlaneBooks):
     """NodeRuntime with the common frames' hop loop compiled (see the module docstring)."""
 
@@ -101,11 +122,7 @@ class PlaneRuntime(PlaneBooks):
         self.stats.before_read.append(self.sync_stats)
         # Load the compiled kernel now (numba's cache: ~1 s, more under load), while the worker
         # is starting, not at the first frame of the run.
-        self.lane.run(-np.inf, 0, 0.0, sink=self._sink)
-        no_rows = np.frombuffer(b"", dtype=np.int64).reshape(-1, K.W_COLS)  # read-only: its
-        self.lane.run(-np.inf, 0, 0.0, rows=no_rows, rows_pol=self._rows_pol,  # own signature
-                      sink=self._sink)
-        K.backlog_packed(self.lane.I, self.lane.F, self.lane.lay, 0, 0.0)
+        _load_kernels(self.lane, self._sink)
 
     def sync_stats(self) -> None:
         """Fold what the lane counted (hop lateness, remote_in / remote_out) into the stats."""
