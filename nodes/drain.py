@@ -72,7 +72,7 @@ async def drain_frames(transport: Transport, frames_topic: str, others: set[int]
     result = DrainResult(cap_s)
     waiting = set(others)
     try:
-        async with asyncio.timeout(min(started + idle_s, deadline)) as scope:
+        async with asyncio.timeout_at(min(started + idle_s, deadline)) as scope:
             async for batch in transport.batches():
                 moved = False
                 for message in batch:

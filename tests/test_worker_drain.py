@@ -76,6 +76,7 @@ async def _drain_with_peer(batches: int, gap_s: float, marker: bool) -> tuple[Wo
 
 def _run(batches: int, gap_s: float, marker: bool) -> tuple[Worker, int]:
     loop = VirtualTimeLoop()
+    loop.virtual_s = 86_400.0  # a loop clock far from 0, as a real one is (since boot)
     try:
         return loop.run_until_complete(_drain_with_peer(batches, gap_s, marker))
     finally:
@@ -120,3 +121,10 @@ def test_the_overall_limit_grows_with_how_far_behind_the_worker_was() -> None:
     assert drain_cap_s(5.0) > DRAIN_MIN_CAP_S
     assert drain_cap_s(5.0) > drain_cap_s(4.0)
     assert drain_cap_s(1e6) == DRAIN_MAX_CAP_S
+
+
+def test_a_peer_that_sends_nothing_at_all_is_given_up_on_after_the_idle_limit() -> None:
+    worker, _sent = _run(0, 0.0, marker=False)
+    assert worker.drain is not None
+    assert worker.drain.gave_up == "idle"
+    assert worker.drain.waited_s == pytest.approx(DRAIN_IDLE_S, abs=0.05)
