@@ -255,6 +255,7 @@ class SparseChunk:
 
     def refine(self) -> FloatArray:
         """SGP4 at every sample within reach of a flagged one; the chunk's final positions."""
+        del self.unit  # the near test is done; a worker's peak memory is here
         self._propagate(self.near, np.zeros(len(self.eligible), bool))
         return self.pos
 
@@ -263,11 +264,12 @@ class SparseChunk:
         if not len(s_of):
             return
         jd, fr = self.jd[t_of], self.fr[t_of]
+        r = np.empty((len(s_of), 3))
+        err = np.empty(len(s_of), np.uint8)
         sats = self.propagator.satrecs
         ends = offsets.tolist()
-        parts = [sats[s].sgp4_array(jd[ends[s]:ends[s + 1]], fr[ends[s]:ends[s + 1]])
-                 for s in np.flatnonzero(np.diff(offsets)).tolist()]
-        err = np.concatenate([part[0] for part in parts])
-        r = np.concatenate([part[1] for part in parts])
+        for s in np.flatnonzero(np.diff(offsets)).tolist():
+            a, b = ends[s], ends[s + 1]
+            err[a:b], r[a:b], _v = sats[s].sgp4_array(jd[a:b], fr[a:b])
         put_exact(self.pos, s_of, t_of, r, err, self.cos_t, self.sin_t)
         self.exact[s_of, t_of] = True
