@@ -67,6 +67,8 @@ class Roles:
         self.store_limit: dict[int, int] = {}
         self.operating_centre = self._operating_centres()
         self._tc_targets: dict[int, itertools.cycle[int]] = {}
+        self._tm_made: dict[int, tuple[int, bytes, int]] = {}
+        """Satellite -> (APID, data field, operations centre) of its telemetry packets."""
         runtime.on_deliver = self._delivered
         runtime.on_node_down = self._node_down
         self.stopped = False
@@ -174,13 +176,19 @@ class Roles:
 
     def telemetry(self, s: int, now: float) -> None:
         """Satellite ``s`` produces one housekeeping packet."""
-        topo = self.topo
-        c = int(topo.sat_constellation[s])
-        spec = topo.shells[c].constellation.telemetry
-        counter = self.counters.setdefault(s, SequenceCounter())
-        data = s.to_bytes(4, "big") + b"\x00" * max(1, spec.size_bytes - 10)
-        packet = space_packet(TM, spec.apid, counter.next(spec.apid), data)
-        frame = new_frame(self.frame_id(), TELEMETRY, FLOW_TELEMETRY, s, self.operating_centre[c],
+        made = self._tm_made.get(s)
+        if made is None:  # what does not change from packet to packet, made once
+            c = int(self.topo.sat_constellation[s])
+            spec = self.topo.shells[c].constellation.telemetry
+            made = self._tm_made[s] = (spec.apid, s.to_bytes(4, "big")
+                                       + b"\x00" * max(1, spec.size_bytes - 10),
+                                       self.operating_centre[c])
+        apid, data, centre = made
+        counter = self.counters.get(s)
+        if counter is None:  # not setdefault: that builds a counter on every call
+            counter = self.counters[s] = SequenceCounter()
+        packet = space_packet(TM, apid, counter.next(apid), data)
+        frame = new_frame(self.frame_id(), TELEMETRY, FLOW_TELEMETRY, s, centre,
                           len(packet), now, payload=packet)
         self.rt.stats.offer(frame)
         self._send_or_store(s, frame, now)
