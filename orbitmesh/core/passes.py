@@ -14,7 +14,9 @@ Method
    The search runs over blocks of 32 samples; in each block
    :func:`orbitmesh.core._pass_screen.candidate_pairs` keeps only the (station, satellite) pairs
    that can reach the mask there (a few per cent of them in a LEO shell; the others have no
-   events, so results are unchanged), and elevations are computed for those pairs only, by the
+   events, so results are unchanged), the sparse propagation's near test drops those of them
+   that come within reach of the mask at no sample of the block (no events there either), and
+   elevations are computed for the pairs left only, by the
    compiled loop of :mod:`orbitmesh.core._pass_kernel` (numba), which compares the sine of the
    elevation with the sine of the mask (no arcsine per sample). Rises and sets are the sign
    changes of ``elevation - mask`` between samples. Passes too short to contain a sample are
