@@ -15,8 +15,10 @@ from typing import Any
 
 from nodes.link_slots import Transmitter
 from nodes.stats import Stats
+from orbitmesh.core.destinations import UNROUTED_DESTINATION
+from orbitmesh.core.topology import Topology
 from orbitmesh.protocol.state import FAULT_UNREACHABLE
-from orbitmesh.protocol.wire import F_DST
+from orbitmesh.protocol.wire import F_DST, F_POLICY, F_ROUTE
 
 ARRIVE, CALL = 0, 1
 """Codes of the runtime's heap items: a frame arriving over a link, or a callback."""
@@ -30,6 +32,10 @@ class FaultBooks:
     heap: list[tuple[float, int, int, Any, Any]]
     tx: dict[tuple[int, int], Transmitter]
     on_node_down: Callable[[int, str, float], None] | None
+    next_hop: dict[str | None, Any]
+    dest_row: dict[int, int]
+    state_t_s: float
+    topology: Topology
 
     def _init_faults(self) -> None:
         self.down_nodes: dict[int, str] = {}  # failed node hosted here -> fault id
@@ -91,8 +97,20 @@ class FaultBooks:
         self.stats.suppress(flow, src, fault)
         return True
 
+    def unrouted(self, frame: list[Any]) -> bool:
+        """True when the state in force has no table for ``frame`` at all: a ground destination
+        (or a policy) the controller's destination set left out (orbitmesh/core/destinations.py),
+        which is the set's fault, not the network's."""
+        if self.state_t_s < 0 or frame[F_ROUTE]:
+            return False
+        return ((frame[F_DST] >= self.topology.n_satellites and frame[F_DST] not in self.dest_row)
+                or frame[F_POLICY] not in self.next_hop)
+
     def drop_no_route(self, u: int, frame: list[Any], next_hop: int = -1) -> None:
         """Drop a frame that has no route, blaming the fault that took the route away if any."""
+        if self.unrouted(frame):
+            self.stats.drop(frame, UNROUTED_DESTINATION, u)
+            return
         fault = self.down_all.get(frame[F_DST]) or self.cut_at_node.get(u)
         if fault is None and next_hop == FAULT_UNREACHABLE:
             fault = self.blame or "fault"

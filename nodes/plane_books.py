@@ -16,6 +16,7 @@ import numpy as np
 from nodes import plane_kernel as K
 from nodes.plane_lane import Lane
 from nodes.runtime import ARRIVE, Frame, NodeRuntime, _heappush
+from orbitmesh.core.destinations import UNROUTED_DESTINATION
 from orbitmesh.protocol.wire import F_DUE, F_FROM, F_PROP, F_WAIT, WIRE_VERSION
 
 _FRAME_I = slice(K.OI_FRAME, K.OI_FRAME + K.FI_COLS)
@@ -158,8 +159,10 @@ class PlaneBooks(NodeRuntime):
             frame = rare[2] if rare is not None else self._frame(fi, ff, pay=ri[K.OI_PAY])
             fault = ri[K.OI_FAULT]
             stats.event_wall = t
-            stats.drop(frame, K.REASONS[ri[K.OI_AUX]], ri[K.OI_NODE],
-                       self.faults[fault] if fault >= 0 else None)
+            reason = K.REASONS[ri[K.OI_AUX]]
+            if reason == "no_route" and self.unrouted(frame):  # left out of the set
+                reason = UNROUTED_DESTINATION
+            stats.drop(frame, reason, ri[K.OI_NODE], self.faults[fault] if fault >= 0 else None)
         elif code == K.O_RARE:
             u, v, frame = self._rare.pop(ri[K.OI_SEQ])
             if ri[K.OI_AUX] >= 0:  # on its way

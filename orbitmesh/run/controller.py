@@ -19,9 +19,13 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
+
+from orbitmesh.core.destinations import addressable_destinations, check_destinations
 from orbitmesh.core.engine import LinkSource, Tick, TickEngine
 from orbitmesh.core.faults import (
     PROCESS_KINDS,
@@ -60,13 +64,29 @@ START_LEAD_S = 0.5
 """Wall seconds between publishing the clock and scenario time 0."""
 
 
+def _destinations(topology: Topology, chosen: Literal["used", "all"] | Sequence[int]
+                  ) -> np.ndarray:
+    """The destination set a run routes toward: ``used`` (what its frames can be addressed
+    to), ``all`` (every ground node, as before), or given indices."""
+    if isinstance(chosen, str):
+        if chosen == "all":
+            return np.array(topology.ground_endpoints, dtype=np.int64)
+        if chosen != "used":
+            raise ValueError(f"destinations {chosen!r}: expected 'used', 'all' or node indices")
+        return addressable_destinations(topology.scenario, topology)
+    given = np.asarray(chosen, dtype=np.int64).reshape(-1)
+    check_destinations(given, topology)
+    return given
+
+
 class Controller:
     """Computes and publishes ticks for one run."""
 
     def __init__(self, topology: Topology, transport: Transport, topics: Topics, *,
                  duration_s: float, speed: float, out_dir: Path | None,
                  link_source: LinkSource | None = None, wall: WallSource | None = None,
-                 workers: int | None = None, off_loop: bool | None = None) -> None:
+                 workers: int | None = None, off_loop: bool | None = None,
+                 destinations: Literal["used", "all"] | Sequence[int] = "used") -> None:
         self.topology = topology
         self.transport = transport
         self.topics = topics
@@ -74,7 +94,11 @@ class Controller:
         self.speed = speed
         scenario = topology.scenario
         policies = sorted({f.policy for f in scenario.traffic if f.policy})
-        self.engine = TickEngine(topology, policies=policies, link_source=link_source)
+        self.destinations = _destinations(topology, destinations)
+        """The route trees' roots: what the run's frames can be addressed to
+        (:func:`~orbitmesh.core.destinations.addressable_destinations`), or every ground node."""
+        self.engine = TickEngine(topology, self.destinations, policies=policies,
+                                 link_source=link_source)
         self.tick_s = scenario.tick_s
         self.wall: WallSource = wall or WallClock()
         self.clock: RunClock | None = None

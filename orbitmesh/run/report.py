@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from orbitmesh.core.destinations import UNROUTED_DESTINATION
 from orbitmesh.core.faults import PROCESS_KINDS
 from orbitmesh.core.histogram import Histogram, merged
 from orbitmesh.core.scenario import Scenario
@@ -162,6 +163,9 @@ def build_summary(run_dir: Path, scenario: Scenario, run_meta: dict[str, Any],
         "malformed": sum(w["malformed"] for w in stats),
         "malformed_by_topic": dict(sorted(malformed_by_topic.items())),
         "internal_errors": sum(w.get("internal_errors", 0) for w in stats),
+        # Frames to a ground node the run routed no tree toward (core/destinations.py), any flow.
+        UNROUTED_DESTINATION: sum(f["dropped"].get(UNROUTED_DESTINATION, 0)
+                                  for w in stats for f in w["flows"].values()),
         # Workers whose shutdown drain gave up before every end marker came (nodes/drain.py).
         "drains_given_up": [{"worker": w.get("worker"), **w["drain"]} for w in stats
                             if w.get("drain", {}).get("timed_out")],
@@ -335,6 +339,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         out.append(f"DRAIN GAVE UP: worker {d['worker']} ({d['gave_up']}) after {d['waited_s']} s "
                    f"with no end marker from worker(s) {d['missing_end_markers']}: frames sent "
                    "to it after that are uncounted")
+    if summary.get(UNROUTED_DESTINATION):
+        out.append(f"UNROUTED DESTINATIONS: {summary[UNROUTED_DESTINATION]} frames went to ground "
+                   "nodes the run routed no tree toward (dropped as unrouted_destination; see "
+                   "orbitmesh/core/destinations.py)")
     if summary.get("internal_errors"):
         out.append(f"INTERNAL ERRORS: {summary['internal_errors']} (survived; tracebacks in the "
                    "worker logs) — please report them")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orbitmesh import __version__
+from orbitmesh.core.destinations import UNROUTED_DESTINATION
 from orbitmesh.run.files import DiskError
 from orbitmesh.run.report import (
     build_summary,
@@ -42,6 +43,7 @@ class RunResult:
         process it did not mean to."""
         return (bool(self.summary["conservation_ok"]) and bool(self.summary["fidelity"]["ok"])
                 and not self.summary.get("unplanned") and not self.summary.get("internal_errors")
+                and not self.summary.get(UNROUTED_DESTINATION)
                 and not _stopped_by_container(self.summary))
 
 
