@@ -1,7 +1,7 @@
 """The controller's event loop while ticks compute: inline (before) against off the loop. JSON.
 
     .venv/bin/python bench/controller.py [--scenario scenarios/starlink-gen1.yaml ...]
-        [--ticks 20] [--speed 1] [--modes inline,thread] [--rounds 1]
+        [--ticks 20] [--speed 1] [--modes inline,thread] [--rounds 1] [--destinations used,all]
 
 One Controller per case, in this process, on the in-memory broker and the real wall clock, with
 its link timeline written to a temporary directory as in a run (no workers: this measures the
@@ -14,6 +14,10 @@ controller alone). Cases alternate mode by mode, scenario by scenario, in one si
   the loop is free, as the MQTT transport writes at the end of a loop turn, so this is when the
   state would leave for the broker;
 * ``loop_lag_ms``: how late a 1 ms asyncio timer fires, again and again, while the run ticks.
+
+``--destinations``: the route trees' roots, ``used`` (what the scenario's frames can be addressed
+to, the controller's default since the destination set, orbitmesh/core/destinations.py) and/or
+``all`` (every ground node, as every run routed before); each line says which and how many.
 
 ``inline`` is the controller as it was (tick work on the event loop); ``thread`` is the default
 for real runs (``orbitmesh.run.ticking``). With ``--gil``, one more line per scenario: how much of
@@ -62,7 +66,8 @@ def _stats(values: list[float]) -> dict[str, float | int]:
             "p99.9": round(float(p999), 2), "max": round(float(max(values)), 2)}
 
 
-async def one_case(topology: Topology, mode: str, ticks: int, speed: float) -> dict[str, Any]:
+async def one_case(topology: Topology, mode: str, ticks: int, speed: float,
+                   destinations: str = "used") -> dict[str, Any]:
     """Run ``ticks`` ticks of ``topology`` with the tick work ``mode``; the figures above."""
     scenario = topology.scenario
     topics = Topics("bench")
@@ -77,7 +82,8 @@ async def one_case(topology: Topology, mode: str, ticks: int, speed: float) -> d
                 MemoryTransport(broker, "probe") as probe, asyncio.TaskGroup() as tg:
             await probe.subscribe(topics.state)
             controller = Controller(topology, control, topics, duration_s=ticks * scenario.tick_s,
-                                    speed=speed, out_dir=Path(out), off_loop=mode == "thread")
+                                    speed=speed, out_dir=Path(out), off_loop=mode == "thread",
+                                    destinations="all" if destinations == "all" else "used")
 
             async def receive() -> None:
                 seen: set[float] = set()
@@ -108,7 +114,9 @@ async def one_case(topology: Topology, mode: str, ticks: int, speed: float) -> d
             await timer
             receiver.cancel()
             controller.close()
-    return {"mode": mode, "ticks": ticks, "speed": speed, "wall_s": round(wall_s, 2),
+    return {"mode": mode, "destination_set": destinations,
+            "destinations": len(controller.destinations), "ticks": ticks, "speed": speed,
+            "wall_s": round(wall_s, 2),
             "tick_compute_ms": _stats(controller.tick_compute_ms[PRE_CLOCK_TICKS:]),
             "first_tick_ms": round(controller.tick_compute_ms[0], 1),
             "publish_late_ms": _stats(late_ms), "loop_lag_ms": _stats(lag_ms)}
@@ -169,11 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="inline,thread", help="comma-separated: inline, thread")
     p.add_argument("--rounds", type=int, default=1, help="alternations of the modes")
     p.add_argument("--gil", action="store_true", help="also measure the GIL share of a tick")
+    p.add_argument("--destinations", default="used",
+                   help="comma-separated: used (the controller's default), all (every ground "
+                   "node); cases alternate between them")
     args = p.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in ("inline", "thread")]
-    if bad or args.ticks < 1 or args.rounds < 1:
-        p.error(f"--modes takes inline and thread (got {bad}); --ticks and --rounds >= 1")
+    sets = [d.strip() for d in args.destinations.split(",") if d.strip()]
+    if bad or args.ticks < 1 or args.rounds < 1 or not sets or set(sets) - {"used", "all"}:
+        p.error(f"--modes takes inline and thread (got {bad}); --destinations used and/or all "
+                f"(got {sets}); --ticks and --rounds >= 1")
     emit({"bench": "controller", "machine": machine()})
     for path in args.scenario or DEFAULT_SCENARIOS:
         topology = build_topology(load_scenario(PROJECT_ROOT / path))
@@ -181,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             emit({"scenario": path, "nodes": topology.n_nodes, **gil_share(topology, args.ticks)})
         for _round in range(args.rounds):
             for mode in modes:
-                record = asyncio.run(one_case(topology, mode, args.ticks, args.speed))
-                emit({"scenario": path, "nodes": topology.n_nodes, **record})
+                for which in sets:
+                    record = asyncio.run(one_case(topology, mode, args.ticks, args.speed, which))
+                    emit({"scenario": path, "nodes": topology.n_nodes, **record})
     return 0
 
 

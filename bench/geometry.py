@@ -1,8 +1,9 @@
 """Benchmark one core tick: propagate + links + GSL assignment + routes + diff.
 
-    python bench/geometry.py [--ticks N] [--case NAME]
+    python bench/geometry.py [--ticks N] [--case NAME] [--destinations all|used]
 
-Prints one JSON object per case with: case, satellites, stations, destinations, ticks,
+Prints one JSON object per case with: case, satellites, stations, destination_set, destinations
+(how many route trees a tick grows), ticks,
 median_ms, p95_ms, sgp4_ms (raw SatrecArray time of the same tick: the physics floor),
 links_ms, routes_ms, cpu_ms (median CPU time of a tick, all threads: steadier than wall time on
 a shared machine, and above it when the routing threads run in parallel), cpu_min_ms (the least
@@ -10,6 +11,11 @@ CPU time of a tick: what the tick costs when nothing else competes for caches an
 peak_rss_mb, and load_1m (the 1-minute load average before and after the case: the figures of a
 loaded machine are not the quiet machine's). Stations are seeded pseudo-random sites between
 60 S and 70 N.
+
+``--destinations used`` routes toward the scenario's set as the controller computes it
+(:func:`orbitmesh.core.destinations.addressable_destinations`): these scenarios have no flows or
+endpoints, so that is their ops centres, as in a live run of them; the default ``all`` routes
+toward every ground node (shell 1) or 50 of them (the Gen1 cases), the figures recorded before.
 
 ``--stages`` adds ``stages_ms``: the median wall time of each stage inside ``engine.step`` (sgp4
 with the frame rotation, isl, gsl, link_state = sorting the links, diff, routes and within it
@@ -37,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from orbitmesh.core import engine as engine_module
 from orbitmesh.core import links as links_module
 from orbitmesh.core import routing as routing_module
+from orbitmesh.core.destinations import addressable_destinations
 from orbitmesh.core.engine import TickEngine
 from orbitmesh.core.geometry import offsets_to_jd
 from orbitmesh.core.links import LinkEngine
@@ -115,13 +122,15 @@ def stage_timers(engine: TickEngine, link_engine: LinkEngine) -> Iterator[dict[s
 
 def run_case(name: str, shells: list[tuple[int, int, float, float]], n_stations: int,
              n_centres: int, n_destinations: int | None, ticks: int,
-             stages: bool = False) -> dict[str, object]:
+             stages: bool = False, destination_set: str = "all") -> dict[str, object]:
     """Time ``ticks`` consecutive 1-s ticks and return the figures."""
     scenario = parse_scenario(scenario_text(shells, n_stations, n_centres),
                               Path("/tmp/bench.yaml"))
     topology = build_topology(scenario)
     dest = topology.ground_endpoints
-    if n_destinations is not None:
+    if destination_set == "used":
+        dest = addressable_destinations(scenario, topology)
+    elif n_destinations is not None:
         dest = dest[np.linspace(0, len(dest) - 1, n_destinations).astype(np.int64)]
     engine = TickEngine(topology, destinations=dest)
     link_engine = engine.links
@@ -155,7 +164,8 @@ def run_case(name: str, shells: list[tuple[int, int, float, float]], n_stations:
     if stages:
         extra["stages_ms"] = {k: round(float(np.median(v)), 3) for k, v in stage_ms.items()}
     return {"case": name, "satellites": topology.n_satellites, "stations": topology.n_stations,
-            "ops_centres": n_centres, "destinations": len(dest), "ticks": ticks,
+            "ops_centres": n_centres, "destination_set": destination_set,
+            "destinations": len(dest), "ticks": ticks,
             "median_ms": round(median, 3), "p95_ms": round(float(np.percentile(total, 95)), 3),
             "sgp4_ms": round(float(np.median(sgp4_ms)), 3),
             "links_ms": round(links, 3), "routes_ms": round(max(0.0, median - links), 3),
@@ -165,14 +175,13 @@ def run_case(name: str, shells: list[tuple[int, int, float, float]], n_stations:
             "load_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)], **extra}
 
 
-CASES: dict[str, Callable[[int, bool], dict[str, object]]] = {
-    "starlink-shell1": lambda ticks, stages: run_case("starlink-shell1", GEN1_SHELLS[:1], 100, 5,
-                                                      None, ticks, stages),
-    "starlink-gen1": lambda ticks, stages: run_case("starlink-gen1", GEN1_SHELLS, 1000, 5, 50,
-                                                    ticks, stages),
-    "gen1-gen2-20k": lambda ticks, stages: run_case("gen1-gen2-20k",
-                                                    GEN1_SHELLS + GEN2_LIKE_SHELLS, 1000, 5, 50,
-                                                    ticks, stages),
+CASES: dict[str, Callable[[int, bool, str], dict[str, object]]] = {
+    "starlink-shell1": lambda ticks, stages, which: run_case(
+        "starlink-shell1", GEN1_SHELLS[:1], 100, 5, None, ticks, stages, which),
+    "starlink-gen1": lambda ticks, stages, which: run_case(
+        "starlink-gen1", GEN1_SHELLS, 1000, 5, 50, ticks, stages, which),
+    "gen1-gen2-20k": lambda ticks, stages, which: run_case(
+        "gen1-gen2-20k", GEN1_SHELLS + GEN2_LIKE_SHELLS, 1000, 5, 50, ticks, stages, which),
 }
 
 
@@ -183,9 +192,12 @@ def main() -> None:
     parser.add_argument("--case", choices=sorted(CASES), action="append")
     parser.add_argument("--stages", action="store_true",
                         help="add stages_ms: the median wall time of each stage of a tick")
+    parser.add_argument("--destinations", choices=("all", "used"), default="all",
+                        help="route toward every ground node (all) or the scenario's "
+                        "addressable set, as the controller does (used)")
     args = parser.parse_args()
     for name in args.case or list(CASES):
-        print(json.dumps(CASES[name](args.ticks, args.stages)), flush=True)
+        print(json.dumps(CASES[name](args.ticks, args.stages, args.destinations)), flush=True)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,12 @@ class Tick:
 
 
 class TickEngine:
-    """Propagates, builds links and routes toward ``destinations`` tick after tick."""
+    """Propagates, builds links and routes toward ``destinations`` tick after tick.
+
+    ``destinations`` default to every ground node (``Topology.ground_endpoints``); the
+    controller passes the set a run can address (:mod:`orbitmesh.core.destinations`), whose
+    tables are the same rows of the full computation at a fraction of the work.
+    """
 
     def __init__(self, topology: Topology, destinations: Sequence[int] | IntArray | None = None,
                  policies: Sequence[str] | None = None,

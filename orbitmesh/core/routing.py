@@ -18,8 +18,9 @@ hop toward ``d``. A node with ``transit`` False (a ground station or operations 
 ``transit: false``) may be a route's source or destination but never a hop in between: the tree
 grown from ``d`` does not relax its links unless it is ``d``, so it is a leaf of every other tree,
 and no node ever forwards through it. Trees are built for the destinations that traffic goes to
-(ground endpoints); a tree toward any other node (a satellite, for telecommands) is computed on
-demand with :meth:`Router.to`.
+(ground nodes: in a run, those its frames can be addressed to, :mod:`orbitmesh.core.destinations`;
+else every ground node); a tree toward any other node is computed on demand with
+:meth:`Router.to`, and frames to satellites are source-routed along their sender's tree.
 
 Cost (2 cores; ``bench/geometry.py``): the trees come from the bucket kernel in
 :mod:`orbitmesh.core._sssp` (numba; scipy's Dijkstra when numba is missing), whose distances equal
