@@ -7,19 +7,29 @@ asserted: it depends on the machine's load, not on the set.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from orbitmesh.core.destinations import UNROUTED_DESTINATION, addressable_destinations
 from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import build_topology
+from orbitmesh.protocol.wire import DATA, encode_batch, new_frame
+from orbitmesh.run.launch.control import locate
 from orbitmesh.run.launch.local import RunOptions, run
 from tests.conftest import require_mosquitto
+from tests.test_live import PROJECT, wait_for_clock
 
 pytestmark = pytest.mark.broker
 
 DEMO = Path(__file__).resolve().parent.parent / "scenarios" / "demo.yaml"
+INJECTED_FLOW = 1000
+"""Not a scenario flow (docs/topics.md, injecting a frame by hand)."""
 
 
 def test_demo_conserves_every_frame_with_the_narrowed_set(tmp_path: Path) -> None:
@@ -36,3 +46,41 @@ def test_demo_conserves_every_frame_with_the_narrowed_set(tmp_path: Path) -> Non
     assert summary["flows"][0]["delivered"] > 0
     assert summary["telemetry"]["delivered"] > 0
     assert summary["telecommands"]["acked"] > 0
+
+
+def test_a_frame_injected_for_a_left_out_station_is_counted_and_fails_the_run(
+        tmp_path: Path) -> None:
+    require_mosquitto()
+    topology = build_topology(load_scenario(DEMO))
+    chosen = set(addressable_destinations(topology.scenario, topology).tolist())
+    tokyo, svalbard = topology.index["tokyo"], topology.index["svalbard"]
+    assert tokyo in chosen and svalbard not in chosen
+    run_dir, run_id = tmp_path / "run", "unrouted"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orbitmesh", "run", str(DEMO), "--duration", "8", "--workers",
+         "2", "--out", str(run_dir), "--run-id", run_id, "--quiet"],
+        cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_for_clock(run_dir, run_id, timeout_s=60.0)
+        time.sleep(2.0)  # scenario time has started: the workers hold a link state
+        port = int(json.loads((run_dir / "run.json").read_text())["broker"].rsplit(":", 1)[1])
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{run_id}")
+        operator = locate(str(run_dir), None)[1]
+        client.username_pw_set(operator.username, operator.password)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        frame = new_frame(1 << 62 | 1, DATA, INJECTED_FLOW, tokyo, svalbard, 200, time.time())
+        client.publish(f"orbitmesh/{run_id}/node/tokyo/in",
+                       encode_batch([(tokyo, frame)]), qos=1).wait_for_publish(10.0)
+        client.loop_stop()
+        client.disconnect()
+        out, err = proc.communicate(timeout=120.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary[UNROUTED_DESTINATION] == 1, summary
+    assert summary["conservation_ok"]
+    assert proc.returncode == 1, (out + err).decode()
+    assert b"UNROUTED DESTINATIONS: 1" in out
