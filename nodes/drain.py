@@ -15,13 +15,19 @@ its log and stats file (``drain``), which the summary reports.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nodes.runtime import NodeRuntime
+from nodes.stats import Stats
+from orbitmesh.protocol.clock import WallSource
 from orbitmesh.protocol.messages import EndMarker
 from orbitmesh.protocol.transport import Transport
-from orbitmesh.protocol.wire import WIRE_VERSION
+from orbitmesh.protocol.wire import F_FLOW, WIRE_VERSION, Topics, decode_batch
+
+log = logging.getLogger("orbitmesh.worker")
 
 DRAIN_IDLE_S = 3.0
 """Give up after this many wall seconds with nothing new on the frame topic."""
@@ -95,3 +101,53 @@ async def drain_frames(transport: Transport, frames_topic: str, others: set[int]
     result.waited_s = loop.time() - started
     result.missing = sorted(waiting)
     return result
+
+
+class WorkerDrain:
+    """Mixin of :class:`nodes.worker.Worker`: its end markers and its drain."""
+
+    index: int
+    workers: int
+    topics: Topics
+    transport: Transport
+    runtime: NodeRuntime
+    stats: Stats
+    drained: dict[int, int]
+    drain: DrainResult | None
+    behind_s: float
+    _ends_seen: set[int]
+    wall: WallSource
+
+    async def _drain(self) -> None:
+        """Send our end markers, then count the frames other workers sent us before they
+        stopped, as still in flight (nodes/drain.py: it waits while they keep coming)."""
+        others = {k for k in range(self.workers) if k != self.index} - self._ends_seen
+        marker = EndMarker(self.index).encode(WIRE_VERSION)
+        for k in range(self.workers):
+            if k == self.index:
+                continue
+            self.transport.publish(self.topics.worker_frames(k), marker)
+        if not others:
+            return
+        due = self.runtime.next_due
+        behind_s = max(self.behind_s, self.wall.now_wall() - due if due is not None else 0.0)
+        result = await drain_frames(self.transport, self.topics.worker_frames(self.index),
+                                    others, self._count_drained, cap_s=drain_cap_s(behind_s))
+        self.drain = result
+        if result.gave_up is not None:
+            log.warning("drain gave up (%s) after %.1f s (limit %.1f s, %d frames counted): no "
+                        "end marker from worker(s) %s; frames they sent after that are "
+                        "uncounted", result.gave_up, result.waited_s, result.cap_s,
+                        result.frames, result.missing)
+
+    def _count_drained(self, payload: bytes) -> int:
+        """Count one drained batch's frames as in flight, by flow; how many there were."""
+        try:
+            items, _refused = decode_batch(payload, self.runtime.n_nodes)
+        except ValueError as exc:
+            self.stats.malformed(str(exc), "frames")
+            return 0
+        for _node, frame in items:
+            self.stats.remote_received(frame)
+            self.drained[frame[F_FLOW]] = self.drained.get(frame[F_FLOW], 0) + 1
+        return len(items)

@@ -8,30 +8,40 @@ generators once the controller's clock arrives, applies each link/route state at
 time it is stamped with, and on ``finish`` (or SIGTERM/SIGINT) drains what the other workers
 sent (nodes/drain.py), writes ``stats-w<K>.json`` and reports ``done``.
 
-Heartbeats, status and the stats file are nodes/worker_books.py's; the process's arguments,
-connection and signals nodes/worker_cli.py's (this module's ``__main__`` hands over to it).
+Heartbeats, status and the stats file are nodes/worker_books.py's; the handlers of the clock,
+state, fault and launcher topics nodes/worker_control.py's; the drain nodes/drain.py's.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
-from nodes.drain import drain_cap_s, drain_frames
+from broker.client import MqttTransport
+from broker.lifetime import die_with_parent, exit_if_orphaned
+from broker.url import resolve_broker_urls
+from nodes.drain import WorkerDrain
 from nodes.endpoints import EndpointHost
 from nodes.event_loop import precise_loop
+from nodes.gc_tuning import settle_heap
 from nodes.mcs_bridge import McsBridges
 from nodes.roles import Roles
 from nodes.runtime import NodeRuntime
 from nodes.stats import Stats
 from nodes.worker_books import WorkerBooks
+from nodes.worker_control import WorkerControl
 from orbitmesh.core.placement import place
-from orbitmesh.core.topology import Topology
+from orbitmesh.core.scenario import load_scenario
+from orbitmesh.core.topology import Topology, build_topology
 from orbitmesh.errors import OrbitmeshError
 from orbitmesh.protocol.clock import WallClock, WallSource
 from orbitmesh.protocol.messages import (
@@ -39,10 +49,11 @@ from orbitmesh.protocol.messages import (
     ControlCommand,
     EndMarker,
     FaultListing,
+    WorkerStatus,
 )
 from orbitmesh.protocol.state import TickSnapshot, decode_state
 from orbitmesh.protocol.transport import Message, Transport
-from orbitmesh.protocol.wire import F_FLOW, WIRE_VERSION, Topics, decode_batch
+from orbitmesh.protocol.wire import WIRE_VERSION, Topics
 from orbitmesh.run.files import atomic_write
 from orbitmesh.run.launch.netns import read_plan
 from orbitmesh.run.trace import read_replay
@@ -51,6 +62,8 @@ __all__ = ["DEFAULT_PLANE", "PLANES", "Worker", "precise_loop", "runtime_class"]
 
 log = logging.getLogger("orbitmesh.worker")
 FLUSH_TIMEOUT_S = 3.0
+EXIT_GRACE_S = 5.0
+"""Wall seconds a finished worker waits for its broker connection to close before it leaves."""
 
 
 PLANES = ("python", "batched")
@@ -72,7 +85,7 @@ def runtime_class() -> type[NodeRuntime]:
     raise OrbitmeshError(f"ORBITMESH_PLANE={name!r}: expected one of {', '.join(PLANES)}")
 
 
-class Worker(WorkerBooks):
+class Worker(WorkerControl, WorkerDrain, WorkerBooks):
     """Drives one :class:`NodeRuntime` from asyncio and a transport."""
 
     def __init__(self, topology: Topology, *, worker: int, workers: int, run_id: str,
@@ -216,40 +229,6 @@ class Worker(WorkerBooks):
         except (TimeoutError, OrbitmeshError) as exc:
             log.warning("final status not confirmed by the broker: %s", exc)
 
-    async def _drain(self) -> None:
-        """Send our end markers, then count the frames other workers sent us before they
-        stopped, as still in flight (nodes/drain.py: it waits while they keep coming)."""
-        others = {k for k in range(self.workers) if k != self.index} - self._ends_seen
-        marker = EndMarker(self.index).encode(WIRE_VERSION)
-        for k in range(self.workers):
-            if k == self.index:
-                continue
-            self.transport.publish(self.topics.worker_frames(k), marker)
-        if not others:
-            return
-        due = self.runtime.next_due
-        behind_s = max(self.behind_s, self.now() - due if due is not None else 0.0)
-        result = await drain_frames(self.transport, self.topics.worker_frames(self.index),
-                                    others, self._count_drained, cap_s=drain_cap_s(behind_s))
-        self.drain = result
-        if result.gave_up is not None:
-            log.warning("drain gave up (%s) after %.1f s (limit %.1f s, %d frames counted): no "
-                        "end marker from worker(s) %s; frames they sent after that are "
-                        "uncounted", result.gave_up, result.waited_s, result.cap_s,
-                        result.frames, result.missing)
-
-    def _count_drained(self, payload: bytes) -> int:
-        """Count one drained batch's frames as in flight, by flow; how many there were."""
-        try:
-            items, _refused = decode_batch(payload, self.runtime.n_nodes)
-        except ValueError as exc:
-            self.stats.malformed(str(exc), "frames")
-            return 0
-        for _node, frame in items:
-            self.stats.remote_received(frame)
-            self.drained[frame[F_FLOW]] = self.drained.get(frame[F_FLOW], 0) + 1
-        return len(items)
-
     async def _receive(self) -> None:
         async for batch in self.transport.batches():
             # Before the stamp: the MCS pacer waits while a state or command may be read.
@@ -300,67 +279,95 @@ class Worker(WorkerBooks):
             log.exception("handling a message on %s failed", topic)
             self.stats.malformed(f"{topic}: {type(exc).__name__}: {exc}", t.family(topic))
 
-    def _on_clock(self, clock: ClockMessage, now: float) -> None:
-        if self.started:
-            return
-        self.runtime.t0_wall = clock.t0_wall
-        self.stats.start_late_ms = max(0.0, self.runtime.clock.scenario_s(now)) * 1000.0
-        self.started = True
-        self.roles.start(max(now, self.runtime.t0_wall))
-        for state in self._pending_state:
-            self._schedule_state(state, now)
-        self._pending_state.clear()
 
-    def _on_state(self, state: TickSnapshot, now: float) -> None:
-        if not self.started:
-            self._pending_state = [state]  # only the latest matters
-            return
-        self._schedule_state(state, now)
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m nodes.worker")
+    p.add_argument("--scenario", required=True)
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--broker", help="broker URL without a password (a password belongs in "
+                   "--broker-file or ORBITMESH_BROKER_URL, not on the command line)")
+    p.add_argument("--broker-file", help="file (mode 0600) holding the broker URL with this "
+                   "worker's credentials (one per line: a cluster's members, its own first)")
+    p.add_argument("--worker", type=int, required=True)
+    p.add_argument("--workers", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--duration", type=float)
+    p.add_argument("--speed", type=float)
+    p.add_argument("--generation", default="auto",
+                   help="restart count of this worker; 'auto' (default) counts the stats files "
+                   "earlier incarnations left in --out (a restarted container finds its own)")
+    p.add_argument("--placement", default="blocks", help="blocks, planes or chunks:N")
+    return p.parse_args(argv)
 
-    def _schedule_state(self, state: TickSnapshot, received_wall: float) -> None:
-        rt = self.runtime
-        due = rt.wall_at(state.t_s)
-        if state.t_s <= rt.state_t_s:
-            # The tick in force, re-published because a live fault changed it: it takes effect
-            # when it arrives (judging it from its tick's start would call it a tick late).
-            due = max(due, received_wall)
 
-        def apply(at: float) -> None:
-            if state.t_s < rt.state_t_s:
-                return  # an older state arrived late; a newer one is already in force
-            if state.t_s == rt.state_t_s and state.seq < self._seq_in_force:
-                return  # the tick's earlier copy, run after its re-publication (same instant)
-            self._seq_in_force = state.seq
-            rt.apply_snapshot(state, at)
-            early, self._early = self._early, []
-            for payload, injected in early:  # frames that came before any links did
-                rt.receive_batch(payload, rt.now_wall, injected=injected,
-                                 topic="inbox" if injected else "frames", run=False)
-            late_ms = rt.clock.scenario_delay(max(0.0, rt.now_wall - due)) * 1000.0
-            self.stats.link_apply_late_ms.add(late_ms)
-            self._window_apply_late_ms = max(self._window_apply_late_ms, late_ms)
+def _generation(value: str, out: Path, worker: int) -> int:
+    if value != "auto":
+        return int(value)
+    taken = [0 if p.stem == f"stats-w{worker}" else int(p.stem.rsplit("-g", 1)[1])
+             for p in out.glob(f"stats-w{worker}.json")]
+    taken += [int(p.stem.rsplit("-g", 1)[1]) for p in out.glob(f"stats-w{worker}-g*.json")]
+    return max(taken) + 1 if taken else 0
 
-        rt.call_at(due, apply, first=True)
 
-    def _on_faults(self, listing: FaultListing) -> None:
-        """Learn the id of an active broker outage, to label what it makes us drop."""
-        for fault in listing.faults:
-            if fault.kind == "broker_outage" and fault.active:
-                self.runtime.broker_fault_id = fault.id
+async def amain(args: argparse.Namespace) -> int:
+    """Run one worker until the controller says finish (or a signal arrives)."""
+    args.generation = _generation(str(args.generation), Path(args.out), args.worker)
+    scenario = load_scenario(args.scenario)
+    topology = build_topology(scenario)
+    duration = args.duration or scenario.duration_s
+    speed = args.speed or scenario.speed
+    topics = Topics(args.run_id)
+    will_body = WorkerStatus(args.worker, "lost", args.generation).encode()
+    # A --broker-file may list a cluster's members, this worker's own first: it fails over.
+    transport = MqttTransport(resolve_broker_urls(args.broker, args.broker_file),
+                              client_id=f"orbitmesh-{args.run_id}-w{args.worker}-g{args.generation}",
+                              will=(topics.worker_status(args.worker), will_body, True),
+                              reconnect=True)
+    async with transport:
+        worker = Worker(topology, worker=args.worker, workers=args.workers, run_id=args.run_id,
+                        transport=transport, out_dir=Path(args.out), duration_s=duration,
+                        speed=speed, generation=args.generation, placement=args.placement)
+        loop = asyncio.get_running_loop()
+        # Ctrl-C reaches the whole process group: the launcher drains and finishes the run, so
+        # workers ignore SIGINT and leave on the controller's word (or on SIGTERM).
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        loop.add_signal_handler(signal.SIGTERM, worker.finish)
+        settle_heap()  # set-up is done: full collections skip what it built (nodes/gc_tuning.py)
+        await worker.run()
+        # The stats are written and the final status sent: closing the connection is all that is
+        # left. If the broker died with the launcher, that close has been seen to hang; a worker
+        # must not outlive its run for it.
+        leave = threading.Timer(EXIT_GRACE_S, _leave_now)
+        leave.daemon = True
+        leave.start()
+    return 0
 
-    def _on_launcher(self, command: ControlCommand) -> None:
-        if command.cmd == "stop_traffic":
-            self.roles.stopped = True
-        elif command.cmd == "finish":
-            self.finish()
 
-    def finish(self) -> None:
-        """Stop producing traffic and end the run loop (the stats are written on the way out)."""
-        self.roles.stopped = True
-        self.finished.set()
+def _leave_now() -> None:
+    log.warning("the broker connection did not close within %.0f s of the end; leaving",
+                EXIT_GRACE_S)
+    logging.shutdown()
+    os._exit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Process entry point."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(levelname)s "
+                        "%(message)s")
+    args = _parse(argv)
+    parent = os.getppid()
+    if die_with_parent():  # a launcher killed with -9 takes its workers with it
+        exit_if_orphaned(parent)
+    try:
+        with asyncio.Runner(loop_factory=precise_loop) as runner:
+            return runner.run(amain(args))
+    except OrbitmeshError as exc:
+        print(f"worker {args.worker}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
-    from nodes.worker_cli import main
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(main())
