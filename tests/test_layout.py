@@ -133,3 +133,18 @@ def test_core_and_protocol_do_not_import_the_shell() -> None:
         if name.startswith("orbitmesh."):
             assert not {d for d in deps if d.startswith("nodes")}, \
                 f"{name} imports nodes/: the engine must not depend on the worker runtime"
+
+
+def test_building_the_cli_parser_imports_no_command_implementation() -> None:
+    # Every `orbitmesh` command builds the whole parser first: what the parser imports, contacts
+    # and run pay for (cryptography and the netns/scenario stack cost ~0.8 s under load).
+    import subprocess
+    import sys
+
+    probe = ("import sys; from orbitmesh.run.cli import _parser; _parser(); "
+             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('cryptography', 'pydantic', 'numpy', 'msgpack', 'sgp4') or m in "
+             "('orbitmesh.run.launch.netns', 'broker.credentials', 'broker.certs'))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == []

@@ -23,17 +23,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from broker.certs import make_ca, make_client_cert, make_server_cert
-from broker.credentials import (
-    RunCredentials,
-    render_acl,
-    render_password_file,
-    write_operator_file,
-    write_private,
-)
-from broker.mosquitto_conf import security_lines
-from broker.url import BrokerURL
-
 DEFAULT_PORT = 8883
 PLAIN_PORT = 1883
 
@@ -84,6 +73,19 @@ def _main(args: argparse.Namespace) -> int:
 def write_broker_config(out: Path, run_id: str, workers: int, tls_hosts: list[str],
                         *, client_certs: bool = False, port: int | None = None) -> list[Path]:
     """Write the run's users, ACL, mosquitto.conf and (with ``tls_hosts``) TLS files to ``out``."""
+    # Imported here, not at the top: every `orbitmesh` command registers this one's parser,
+    # and cryptography and the wire codec cost a contacts or run command ~0.3 s for nothing.
+    from broker.certs import make_ca, make_client_cert, make_server_cert
+    from broker.credentials import (
+        RunCredentials,
+        render_acl,
+        render_password_file,
+        write_operator_file,
+        write_private,
+    )
+    from broker.mosquitto_conf import security_lines
+    from broker.url import BrokerURL
+
     creds = RunCredentials.generate(run_id, workers)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)

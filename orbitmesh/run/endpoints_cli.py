@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from orbitmesh.errors import RunError, ScenarioError
-from orbitmesh.run.launch import netns
 
 EXIT_BAD_INPUT = 2
 
@@ -36,6 +35,10 @@ def add_parsers(sub: Any) -> None:
 
 
 def _plan(run: str) -> dict[str, Any]:
+    # netns (and the scenario models it needs) is imported by the commands that use it: every
+    # `orbitmesh` command registers these parsers, and contacts or run should not pay for it.
+    from orbitmesh.run.launch import netns
+
     run_dir = Path(run)
     if not run_dir.is_dir():
         raise ScenarioError(f"{run}: not a run directory")
@@ -48,6 +51,8 @@ def _plan(run: str) -> dict[str, Any]:
 
 def rows(run_dir: Path) -> list[dict[str, Any]]:
     """One row per endpoint: node, kind, addresses or pipe, namespace, worker pid, state."""
+    from orbitmesh.run.launch import netns
+
     plan = _plan(str(run_dir))
     pids: dict[str, int] = {}
     for record in sorted(run_dir.glob("endpoints-w*.json")):
@@ -100,6 +105,8 @@ def endpoints_cmd(args: argparse.Namespace) -> int:
 
 def exec_cmd(args: argparse.Namespace) -> int:
     """`orbitmesh exec RUN NODE -- CMD ...`: CMD's exit code."""
+    from orbitmesh.run.launch import netns
+
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
