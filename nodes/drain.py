@@ -127,7 +127,8 @@ class WorkerDrain:
             if k == self.index:
                 continue
             self.transport.publish(self.topics.worker_frames(k), marker)
-        if not others:
+        if not others:  # every marker came while we were running: nothing left to wait for
+            self.drain = DrainResult(cap_s=0.0)
             return
         due = self.runtime.next_due
         behind_s = max(self.behind_s, self.wall.now_wall() - due if due is not None else 0.0)
