@@ -14,6 +14,9 @@ an ordinary ``no_route``, and the run exits 1: the set was wrong for the run, no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Literal
+
 import numpy as np
 
 from orbitmesh.core.scenario import Scenario
@@ -65,6 +68,21 @@ def addressable_destinations(scenario: Scenario, topology: Topology) -> IntArray
     names.update(n for p in scenario.endpoints.udp for n in (p.node, p.to))
     nodes = {index[n] for n in names if n in index}
     return np.array(sorted(n for n in nodes if n >= ground), dtype=np.int64)
+
+
+def route_destinations(topology: Topology, chosen: Literal["used", "all"] | Sequence[int]
+                       ) -> IntArray:
+    """The set a run routes toward: ``used`` (:func:`addressable_destinations` of
+    ``topology.scenario``), ``all`` (every ground node, as before) or given node indices."""
+    if isinstance(chosen, str):
+        if chosen == "all":
+            return np.array(topology.ground_endpoints, dtype=np.int64)
+        if chosen != "used":
+            raise ValueError(f"destinations {chosen!r}: expected 'used', 'all' or node indices")
+        return addressable_destinations(topology.scenario, topology)
+    given = np.asarray(chosen, dtype=np.int64).reshape(-1)
+    check_destinations(given, topology)
+    return given
 
 
 def check_destinations(destinations: IntArray, topology: Topology) -> None:

@@ -23,9 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
-from orbitmesh.core.destinations import addressable_destinations, check_destinations
+from orbitmesh.core.destinations import route_destinations
 from orbitmesh.core.engine import LinkSource, Tick, TickEngine
 from orbitmesh.core.faults import (
     PROCESS_KINDS,
@@ -64,20 +62,6 @@ START_LEAD_S = 0.5
 """Wall seconds between publishing the clock and scenario time 0."""
 
 
-def _destinations(topology: Topology, chosen: Literal["used", "all"] | Sequence[int]
-                  ) -> np.ndarray:
-    """The destination set a run routes toward: ``used`` (what its frames can be addressed
-    to), ``all`` (every ground node, as before), or given indices."""
-    if isinstance(chosen, str):
-        if chosen == "all":
-            return np.array(topology.ground_endpoints, dtype=np.int64)
-        if chosen != "used":
-            raise ValueError(f"destinations {chosen!r}: expected 'used', 'all' or node indices")
-        return addressable_destinations(topology.scenario, topology)
-    given = np.asarray(chosen, dtype=np.int64).reshape(-1)
-    check_destinations(given, topology)
-    return given
-
 
 class Controller:
     """Computes and publishes ticks for one run."""
@@ -94,7 +78,7 @@ class Controller:
         self.speed = speed
         scenario = topology.scenario
         policies = sorted({f.policy for f in scenario.traffic if f.policy})
-        self.destinations = _destinations(topology, destinations)
+        self.destinations = route_destinations(topology, destinations)
         """The route trees' roots: what the run's frames can be addressed to
         (:func:`~orbitmesh.core.destinations.addressable_destinations`), or every ground node."""
         self.engine = TickEngine(topology, self.destinations, policies=policies,
