@@ -23,7 +23,7 @@ from orbitmesh.protocol.wire import DATA, encode_batch, new_frame
 from orbitmesh.run.launch.control import locate
 from orbitmesh.run.launch.local import RunOptions, run
 from tests.conftest import require_mosquitto
-from tests.test_live import PROJECT, wait_for_clock
+from tests.test_live import PROJECT, read_events, wait_for_clock
 
 pytestmark = pytest.mark.broker
 
@@ -46,6 +46,14 @@ def test_demo_conserves_every_frame_with_the_narrowed_set(tmp_path: Path) -> Non
     assert summary["flows"][0]["delivered"] > 0
     assert summary["telemetry"]["delivered"] > 0
     assert summary["telecommands"]["acked"] > 0
+    # Against what the run really did: every frame offered went to a node of the set, or to a
+    # satellite from a sender of the set (whose tree its source route is read from).
+    chosen = set(addressable_destinations(topology.scenario, topology).tolist())
+    offers = [r for r in read_events(result.run_dir) if r[0] == "offer"]
+    assert offers
+    ends = [(int(r[5]), int(r[6])) for r in offers]  # FIELD_NAMES["offer"]: source, destination
+    roots = {dst if dst >= topology.n_satellites else src for src, dst in ends}
+    assert roots <= chosen
 
 
 def test_a_frame_injected_for_a_left_out_station_is_counted_and_fails_the_run(
