@@ -30,6 +30,7 @@ pytestmark = pytest.mark.broker
 DEMO = Path(__file__).resolve().parent.parent / "scenarios" / "demo.yaml"
 INJECTED_FLOW = 1000
 """Not a scenario flow (docs/topics.md, injecting a frame by hand)."""
+INJECTED_ID = 1 << 62 | 1
 
 
 def test_demo_conserves_every_frame_with_the_narrowed_set(tmp_path: Path) -> None:
@@ -56,17 +57,16 @@ def test_demo_conserves_every_frame_with_the_narrowed_set(tmp_path: Path) -> Non
     assert roots <= chosen
 
 
-def test_a_frame_injected_for_a_left_out_station_is_counted_and_fails_the_run(
-        tmp_path: Path) -> None:
+def _inject_for_svalbard(tmp_path: Path, *extra: str) -> tuple[dict, int, bytes, Path]:
+    """Run the demo (8 s) with ``extra`` options, inject tokyo -> svalbard by hand: summary,
+    exit code, stdout and the run directory."""
     require_mosquitto()
     topology = build_topology(load_scenario(DEMO))
-    chosen = set(addressable_destinations(topology.scenario, topology).tolist())
     tokyo, svalbard = topology.index["tokyo"], topology.index["svalbard"]
-    assert tokyo in chosen and svalbard not in chosen
     run_dir, run_id = tmp_path / "run", "unrouted"
     proc = subprocess.Popen(
         [sys.executable, "-m", "orbitmesh", "run", str(DEMO), "--duration", "8", "--workers",
-         "2", "--out", str(run_dir), "--run-id", run_id, "--quiet"],
+         "2", "--out", str(run_dir), "--run-id", run_id, "--quiet", *extra],
         cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         wait_for_clock(run_dir, run_id, timeout_s=60.0)
@@ -77,7 +77,7 @@ def test_a_frame_injected_for_a_left_out_station_is_counted_and_fails_the_run(
         client.username_pw_set(operator.username, operator.password)
         client.connect("127.0.0.1", port)
         client.loop_start()
-        frame = new_frame(1 << 62 | 1, DATA, INJECTED_FLOW, tokyo, svalbard, 200, time.time())
+        frame = new_frame(INJECTED_ID, DATA, INJECTED_FLOW, tokyo, svalbard, 200, time.time())
         client.publish(f"orbitmesh/{run_id}/node/tokyo/in",
                        encode_batch([(tokyo, frame)]), qos=1).wait_for_publish(10.0)
         client.loop_stop()
@@ -88,7 +88,26 @@ def test_a_frame_injected_for_a_left_out_station_is_counted_and_fails_the_run(
             proc.kill()
             proc.communicate()
     summary = json.loads((run_dir / "summary.json").read_text())
+    return summary, proc.returncode, out + err, run_dir
+
+
+def test_a_frame_injected_for_a_left_out_station_is_counted_and_fails_the_run(
+        tmp_path: Path) -> None:
+    topology = build_topology(load_scenario(DEMO))
+    chosen = set(addressable_destinations(topology.scenario, topology).tolist())
+    assert topology.index["tokyo"] in chosen and topology.index["svalbard"] not in chosen
+    summary, code, out, _ = _inject_for_svalbard(tmp_path)
     assert summary[UNROUTED_DESTINATION] == 1, summary
     assert summary["conservation_ok"]
-    assert proc.returncode == 1, (out + err).decode()
+    assert code == 1, out.decode()
     assert b"UNROUTED DESTINATIONS: 1" in out
+
+
+def test_route_to_all_routes_a_frame_injected_for_any_station(tmp_path: Path) -> None:
+    summary, _, out, run_dir = _inject_for_svalbard(tmp_path, "--route-to", "all")
+    assert summary[UNROUTED_DESTINATION] == 0, out.decode()
+    assert summary["conservation_ok"]
+    # Its fate is the network's: delivered, or dropped for a reason of the network's own.
+    fate = [r for r in read_events(run_dir) if r[0] in ("deliver", "drop") and
+            int(r[2]) == INJECTED_ID]
+    assert fate and all(UNROUTED_DESTINATION not in map(str, r) for r in fate), fate

@@ -109,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="external broker: a file (mode 0600) holding its URL with this "
                    "controller's credentials (containers get their secret this way)")
     _live_arguments(r, control="--web-control")
+    r.add_argument("--route-to", choices=("used", "all"), default="used",
+                   help="route trees toward the ground nodes the scenario's frames can be "
+                   "addressed to (used, default) or toward every ground node (all: for frames "
+                   "injected from outside toward any station)")
     r.add_argument("--endpoints", metavar="NODE,NODE",
                    help="give these nodes IP endpoints (namespaces with a TUN; needs root)")
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from broker.credentials import RunCredentials
 from broker.embedded import EmbeddedBroker
@@ -86,6 +86,9 @@ class RunOptions:
     """The live map (--web, --web-control) and /metrics (--metrics)."""
     endpoints: list[str] | None = None
     """Nodes that get an IP endpoint besides the scenario's ``endpoints.ip`` (run --endpoints)."""
+    route_to: Literal["used", "all"] = "used"
+    """Route trees toward the addressable ground nodes (used) or every one (all); see
+    :mod:`orbitmesh.core.destinations`."""
     broker_members: tuple[str, ...] = ()
     """Every --broker when several were given: a clustered broker's members (worker k uses
     member k mod M first, the controller member 0; all fail over)."""
@@ -104,6 +107,7 @@ def run_cli(args: argparse.Namespace) -> int:
                       broker_file=Path(args.broker_file)
                       if getattr(args, "broker_file", None) else None,
                       endpoints=_node_list(getattr(args, "endpoints", None)),
+                      route_to=getattr(args, "route_to", "used"),
                       broker_members=tuple(brokers) if len(brokers) > 1 else ())
     opts.live = LiveOptions(getattr(args, "web", None), bool(getattr(args, "web_control", False)),
                             getattr(args, "metrics", None))
@@ -201,4 +205,5 @@ async def _run(topology: Topology, run_dir: Path, run_id: str, url: BrokerURL, b
         run.external = opts.external_workers
         run.placement = place(topology, workers, opts.placement)
         run.live = opts.live
+        run.route_to = opts.route_to
     return await run.execute(broker_label, progress)

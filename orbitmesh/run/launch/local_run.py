@@ -18,7 +18,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -81,6 +81,8 @@ class LocalRun:
         self.placement_mode = "blocks"
         self.external = False
         self.live = LiveOptions()
+        self.route_to: Literal["used", "all"] = "used"
+        """Which ground nodes get route trees (:mod:`orbitmesh.core.destinations`)."""
         self.credentials: RunCredentials | None = None
         """Per-role broker users; None: every process uses ``url`` as it is."""
         self.members: list[BrokerURL] = [url]
@@ -104,7 +106,8 @@ class LocalRun:
             await transport.subscribe(topics.worker_status_all, topics.control)
             controller = Controller(self.topology, transport, topics, duration_s=self.duration,
                                     speed=self.speed, out_dir=self.run_dir,
-                                    link_source=self.link_source, workers=self.workers)
+                                    link_source=self.link_source, workers=self.workers,
+                                    destinations=self.route_to)
             self.controller = controller
             controller.on_process_fault = self._process_fault
             self.manifest = manifest_for(self.topology, self.run_id, self.speed, self.duration)
