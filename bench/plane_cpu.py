@@ -25,7 +25,6 @@ One JSON line per plane:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -40,16 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 from _common import PROJECT_ROOT, emit, machine, rss_mb
+from _virtual import virtual_run
 
 from nodes.worker import Worker
 from orbitmesh.core.engine import compile_kernels
 from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import build_topology
-from orbitmesh.protocol.messages import ControlCommand, WorkerStatus
-from orbitmesh.protocol.transport import MemoryBroker, MemoryTransport
-from orbitmesh.protocol.wire import Topics
-from orbitmesh.run.controller import Controller
-from tests.virtual_time import LoopWall, VirtualTimeLoop
+from tests.virtual_time import VirtualTimeLoop
 
 DEFAULT_SCENARIO = PROJECT_ROOT / "scenarios" / "starlink-shell1.yaml"
 RUN = "planecpu"
@@ -58,61 +54,25 @@ RUN = "planecpu"
 async def one_run(scenario_path: Path, out: Path, seconds: float, speed: float,
                   workers_n: int) -> dict[str, Any]:
     """Controller and workers for ``seconds`` scenario seconds; the record."""
-    loop = asyncio.get_running_loop()
-    wall = LoopWall(loop)
     topology = build_topology(load_scenario(scenario_path))
-    topics = Topics(RUN)
-    broker = MemoryBroker()
-    status: dict[int, WorkerStatus] = {}
-    workers: list[Worker] = []
     apply_ms: list[float] = []
 
-    def timed(rt: Any) -> None:
+    def timed(worker: Worker) -> None:
+        rt = worker.runtime
         inner = rt.apply_snapshot
 
         def apply_snapshot(state: Any, at_wall: float) -> None:
             started = time.process_time()
             inner(state, at_wall)
             apply_ms.append((time.process_time() - started) * 1000.0)
-        rt.apply_snapshot = apply_snapshot
+        rt.apply_snapshot = apply_snapshot  # type: ignore[method-assign]
 
-    async with MemoryTransport(broker, "controller") as control, asyncio.TaskGroup() as tg:
-        controller = Controller(topology, control, topics, duration_s=seconds, speed=speed,
-                                out_dir=out, wall=wall, workers=workers_n)
-        await control.subscribe(topics.worker_status_all)
-
-        async def listen() -> None:
-            async for batch in control.batches():
-                for message in batch:
-                    if message.payload:
-                        s = WorkerStatus.decode(message.payload)
-                        status[s.worker] = s
-
-        async def serve(worker: Worker, transport: MemoryTransport) -> None:
-            async with transport:
-                await worker.run()
-
-        listener = tg.create_task(listen(), name="listen")
-        for k in range(workers_n):
-            transport = MemoryTransport(broker, f"w{k}")
-            worker = Worker(topology, worker=k, workers=workers_n, run_id=RUN,
-                            transport=transport, out_dir=out, duration_s=seconds, speed=speed,
-                            wall=wall)
-            timed(worker.runtime)
-            workers.append(worker)
-            tg.create_task(serve(worker, transport), name=f"worker{k}")
-        while not all(getattr(status.get(k), "state", None) in ("ready", "running")  # noqa: ASYNC110
-                      for k in range(workers_n)):
-            await asyncio.sleep(0.01)  # virtual time: costs nothing
+    async with virtual_run(topology, out, run_id=RUN, duration_s=seconds, speed=speed,
+                           workers_n=workers_n, prepare=timed) as run:
         cpu0, real0 = time.process_time(), time.perf_counter()
-        await tg.create_task(controller.run(), name="controller")
-        control.publish(topics.launcher, ControlCommand("finish").encode())
-        while not all(getattr(status.get(k), "state", None) == "done"  # noqa: ASYNC110
-                      for k in range(workers_n)):
-            await asyncio.sleep(0.05)
-        cpu_s, real_s = time.process_time() - cpu0, time.perf_counter() - real0
-        controller.close()
-        listener.cancel()
+        await run.tasks.create_task(run.controller.run(), name="controller")
+        workers = run.workers
+    cpu_s, real_s = time.process_time() - cpu0, time.perf_counter() - real0
     flows = [f for w in workers for f in w.stats.flows.values()]
     ms = np.array(apply_ms) if apply_ms else np.zeros(1)
     return {"cpu_s": round(cpu_s, 2), "real_s": round(real_s, 2),

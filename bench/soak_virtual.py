@@ -37,15 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 from _common import PROJECT_ROOT, emit, machine, rss_mb
+from _virtual import virtual_run
 
 from nodes.worker import Worker
 from orbitmesh.core.scenario import load_scenario
 from orbitmesh.core.topology import build_topology
-from orbitmesh.protocol.messages import ControlCommand, WorkerStatus
-from orbitmesh.protocol.transport import MemoryBroker, MemoryTransport
-from orbitmesh.protocol.wire import Topics
-from orbitmesh.run.controller import Controller
-from tests.virtual_time import LoopWall, VirtualTimeLoop
+from tests.virtual_time import VirtualTimeLoop
 
 DEFAULT_SCENARIO = PROJECT_ROOT / "scenarios" / "starlink-shell1.yaml"
 RUN = "soakv"
@@ -93,45 +90,15 @@ def top_growth(first: tracemalloc.Snapshot, second: tracemalloc.Snapshot,
 async def soak(scenario_path: Path, out: Path, minutes: float, marks_min: tuple[float, float],
                sample_s: float, workers_n: int, top: int) -> dict[str, Any]:
     """One virtual-time run of ``minutes`` scenario minutes; the record."""
-    loop = asyncio.get_running_loop()
-    wall = LoopWall(loop)
     topology = build_topology(load_scenario(scenario_path))
     duration_s = minutes * 60.0
-    topics = Topics(RUN)
-    broker = MemoryBroker()
-    status: dict[int, WorkerStatus] = {}
     record: dict[str, Any] = {"series": [], "sizes": {}}
     snapshots: list[tracemalloc.Snapshot] = []
-    workers: list[Worker] = []
 
-    async with MemoryTransport(broker, "controller") as control, asyncio.TaskGroup() as tg:
-        controller = Controller(topology, control, topics, duration_s=duration_s, speed=1.0,
-                                out_dir=out, wall=wall, workers=workers_n)
-        await control.subscribe(topics.worker_status_all)
-
-        async def listen() -> None:
-            async for batch in control.batches():
-                for message in batch:
-                    if message.payload:
-                        s = WorkerStatus.decode(message.payload)
-                        status[s.worker] = s
-
-        async def serve(worker: Worker, transport: MemoryTransport) -> None:
-            async with transport:
-                await worker.run()
-
-        listener = tg.create_task(listen(), name="listen")
-        for k in range(workers_n):
-            transport = MemoryTransport(broker, f"w{k}")
-            worker = Worker(topology, worker=k, workers=workers_n, run_id=RUN,
-                            transport=transport, out_dir=out, duration_s=duration_s, speed=1.0,
-                            wall=wall)
-            workers.append(worker)
-            tg.create_task(serve(worker, transport), name=f"worker{k}")
-        while not all(getattr(status.get(k), "state", None) in ("ready", "running")  # noqa: ASYNC110
-                      for k in range(workers_n)):
-            await asyncio.sleep(0.01)  # virtual time: costs nothing
-        ticking = tg.create_task(controller.run(), name="controller")
+    async with virtual_run(topology, out, run_id=RUN, duration_s=duration_s, speed=1.0,
+                           workers_n=workers_n) as run:
+        controller, workers = run.controller, run.workers
+        ticking = run.tasks.create_task(controller.run(), name="controller")
         started = time.perf_counter()
         marks = list(marks_min)
         next_sample_s = 0.0
@@ -150,12 +117,6 @@ async def soak(scenario_path: Path, out: Path, minutes: float, marks_min: tuple[
                                                            / 2**20, 3), rss_mb(os.getpid())))
         await ticking
         record["real_s"] = round(time.perf_counter() - started, 1)
-        control.publish(topics.launcher, ControlCommand("finish").encode())
-        while not all(getattr(status.get(k), "state", None) == "done"  # noqa: ASYNC110
-                      for k in range(workers_n)):
-            await asyncio.sleep(0.05)
-        controller.close()
-        listener.cancel()
     if len(snapshots) == 2:
         first, second = snapshots
         grown = (sum(s.size for s in second.statistics("filename"))
