@@ -76,8 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--node-map", metavar="FILE",
                    help="plans: also write node_id,number,kind (CSV) here")
     c.add_argument("--sgp4-step", type=float, metavar="SECONDS",
-                   help="passes: 60 runs SGP4 every other 30 s grid step and interpolates "
-                   "between (faster; times may move by ~1 ms; default 30: SGP4 at every step)")
+                   help="passes: 60 runs SGP4 at every other 30 s grid step everywhere and "
+                   "interpolates between (times may move by ~1 ms; default: exact SGP4 at "
+                   "every step a pass can use, which is as fast)")
     c.add_argument("-o", "--out", metavar="FILE", help="write here instead of standard output")
 
     r = sub.add_parser("run", help="run a scenario live over MQTT")
